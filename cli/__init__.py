@@ -1,0 +1,1 @@
+"""lmlab.cli: the Typer app, built from whatever the loaded plugins register."""

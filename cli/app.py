@@ -1,0 +1,143 @@
+"""The `lmlab` command: core commands (plugins, demo) plus everything plugins register.
+
+Errors: an LmlabError prints one red line and its hint and exits 2 (130 when interrupted); anything else
+prints a short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import click
+import typer
+from lmlab.core.console import err, print_json
+from lmlab.core.demo import demo_steps
+from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
+from lmlab.core.plugins import call_each, plugin_infos
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+bench = typer.Typer(help="Benchmarks: each method against the public system it replaces, side by side.",
+                    no_args_is_help=True)
+app.add_typer(bench, name="bench")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lmlab.core.runs import versions
+
+        typer.echo(" ".join(f"{k} {v}" for k, v in versions().items()))
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for internal errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print versions and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    """lmlab: ORPO, MaPO, TEV/MLRA pre-training, Block Transformer, RADA, Re3val and evaluations."""
+    if debug:
+        os.environ["LMLAB_DEBUG"] = "1"
+
+
+@app.command("plugins")
+def plugins_command(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List loaded plugins: distribution, version, hooks and what each registered."""
+    infos = plugin_infos()
+    from lmlab.core.models import model_aliases
+
+    model_aliases()  # these calls fill in what each plugin registered
+    demo_steps()
+    if json_output:
+        print_json([vars(info) for info in infos])
+        return
+    table = Table(title="lmlab plugins")
+    for column in ("plugin", "distribution", "version", "registered", "status"):
+        table.add_column(column)
+    for info in infos:
+        registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
+        status = f"[red]broken: {escape(info.error)}[/red]" if info.error else "[green]ok[/green]"
+        table.add_row(info.name, info.distribution or "", info.version or "", registered, status)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+@app.command("demo")
+def demo_command(
+    quick: Annotated[bool, typer.Option("--quick", help="Only the tiny-model steps (seconds, no real model).")] = False,
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o", help="Folder for the demo's runs.")] = "runs/demo",
+) -> None:
+    """Run every method's demo step on bundled data with offline models, then say where the runs are."""
+    steps = demo_steps()
+    if not steps:
+        raise LmlabError("No demo steps are registered.", hint="check `lmlab plugins` and LMLAB_PLUGINS")
+    for step in steps:
+        if quick and not step.quick:
+            continue
+        err.rule(f"[bold]{step.title}")
+        step.run(output_dir, quick)
+
+
+def _register_plugin_commands() -> None:
+    """Call each plugin's register_commands, noting what it added; a plugin that raises is skipped."""
+    for info, thunk in call_each("register_commands", app=app, bench=bench):
+        seen = len(app.registered_commands), len(app.registered_groups), len(bench.registered_commands)
+        try:
+            thunk()
+        except Exception as exc:
+            info.error = f"register_commands: {type(exc).__name__}: {exc}"
+        added = (app.registered_commands[seen[0]:], app.registered_groups[seen[1]:], bench.registered_commands[seen[2]:])
+        for command in added[0]:
+            info.add("commands", command.name or command.callback.__name__)
+        for group in added[1]:
+            info.add("commands", group.name or "")
+        for command in added[2]:
+            info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
+    for info in plugin_infos():
+        if info.error:
+            err.print(f"[yellow]warning:[/yellow] plugin '{escape(info.name)}' failed to load and was skipped: "
+                      f"{escape(info.error)}")
+
+
+def build_command() -> click.Command:
+    """The click command for the whole app (also used to generate shell completions)."""
+    _register_plugin_commands()
+    return typer.main.get_command(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point with lmlab's exit-code contract."""
+    command = build_command()
+    try:
+        command.main(args=argv, prog_name="lmlab", standalone_mode=False)
+    except LmlabError as exc:
+        err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
+        if exc.hint:
+            err.print(f"[dim]hint: {escape(exc.hint)}[/dim]")
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("[yellow]interrupted[/yellow]")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # an lmlab bug: short trace unless --debug
+        if os.environ.get("LMLAB_DEBUG"):
+            traceback.print_exc()
+        else:
+            frames = traceback.extract_tb(exc.__traceback__)[-3:]
+            err.print("".join(traceback.format_list(frames)).rstrip(), markup=False)
+            err.print(f"[bold red]internal error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}")
+            err.print("[dim]this is a bug in lmlab or a plugin; rerun with --debug for the full trace[/dim]")
+        sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

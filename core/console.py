@@ -1,0 +1,33 @@
+"""Where lmlab talks: logs and progress on stderr, machine-readable output on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def log(message: str) -> None:
+    """A log line on stderr (suppressed by --quiet)."""
+    if not _quiet:
+        err.print(message)
+
+
+def print_json(data: Any) -> None:
+    """One JSON document on stdout: what --json promises to CI scripts."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()

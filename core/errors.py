@@ -1,0 +1,56 @@
+"""One error family for everything a user can fix, and the exit codes the CLI maps them to."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class LmlabError(Exception):
+    """A failure the user can act on: printed as one red line plus a hint, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class DataError(LmlabError):
+    """Bad input data: names the file, the line or row, and the field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}{what}{message}", hint)
+        self.path, self.line, self.field = path, line, field
+
+
+class ModelError(LmlabError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+class TrainingDiverged(LmlabError):
+    """The loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+
+
+class Interrupted(LmlabError):
+    """SIGINT/SIGTERM arrived; state was saved. Exit code 130."""
+
+    exit_code = EXIT_INTERRUPTED

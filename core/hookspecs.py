@@ -1,0 +1,26 @@
+"""The hooks lmlab plugins implement (modelled on simonw/llm's hookspecs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "lmlab"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_commands(app: Any, bench: Any) -> None:
+    """Add Typer commands to `app` (the `lmlab` app) and benchmarks to `bench` (the `lmlab bench` group)."""
+
+
+@hookspec
+def register_models(register: Any) -> None:
+    """Register model aliases: register(ModelAlias(...))."""
+
+
+@hookspec
+def register_demo_steps(register: Any) -> None:
+    """Register steps of `lmlab demo`: register(DemoStep(name, order, run)); steps run by `order`."""

@@ -1,0 +1,117 @@
+"""The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
+
+`LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none); the core's own presets
+(`lmlab.core.presets`) are always loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+from lmlab.core import hookspecs
+
+DEFAULT_PLUGINS = ("lmlab.core.presets",)
+
+
+@dataclass
+class PluginInfo:
+    """What `lmlab plugins` shows for one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+
+    def add(self, kind: str, name: str) -> None:
+        self.registered.setdefault(kind, []).append(name)
+
+
+pm = pluggy.PluginManager(hookspecs.PROJECT)
+pm.add_hookspecs(hookspecs)
+_infos: dict[str, PluginInfo] = {}
+_loaded = False
+
+
+def _selected() -> set[str] | None:
+    raw = os.environ.get("LMLAB_PLUGINS")
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load the default plugins and the entry points of group "lmlab" (once)."""
+    global _loaded
+    if _loaded:
+        return pm
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        pm.register(module, name="core")
+        _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
+    wanted = _selected()
+    for ep in md.entry_points(group=hookspecs.PROJECT):
+        if wanted is not None and ep.name not in wanted:
+            continue
+        dist = ep.dist.name if ep.dist else None
+        info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None)
+        _infos[ep.name] = info
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            info.error = f"{type(exc).__name__}: {exc}"
+    for name, info in _infos.items():
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    return pm
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def call_each(hook_name: str, **kwargs: Any) -> Iterator[tuple[PluginInfo, Callable[[], Any]]]:
+    """Yield (plugin info, thunk) per implementation so callers can attribute and isolate each one."""
+    load_plugins()
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        info = _infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
+        wanted = inspect.signature(impl.function).parameters
+        args = {k: v for k, v in kwargs.items() if k in wanted}
+        yield info, (lambda impl=impl, args=args: impl.function(**args))
+
+
+def plugin_infos() -> list[PluginInfo]:
+    load_plugins()
+    return list(_infos.values())
+
+
+def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:
+    """Run a `register_*` hook and return what was registered, by name, attributed to its plugin."""
+    load_plugins()
+    found: dict[str, Any] = {}
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        info = _infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
+
+        def register(item: Any, info: PluginInfo = info) -> None:
+            found[key(item)] = item
+            if key(item) not in info.registered.get(kind, []):
+                info.add(kind, key(item))
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
+    return found

@@ -1,0 +1,267 @@
+"""The one training loop every lmlab trainer uses (ORPO, MaPO, pretrain, Block Transformer, rerankers).
+
+A method supplies a `TrainTask`; the loop supplies the rest on `accelerate`: the data order, gradient
+accumulation, exact loss normalisation across micro-batches and processes, lr schedule, clipping,
+metrics.jsonl, progress, atomic checkpoints, bit-for-bit `--resume`, the NaN/Inf guard, and a clean save on
+SIGINT/SIGTERM. Launched with `torchrun`/`accelerate launch`, N processes with per-process batch B/N give
+the same trajectory as one process with batch B, because every loss term is divided by its global count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from lmlab.core import checkpoint
+from lmlab.core.console import err, is_quiet, log
+from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
+from lmlab.core.runs import RunDir
+from lmlab.core.schedules import lr_lambda
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 20
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-6
+    schedule: str = "inverse_sqrt"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+class TrainTask(Protocol):
+    """What a method gives the loop."""
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        """The epoch's global batches (dataset indices); must depend only on epoch and global batch size."""
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Tensors for one micro-batch."""
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Normalisers of this micro-batch (e.g. tokens, examples); the loop sums them over the global batch."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, metrics) for one micro-batch, each a sum over its items divided by the global `totals`,
+        so that summing over micro-batches and processes gives the global mean."""
+
+
+def make_accelerator() -> Accelerator:
+    """bf16 where the GPU has it, fp32 on CPU; CPU multi-process runs use gloo via torchrun."""
+    cuda = torch.cuda.is_available()
+    mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+
+
+def shared_run_path(accelerator: Accelerator, path: Path) -> Path:
+    """Every process uses the main process's run path (timestamps may differ between processes)."""
+    box = [str(path)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box)
+    return Path(box[0])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only (not on norms and biases)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM into a flag checked after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+
+class _Progress:
+    """A Rich bar on a terminal, plain lines otherwise (CI logs)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total = total
+        self.bar = None
+        if err.is_terminal and not is_quiet():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err)
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, record: dict[str, float], log_line: bool) -> None:
+        info = f"loss {record['loss']:.4f} · {record['examples_per_s']:.1f} ex/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif log_line:
+            log(f"step {step}/{self.total} {info} · lr {record['lr']:.3g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir, accelerator: Accelerator,
+          *, resume: bool = False) -> dict[str, Any]:
+    """Train `model` for cfg.max_steps optimizer steps; returns the last step's metrics and timings."""
+    set_seed(cfg.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps,
+                                                                       cfg.max_steps))
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "global_batch": global_batch}
+    if resume:
+        found = checkpoint.latest(run.checkpoints)
+        if found is None:
+            raise LmlabError(f"{run.path}: no complete checkpoint to resume from.",
+                             hint="a run saves every --save-every steps; start it again without --resume")
+        saved = checkpoint.load(found, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        if saved["global_batch"] != global_batch:
+            raise LmlabError(f"{found}: saved with global batch {saved['global_batch']}, now {global_batch}.",
+                             hint="resume with the same --batch-size × --grad-accum × processes")
+        state.update(saved)
+        log(f"resumed from {found} at step {state['step']}")
+        if run.main:
+            _truncate_metrics(run.metrics, state["step"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    stop, progress = _Stop(), _Progress(cfg.max_steps, state["step"])
+    epoch_batches: list[list[int]] = []
+    record: dict[str, float] = {}
+    started = time.perf_counter()
+    first_step = state["step"]
+
+    def save() -> Path:
+        return checkpoint.save(run.checkpoints, model=unwrapped, optimizer=optimizer, scheduler=scheduler,
+                               state=dict(state), rank=rank, main=run.main,
+                               barrier=accelerator.wait_for_everyone, keep=cfg.keep_checkpoints)
+
+    model.train()
+    with stop.installed():
+        try:
+            while state["step"] < cfg.max_steps:
+                if not epoch_batches or state["batch_in_epoch"] >= len(epoch_batches):
+                    if epoch_batches:
+                        state["epoch"], state["batch_in_epoch"] = state["epoch"] + 1, 0
+                    epoch_batches = task.batches(state["epoch"], global_batch)
+                    continue
+                indices = epoch_batches[state["batch_in_epoch"]]
+                tick = time.perf_counter()
+                record = _step(model, task, accelerator, optimizer, indices, cfg, world, rank, trainable)
+                if not (_finite(record["loss"]) and _finite(record["grad_norm"])):
+                    last = checkpoint.latest(run.checkpoints)
+                    raise TrainingDiverged(
+                        f"Training diverged at step {state['step'] + 1}: loss={record['loss']}, "
+                        f"grad norm={record['grad_norm']}; the update was not applied. Last good checkpoint: "
+                        f"{last if last else 'none yet'}.",
+                        hint="lower --lr, add --warmup-steps, or check the data; resume with --resume")
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                elapsed = time.perf_counter() - tick
+                record.update(step=state["step"], epoch=state["epoch"], lr=scheduler.get_last_lr()[0],
+                              step_time=elapsed, examples_per_s=global_batch / elapsed)
+                if run.main:
+                    with run.metrics.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                progress.update(state["step"], record, state["step"] % cfg.log_every == 0)
+                if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
+                    save()
+                if stop.signal is not None:
+                    where = save()
+                    raise Interrupted(f"Interrupted at step {state['step']}; saved {where}.",
+                                      hint=f"continue with --resume {run.path}")
+        finally:
+            progress.close()
+    seconds = time.perf_counter() - started
+    steps = state["step"] - first_step
+    return {"steps": state["step"], "epochs": state["epoch"] + 1, "train_seconds": round(seconds, 3),
+            "examples_per_s": round(steps * global_batch / seconds, 3) if steps else None,
+            "last": record, "model": unwrapped, "config": asdict(cfg)}
+
+
+def _step(model: torch.nn.Module, task: TrainTask, accelerator: Accelerator, optimizer: Any,
+          indices: list[int], cfg: TrainConfig, world: int, rank: int,
+          trainable: list[torch.nn.Parameter]) -> dict[str, float]:
+    """One optimizer step's forward/backward over this process's micro-batches of the global batch."""
+    size = cfg.batch_size
+    micro = [indices[(m * world + rank) * size:(m * world + rank + 1) * size] for m in range(cfg.grad_accum)]
+    batches = [{k: v.to(accelerator.device) for k, v in task.collate(ix).items()} for ix in micro]
+    local: dict[str, float] = {}
+    for batch in batches:
+        for key, value in task.counts(batch).items():
+            local[key] = local.get(key, 0.0) + float(value)
+    keys = sorted(local)
+    summed = accelerator.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64,
+                                             device=accelerator.device), reduction="sum")
+    totals = dict(zip(keys, summed.tolist(), strict=True))
+    sums: dict[str, torch.Tensor] = {}
+    for m, batch in enumerate(batches):
+        sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(model)
+        with sync, accelerator.autocast():
+            loss, metrics = task.loss(model, batch, totals)
+            # DDP averages gradients over processes; our terms are already global means, so undo the 1/world.
+            accelerator.backward(loss * world)
+        for key, value in {"loss": loss, **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+    names = sorted(sums)
+    reduced = accelerator.reduce(torch.stack([sums[k] for k in names]), reduction="sum")
+    record = dict(zip(names, reduced.tolist(), strict=True))
+    norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+    record["grad_norm"] = float(norm) if norm is not None else _grad_norm(trainable)
+    return record
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from, so no step appears twice."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)

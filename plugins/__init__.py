@@ -1,0 +1,1 @@
+"""lmlab.plugins: the built-in methods, one sub-package each, registered as entry points."""

@@ -1,0 +1,114 @@
+"""ORPO training run: data → examples → shared loop → run directory (called by `train-orpo` and the demo)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.console import log
+from lmlab.core.data import SkipLog, load_records
+from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.logprobs import TokenLogprobModel
+from lmlab.core.models import atomic_dir, load_model
+from lmlab.core.paths import example
+from lmlab.core.report import plot_metrics
+from lmlab.core.runs import RunDir, new_run_path
+from lmlab.core.schedules import SCHEDULES
+from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
+from lmlab.plugins.orpo.data import build_examples
+from lmlab.plugins.orpo.task import OrpoTask
+
+PLOTTED = ("loss", "nll", "log_odds_ratio", "rewards/accuracies", "rewards/margins")
+
+
+@dataclass
+class OrpoOptions:
+    model: str = "tiny-llama"
+    data: str | None = None
+    output_dir: Path | None = None
+    max_steps: int = 20
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-6
+    schedule: str = "inverse_sqrt"
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.1
+    prompt_loss: bool = True
+    max_length: int = 512
+    max_prompt_length: int | None = None
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    save_every: int = 50
+    seed: int = 42
+    resume: Path | None = None
+    trust_remote_code: bool = False
+
+
+def _lora(model: Any, r: int, alpha: int) -> Any:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise LmlabError("--lora needs peft, which is not installed.", hint="pip install 'lmlab[lora]'") from exc
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+
+
+def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
+    """Train with ORPO and write the run directory; returns the summary."""
+    if opts.schedule not in SCHEDULES:
+        raise LmlabError(f"Unknown --schedule '{opts.schedule}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
+    data = opts.data or str(example("orpo/preferences.jsonl"))
+    accelerator = make_accelerator()
+    run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
+                               new_run_path("train-orpo", opts.output_dir))
+    records = load_records(data, required=("chosen", "rejected"))
+    with accelerator.main_process_first():
+        lm, tokenizer = load_model(opts.model, seed=opts.seed, trust_remote_code=opts.trust_remote_code)
+    skips = SkipLog()
+    examples, cut = build_examples(records, tokenizer, max_length=opts.max_length,
+                                   max_prompt_length=opts.max_prompt_length, skips=skips)
+    if skips.total:
+        log(f"[yellow]{skips.summary()}[/yellow]")
+    if not examples:
+        raise DataError(f"no usable preference rows ({skips.summary() or 'the file has none'}).", path=data,
+                        hint="each row needs a prompt and two different, non-empty responses")
+    log(f"{len(examples)} preference pairs from {data} ({cut['responses_truncated']} with responses truncated, "
+        f"{cut['prompts_truncated']} with prompts truncated, {skips.total} skipped)")
+    if opts.lora:
+        lm = _lora(lm, opts.lora_r, opts.lora_alpha)
+    run = RunDir(run_path, main=accelerator.is_main_process)
+    if not opts.resume:
+        run.write_config("train-orpo", {**asdict(opts), "data": data})
+    cfg = TrainConfig(max_steps=opts.max_steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum,
+                      lr=opts.lr, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
+                      weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm, seed=opts.seed,
+                      save_every=opts.save_every)
+    task = OrpoTask(examples, pad_id=tokenizer.pad_token_id, beta=opts.beta, prompt_loss=opts.prompt_loss,
+                    seed=opts.seed)
+    result = train(TokenLogprobModel(lm), task, cfg, run, accelerator, resume=opts.resume is not None)
+    model_dir = run.path / "model"
+    summary = {"command": "train-orpo", "run_dir": str(run.path), "model_dir": str(model_dir),
+               "steps": result["steps"], "train_seconds": result["train_seconds"],
+               "examples_per_s": result["examples_per_s"], "pairs": len(examples), "skipped": skips.as_dict(),
+               **cut, "final": {k: v for k, v in result["last"].items() if k not in ("step",)}}
+    if run.main:
+        lm_trained = result["model"].lm
+
+        def write(tmp: Path) -> None:
+            lm_trained.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        if model_dir.exists():
+
+            shutil.rmtree(model_dir)
+        atomic_dir(model_dir, write)
+        plot = plot_metrics(run.metrics, PLOTTED, run.path / "loss.png", f"ORPO · {opts.model}")
+        summary["plot"] = str(plot) if plot else None
+        run.write_summary(summary)
+    accelerator.wait_for_everyone()
+    return summary
