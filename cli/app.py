@@ -13,13 +13,14 @@ from typing import Annotated
 
 import click
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps
 from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
 from lmlab.core.plugins import call_each, plugin_infos
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
@@ -94,12 +95,11 @@ def _register_plugin_commands() -> None:
             thunk()
         except Exception as exc:
             info.error = f"register_commands: {type(exc).__name__}: {exc}"
-        added = (app.registered_commands[seen[0]:], app.registered_groups[seen[1]:], bench.registered_commands[seen[2]:])
-        for command in added[0]:
+        for command in app.registered_commands[seen[0]:]:
             info.add("commands", command.name or command.callback.__name__)
-        for group in added[1]:
+        for group in app.registered_groups[seen[1]:]:
             info.add("commands", group.name or "")
-        for command in added[2]:
+        for command in bench.registered_commands[seen[2]:]:
             info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
     for info in plugin_infos():
         if info.error:

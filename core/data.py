@@ -22,9 +22,7 @@ SUPPORTED = (
     ".csv (with a header), .parquet, a folder of such files, a saved Hugging Face dataset folder, "
     "or a Hub id like owner/name"
 )
-HUB_HINT = (
-    "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
-)
+HUB_HINT = "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -88,9 +86,7 @@ class SkipLog:
         return dict(self._counts)
 
 
-def load_records(
-    source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train"
-) -> list[Record]:
+def load_records(source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train") -> list[Record]:
     """Every record in `source` (a file, a folder, a saved dataset or a Hub id); DataError on any problem."""
     if isinstance(required, str):
         required = (required,)
@@ -167,9 +163,7 @@ def _parse_jsonl(text: str, path: str) -> list[Record]:
                 f"line is not valid JSON ({e.msg}, column {e.colno})", path=path, line=number, hint=hint
             ) from None
         if not isinstance(value, dict):
-            raise DataError(
-                f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint
-            )
+            raise DataError(f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint)
         records.append(Record(value, path, number))
     return records
 
@@ -179,9 +173,7 @@ def _parse_json(text: str, path: str) -> list[Record]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(
-            f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint
-        ) from None
+        raise DataError(f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint) from None
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -259,6 +251,8 @@ def _load_saved(path: Path, split: str) -> list[Record]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as e:
+        if _saved_without_shards(path):  # datasets saves 0 rows as 0 shards, then cannot load them
+            raise _empty(str(path), "the dataset has no rows") from None
         raise DataError(f"could not load the saved dataset ({_short(e)})", path=str(path)) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
@@ -266,6 +260,13 @@ def _load_saved(path: Path, split: str) -> list[Record]:
             raise DataError(f"has no split '{split}'", path=str(path), hint=f"available splits: {available}")
         loaded = loaded[split]
     return _from_hf(loaded, str(path))
+
+
+def _saved_without_shards(path: Path) -> bool:
+    try:
+        return json.loads((path / "state.json").read_text(encoding="utf-8")).get("_data_files") == []
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_hub(name: str, split: str) -> list[Record]:

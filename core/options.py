@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import tomllib
 import typer
 import yaml
+
 from lmlab.core.errors import LmlabError
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+
 from lmlab.core import hookspecs
 
 DEFAULT_PLUGINS = ("lmlab.core.presets",)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+
 from lmlab.core import checkpoint
 from lmlab.core.console import err, is_quiet, log
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from lmlab.core import options as o
 from lmlab.core.console import err, print_json, set_quiet
 from lmlab.core.report import summary_table
@@ -12,7 +13,8 @@ from lmlab.core.schedules import SCHEDULES
 
 
 def train_orpo(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model alias, local HF folder, or Hub id.")] = "tiny-llama",
+    model: Annotated[str, typer.Option("--model", "-m", help="Model alias, local HF folder, or Hub id.")] = (
+        "tiny-llama"),
     data: Annotated[str | None, typer.Option("--data", "-d", help="Preference rows: JSONL/JSON/CSV/Parquet, a "
                     "saved HF dataset, or a Hub id (default: bundled examples/orpo/preferences.jsonl).",
                     show_default=False)] = None,

@@ -1,4 +1,4 @@
-"""lmlab.core.data: every format loads with the right line numbers, every bad input is a DataError naming it."""
+"""lmlab.core.data: each format loads with the right line numbers; each bad input is a DataError naming it."""
 
 from __future__ import annotations
 
@@ -111,9 +111,11 @@ def test_saved_dataset_dict_split(tmp_path):
 
 def test_saved_dataset_with_no_rows(tmp_path):
     datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({"a": []}).save_to_disk(tmp_path / "none")
-    with pytest.raises(DataError, match="is empty"):
-        load_records(tmp_path / "none")
+    datasets.Dataset.from_dict({"a": []}).save_to_disk(tmp_path / "none")  # saved as 0 shards
+    datasets.Dataset.from_dict({"a": []}).save_to_disk(tmp_path / "one", num_shards=1)
+    for name in ["none", "one"]:
+        with pytest.raises(DataError, match=f"{name}: is empty"):
+            load_records(tmp_path / name)
 
 
 # ---- errors -------------------------------------------------------------------------------------------
@@ -228,9 +230,7 @@ def test_skip_log():
     log.add("tie (label_0 == label_1)", Record({}, "p.jsonl", 9))
     assert log.total == 3
     assert log.as_dict() == {"empty response": 1, "tie (label_0 == label_1)": 2}
-    assert log.summary() == (
-        "skipped 3 rows: 2 × tie (label_0 == label_1) (first at p.jsonl:4), 1 × empty response"
-    )
+    assert log.summary() == ("skipped 3 rows: 2 × tie (label_0 == label_1) (first at p.jsonl:4), 1 × empty response")
     one = SkipLog()
     one.add("x")
     assert one.summary() == "skipped 1 row: 1 × x"
