@@ -87,8 +87,15 @@ def demo_command(
         step.run(output_dir, quick)
 
 
+_registered = False
+
+
 def _register_plugin_commands() -> None:
-    """Call each plugin's register_commands, noting what it added; a plugin that raises is skipped."""
+    """Call each plugin's register_commands once, noting what it added; a plugin that raises is skipped."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for info, thunk in call_each("register_commands", app=app, bench=bench):
         seen = len(app.registered_commands), len(app.registered_groups), len(bench.registered_commands)
         try:

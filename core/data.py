@@ -22,7 +22,9 @@ SUPPORTED = (
     ".csv (with a header), .parquet, a folder of such files, a saved Hugging Face dataset folder, "
     "or a Hub id like owner/name"
 )
-HUB_HINT = "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
+HUB_HINT = (
+    "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
+)
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -48,7 +50,8 @@ class Record:
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 names = " or ".join(t.__name__ for t in allowed)
                 raise DataError(
-                    f"expected {names}, got {_type_name(value)}", path=self.path, line=self.line, field=field
+                    f"expected {names}, got {_type_name(value)}", path=self.path, line=self.line, field=field,
+                    hint=f"make '{field}' a {names} in every row",
                 )
         return value
 
@@ -86,7 +89,9 @@ class SkipLog:
         return dict(self._counts)
 
 
-def load_records(source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train") -> list[Record]:
+def load_records(
+    source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train"
+) -> list[Record]:
     """Every record in `source` (a file, a folder, a saved dataset or a Hub id); DataError on any problem."""
     if isinstance(required, str):
         required = (required,)
@@ -163,7 +168,9 @@ def _parse_jsonl(text: str, path: str) -> list[Record]:
                 f"line is not valid JSON ({e.msg}, column {e.colno})", path=path, line=number, hint=hint
             ) from None
         if not isinstance(value, dict):
-            raise DataError(f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint)
+            raise DataError(
+                f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint
+            )
         records.append(Record(value, path, number))
     return records
 
@@ -173,7 +180,9 @@ def _parse_json(text: str, path: str) -> list[Record]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint) from None
+        raise DataError(
+            f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint
+        ) from None
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -200,7 +209,7 @@ def _parse_json(text: str, path: str) -> list[Record]:
 
 
 def _parse_csv(text: str, path: str) -> list[Record]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     records = []
     start = 1
@@ -224,7 +233,7 @@ def _parse_csv(text: str, path: str) -> list[Record]:
             else:
                 records.append(Record(dict(zip(header, row, strict=True)), path, line))
     except csv.Error as e:
-        raise DataError(f"is not valid CSV ({e})", path=path, line=reader.line_num) from None
+        raise DataError(f"is not valid CSV ({e})", path=path, line=start) from None
     if not records:
         raise _empty(path, "the CSV file has a header but no data rows")
     return records

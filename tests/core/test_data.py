@@ -137,6 +137,7 @@ def test_saved_dataset_with_no_rows(tmp_path):
         ("object.json", '{"a": 1}', None, "an object holding one list"),
         ("cols.csv", "a,b\n1,2\n3\n", 3, "expected 2 columns (as in the header), got 1"),
         ("dup.csv", "a,a\n1,2\n", 1, "duplicate column name 'a'"),
+        ("quote.csv", 'a,b\n1,2\n3,"open\n4,5\n', 3, "is not valid CSV (unexpected end of data)"),
         ("notes.txt", "hello", None, "unsupported file type '.txt'"),
     ],
 )
@@ -230,7 +231,9 @@ def test_skip_log():
     log.add("tie (label_0 == label_1)", Record({}, "p.jsonl", 9))
     assert log.total == 3
     assert log.as_dict() == {"empty response": 1, "tie (label_0 == label_1)": 2}
-    assert log.summary() == ("skipped 3 rows: 2 × tie (label_0 == label_1) (first at p.jsonl:4), 1 × empty response")
+    assert log.summary() == (
+        "skipped 3 rows: 2 × tie (label_0 == label_1) (first at p.jsonl:4), 1 × empty response"
+    )
     one = SkipLog()
     one.add("x")
     assert one.summary() == "skipped 1 row: 1 × x"

@@ -1,0 +1,44 @@
+"""Shared fixtures: everything offline, tiny models, small fixture files written per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `lmlab ARGS` in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "lmlab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+PREFERENCES = [
+    {"prompt": "What is the capital of France?", "chosen": "Paris is the capital of France.",
+     "rejected": "The capital of France is Berlin."},
+    {"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "2 + 3 = 7."},
+    {"prompt": "Say something kind.", "chosen": "You are doing great, keep going!", "rejected": "No."},
+    {"prompt": "Name a primary colour.", "chosen": "Red is a primary colour.", "rejected": "Purple, obviously."},
+    {"prompt": "How many legs does a spider have?", "chosen": "A spider has eight legs.",
+     "rejected": "Spiders have six legs."},
+    {"prompt": "Translate 'thank you' into French.", "chosen": "Merci.", "rejected": "Gracias."},
+]
+
+
+@pytest.fixture
+def preferences(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "prefs.jsonl", PREFERENCES)
