@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
+
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps
 from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
@@ -85,6 +87,8 @@ def demo_command(
             continue
         err.rule(f"[bold]{step.title}")
         step.run(output_dir, quick)
+    err.rule("[bold]done")
+    err.print(f"Every run directory (config.json, metrics.jsonl, plots, model) is under [bold]{output_dir}[/bold].")
 
 
 _registered = False

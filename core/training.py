@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
 from lmlab.core import checkpoint
-from lmlab.core.console import err, is_quiet, log
+from lmlab.core.console import err, is_quiet, log, set_quiet
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
 from lmlab.core.runs import RunDir
 from lmlab.core.schedules import lr_lambda
@@ -70,7 +70,10 @@ def make_accelerator() -> Accelerator:
     """bf16 where the GPU has it, fp32 on CPU; CPU multi-process runs use gloo via torchrun."""
     cuda = torch.cuda.is_available()
     mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not cuda, mixed_precision=mixed)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed)
+    if not accelerator.is_main_process:
+        set_quiet(True)  # one process talks
+    return accelerator
 
 
 def shared_run_path(accelerator: Accelerator, path: Path) -> Path:
