@@ -104,8 +104,11 @@ def _register_plugin_commands() -> None:
         seen = len(app.registered_commands), len(app.registered_groups), len(bench.registered_commands)
         try:
             thunk()
-        except Exception as exc:
+        except Exception as exc:  # drop whatever the broken plugin managed to add
             info.error = f"register_commands: {type(exc).__name__}: {exc}"
+            del app.registered_commands[seen[0]:], app.registered_groups[seen[1]:]
+            del bench.registered_commands[seen[2]:]
+            continue
         for command in app.registered_commands[seen[0]:]:
             info.add("commands", command.name or command.callback.__name__)
         for group in app.registered_groups[seen[1]:]:
@@ -118,30 +121,36 @@ def _register_plugin_commands() -> None:
                       f"{escape(info.error)}")
 
 
-def build_command() -> click.Command:
+def build_command() -> click.Command:  # typer's vendored click.Command on typer >= 0.22
     """The click command for the whole app (also used to generate shell completions)."""
     _register_plugin_commands()
     return typer.main.get_command(app)
+
+
+# typer >= 0.22 vendors its own copy of click; usage errors and exits may come from either copy.
+_VENDORED = getattr(typer, "_click", None)
+USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,) + (
+    (_VENDORED.exceptions.ClickException,) if _VENDORED else ())
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with lmlab's exit-code contract."""
     command = build_command()
     try:
-        command.main(args=argv, prog_name="lmlab", standalone_mode=False)
+        code = command.main(args=argv, prog_name="lmlab", standalone_mode=False)
     except LmlabError as exc:
         err.print(f"[bold red]error:[/bold red] {escape(exc.message)}")
         if exc.hint:
             err.print(f"[dim]hint: {escape(exc.hint)}[/dim]")
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE if exc.exit_code == 2 else exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
         err.print("[yellow]interrupted[/yellow]")
         sys.exit(EXIT_INTERRUPTED)
+    except USAGE_ERRORS as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
     except Exception as exc:  # an lmlab bug: short trace unless --debug
         if os.environ.get("LMLAB_DEBUG"):
             traceback.print_exc()
@@ -151,4 +160,4 @@ def main(argv: list[str] | None = None) -> None:
             err.print(f"[bold red]internal error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}")
             err.print("[dim]this is a bug in lmlab or a plugin; rerun with --debug for the full trace[/dim]")
         sys.exit(EXIT_INTERNAL)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

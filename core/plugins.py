@@ -67,9 +67,16 @@ def load_plugins() -> pluggy.PluginManager:
         info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None)
         _infos[ep.name] = info
         try:
-            pm.register(ep.load(), name=ep.name)
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must not take the CLI down
             info.error = f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            pm.check_pending()  # a @hookimpl on a misspelt hook name
+        except pluggy.PluginValidationError as exc:
+            info.error = str(exc)
+            pm.unregister(plugin)
     for name, info in _infos.items():
         plugin = pm.get_plugin(name)
         if plugin is not None:

@@ -13,12 +13,25 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.orpo.command import train_orpo
 
     app.command("train-orpo")(train_orpo)
+    from lmlab.plugins.orpo.bench import bench_orpo
+
+    bench.command("orpo")(bench_orpo)
+
+
+def _demo_tiny(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.orpo.demo import run_demo
+
+    run_demo(output_dir, quick)
+
+
+def _demo_smollm2(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.orpo.demo import run_demo_smollm2
+
+    run_demo_smollm2(output_dir, quick)
 
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    from lmlab.plugins.orpo.demo import run_demo, run_demo_smollm2
-
-    register(DemoStep("orpo-tiny", "ORPO · tiny-llama on bundled preferences", 10, run_demo))
-    register(DemoStep("orpo-smollm2", "ORPO · a few steps on SmolLM2-135M-Instruct", 11, run_demo_smollm2,
+    register(DemoStep("orpo-tiny", "ORPO · tiny-llama on bundled preferences", 10, _demo_tiny))
+    register(DemoStep("orpo-smollm2", "ORPO · a few steps on SmolLM2-135M-Instruct", 11, _demo_smollm2,
                       quick=False))
