@@ -127,3 +127,32 @@ def test_config_file_supplies_options_and_flags_win(tmp_path: Path, preferences:
     options = json.loads((tmp_path / "r" / "config.json").read_text())["options"]
     assert options["beta"] == 0.5 and options["max_steps"] == 2 and options["max_length"] == 64
     assert json.loads(result.stdout)["steps"] == 2
+
+
+def test_sigterm_saves_and_exits_130_then_resumes(tmp_path: Path, preferences: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "train-orpo", "--data", str(preferences), *FAST,
+                             "--max-steps", "400", "--save-every", "1000", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Interrupted at step" in stderr and "--resume" in stderr
+    saved = json.loads((sorted((out / "checkpoints").glob("step-*"))[-1] / "state.json").read_text())
+    resumed = run_cli("train-orpo", "--resume", str(out), "--max-steps", str(saved["step"] + 2), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == saved["step"] + 2
+
+
+def test_lora_trains_adapters_only(tmp_path: Path, preferences: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("train-orpo", "--data", str(preferences), *FAST, "--max-steps", "2", "--lora", "--lr", "1e-3",
+                     "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert (out / "model" / "adapter_config.json").exists()
+    adapter = load_file(out / "model" / "adapter_model.safetensors")
+    assert adapter and all("lora" in name for name in adapter)
