@@ -10,6 +10,7 @@ the same trajectory as one process with batch B, because every loss term is divi
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import signal
@@ -136,6 +137,30 @@ class _Progress:
             self.bar.stop()
 
 
+class _MetricsSink:
+    """metrics.jsonl always (main process), TensorBoard too when it is installed."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run, self.board = run, None
+        if run.main and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(run.path / "tensorboard"))
+
+    def write(self, record: dict[str, float]) -> None:
+        if not self.run.main:
+            return
+        with self.run.metrics.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            for key, value in record.items():
+                self.board.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
 def _finite(x: float) -> bool:
     return math.isfinite(x)
 
@@ -167,7 +192,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    stop, progress = _Stop(), _Progress(cfg.max_steps, state["step"])
+    stop, progress, sink = _Stop(), _Progress(cfg.max_steps, state["step"]), _MetricsSink(run)
     epoch_batches: list[list[int]] = []
     record: dict[str, float] = {}
     started = time.perf_counter()
@@ -205,9 +230,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 elapsed = time.perf_counter() - tick
                 record.update(step=state["step"], epoch=state["epoch"], lr=scheduler.get_last_lr()[0],
                               step_time=elapsed, examples_per_s=global_batch / elapsed)
-                if run.main:
-                    with run.metrics.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                sink.write(record)
                 progress.update(state["step"], record, state["step"] % cfg.log_every == 0)
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     save()
@@ -217,6 +240,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                                       hint=f"continue with --resume {run.path}")
         finally:
             progress.close()
+            sink.close()
     seconds = time.perf_counter() - started
     steps = state["step"] - first_step
     return {"steps": state["step"], "epochs": state["epoch"] + 1, "train_seconds": round(seconds, 3),
