@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps

@@ -1,0 +1,126 @@
+"""MaPO / Diffusion-DPO as a TrainTask: only the UNet trains; VAE (fp32) and text encoders stay frozen."""
+
+from __future__ import annotations
+
+import torch
+
+from lmlab.plugins.mapo.data import ImagePair, paired_transform
+from lmlab.plugins.mapo.loss import denoising_error, dpo_terms, mapo_terms
+from lmlab.plugins.mapo.models import DiffusionParts
+
+
+class DiffusionPreferenceTask:
+    """Winner and loser latents get the same noise and the same timestep t ~ U{0..T-1} (§2)."""
+
+    def __init__(self, pairs: list[ImagePair], parts: DiffusionParts, *, loss: str, beta: float, snr_value: float,
+                 beta_dpo: float, resolution: int, seed: int, cache_latents: bool,
+                 reference: torch.nn.Module | None, device: torch.device) -> None:
+        self.pairs, self.parts, self.kind = pairs, parts, loss
+        self.beta, self.snr_value, self.beta_dpo = beta, snr_value, beta_dpo
+        self.resolution, self.seed, self.device = resolution, seed, device
+        self.reference = reference
+        self.cache: dict[int, tuple[torch.Tensor, list[int]]] | None = {} if cache_latents else None
+        for module in (parts.vae, parts.text_encoder, parts.text_encoder_2, reference):
+            if module is not None:
+                module.to(device)
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.pairs), generator=generator).tolist()
+        order += order[:(-len(order)) % global_batch] if len(order) >= global_batch else \
+            [order[i % len(order)] for i in range(global_batch - len(order))]
+        return [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
+        """VAE latents (fp32), scaled; `sample=False` takes the posterior mode (cache, evaluation)."""
+        vae = self.parts.vae
+        dist = vae.encode(pixels.to(self.device, torch.float32)).latent_dist
+        return (dist.sample() if sample else dist.mode()) * vae.config.scaling_factor
+
+    def _cached(self, index: int) -> tuple[torch.Tensor, list[int]]:
+        if index not in self.cache:
+            winner, loser = self.pairs[index].images()
+            w, lo, time_ids = paired_transform(winner, loser, self.resolution, random=False)
+            self.cache[index] = (self.encode_images(torch.stack([w, lo]), sample=False).cpu(), time_ids)
+        return self.cache[index]
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        if self.cache is not None:
+            cached = [self._cached(i) for i in indices]
+            winners, losers = zip(*(c[0] for c in cached), strict=True)
+            batch["latents"] = torch.cat([torch.stack(winners), torch.stack(losers)])
+            time_ids = [c[1] for c in cached]
+        else:
+            winners, losers, time_ids = [], [], []
+            for i in indices:
+                w, lo, ids = paired_transform(*self.pairs[i].images(), self.resolution, random=True)
+                winners.append(w)
+                losers.append(lo)
+                time_ids.append(ids)
+            batch["pixel_values"] = torch.stack(winners + losers)
+        batch["time_ids"] = torch.tensor([ids + [self.resolution, self.resolution] for ids in time_ids],
+                                         dtype=torch.float32)
+        return {**batch, **self.collate_text([self.pairs[i].caption for i in indices])}
+
+    def collate_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        batch = {"input_ids": self._tokenize(self.parts.tokenizer, captions)}
+        if self.parts.is_sdxl:
+            batch["input_ids_2"] = self._tokenize(self.parts.tokenizer_2, captions)
+        return batch
+
+    @staticmethod
+    def _tokenize(tokenizer: object, captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def encode_text(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SDXL: concat(penultimate hidden states of both encoders), pooled projection of the second."""
+        parts = self.parts
+        ids = batch["input_ids"].to(self.device)
+        if not parts.is_sdxl:
+            return parts.text_encoder(ids)[0], None
+        first = parts.text_encoder(ids, output_hidden_states=True)
+        second = parts.text_encoder_2(batch["input_ids_2"].to(self.device), output_hidden_states=True)
+        return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
+    def denoise(self, unet: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                text: tuple[torch.Tensor, torch.Tensor | None], time_ids: torch.Tensor) -> torch.Tensor:
+        """Per-sample error of `unet` on latents noised at `timesteps` (pairs stacked winners-then-losers)."""
+        scheduler = self.parts.noise_scheduler
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        target = noise if self.parts.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise,
+                                                                                                timesteps)
+        states, pooled = text
+        extra = {}
+        if pooled is not None:
+            extra["added_cond_kwargs"] = {"text_embeds": pooled.repeat(2, 1), "time_ids": time_ids.repeat(2, 1)}
+        pred = unet(noisy, timesteps, encoder_hidden_states=states.repeat(2, 1, 1), **extra).sample
+        return denoising_error(pred, target)
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"pairs": float(batch["time_ids"].shape[0])}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pairs = batch["time_ids"].shape[0]
+        latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
+        text = self.encode_text(batch)
+        noise = torch.randn_like(latents[:pairs]).repeat(2, 1, 1, 1)
+        steps = self.parts.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (pairs,), device=latents.device).repeat(2)
+        error = self.denoise(model, latents, noise, timesteps, text, batch["time_ids"])
+        mse_w, mse_l = error[:pairs], error[pairs:]
+        if self.kind == "mapo":
+            per_pair, terms = mapo_terms(mse_w, mse_l, beta=self.beta, snr_value=self.snr_value,
+                                         num_timesteps=steps)
+        else:
+            with torch.no_grad():
+                ref = self.denoise(self.reference, latents, noise, timesteps, text, batch["time_ids"])
+            per_pair, terms = dpo_terms(mse_w, mse_l, ref[:pairs], ref[pairs:], beta_dpo=self.beta_dpo)
+        n = totals["pairs"]
+        metrics = {key: value.detach().float().sum() / n for key, value in terms.items()}
+        metrics["win_rate"] = (mse_w < mse_l).float().sum() / n
+        return per_pair.sum() / n, metrics

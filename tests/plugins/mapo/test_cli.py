@@ -1,0 +1,77 @@
+"""`lmlab train-mapo` end to end on tiny-sdxl: run directory, alignment direction, resume, DPO, LoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+from tests.plugins.mapo.conftest import make_pairs
+
+FAST = ("--samples", "2", "--sample-steps", "2", "--lr", "1e-3")
+
+
+def test_default_run_trains_tiny_sdxl_on_bundled_pairs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("train-mapo", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["loss"] == "mapo" and summary["steps"] == 30 and summary["skipped"]
+    for key in ("mse_w", "mse_l", "f_w", "f_l", "margin", "win_rate"):
+        assert key in summary["final"], key
+    assert (out / "unet" / "config.json").exists() and (out / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "loss.png").exists() and (out / "summary.json").exists() and (out / "config.json").exists()
+
+
+def test_training_lowers_the_winners_error_on_heldout_pairs(tmp_path: Path) -> None:
+    train = make_pairs(tmp_path / "train", n=16, ties=0)
+    held = make_pairs(tmp_path / "held", n=6, ties=0)
+    result = run_cli("train-mapo", "--data", str(train), "--heldout", str(held), "--max-steps", "30", *FAST,
+                     "--json", "-o", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    heldout = json.loads(result.stdout)["heldout"]
+    assert heldout["after"]["gap"] < heldout["before"]["gap"]
+    assert heldout["after"]["winner_lower"] > heldout["before"]["winner_lower"]
+
+
+def test_resume_after_sigkill_reaches_the_same_unet(tmp_path: Path, pairs: Path) -> None:
+    common = ("train-mapo", "--data", str(pairs), "--max-steps", "12", "--save-every", "2", "--batch-size", "2",
+              "--samples", "0")
+    straight = run_cli(*common, "-o", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *common, "-o", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-000004" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = run_cli("train-mapo", "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(killed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+def test_dpo_and_lora_runs(tmp_path: Path, pairs: Path) -> None:
+    dpo = run_cli("train-mapo", "--loss", "dpo", "--data", str(pairs), "--max-steps", "2", *FAST, "--json",
+                  "-o", str(tmp_path / "dpo"))
+    assert dpo.returncode == 0, dpo.stderr
+    final = json.loads(dpo.stdout)["final"]
+    assert {"ref_w", "ref_l", "implicit_acc", "win_rate"} <= set(final)
+    lora = run_cli("train-mapo", "--lora", "--data", str(pairs), "--max-steps", "2", *FAST, "--cache-latents",
+                   "-o", str(tmp_path / "lora"))
+    assert lora.returncode == 0, lora.stderr
+    weights = load_file(next((tmp_path / "lora" / "unet_lora").glob("*.safetensors")))
+    assert weights and all("lora" in k for k in weights)
