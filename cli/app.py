@@ -20,6 +20,7 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from lmlab.core.attention import architectures, attention_types
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps
 from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
@@ -61,6 +62,8 @@ def plugins_command(
 
     model_aliases()  # these calls fill in what each plugin registered
     demo_steps()
+    attention_types()
+    architectures()
     if json_output:
         print_json([vars(info) for info in infos])
         return

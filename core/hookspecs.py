@@ -24,3 +24,13 @@ def register_models(register: Any) -> None:
 @hookspec
 def register_demo_steps(register: Any) -> None:
     """Register steps of `lmlab demo`: register(DemoStep(name, order, run)); steps run by `order`."""
+
+
+@hookspec
+def register_attention(register: Any) -> None:
+    """Register attention types for `pretrain --attn`: register(AttentionSpec(...)) (see lmlab.core.attention)."""
+
+
+@hookspec
+def register_architectures(register: Any) -> None:
+    """Register model architectures for `pretrain --arch`: register(ArchitectureSpec(...))."""

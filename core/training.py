@@ -67,6 +67,15 @@ class TrainTask(Protocol):
         so that summing over micro-batches and processes gives the global mean."""
 
 
+class MonitoredTask(TrainTask, Protocol):
+    """A task that also measures the model after each optimizer step (TEV, validation loss, …)."""
+
+    def after_step(self, model: torch.nn.Module, step: int,
+                   no_sync: Any) -> dict[str, float]:
+        """Extra metrics for `step` (called on every process with the unwrapped model; `no_sync()` is a context
+        manager for any backward pass it runs, so that it never touches the training gradients' sync)."""
+
+
 def make_accelerator() -> Accelerator:
     """bf16 where the GPU has it, fp32 on CPU; CPU multi-process runs use gloo via torchrun."""
     cuda = torch.cuda.is_available()
@@ -225,9 +234,13 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                elapsed = time.perf_counter() - tick
+                if hasattr(task, "after_step"):
+                    tock = time.perf_counter()
+                    record.update(task.after_step(unwrapped, state["step"] + 1, lambda: accelerator.no_sync(model)))
+                    record["monitor_time"] = time.perf_counter() - tock
                 state["step"] += 1
                 state["batch_in_epoch"] += 1
-                elapsed = time.perf_counter() - tick
                 record.update(step=state["step"], epoch=state["epoch"], lr=scheduler.get_last_lr()[0],
                               step_time=elapsed, examples_per_s=global_batch / elapsed)
                 sink.write(record)

@@ -1,0 +1,49 @@
+"""Stable pre-training (Chung et al., EMNLP 2024): a nanoGPT-style GPT with TEV monitoring. `lmlab pretrain`,
+`lmlab generate`, `lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture live here;
+other attentions (`mlra`) and architectures come from other plugins through the hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from lmlab.core.demo import DemoStep
+from lmlab.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.plugins.pretrain.command import generate, pretrain
+    from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
+
+    app.command("pretrain")(pretrain)
+    app.command("generate")(generate)
+    tokenizer = typer.Typer(help="Tokenizers for pre-training.", no_args_is_help=True)
+    tokenizer.command("train")(tokenizer_train)
+    app.add_typer(tokenizer, name="tokenizer")
+
+
+@hookimpl
+def register_attention(register: Any) -> None:
+    from lmlab.plugins.pretrain.model import MHA_SPEC
+
+    register(MHA_SPEC)
+
+
+@hookimpl
+def register_architectures(register: Any) -> None:
+    from lmlab.plugins.pretrain.model import GPT_ARCH
+
+    register(GPT_ARCH)
+
+
+def _demo(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.pretrain.demo import run_demo
+
+    run_demo(output_dir, quick)
+
+
+@hookimpl
+def register_demo_steps(register: Any) -> None:
+    register(DemoStep("pretrain", "Pre-training · MHA vs MLRA on Tiny Shakespeare, with TEV", 30, _demo))
