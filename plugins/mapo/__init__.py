@@ -14,6 +14,9 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.mapo.command import train_mapo
 
     app.command("train-mapo")(train_mapo)
+    from lmlab.plugins.mapo.bench import bench_mapo
+
+    bench.command("mapo")(bench_mapo)
 
 
 def _demo(output_dir: str, quick: bool) -> None:

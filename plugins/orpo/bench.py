@@ -29,20 +29,29 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
 from __future__ import annotations
 
 import json
-import os
-import platform
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from lmlab.core.bench import (
+    cpu_count,
+    emit,
+    machine,
+    make_report,
+    peak_rss_mb,
+    print_ratios,
+    ran,
+    ratio,
+    rss_mb,
+    run_measured,
+    version,
+)
 from lmlab.core.errors import LmlabError
 
 SYSTEMS = ("lmlab", "trl")
@@ -51,6 +60,7 @@ BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
 SHORTEST = 128  # shortest full sequence (prompt + longer response) in tokens, when --max-length allows
+WORKER = "lmlab.plugins.orpo.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
 TARGETS = {"examples_per_s_lmlab_vs_trl": (">=", 1.5), "peak_mem_increase_lmlab_vs_trl": ("<=", 0.5)}
 
 
@@ -74,7 +84,7 @@ def bench_orpo(
     from lmlab.core.console import log
 
     chosen = _parse_systems(systems)
-    threads = _cpu_count()
+    threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "batch_size": batch_size, "max_length": max_length, "timed_steps": steps,
         "warmup_steps": WARMUP_STEPS, "rows": rows, "seed": seed, "beta": BETA, "lr": LR, "schedule": "constant",
@@ -91,27 +101,17 @@ def bench_orpo(
             continue
         log(f"bench orpo: running {system} ({WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size}, "
             f"max length {max_length}, {threads} threads)…")
-        before = _cpu_seconds()
-        results[system] = _run_worker(system, settings)
-        other = _other_cpu_share(before, _cpu_seconds(), threads)
-        results[system]["other_processes_cpu_share"] = other
-        if other is not None and other > 0.1:
-            log(f"[yellow]warning: other processes used {other:.0%} of the CPU during the {system} run; they slow "
-                "the systems unevenly, so rerun on a quiet machine before trusting the ratios[/yellow]")
-    ran = [r for r in results.values() if "data" in r]
-    if ran:
-        settings["data"] = ran[0].pop("data")
-        for result in ran[1:]:
+        results[system] = run_measured(WORKER, system, settings, threads=threads,
+                                       retry_hint=f"rerun with --systems {system} and LMLAB_DEBUG=1 for the "
+                                                  "worker's trace")
+    measured = [r for r in results.values() if "data" in r]
+    if measured:
+        settings["data"] = measured[0].pop("data")
+        for result in measured[1:]:
             result.pop("data")
     _compare_losses(results)
-    report = {"benchmark": "orpo", "machine": _machine(threads), "settings": settings, "results": results,
-              "ratios": _ratios(results)}
-    if json_output:
-        from lmlab.core.console import print_json
-
-        print_json(report)
-    else:
-        _print_table(report)
+    report = make_report("orpo", machine(threads), settings, results, _ratios(results))
+    emit(report, json_output, _print_table)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,93 +127,22 @@ def _parse_systems(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_seconds() -> tuple[float, float, float] | None:
-    """(wall clock, busy CPU seconds of the whole machine, CPU seconds of our finished children), Linux only."""
-    import resource
-
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
-
-
-def _other_cpu_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None,
-                     threads: int) -> float | None:
-    """Share of the CPU that processes other than the worker used while it ran (contention spoils ratios)."""
-    if before is None or after is None or after[0] <= before[0]:
-        return None
-    other = (after[1] - before[1]) - (after[2] - before[2])
-    return round(max(0.0, other) / ((after[0] - before[0]) * threads), 3)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _machine(threads: int) -> dict[str, Any]:
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch": _version("torch"), "threads": threads,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def _run_worker(system: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Run one system in a fresh interpreter and return what it measured."""
-    code = "from lmlab.plugins.orpo.bench import worker_main; worker_main()"
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
-        out, log_path = Path(tmp) / "result.json", Path(tmp) / "worker.log"
-        with log_path.open("w") as log_file:
-            proc = subprocess.run([sys.executable, "-c", code, system, json.dumps(settings), str(out)],
-                                  stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
-        result = json.loads(out.read_text()) if out.exists() else None
-        if result and "error" in result:
-            raise LmlabError(result["error"], hint=result.get("hint"))
-        if proc.returncode != 0 or result is None:
-            tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])
-            raise LmlabError(f"The {system} benchmark process failed (exit code {proc.returncode}): {tail}",
-                             hint="rerun with --systems " + system + " and LMLAB_DEBUG=1 for the worker's trace")
-    return result
-
-
 def _compare_losses(results: dict[str, dict[str, Any]]) -> None:
     ours, trl = results.get("lmlab"), results.get("trl")
-    if not ours or not trl or "skipped" in ours or "skipped" in trl:
+    if not ran(ours) or not ran(trl):
         return
     trl["same_tokens_as_lmlab"] = ours["tokens_sha256"] == trl["tokens_sha256"]
     trl["same_init_as_lmlab"] = ours["init_sha256"] == trl["init_sha256"]
     trl["loss_abs_diff_vs_lmlab"] = abs(ours["loss_first_batch"] - trl["loss_first_batch"])
 
 
-def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     ours, trl = results.get("lmlab"), results.get("trl")
-    if not ours or not trl or "skipped" in ours or "skipped" in trl:
+    if not ran(ours) or not ran(trl):
         return {}
-    return {"examples_per_s_lmlab_vs_trl": round(ours["examples_per_s"] / trl["examples_per_s"], 3),
-            "peak_mem_increase_lmlab_vs_trl": round(ours["peak_rss_increase_mb"] / trl["peak_rss_increase_mb"], 3),
-            "peak_rss_lmlab_vs_trl": round(ours["peak_rss_mb"] / trl["peak_rss_mb"], 3)}
+    return {"examples_per_s_lmlab_vs_trl": ratio(ours["examples_per_s"], trl["examples_per_s"]),
+            "peak_mem_increase_lmlab_vs_trl": ratio(ours["peak_rss_increase_mb"], trl["peak_rss_increase_mb"]),
+            "peak_rss_lmlab_vs_trl": ratio(ours["peak_rss_mb"], trl["peak_rss_mb"])}
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -233,13 +162,7 @@ def _print_table(report: dict[str, Any]) -> None:
                       f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}")
     console = Console()
     console.print(table)
-    for key, value in report["ratios"].items():
-        target = TARGETS.get(key)
-        verdict = ""
-        if target:
-            ok = value >= target[1] if target[0] == ">=" else value <= target[1]
-            verdict = f"  (target {target[0]} {target[1]}: {'[green]met[/green]' if ok else '[red]missed[/red]'})"
-        console.print(f"{key}: [bold]{value:.3f}[/bold]{verdict}")
+    print_ratios(console, report["ratios"], TARGETS)
     trl = report["results"].get("trl", {})
     if "loss_abs_diff_vs_lmlab" in trl:
         console.print(f"first-batch loss |lmlab − trl|: {trl['loss_abs_diff_vs_lmlab']:.2e} (same token ids: "
@@ -249,17 +172,6 @@ def _print_table(report: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Worker side: one system in its own process.
-
-
-def worker_main() -> None:
-    """Entry point of a worker process: argv = [system, settings JSON, result path]."""
-    system, settings, out = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
-    try:
-        result = run_system(system, settings)
-    except LmlabError as exc:
-        out.write_text(json.dumps({"error": exc.message, "hint": exc.hint}))
-        sys.exit(2)
-    out.write_text(json.dumps(result))
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -288,22 +200,6 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "data": _data_stats(examples, order, settings["max_length"]),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _rss_mb() -> float:
-    """Resident set size now (Linux /proc; elsewhere the peak, which is the best we can read)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def _init_hash(lm: Any) -> str:
@@ -460,7 +356,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
 
         def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
             if indices[0] < 0:
-                self.peak_rss_mb = _peak_rss_mb()
+                self.peak_rss_mb = peak_rss_mb()
                 raise _Finished
             return super().collate(indices)
 
@@ -470,7 +366,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     model = TokenLogprobModel(lm)
     tokens = [(examples[i].prompt + examples[i].chosen, examples[i].prompt + examples[i].rejected,
                len(examples[i].prompt)) for batch in order for i in batch]
-    rss_after_load = _rss_mb()
+    rss_after_load = rss_mb()
     with torch.no_grad():
         batch = task.collate(order[0])
         loss, _ = task.loss(model, batch, task.counts(batch))
@@ -483,7 +379,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
         except _Finished:
             pass
         records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
-    return {"version": _version("lmlab"), "loss_first_batch": float(loss), "tokens_sha256": _token_hash(tokens),
+    return {"version": version("lmlab"), "loss_first_batch": float(loss), "tokens_sha256": _token_hash(tokens),
             "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
             "peak_rss_mb": round(task.peak_rss_mb, 1), "step_times": [r["step_time"] for r in records],
             "final_loss": records[-1]["loss"]}
@@ -498,7 +394,7 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
     try:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     except ImportError as exc:
-        raise LmlabError(f"trl {_version('trl')} has no trl.experimental.orpo ({exc}).",
+        raise LmlabError(f"trl {version('trl')} has no trl.experimental.orpo ({exc}).",
                          hint="install a trl with the experimental ORPO trainer, e.g. pip install 'trl>=0.25'") from exc
 
     class StepTimer(TrainerCallback):
@@ -513,7 +409,7 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.times.append(time.perf_counter() - self.tick)
             if len(self.times) == len(order):
-                self.peak_rss_mb = _peak_rss_mb()
+                self.peak_rss_mb = peak_rss_mb()
 
     init_sha = _init_hash(lm)
     timer = StepTimer()
@@ -531,13 +427,13 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
         # TRL's own tokenisation of the rows, in step order, hashed like ours so the report can compare them.
         tokens = [(item["chosen_input_ids"], item["rejected_input_ids"],
                    sum(1 for label in item["chosen_labels"] if label == -100)) for item in trainer.train_dataset]
-        rss_after_load = _rss_mb()
+        rss_after_load = rss_mb()
         with torch.no_grad():
             batch = trainer.data_collator([trainer.train_dataset[i] for i in range(settings["batch_size"])])
             loss, _ = trainer.get_batch_loss_metrics(trainer.model, batch)
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"version": _version("trl"), "loss_first_batch": float(loss),
+    return {"version": version("trl"), "loss_first_batch": float(loss),
             "tokens_sha256": _token_hash(tokens),
             "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
             "peak_rss_mb": round(timer.peak_rss_mb, 1), "step_times": timer.times,

@@ -75,3 +75,10 @@ def test_dpo_and_lora_runs(tmp_path: Path, pairs: Path) -> None:
     assert lora.returncode == 0, lora.stderr
     weights = load_file(next((tmp_path / "lora" / "unet_lora").glob("*.safetensors")))
     assert weights and all("lora" in k for k in weights)
+
+
+def test_bench_mapo_is_registered() -> None:
+    result = run_cli("bench", "mapo", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--unet-scale", "--cache-latents", "--json", "--batch-size"):
+        assert option in result.stdout, option
