@@ -12,7 +12,7 @@ from lmlab.plugins.pretrain.train import PretrainOptions, run_pretrain
 def run_demo(output_dir: str, quick: bool) -> None:
     for attn in ("mha", "mlra"):
         summary = run_pretrain(PretrainOptions(attn=attn, output_dir=Path(output_dir) / f"pretrain-{attn}",
-                                               max_steps=150, eval_every=50))
+                                               max_steps=100, eval_every=50))
         final = summary["final"]
         err.print(f"{attn}: {summary['parameters']:,} params · val ppl {summary['val_ppl']:.1f} · "
                   f"TEV μ {final.get('tev_mean', float('nan')):.4f} σ {final.get('tev_std', float('nan')):.4f} · "
