@@ -54,7 +54,7 @@ def test_bash_script_completes_plugin_commands(tmp_path: Path) -> None:
     shim.chmod(0o755)
     script = (
         f'source "{COMPLETIONS / "lmlab.bash"}"; '
-        'COMP_WORDS=(lmlab tr); COMP_CWORD=1; _lmlab_completion lmlab; echo "${COMPREPLY[*]}"; '
+        'COMP_WORDS=(lmlab train-o); COMP_CWORD=1; _lmlab_completion lmlab; echo "${COMPREPLY[*]}"; '
         'COMP_WORDS=(lmlab train-orpo --max-s); COMP_CWORD=2; _lmlab_completion lmlab; echo "${COMPREPLY[*]}"'
     )
     env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"}
