@@ -48,6 +48,13 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
+    """Like atomic_dir, but the new folder replaces an existing one (a rerun's final model)."""
+    if target.exists():
+        shutil.rmtree(target)
+    return atomic_dir(target, write)
+
+
 def finish_tokenizer(tokenizer: Any) -> Any:
     """Make sure padding works: fall back to EOS as the pad token."""
     if tokenizer.pad_token is None:

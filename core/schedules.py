@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from lmlab.core.errors import LmlabError
+
 SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
+
+
+def check_schedule(name: str) -> None:
+    """Fail early, before any model is loaded, on an unknown --schedule."""
+    if name not in SCHEDULES:
+        raise LmlabError(f"Unknown --schedule '{name}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
 
 
 def lr_lambda(name: str, warmup: int, total: int) -> Callable[[int], float]:

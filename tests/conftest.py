@@ -42,3 +42,20 @@ PREFERENCES = [
 @pytest.fixture
 def preferences(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "prefs.jsonl", PREFERENCES)
+
+
+def kill_after_checkpoint(args: tuple[str, ...], run_dir: Path, step: int) -> None:
+    """Start `lmlab ARGS -o run_dir`, SIGKILL it as soon as checkpoint `step` is complete, and check that the
+    kill came before the run finished (otherwise a resume test would prove nothing)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *args, "-o", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / f"step-{step:06d}" / "state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "the kill came after the run finished"

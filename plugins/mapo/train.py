@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,11 @@ from PIL import Image, ImageDraw
 from lmlab.core.console import log
 from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import LmlabError
-from lmlab.core.models import atomic_dir
+from lmlab.core.models import replace_dir
 from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
-from lmlab.core.schedules import SCHEDULES
+from lmlab.core.schedules import check_schedule
 from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs
 from lmlab.plugins.mapo.evaluate import heldout_gap
@@ -112,17 +111,14 @@ def _save_unet(parts: DiffusionParts, unet: torch.nn.Module, lora: bool, target:
         else:
             unet.save_pretrained(tmp)
 
-    if target.exists():
-        shutil.rmtree(target)
-    atomic_dir(target, write)
+    replace_dir(target, write)
 
 
 def run_mapo(opts: MapoOptions) -> dict[str, Any]:
     """Train and write the run directory; returns the summary."""
     if opts.loss not in LOSSES:
         raise LmlabError(f"Unknown --loss '{opts.loss}'.", hint="choose mapo or dpo")
-    if opts.schedule not in SCHEDULES:
-        raise LmlabError(f"Unknown --schedule '{opts.schedule}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
+    check_schedule(opts.schedule)
     data = opts.data or str(example("mapo/pairs.jsonl"))
     heldout = opts.heldout or (str(example("mapo/heldout.jsonl")) if opts.data is None else None)
     accelerator = make_accelerator()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,11 @@ from lmlab.core.console import log
 from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import atomic_dir, load_model
+from lmlab.core.models import load_model, replace_dir
 from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
-from lmlab.core.schedules import SCHEDULES
+from lmlab.core.schedules import check_schedule
 from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
 from lmlab.plugins.orpo.data import build_examples
 from lmlab.plugins.orpo.task import OrpoTask
@@ -60,8 +59,7 @@ def _lora(model: Any, r: int, alpha: int) -> Any:
 
 def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
     """Train with ORPO and write the run directory; returns the summary."""
-    if opts.schedule not in SCHEDULES:
-        raise LmlabError(f"Unknown --schedule '{opts.schedule}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
+    check_schedule(opts.schedule)
     data = opts.data or str(example("orpo/preferences.jsonl"))
     accelerator = make_accelerator()
     run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
@@ -103,10 +101,7 @@ def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
             lm_trained.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 
-        if model_dir.exists():
-
-            shutil.rmtree(model_dir)
-        atomic_dir(model_dir, write)
+        replace_dir(model_dir, write)
         plot = plot_metrics(run.metrics, PLOTTED, run.path / "loss.png", f"ORPO · {opts.model}")
         summary["plot"] = str(plot) if plot else None
         run.write_summary(summary)

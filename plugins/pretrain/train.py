@@ -3,7 +3,6 @@ loop, with TEV / gradient-variance monitoring, validation perplexity, plots and 
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,11 @@ from typing import Any
 from lmlab.core.attention import AttentionConfig, architectures, attention_types, parse_key_values
 from lmlab.core.console import log
 from lmlab.core.errors import LmlabError
-from lmlab.core.models import atomic_dir, cache_dir
+from lmlab.core.models import cache_dir, replace_dir
 from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
-from lmlab.core.schedules import SCHEDULES
+from lmlab.core.schedules import check_schedule
 from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
 from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
 from lmlab.plugins.pretrain.model import GPTConfig
@@ -75,8 +74,7 @@ def build_model(opts: PretrainOptions, vocab_size: int) -> tuple[Any, GPTConfig]
 
 
 def run_pretrain(opts: PretrainOptions) -> dict[str, Any]:
-    if opts.schedule not in SCHEDULES:
-        raise LmlabError(f"Unknown --schedule '{opts.schedule}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
+    check_schedule(opts.schedule)
     data = opts.data or str(example("pretrain/tinyshakespeare.txt"))
     accelerator = make_accelerator()
     run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
@@ -120,9 +118,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any]:
             trained.save(tmp)
             tokenizer.save_pretrained(tmp)
 
-        if target.exists():
-            shutil.rmtree(target)
-        atomic_dir(target, write)
+        replace_dir(target, write)
         plot = plot_metrics(run.metrics, PLOTTED, run.path / "training.png", f"pretrain · {opts.attn}")
         summary["plot"] = str(plot) if plot else None
         run.write_summary(summary)

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import kill_after_checkpoint, run_cli
 from tests.plugins.mapo.conftest import make_pairs
 
 FAST = ("--samples", "2", "--sample-steps", "2", "--lr", "1e-3")
@@ -48,15 +43,7 @@ def test_resume_after_sigkill_reaches_the_same_unet(tmp_path: Path, pairs: Path)
     straight = run_cli(*common, "-o", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr
     killed = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *common, "-o", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-000004" / "state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists()
+    kill_after_checkpoint(common, killed, 4)
     resumed = run_cli("train-mapo", "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr
     a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")

@@ -4,7 +4,6 @@ guard, conversational rows, --config."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import PREFERENCES, run_cli, write_jsonl
+from tests.conftest import PREFERENCES, kill_after_checkpoint, run_cli, write_jsonl
 
 FAST = ("--max-length", "64", "--batch-size", "2")
 
@@ -74,15 +73,7 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path: Path, preferenc
     assert straight.returncode == 0, straight.stderr
 
     killed = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *common, "-o", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-000004" / "state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "the kill came after the run finished"
+    kill_after_checkpoint(common, killed, 4)
 
     resumed = run_cli("train-orpo", "--resume", str(killed))
     assert resumed.returncode == 0, resumed.stderr

@@ -1,0 +1,70 @@
+"""`lmlab bench pretrain`: registration, the HF GPT-2 twin of our model, the report's ratios, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlab.core.errors import LmlabError
+from lmlab.plugins.pretrain.bench import _build_gpt, _hf_model, _parse_systems, _peak_mb, _ratios
+from tests.conftest import run_cli
+
+TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 64, "seed": 3}
+
+
+def test_bench_pretrain_is_registered() -> None:
+    result = run_cli("bench", "pretrain", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--n-layer", "--n-embd", "--n-head", "--block-size", "--batch-size", "--steps", "--vocab-size",
+                   "--systems", "--json", "--seed"):
+        assert option in result.stdout, option
+
+
+def test_hf_gpt2_twin_computes_our_models_function() -> None:
+    """Same initial weights (Linear → Conv1D transposed, HF biases zero): same logits and loss on a batch."""
+    hf, attention = _hf_model(TINY)
+    ours = _build_gpt(TINY, "mha")
+    assert attention in ("sdpa", "eager")
+    idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
+    with torch.no_grad():
+        logits, loss = ours(idx, targets)
+        out = hf(input_ids=idx, labels=targets, shift_labels=targets, use_cache=False)
+    assert torch.allclose(out.logits, logits, atol=1e-5)
+    assert out.loss.item() == pytest.approx(loss.item(), abs=1e-5)
+    assert sum(p.numel() for p in hf.parameters()) > ours.num_params(non_embedding=False)  # HF's biases
+
+
+def test_ratios_and_systems() -> None:
+    results = {
+        "hf-gpt2": {"tokens_per_s": 100.0, "step_time_s": 1.0, "peak_rss_increase_mb": 200.0},
+        "lmlab-mha": {"tokens_per_s": 130.0, "step_time_s": 0.8, "peak_rss_increase_mb": 100.0},
+        "lmlab-mha-tev": {"tokens_per_s": 128.0, "step_time_s": 0.8, "monitor_time_s": 0.004,
+                          "peak_rss_increase_mb": 100.0},
+        "lmlab-mlra": {"skipped": "not run"},
+    }
+    ratios = _ratios(results)
+    assert ratios["tokens_per_s_lmlab_vs_hf"] == 1.3 and ratios["peak_mem_increase_lmlab_vs_hf"] == 0.5
+    assert ratios["tev_overhead"] == 0.005 and ratios["step_time_tev_vs_mha"] == 1.0
+    assert "tokens_per_s_mlra_vs_mha" not in ratios
+    assert _parse_systems(" lmlab-mha,hf-gpt2,lmlab-mha") == ["lmlab-mha", "hf-gpt2"]
+    with pytest.raises(LmlabError, match="Unknown --systems"):
+        _parse_systems("gpt4")
+    assert _peak_mb() > 0
+
+
+@pytest.mark.slow
+def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
+    result = run_cli("bench", "pretrain", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+                     "--batch-size", "2", "--steps", "1", "--vocab-size", "512", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["benchmark"] == "pretrain" and set(report["results"]) == {"hf-gpt2", "lmlab-mha", "lmlab-mha-tev",
+                                                                            "lmlab-mlra"}
+    hf, tev_run = report["results"]["hf-gpt2"], report["results"]["lmlab-mha-tev"]
+    assert all(r["same_batches_as_others"] for r in report["results"].values())
+    assert hf["first_loss_abs_diff_vs_lmlab_mha"] < 1e-5
+    assert tev_run["monitor_time_s"] > 0 and "tev_mean_last" in tev_run
+    for key in ("tokens_per_s_lmlab_vs_hf", "tev_overhead", "tokens_per_s_mlra_vs_mha"):
+        assert report["ratios"][key] > 0, key
