@@ -14,6 +14,7 @@ from lmlab.core.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.plugins.pretrain.bench import bench_pretrain
     from lmlab.plugins.pretrain.command import generate, pretrain
     from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
 
@@ -22,6 +23,7 @@ def register_commands(app: Any, bench: Any) -> None:
     tokenizer = typer.Typer(help="Tokenizers for pre-training.", no_args_is_help=True)
     tokenizer.command("train")(tokenizer_train)
     app.add_typer(tokenizer, name="tokenizer")
+    bench.command("pretrain")(bench_pretrain)
 
 
 @hookimpl

@@ -1,0 +1,451 @@
+"""`lmlab bench pretrain`: our GPT pre-training step against Hugging Face's `GPT2LMHeadModel`, side by side.
+
+What is compared (DESIGN.md "Performance: how we measure", METHODS.md §3): four systems, each in its own
+subprocess, on the same model size (layers, width, heads, context, vocabulary), the same batches of the same
+token windows (Tiny Shakespeare, tokenised by the plugin's own corpus functions with the BPE `lmlab pretrain`
+trains and caches), fp32 on the CPU with the same number of torch threads, and the same optimizer settings
+(AdamW β = (0.9, 0.95), weight decay 0.1 on matrices only, lr 1e-3 constant, grad clip 1.0):
+
+- `hf-gpt2`: `transformers.GPT2LMHeadModel` with dropout 0, its fastest available attention ("sdpa" where the
+  installed transformers has it, else "eager"; the report says which), no KV cache, activation "gelu" (exact
+  GELU, as ours; also faster than GPT-2's default tanh-approximated "gelu_new", so the baseline is not weakened),
+  trained in a plain PyTorch loop: forward with labels, backward, clip, AdamW step, zero_grad. It starts from
+  our MHA model's initial weights (the Linear weights transposed into HF's Conv1D layout, HF's biases zero), so
+  both compute the same function: the report compares the first batch's loss. HF's loss uses `shift_labels`
+  (the batch's next-token targets), so both predict the same B × T tokens. Its batches are collated before the
+  timed region (HF is not charged for collation).
+- `lmlab-mha`: `lmlab pretrain --attn mha`'s real path: the model built by `build_model`, `PretrainTask`, and
+  the shared loop `core.training.train()` with TEV and evaluation off. Step time is the loop's own
+  `step_time` (collation from the memory-mapped tokens + forward/backward + clip + AdamW + schedule).
+- `lmlab-mha-tev`: the same with TEV logged every step. The loop times `after_step` (the monitor) apart from
+  the step, as `monitor_time`: TEV overhead = median(monitor_time) / median(step_time).
+- `lmlab-mlra`: `--attn mlra` at its default rank (parameters ≈ MHA's; both counts are reported).
+
+Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block / step
+time; the peak RSS and its increase over the RSS once the model and data are loaded (peak reset there on
+Linux; read as VmHWM, since ru_maxrss there never drops below the parent's RSS at fork), i.e. what training
+costs (activations, logits, gradients, AdamW state).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmlab.core.bench import (
+    cpu_count,
+    emit,
+    machine,
+    make_report,
+    peak_rss_mb,
+    print_ratios,
+    ran,
+    ratio,
+    reset_peak_rss,
+    rss_mb,
+    run_measured,
+    version,
+)
+from lmlab.core.errors import LmlabError
+
+SYSTEMS = ("hf-gpt2", "lmlab-mha", "lmlab-mha-tev", "lmlab-mlra")
+WARMUP_STEPS = 2
+LR = 1e-3
+BETAS = (0.9, 0.95)
+WEIGHT_DECAY = 0.1
+MAX_GRAD_NORM = 1.0
+DEFAULT_VOCAB = 4096  # `lmlab pretrain`'s default BPE
+WORKER = "lmlab.plugins.pretrain.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
+TARGETS = {"tokens_per_s_lmlab_vs_hf": (">=", 1.3), "tev_overhead": ("<=", 0.01),
+           "tokens_per_s_mlra_vs_mha": (">=", 0.9)}
+
+
+def bench_pretrain(
+    n_layer: Annotated[int, typer.Option("--n-layer", min=1, help="Transformer blocks.")] = 6,
+    n_embd: Annotated[int, typer.Option("--n-embd", min=8, help="Model width.")] = 384,
+    n_head: Annotated[int, typer.Option("--n-head", min=1, help="Attention heads.")] = 6,
+    block_size: Annotated[int, typer.Option("--block-size", min=8, help="Context length in tokens.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per step.")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help=f"Timed optimizer steps (after {WARMUP_STEPS} "
+                     "untimed warm-up steps).")] = 10,
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", min=260, help="Vocabulary of the BPE trained "
+                          f"on the corpus (default: {DEFAULT_VOCAB}, as `lmlab pretrain`; cached).",
+                          show_default=False)] = None,
+    systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: {', '.join(SYSTEMS)}."
+                       )] = ",".join(SYSTEMS),
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs on "
+                           "stderr).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and the batch order.")] = 42,
+) -> None:
+    """Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the same batches."""
+    from lmlab.core.console import log
+
+    chosen = _parse_systems(systems)
+    if n_embd % n_head:
+        raise LmlabError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}.",
+                         hint="pick a width that is a multiple of the number of heads")
+    threads = cpu_count()
+    data = prepare_data(vocab_size or DEFAULT_VOCAB, block_size, batch_size, WARMUP_STEPS + steps, seed)
+    settings: dict[str, Any] = {
+        "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head, "block_size": block_size, "batch_size": batch_size,
+        "vocab_size": data.pop("vocab_size"), "tokens_per_step": batch_size * block_size, "timed_steps": steps,
+        "warmup_steps": WARMUP_STEPS, "seed": seed, "lr": LR, "schedule": "constant",
+        "optimizer": f"AdamW(betas={BETAS}, weight_decay={WEIGHT_DECAY} on matrices only)",
+        "max_grad_norm": MAX_GRAD_NORM, "dropout": 0.0, "dtype": "float32", "device": "cpu", "threads": threads,
+        "data": data.pop("description"),
+        "memory_ratio_uses": "peak RSS increase over the RSS after the model and data are loaded",
+    }
+    results: dict[str, dict[str, Any]] = {}
+    for system in chosen:
+        if system == "hf-gpt2" and version("transformers") is None:
+            results[system] = {"skipped": "transformers is not installed (pip install transformers)"}
+            log("[yellow]transformers is not installed: hf-gpt2 skipped[/yellow]")
+            continue
+        log(f"bench pretrain: running {system} ({WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size} × "
+            f"{block_size} tokens, {n_layer} layers × {n_embd}, {threads} threads)…")
+        results[system] = run_measured(WORKER, system, {**settings, **data}, threads=threads,
+                                       retry_hint=f"rerun with --systems {system} and LMLAB_DEBUG=1 for the "
+                                                  "worker's trace")
+    _compare(results)
+    report = make_report("pretrain", machine(threads, ("torch", "transformers")), settings, results,
+                         _ratios(results))
+    emit(report, json_output, _print_table)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parent side: the data, the workers, the comparison, the report.
+
+
+def _parse_systems(text: str) -> list[str]:
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(SYSTEMS))
+    if unknown or not names:
+        raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
+                         hint=f"choose from {', '.join(SYSTEMS)}, comma-separated")
+    return list(dict.fromkeys(names))
+
+
+def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int, seed: int) -> dict[str, Any]:
+    """Tokenise the bundled Tiny Shakespeare as `lmlab pretrain` does (BPE trained on it and cached, tokens
+    memory-mapped and cached) and pick every step's windows with PretrainTask's own seeded order."""
+    from lmlab.core.models import cache_dir
+    from lmlab.core.paths import example
+    from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
+    from lmlab.plugins.pretrain.task import PretrainTask
+
+    corpus = example("pretrain/tinyshakespeare.txt")
+    texts = read_texts(str(corpus))
+    tokenizer = resolve_tokenizer(None, [t for _, t in texts], vocab_size, cache_dir() / "tokenizers")
+    train_tokens, val_tokens, meta = tokenize_corpus([t for _, t in texts], tokenizer, cache_dir() / "tokens",
+                                                     sources=[origin for origin, _ in texts])
+    check_length(train_tokens, val_tokens, block_size, str(corpus))
+    task = PretrainTask(train_tokens, val_tokens, block_size=block_size, seed=seed, batch_size=batch_size)
+    order: list[list[int]] = []
+    epoch = 0
+    while len(order) < n_steps:
+        order += [b for b in task.batches(epoch, batch_size) if len(b) == batch_size]
+        epoch += 1
+    return {"vocab_size": len(tokenizer), "tokens_dir": meta["path"], "tokens_dtype": meta["dtype"],
+            "train_tokens": meta["train_tokens"], "order": order[:n_steps],
+            "description": f"examples/pretrain/tinyshakespeare.txt, {meta['train_tokens']:,} training tokens "
+                           f"(byte-level BPE, {len(tokenizer):,} tokens); PretrainTask's seeded windows"}
+
+
+def _compare(results: dict[str, dict[str, Any]]) -> None:
+    """Same batches for every system; HF and our MHA start from the same weights, so the same first loss."""
+    measured = {name: r for name, r in results.items() if ran(r)}
+    hashes = {r["batches_sha256"] for r in measured.values()}
+    for r in measured.values():
+        r["same_batches_as_others"] = len(hashes) == 1
+    hf, mha, tev_run = results.get("hf-gpt2"), results.get("lmlab-mha"), results.get("lmlab-mha-tev")
+    if ran(hf) and ran(mha):
+        hf["first_loss_abs_diff_vs_lmlab_mha"] = abs(hf["loss_first_batch"] - mha["loss_first_batch"])
+    if ran(mha) and ran(tev_run):
+        tev_run["step_time_diff_vs_mha_s"] = round(tev_run["step_time_s"] - mha["step_time_s"], 5)
+
+
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    hf, mha, tev_run, mlra = (results.get(name) for name in SYSTEMS)
+    out: dict[str, float | None] = {}
+    if ran(hf) and ran(mha):
+        out["tokens_per_s_lmlab_vs_hf"] = ratio(mha["tokens_per_s"], hf["tokens_per_s"])
+        out["peak_mem_increase_lmlab_vs_hf"] = ratio(mha["peak_rss_increase_mb"], hf["peak_rss_increase_mb"])
+    if ran(tev_run):
+        out["tev_overhead"] = ratio(tev_run["monitor_time_s"], tev_run["step_time_s"], 5)
+    if ran(tev_run) and ran(mha):
+        out["step_time_tev_vs_mha"] = ratio(tev_run["step_time_s"], mha["step_time_s"])
+    if ran(mlra) and ran(mha):
+        out["tokens_per_s_mlra_vs_mha"] = ratio(mlra["tokens_per_s"], mha["tokens_per_s"])
+        out["peak_mem_increase_mlra_vs_mha"] = ratio(mlra["peak_rss_increase_mb"], mha["peak_rss_increase_mb"])
+    return out
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = report["settings"]
+    table = Table(title=f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · "
+                        f"batch {s['batch_size']} × {s['block_size']} tokens · vocab {s['vocab_size']:,} · "
+                        f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU")
+    for column in ("system", "attention", "parameters", "tokens/s", "median step s", "monitor s", "peak RSS MB",
+                   "peak RSS increase MB", "loss (first batch)"):
+        table.add_column(column, justify="left" if column in ("system", "attention") else "right")
+    for name, r in report["results"].items():
+        if "skipped" in r:
+            table.add_row(name, f"[yellow]skipped: {r['skipped']}[/yellow]", *[""] * 7)
+            continue
+        monitor = f"{r['monitor_time_s']:.4f}" if r.get("monitor_time_s") is not None else "–"
+        table.add_row(name, r["attention"], f"{r['parameters']:,}", f"{r['tokens_per_s']:.1f}",
+                      f"{r['step_time_s']:.3f}", monitor, f"{r['peak_rss_mb']:.0f}",
+                      f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}")
+    console = Console()
+    console.print(table)
+    print_ratios(console, report["ratios"], TARGETS)
+    results = report["results"]
+    hf, tev_run = results.get("hf-gpt2", {}), results.get("lmlab-mha-tev", {})
+    if "first_loss_abs_diff_vs_lmlab_mha" in hf:
+        console.print(f"first-batch loss |lmlab-mha − hf-gpt2|: {hf['first_loss_abs_diff_vs_lmlab_mha']:.2e} (same "
+                      f"initial weights; same batches: {hf['same_batches_as_others']})")
+    if "step_time_diff_vs_mha_s" in tev_run:
+        console.print(f"TEV every step: monitor {tev_run['monitor_time_s'] * 1e3:.2f} ms/step; median step time "
+                      f"{tev_run['step_time_diff_vs_mha_s'] * 1e3:+.1f} ms vs lmlab-mha (the monitor is timed "
+                      "apart from the step)")
+    console.print("[dim]tev_overhead = median(monitor_time) / median(step_time); memory: peak RSS increase over "
+                  "the RSS after the model and data are loaded[/dim]")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Worker side: one system in its own process.
+
+
+def _peak_mb() -> float:
+    """Peak RSS since `reset_peak_rss()`: VmHWM on Linux. getrusage's ru_maxrss (`peak_rss_mb`) is no lower than
+    the RSS the parent had when it forked this worker (Linux carries it over exec), which hides a small worker's
+    own peak; elsewhere ru_maxrss is all there is."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_mb()
+
+
+def _hash_batches(batches: list[dict[str, Any]]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for batch in batches:
+        for key in ("input_ids", "targets"):
+            digest.update(batch[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _train_tokens(settings: dict[str, Any]) -> Any:
+    import numpy as np
+
+    return np.memmap(Path(settings["tokens_dir"]) / "train.bin", dtype=settings["tokens_dtype"], mode="r",
+                     shape=(settings["train_tokens"],))
+
+
+def _build_gpt(settings: dict[str, Any], attn: str) -> Any:
+    """Our model exactly as `lmlab pretrain` builds it: seed, then the registered architecture and attention."""
+    import torch
+
+    from lmlab.plugins.pretrain.train import PretrainOptions, build_model
+
+    opts = PretrainOptions(attn=attn, n_layer=settings["n_layer"], n_head=settings["n_head"],
+                           n_embd=settings["n_embd"], block_size=settings["block_size"], dropout=0.0,
+                           seed=settings["seed"])
+    torch.manual_seed(opts.seed)
+    model, _ = build_model(opts, settings["vocab_size"])
+    return model
+
+
+def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Build the model and the batches, check the first batch's loss, then train and time; returns the figures."""
+    import torch
+
+    from lmlab.core.console import set_quiet
+    from lmlab.plugins.pretrain.task import PretrainTask
+
+    set_quiet(True)
+    torch.set_num_threads(settings["threads"])
+    # The first optimizer imports torch._dynamo (~70 MB of modules); transformers imports it when it loads. Load it
+    # up front in every worker so that the measured RSS increase is training, not a module import.
+    import torch._dynamo  # noqa: F401
+
+    tokens = _train_tokens(settings)
+    order: list[list[int]] = settings["order"]
+    task = PretrainTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"], tev_every=0,
+                        eval_every=0, batch_size=settings["batch_size"])
+    batches = [task.collate(indices) for indices in order]
+    batches_sha = _hash_batches(batches)
+    if system == "hf-gpt2":
+        result = _run_hf(settings, batches)
+    else:
+        attn = "mlra" if system == "lmlab-mlra" else "mha"
+        result = _run_lmlab(settings, order, attn, tev_every=1 if system == "lmlab-mha-tev" else 0)
+    times = result.pop("step_times")[WARMUP_STEPS:]
+    monitor = result.pop("monitor_times", None)
+    step_time = statistics.median(times)
+    tokens_per_step = settings["batch_size"] * settings["block_size"]
+    out = {
+        "tokens_per_s": round(statistics.median(tokens_per_step / t for t in times), 2),
+        "step_time_s": round(step_time, 5),
+        "step_times_s": [round(t, 4) for t in times],
+        **result,
+        "peak_rss_increase_mb": round(result["peak_rss_mb"] - result["rss_after_load_mb"], 1),
+        "batches_sha256": batches_sha,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if monitor is not None:
+        timed_monitor = monitor[WARMUP_STEPS:]
+        out["monitor_time_s"] = round(statistics.median(timed_monitor), 6)
+        out["tokens_per_s_with_monitor"] = round(statistics.median(
+            tokens_per_step / (t + m) for t, m in zip(times, timed_monitor, strict=True)), 2)
+    return out
+
+
+class _Finished(Exception):
+    """Raised by the benchmark task after the last timed step, so the loop stops before its final save."""
+
+
+def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, tev_every: int) -> dict[str, Any]:
+    import gc
+    import json
+
+    import torch
+
+    from lmlab.core.runs import RunDir
+    from lmlab.core.training import TrainConfig, make_accelerator, train
+    from lmlab.plugins.pretrain.task import PretrainTask
+
+    class ScheduledTask(PretrainTask):
+        """PretrainTask with the benchmark's windows; a sentinel batch after the last one ends the run."""
+
+        peak_rss_mb = 0.0
+
+        def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+            return [*order, [-1] * global_batch]
+
+        def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+            if indices[0] < 0:
+                self.peak_rss_mb = _peak_mb()
+                raise _Finished
+            return super().collate(indices)
+
+    tokens = _train_tokens(settings)
+    task = ScheduledTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"],
+                         tev_every=tev_every, grad_var_every=0, eval_every=0, batch_size=settings["batch_size"])
+    model = _build_gpt(settings, attn)
+    model.train()
+    with torch.no_grad():
+        batch = task.collate(order[0])
+        loss, _ = task.loss(model, batch, task.counts(batch))
+    del batch
+    gc.collect()
+    rss_after_load = rss_mb()
+    peak_was_reset = reset_peak_rss()
+    cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
+                      warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
+                      max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-pretrain-") as tmp:
+        run = RunDir(Path(tmp))
+        try:
+            train(model, task, cfg, run, make_accelerator())
+        except _Finished:
+            pass
+        records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    if tev_every and not all("tev_mean" in r for r in records):
+        raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
+    inner = model.transformer.h[0].attn
+    attention = attn if attn == "mha" else f"mlra (rank {inner.rank}, targets {','.join(inner.low_rank) or '-'}" \
+        f"{',o' if getattr(inner, 'o_a', None) is not None else ''})"
+    return {"version": version("lmlab"), "attention": attention, "parameters": model.num_params(non_embedding=False),
+            "loss_first_batch": float(loss), "final_loss": records[-1]["loss"],
+            "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(task.peak_rss_mb, 1),
+            "peak_reset_after_load": peak_was_reset, "step_times": [r["step_time"] for r in records],
+            "monitor_times": [r["monitor_time"] for r in records],
+            **({"tev_mean_last": records[-1]["tev_mean"], "tev_std_last": records[-1]["tev_std"]} if tev_every
+               else {})}
+
+
+def _hf_model(settings: dict[str, Any]) -> tuple[Any, str]:
+    """GPT2LMHeadModel of our size with its fastest attention ("sdpa", else "eager"), holding our MHA model's
+    initial weights (Linear (out, in) → Conv1D (in, out); HF's biases zero), so both compute the same function."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=settings["vocab_size"], n_positions=settings["block_size"],
+                        n_embd=settings["n_embd"], n_layer=settings["n_layer"], n_head=settings["n_head"],
+                        activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        layer_norm_epsilon=1e-5, use_cache=False, tie_word_embeddings=True, bos_token_id=None,
+                        eos_token_id=None, loss_type="ForCausalLM")
+    try:
+        hf = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        hf = GPT2LMHeadModel._from_config(config, attn_implementation="eager")
+    attention = hf.config._attn_implementation
+    ours = _build_gpt(settings, "mha").state_dict()
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        for name, param in hf.named_parameters():
+            if name.endswith(".bias"):
+                param.zero_()
+            elif name in ours:
+                source = ours[name]
+                param.copy_(source.t() if name.endswith(transposed) else source)
+            else:
+                raise LmlabError(f"HF GPT-2 parameter {name} has no counterpart in our GPT.",
+                                 hint=f"transformers {version('transformers')} changed GPT2's layout; update "
+                                      "plugins/pretrain/bench.py")
+    if hf.lm_head.weight is not hf.transformer.wte.weight:
+        raise LmlabError("HF GPT-2's lm_head is not tied to its token embedding.", hint="a bug in the benchmark")
+    return hf, attention
+
+
+def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str, Any]:
+    import gc
+
+    import torch
+
+    from lmlab.core.training import param_groups
+
+    hf, attention = _hf_model(settings)
+    gc.collect()
+    hf.train()
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # shift_labels: the window's next tokens, already aligned, so HF predicts the same B × T tokens as ours.
+        return hf(input_ids=batch["input_ids"], labels=batch["targets"], shift_labels=batch["targets"],
+                  use_cache=False).loss
+
+    with torch.no_grad():
+        first = float(loss_of(batches[0]))
+    gc.collect()
+    rss_after_load = rss_mb()
+    peak_was_reset = reset_peak_rss()
+    optimizer = torch.optim.AdamW(param_groups(hf, WEIGHT_DECAY), lr=LR, betas=BETAS)
+    params = [p for p in hf.parameters() if p.requires_grad]
+    times, losses = [], []
+    for batch in batches:
+        tick = time.perf_counter()
+        loss = loss_of(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - tick)
+        losses.append(float(loss))
+    peak = _peak_mb()
+    return {"version": version("transformers"), "attention": f"GPT2 {attention}",
+            "parameters": sum(p.numel() for p in hf.parameters()), "loss_first_batch": first,
+            "final_loss": losses[-1], "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
+            "peak_reset_after_load": peak_was_reset, "step_times": times}
