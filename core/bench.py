@@ -235,3 +235,13 @@ def emit(report: dict[str, Any], json_output: bool, print_table: Callable[[dict[
         print_json(report)
     else:
         print_table(report)
+
+
+def parse_systems(text: str, known: Sequence[str]) -> list[str]:
+    """`--systems a,b` → ['a', 'b'] in order, each one of `known`."""
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    unknown = sorted(set(names) - set(known))
+    if unknown or not names:
+        raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
+                         hint=f"choose from {', '.join(known)}, comma-separated")
+    return list(dict.fromkeys(names))

@@ -43,6 +43,7 @@ from lmlab.core.bench import (
     emit,
     machine,
     make_report,
+    parse_systems,
     peak_rss_mb,
     print_ratios,
     ran,
@@ -89,7 +90,7 @@ def bench_mapo(
     """MaPO vs Diffusion-DPO training step time and memory on the same UNet, pairs, batches and noise."""
     from lmlab.core.console import log
 
-    chosen = _parse_systems(systems)
+    chosen = parse_systems(systems, SYSTEMS)
     threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "unet_scale": unet_scale, "batch_size": batch_size, "resolution": resolution,
@@ -121,15 +122,6 @@ def bench_mapo(
 
 # ---------------------------------------------------------------------------------------------------------
 # Parent side.
-
-
-def _parse_systems(text: str) -> list[str]:
-    names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SYSTEMS))
-    if unknown or not names:
-        raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
-                         hint=f"choose from {', '.join(SYSTEMS)}, comma-separated")
-    return list(dict.fromkeys(names))
 
 
 def _data(data: str | None, scratch: Path) -> tuple[str, str]:

@@ -44,6 +44,7 @@ from lmlab.core.bench import (
     emit,
     machine,
     make_report,
+    parse_systems,
     peak_rss_mb,
     print_ratios,
     ran,
@@ -83,7 +84,7 @@ def bench_orpo(
     """ORPO training speed, memory and loss: lmlab vs TRL's ORPOTrainer on the same model, data and batches."""
     from lmlab.core.console import log
 
-    chosen = _parse_systems(systems)
+    chosen = parse_systems(systems, SYSTEMS)
     threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "batch_size": batch_size, "max_length": max_length, "timed_steps": steps,
@@ -116,15 +117,6 @@ def bench_orpo(
 
 # ---------------------------------------------------------------------------------------------------------
 # Parent side: run the workers, compare, report.
-
-
-def _parse_systems(text: str) -> list[str]:
-    names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SYSTEMS))
-    if unknown or not names:
-        raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
-                         hint=f"choose from {', '.join(SYSTEMS)}, comma-separated")
-    return list(dict.fromkeys(names))
 
 
 def _compare_losses(results: dict[str, dict[str, Any]]) -> None:

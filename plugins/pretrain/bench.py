@@ -42,6 +42,7 @@ from lmlab.core.bench import (
     emit,
     machine,
     make_report,
+    parse_systems,
     peak_rss_mb,
     print_ratios,
     ran,
@@ -85,7 +86,7 @@ def bench_pretrain(
     """Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the same batches."""
     from lmlab.core.console import log
 
-    chosen = _parse_systems(systems)
+    chosen = parse_systems(systems, SYSTEMS)
     if n_embd % n_head:
         raise LmlabError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}.",
                          hint="pick a width that is a multiple of the number of heads")
@@ -119,15 +120,6 @@ def bench_pretrain(
 
 # ---------------------------------------------------------------------------------------------------------
 # Parent side: the data, the workers, the comparison, the report.
-
-
-def _parse_systems(text: str) -> list[str]:
-    names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(SYSTEMS))
-    if unknown or not names:
-        raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
-                         hint=f"choose from {', '.join(SYSTEMS)}, comma-separated")
-    return list(dict.fromkeys(names))
 
 
 def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int, seed: int) -> dict[str, Any]:

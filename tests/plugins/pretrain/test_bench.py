@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from lmlab.core.bench import parse_systems
 from lmlab.core.errors import LmlabError
-from lmlab.plugins.pretrain.bench import _build_gpt, _hf_model, _parse_systems, _peak_mb, _ratios
+from lmlab.plugins.pretrain.bench import SYSTEMS, _build_gpt, _hf_model, _peak_mb, _ratios
 from tests.conftest import run_cli
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 64, "seed": 3}
@@ -48,9 +49,9 @@ def test_ratios_and_systems() -> None:
     assert ratios["tokens_per_s_lmlab_vs_hf"] == 1.3 and ratios["peak_mem_increase_lmlab_vs_hf"] == 0.5
     assert ratios["tev_overhead"] == 0.005 and ratios["step_time_tev_vs_mha"] == 1.0
     assert "tokens_per_s_mlra_vs_mha" not in ratios
-    assert _parse_systems(" lmlab-mha,hf-gpt2,lmlab-mha") == ["lmlab-mha", "hf-gpt2"]
+    assert parse_systems(" lmlab-mha,hf-gpt2,lmlab-mha", SYSTEMS) == ["lmlab-mha", "hf-gpt2"]
     with pytest.raises(LmlabError, match="Unknown --systems"):
-        _parse_systems("gpt4")
+        parse_systems("gpt4", SYSTEMS)
     assert _peak_mb() > 0
 
 
