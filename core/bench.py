@@ -245,3 +245,45 @@ def parse_systems(text: str, known: Sequence[str]) -> list[str]:
         raise LmlabError(f"Unknown --systems value(s): {', '.join(unknown) or '(none given)'}.",
                          hint=f"choose from {', '.join(known)}, comma-separated")
     return list(dict.fromkeys(names))
+
+
+class _Finished(Exception):
+    """Raised after the last timed step, so the loop stops before its final save."""
+
+
+class _Replay:
+    """Wraps a TrainTask: replays a fixed batch order, then records peak memory and ends the run."""
+
+    def __init__(self, task: Any, order: list[list[int]], peak: Callable[[], float]) -> None:
+        self.task, self.order, self.peak = task, order, peak
+        self.peak_rss_mb = 0.0
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        return [*self.order, [-1] * global_batch]
+
+    def collate(self, indices: list[int]) -> Any:
+        if indices[0] < 0:
+            self.peak_rss_mb = self.peak()
+            raise _Finished
+        return self.task.collate(indices)
+
+    def __getattr__(self, name: str) -> Any:  # counts, loss, after_step: the wrapped task's
+        return getattr(self.task, name)
+
+
+def replay_training(model: Any, task: Any, order: list[list[int]], cfg: Any,
+                    peak: Callable[[], float] = peak_rss_mb) -> tuple[list[dict[str, Any]], float]:
+    """Run the real shared training loop over exactly `order` (one batch per step) in a throwaway run
+    directory; returns the per-step metrics and the peak memory (MB) read after the last step."""
+    from lmlab.core.runs import RunDir
+    from lmlab.core.training import make_accelerator, train
+
+    replay = _Replay(task, order, peak)
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-run-") as tmp:
+        run = RunDir(Path(tmp))
+        try:
+            train(model, replay, cfg, run, make_accelerator())
+        except _Finished:
+            pass
+        records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    return records, replay.peak_rss_mb

@@ -34,7 +34,6 @@ import statistics
 import tempfile
 import time
 from importlib import util
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -49,6 +48,7 @@ from lmlab.core.bench import (
     print_ratios,
     ran,
     ratio,
+    replay_training,
     rss_mb,
     run_measured,
     version,
@@ -325,36 +325,17 @@ def _data_stats(examples: list[Any], order: list[list[int]], max_length: int) ->
 # The two systems.
 
 
-class _Finished(Exception):
-    """Raised by the benchmark task after the last timed step, so the loop stops before any final save."""
-
-
 def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list[Any],
                order: list[list[int]], settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from lmlab.core.logprobs import TokenLogprobModel
-    from lmlab.core.runs import RunDir
-    from lmlab.core.training import TrainConfig, make_accelerator, train
+    from lmlab.core.training import TrainConfig
     from lmlab.plugins.orpo.task import OrpoTask
 
-    class ScheduledTask(OrpoTask):
-        """OrpoTask with the benchmark's batch order; a sentinel batch after the last one ends the run."""
-
-        peak_rss_mb = 0.0
-
-        def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
-            return [*order, [-1] * global_batch]
-
-        def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-            if indices[0] < 0:
-                self.peak_rss_mb = peak_rss_mb()
-                raise _Finished
-            return super().collate(indices)
-
     init_sha = _init_hash(lm)
-    task = ScheduledTask(examples, pad_id=tokenizer.pad_token_id, beta=BETA, prompt_loss=True,
-                         seed=settings["seed"])
+    task = OrpoTask(examples, pad_id=tokenizer.pad_token_id, beta=BETA, prompt_loss=True,
+                  seed=settings["seed"])
     model = TokenLogprobModel(lm)
     tokens = [(examples[i].prompt + examples[i].chosen, examples[i].prompt + examples[i].rejected,
                len(examples[i].prompt)) for batch in order for i in batch]
@@ -364,16 +345,10 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
         loss, _ = task.loss(model, batch, task.counts(batch))
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    with tempfile.TemporaryDirectory(prefix="lmlab-bench-run-") as tmp:
-        run = RunDir(Path(tmp))
-        try:
-            train(model, task, cfg, run, make_accelerator())
-        except _Finished:
-            pass
-        records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    records, peak = replay_training(model, task, order, cfg)
     return {"version": version("lmlab"), "loss_first_batch": float(loss), "tokens_sha256": _token_hash(tokens),
             "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
-            "peak_rss_mb": round(task.peak_rss_mb, 1), "step_times": [r["step_time"] for r in records],
+            "peak_rss_mb": round(peak, 1), "step_times": [r["step_time"] for r in records],
             "final_loss": records[-1]["loss"]}
 
 

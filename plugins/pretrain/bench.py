@@ -30,7 +30,6 @@ costs (activations, logits, gradients, AdamW state).
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +46,7 @@ from lmlab.core.bench import (
     print_ratios,
     ran,
     ratio,
+    replay_training,
     reset_peak_rss,
     rss_mb,
     run_measured,
@@ -305,36 +305,16 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Finished(Exception):
-    """Raised by the benchmark task after the last timed step, so the loop stops before its final save."""
-
-
 def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, tev_every: int) -> dict[str, Any]:
     import gc
-    import json
 
     import torch
 
-    from lmlab.core.runs import RunDir
-    from lmlab.core.training import TrainConfig, make_accelerator, train
+    from lmlab.core.training import TrainConfig
     from lmlab.plugins.pretrain.task import PretrainTask
 
-    class ScheduledTask(PretrainTask):
-        """PretrainTask with the benchmark's windows; a sentinel batch after the last one ends the run."""
-
-        peak_rss_mb = 0.0
-
-        def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
-            return [*order, [-1] * global_batch]
-
-        def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-            if indices[0] < 0:
-                self.peak_rss_mb = _peak_mb()
-                raise _Finished
-            return super().collate(indices)
-
     tokens = _train_tokens(settings)
-    task = ScheduledTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"],
+    task = PretrainTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"],
                          tev_every=tev_every, grad_var_every=0, eval_every=0, batch_size=settings["batch_size"])
     model = _build_gpt(settings, attn)
     model.train()
@@ -348,13 +328,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
                       max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    with tempfile.TemporaryDirectory(prefix="lmlab-bench-pretrain-") as tmp:
-        run = RunDir(Path(tmp))
-        try:
-            train(model, task, cfg, run, make_accelerator())
-        except _Finished:
-            pass
-        records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    records, peak = replay_training(model, task, order, cfg, _peak_mb)
     if tev_every and not all("tev_mean" in r for r in records):
         raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
     inner = model.transformer.h[0].attn
@@ -362,7 +336,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
         f"{',o' if getattr(inner, 'o_a', None) is not None else ''})"
     return {"version": version("lmlab"), "attention": attention, "parameters": model.num_params(non_embedding=False),
             "loss_first_batch": float(loss), "final_loss": records[-1]["loss"],
-            "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(task.peak_rss_mb, 1),
+            "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": [r["step_time"] for r in records],
             "monitor_times": [r["monitor_time"] for r in records],
             **({"tev_mean_last": records[-1]["tev_mean"], "tev_std_last": records[-1]["tev_std"]} if tev_every
