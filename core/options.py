@@ -87,3 +87,9 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Examples
 GradAccumOpt = Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")]
 LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=2, help="Longest sequence in tokens.")]
+ScheduleOpt = Annotated[str, typer.Option(
+    "--schedule", help="LR schedule: constant, linear, cosine or inverse_sqrt (after linear warmup).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear warmup steps.")]
+MaxGradNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clip gradients to this norm (0: off).")
+                           ]
+SaveEveryOpt = Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every N steps.")]

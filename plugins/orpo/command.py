@@ -9,7 +9,6 @@ import typer
 from lmlab.core import options as o
 from lmlab.core.console import err, print_json, set_quiet
 from lmlab.core.report import summary_table
-from lmlab.core.schedules import SCHEDULES
 
 
 def train_orpo(
@@ -23,12 +22,10 @@ def train_orpo(
     batch_size: o.BatchSizeOpt = 4,
     grad_accum: o.GradAccumOpt = 1,
     lr: o.LrOpt = 5e-6,
-    schedule: Annotated[str, typer.Option("--schedule", help=f"LR schedule: {', '.join(SCHEDULES)} "
-                        "(inverse_sqrt is the authors').")] = "inverse_sqrt",
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear warmup steps.")] = 10,
+    schedule: o.ScheduleOpt = "inverse_sqrt",
+    warmup_steps: o.WarmupOpt = 10,
     weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")] = 0.0,
-    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", min=0.0,
-                             help="Clip gradients to this norm (0: off).")] = 1.0,
+    max_grad_norm: o.MaxGradNormOpt = 1.0,
     beta: Annotated[float, typer.Option("--beta", min=0.0, help="λ, weight of the odds-ratio term.")] = 0.1,
     prompt_loss: Annotated[bool, typer.Option("--prompt-loss/--no-prompt-loss",
                            help="Include prompt tokens in the NLL term (the authors' default).")] = True,
@@ -40,7 +37,7 @@ def train_orpo(
                     "weights.")] = False,
     lora_r: Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")] = 32,
-    save_every: Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every N steps.")] = 50,
+    save_every: o.SaveEveryOpt = 50,
     seed: o.SeedOpt = 42,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code",
                                  help="Allow model code from the Hub (off: safer).")] = False,
