@@ -34,3 +34,13 @@ def register_attention(register: Any) -> None:
 @hookspec
 def register_architectures(register: Any) -> None:
     """Register model architectures for `pretrain --arch`: register(ArchitectureSpec(...))."""
+
+
+@hookspec
+def register_backends(register: Any) -> None:
+    """Register text-model backends for `eval`: register(BackendSpec(...)) (see lmlab.core.backends)."""
+
+
+@hookspec
+def register_benchmarks(register: Any) -> None:
+    """Register what `lmlab eval NAME` offers: register(BenchmarkSpec(...)) (see lmlab.core.evaluation)."""

