@@ -20,10 +20,13 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from lmlab.cli.eval_command import eval_app
 from lmlab.core.attention import architectures, attention_types
+from lmlab.core.backends import backends
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps
 from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
+from lmlab.core.evaluation import benchmarks
 from lmlab.core.plugins import call_each, plugin_infos
 
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
@@ -64,6 +67,8 @@ def plugins_command(
     demo_steps()
     attention_types()
     architectures()
+    backends()
+    benchmarks()
     if json_output:
         print_json([vars(info) for info in infos])
         return
@@ -119,6 +124,7 @@ def _register_plugin_commands() -> None:
             info.add("commands", group.name or "")
         for command in bench.registered_commands[seen[2]:]:
             info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
+    app.add_typer(eval_app(), name="eval")
     for info in plugin_infos():
         if info.error:
             err.print(f"[yellow]warning:[/yellow] plugin '{escape(info.name)}' failed to load and was skipped: "

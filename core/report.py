@@ -48,3 +48,52 @@ def summary_table(title: str, values: dict[str, Any]) -> Table:
     for key, value in values.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     return table
+
+
+def plot_accuracy(by: dict[str, dict[str, dict[str, Any]]], out: Path, title: str) -> Path | None:
+    """One horizontal bar panel per breakdown (category, language, ...), accuracy in percent with n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(key, values) for key, values in by.items() if values]
+    if not panels:
+        return None
+    heights = [max(1.6, 0.32 * len(values) + 0.9) for _, values in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (key, values) in zip(axes[:, 0], panels, strict=True):
+        names = list(values)
+        accuracy = [100 * (values[n]["accuracy"] or 0.0) for n in names]
+        ax.barh(names, accuracy, color="#4c72b0")
+        for y, (name, acc) in enumerate(zip(names, accuracy, strict=True)):
+            ax.text(acc + 1, y, f"{acc:.1f}% (n={values[name]['n']})", va="center", fontsize=7)
+        ax.set_xlim(0, 115)
+        ax.invert_yaxis()
+        ax.set_title(key, fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("accuracy (%)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def accuracy_table(title: str, summary: dict[str, Any]) -> Table:
+    """Overall accuracy, then one section per breakdown."""
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("breakdown", "left"), ("value", "left"), ("n", "right"), ("accuracy", "right")):
+        table.add_column(column, justify=justify)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    table.add_row("overall", "", str(summary["n"]), pct(summary["accuracy"]), style="bold")
+    for key, values in summary["by"].items():
+        table.add_section()
+        for name, block in values.items():
+            table.add_row(key, name, str(block["n"]), pct(block["accuracy"]))
+    return table

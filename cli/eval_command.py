@@ -1,0 +1,109 @@
+"""`lmlab eval NAME`: one subcommand per benchmark registered through `register_benchmarks`.
+
+Every subcommand has the shared options below plus the benchmark's own (BenchmarkSpec.options, e.g.
+BEnQA's --lang); the signature is built per benchmark so `--help` and shell completion show them all.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from lmlab.core import options as o
+from lmlab.core.console import err, print_json, set_quiet
+from lmlab.core.evaluation import BenchmarkSpec, benchmarks
+from lmlab.core.report import accuracy_table
+
+COMMON: list[tuple[str, Any, Any]] = [
+    ("model", str, typer.Option("--model", "-m", help="Model: alias, local HF folder or Hub id (hf backend), or "
+                                "the server's model name (openai backend).")),
+    ("backend", str, typer.Option("--backend", help="hf (local transformers) or openai (OpenAI-compatible "
+                                  "server); plugins may add more.")),
+    ("data", str | None, typer.Option("--data", "-d", help="The benchmark's files in the official layout, or a "
+                                      "Hub id (default: the bundled examples).", show_default=False)),
+    ("mode", str, typer.Option("--mode", help="loglik: score each option; generate: generate and parse the "
+                               "answer.")),
+    ("num_fewshot", int, typer.Option("--num-fewshot", min=0, help="Worked examples before each question.")),
+    ("cot", bool, typer.Option("--cot/--no-cot", help="Chain of thought (generate mode): reason, then answer.")),
+    ("limit", int | None, typer.Option("--limit", min=1, help="Evaluate N items, taken round-robin across "
+                                       "categories.", show_default=False)),
+    ("output_dir", Path | None, o.OutputDirOpt.__metadata__[0]),
+    ("log_samples", bool, typer.Option("--log-samples", help="Write every prompt, answer and score to "
+                                       "samples.jsonl.")),
+    ("batch_size", int, typer.Option("--batch-size", min=1, help="Prompts per forward pass / generate call.")),
+    ("max_length", int | None, typer.Option("--max-length", min=2, help="Context length in tokens (default: "
+                                            "the model's); longer prompts lose their start.", show_default=False)),
+    ("max_tokens", int | None, typer.Option("--max-tokens", min=1, help="Tokens to generate (default: 16, or "
+                                            "512 with --cot).", show_default=False)),
+    ("seed", int, o.SeedOpt.__metadata__[0]),
+    ("base_url", str, typer.Option("--base-url", help="OpenAI-compatible server (openai backend).")),
+    ("api_key", str | None, typer.Option("--api-key", envvar="LMLAB_API_KEY", help="API key for the server "
+                                         "(or LMLAB_API_KEY / OPENAI_API_KEY).", show_default=False)),
+    ("api", str, typer.Option("--api", help="openai backend generation endpoint: auto, completions or chat.")),
+    ("concurrency", int, typer.Option("--concurrency", min=1, help="Requests in flight (openai backend).")),
+    ("timeout", float, typer.Option("--timeout", min=0.1, help="Seconds per HTTP request (openai backend).")),
+    ("max_retries", int, typer.Option("--max-retries", min=0, help="Retries with backoff on errors (openai).")),
+    ("resume", Path | None, o.ResumeOpt.__metadata__[0]),
+    ("config", Path | None, o.ConfigOpt.__metadata__[0]),
+    ("json_output", bool, o.JsonOpt.__metadata__[0]),
+    ("quiet", bool, o.QuietOpt.__metadata__[0]),
+]
+DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m", "backend": "hf", "data": None, "mode": "loglik", "num_fewshot": 0, "cot": False,
+    "limit": None, "output_dir": None, "log_samples": False, "batch_size": 8, "max_length": None,
+    "max_tokens": None, "seed": 0, "base_url": "http://127.0.0.1:8000/v1", "api_key": None, "api": "auto",
+    "concurrency": 4, "timeout": 120.0, "max_retries": 4, "resume": None, "config": None, "json_output": False,
+    "quiet": False,
+}
+
+
+def _benchmark_param(name: str, default: Any, help_text: str) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    decls = (f"{flag}/--no-{flag[2:]}",) if isinstance(default, bool) else (flag,)
+    kind = type(default) if default is not None else str | None
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[kind, typer.Option(*decls, help=help_text)])
+
+
+def make_command(spec: BenchmarkSpec) -> Any:
+    own = {option.name for option in spec.options}
+
+    def command(**values: Any) -> None:
+        from lmlab.core.eval_run import EvalOptions, run_evaluation
+
+        set_quiet(values["quiet"])
+        resume = values.pop("resume")
+        shared = {k: values[k] for k in DEFAULTS if k not in ("resume", "config", "json_output", "quiet")}
+        if resume is not None:
+            shared["output_dir"] = resume
+        summary = run_evaluation(EvalOptions(benchmark=spec.name, **shared,
+                                             options={k: values[k] for k in own}))
+        if values["json_output"]:
+            print_json(summary)
+        elif not values["quiet"]:
+            err.print(accuracy_table(f"eval {spec.name}: {summary['model']} ({summary['mode']})", summary))
+            for key in ("unparsed", "cached_answers", "new_answers", "items_per_s"):
+                err.print(f"{key}: {summary[key]}")
+            for key, value in summary.items():
+                if key.startswith("gap"):
+                    err.print(f"{key}: {value}")
+            err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=DEFAULTS[name],
+                                annotation=Annotated[kind, info]) for name, kind, info in COMMON]
+    params += [_benchmark_param(option.name, option.default, option.help) for option in spec.options]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = spec.description
+    return command
+
+
+def eval_app() -> typer.Typer:
+    app = typer.Typer(help="Evaluate a model on a benchmark (CLIcK, BEnQA, holism, and plugins' own).",
+                      no_args_is_help=True)
+    for name, spec in sorted(benchmarks().items()):
+        app.command(name)(make_command(spec))
+    return app

@@ -1,0 +1,138 @@
+"""One evaluation run: load a benchmark, score it through a backend with the request cache, write the run
+directory (config.json, results.json, samples.jsonl, accuracy.png, cache.sqlite) and return the summary.
+
+Rerunning with the same --output-dir (or `--resume RUN`) reuses every answer already in the run's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.backends import BackendOptions, load_backend
+from lmlab.core.console import err, is_quiet, log
+from lmlab.core.errors import Interrupted, LmlabError
+from lmlab.core.evaluation import MODES, EvalContext, EvalSettings, benchmarks, limit_items, score_items, summarize
+from lmlab.core.report import plot_accuracy
+from lmlab.core.request_cache import RequestCache
+from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
+
+
+@dataclass
+class EvalOptions:
+    benchmark: str
+    model: str = "smollm2-135m"
+    backend: str = "hf"
+    data: str | None = None
+    mode: str = "loglik"
+    num_fewshot: int = 0
+    cot: bool = False
+    limit: int | None = None
+    output_dir: Path | None = None
+    log_samples: bool = False
+    batch_size: int = 8
+    max_length: int | None = None
+    max_tokens: int | None = None
+    seed: int = 0
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str | None = None
+    api: str = "auto"
+    concurrency: int = 4
+    timeout: float = 120.0
+    max_retries: int = 4
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def backend_options(self, model: str | None = None) -> BackendOptions:
+        return BackendOptions(model=model or self.model, batch_size=self.batch_size, max_length=self.max_length,
+                              seed=self.seed, base_url=self.base_url, api_key=self.api_key, api=self.api,
+                              concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries)
+
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Any]:
+    """A Rich bar on a terminal; otherwise a log line at every 10%."""
+    if err.is_terminal and not is_quiet():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n: bar.advance(task, n)
+        return
+    done = [0, 0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        step = 10 * done[0] // max(1, total)
+        if step > done[1]:
+            done[1] = step
+            log(f"{label}: {done[0]}/{total} requests")
+
+    yield advance
+
+
+def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
+    found = benchmarks()
+    if opts.benchmark not in found:
+        raise LmlabError(f"Unknown benchmark '{opts.benchmark}'.", hint=f"available: {', '.join(sorted(found))}")
+    if opts.mode not in MODES:
+        raise LmlabError(f"Unknown --mode '{opts.mode}'.", hint=f"use one of: {', '.join(MODES)}")
+    spec = found[opts.benchmark]
+    settings = EvalSettings(mode=opts.mode, num_fewshot=opts.num_fewshot, cot=opts.cot, max_tokens=opts.max_tokens,
+                            seed=opts.seed, options=dict(opts.options))
+    data = opts.data or spec.default_data()
+    loaded = spec.load(data, settings)
+    skipped = f" (skipped {loaded.skipped.summary()})" if loaded.skipped.total else ""
+    log(f"{spec.name}: {len(loaded.items)} items from {loaded.source or data}{skipped}")
+    items = limit_items(loaded.items, opts.limit)
+
+    run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir))
+    shared = {k: v for k, v in asdict(opts).items() if k not in ("options", "api_key")}
+    run.write_config(f"eval {spec.name}", {**shared, **opts.options, "data": str(data)})
+    cache = RequestCache(run.path / "cache.sqlite")
+    backend = load_backend(opts.backend, opts.backend_options())
+    judges: dict[tuple[str, str], Any] = {}
+
+    def backend_for(name: str, model: str) -> Any:
+        if (name, model) not in judges:
+            judges[(name, model)] = load_backend(name, opts.backend_options(model))
+        return judges[(name, model)]
+
+    started = time.perf_counter()
+    try:
+        with _progress(len(items), f"eval {spec.name}") as advance:
+            ctx = EvalContext(settings, cache, backend_for, advance)
+            results = score_items(spec, items, backend, ctx)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"Interrupted; {cache.computed} new answers are saved in {cache.path}.",
+                          hint=f"rerun with --resume {run.path} to continue where it stopped") from exc
+    finally:
+        cache.close()
+    seconds = time.perf_counter() - started
+    summary = {"benchmark": spec.name, "model": opts.model, "backend": opts.backend, "mode": opts.mode,
+               "data": str(data), **summarize(spec, results), "loaded": len(loaded.items),
+               "skipped": loaded.skipped.as_dict(), "cached_answers": cache.hits, "new_answers": cache.computed,
+               "seconds": round(seconds, 2), "items_per_s": round(len(items) / seconds, 3) if seconds else None,
+               "run_dir": str(run.path)}
+    write_json_atomic(run.path / "results.json", summary)
+    if opts.log_samples:
+        _write_samples(run.path / "samples.jsonl", items, results)
+    chart = plot_accuracy(summary["by"], run.path / "accuracy.png", f"{spec.name}: {opts.model} ({opts.mode})")
+    if chart is not None:
+        summary["chart"] = str(chart)
+    return summary
+
+
+def _write_samples(path: Path, items: list[Any], results: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        for item, row in zip(items, results, strict=True):
+            f.write(json.dumps({**row, "prompt": item.generate_prompt or item.prompt if "response" in row
+                                else item.prompt, "choices": list(item.choices)}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

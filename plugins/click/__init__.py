@@ -1,0 +1,29 @@
+"""CLIcK (Kim et al., LREC-COLING 2024): Korean cultural and linguistic multiple choice, `lmlab eval click`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlab.core.demo import DemoStep
+from lmlab.core.evaluation import BenchmarkSpec
+from lmlab.core.hookspecs import hookimpl
+from lmlab.core.paths import example
+
+
+@hookimpl
+def register_benchmarks(register: Any) -> None:
+    from lmlab.plugins.click.data import load_click
+
+    register(BenchmarkSpec(
+        name="click", description="CLIcK: 1,995 Korean culture and language questions (A-D, or A-E for CSAT), "
+        "accuracy per category, per group (Culture / Language) and overall.",
+        load=load_click, default_data=lambda: str(example("eval/click")),
+        breakdowns=("category", "group", "source")))
+
+
+@hookimpl
+def register_demo_steps(register: Any) -> None:
+    from lmlab.plugins.click.demo import run_demo
+
+    register(DemoStep("click", "CLIcK evaluation: smollm2-135m on the bundled Korean questions", 40, run_demo,
+                      quick=False))
