@@ -17,6 +17,7 @@ so per-item predictions agree with it, but it is computed differently:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,8 @@ class HFBackend:
         from transformers import DynamicCache
 
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        # transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version takes.
+        cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
         out: dict[tuple[int, tuple[int, ...]], float] = {}
         cache, previous = None, ()
         for i in sorted(range(len(seqs)), key=seqs.__getitem__):
@@ -114,8 +117,8 @@ class HFBackend:
                 cache, shared = DynamicCache(), 0
             elif cache.get_seq_length() > shared:
                 cache.crop(shared - cache.get_seq_length())  # a negative crop removes that many tokens
-            hidden = decoder(input_ids=torch.tensor([seq[shared:]]), past_key_values=cache,
-                             use_cache=True).last_hidden_state[0]
+            hidden = decoder(input_ids=torch.tensor([seq[shared:]]), use_cache=True,
+                             **{cache_arg: cache}).last_hidden_state[0]
             previous = seq
             for target in targets[i]:
                 start = len(seq) - len(target) - shared
