@@ -27,3 +27,10 @@ def register_demo_steps(register: Any) -> None:
 
     register(DemoStep("click", "CLIcK evaluation: smollm2-135m on the bundled Korean questions", 40, run_demo,
                       quick=False))
+
+
+@hookimpl
+def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.plugins.click.bench import bench_click
+
+    bench.command("click")(bench_click)

@@ -1,0 +1,137 @@
+"""`lmlab bench click`: multiple-choice scoring speed, lmlab's hf backend vs lm-evaluation-harness's HFLM.
+
+Same model object, same items, same requests: both systems get the exact (context, continuation) pairs of the
+CLIcK prompt (A-D or A-E), and each returns one log-likelihood per choice; the prediction is the argmax.
+lm-evaluation-harness runs at its own default batch size (1; `--lm-eval-batch-size` to change it) with its
+logits cache on (one forward pass per question for single-token answers), so both do one pass per question.
+Each system runs in its own subprocess with the same torch threads; one warm-up question is not timed.
+Reported: items/s, seconds, and how many per-item predictions agree, with the largest log-likelihood gap.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import util
+from typing import Annotated, Any
+
+import typer
+
+from lmlab.core.bench import (
+    cpu_count,
+    emit,
+    machine,
+    make_report,
+    parse_systems,
+    print_ratios,
+    ran,
+    ratio,
+    run_measured,
+    version,
+)
+
+SYSTEMS = ("lmlab", "lm-eval")
+WORKER = "lmlab.plugins.click.bench:run_system"
+TARGETS = {"items_per_s_lmlab_vs_lm-eval": (">=", 1.5)}
+
+
+def bench_click(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model alias, local HF folder, or Hub id.")] = (
+        "smollm2-135m"),
+    data: Annotated[str | None, typer.Option("--data", "-d", help="CLIcK in the official layout (default: the "
+                    "bundled examples).", show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Items, round-robin across categories "
+                     "(default: all).", show_default=False)] = None,
+    lm_eval_batch_size: Annotated[int, typer.Option("--lm-eval-batch-size", min=1, help="lm-evaluation-harness "
+                                  "batch size (its default is 1).")] = 1,
+    systems: Annotated[str, typer.Option("--systems", help="Comma-separated: lmlab, lm-eval.")] = "lmlab,lm-eval",
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
+    from lmlab.core.paths import example
+
+    threads = cpu_count()
+    settings = {"model": model, "data": data or str(example("eval/click")), "limit": limit,
+                "lm_eval_batch_size": lm_eval_batch_size, "threads": threads}
+    results: dict[str, dict[str, Any]] = {}
+    for system in parse_systems(systems, SYSTEMS):
+        if system == "lm-eval" and util.find_spec("lm_eval") is None:
+            results[system] = {"skipped": "lm-evaluation-harness is not installed (pip install 'lmlab[lm-eval]')"}
+            continue
+        results[system] = run_measured(WORKER, system, settings, threads=threads)
+    ours, theirs = results.get("lmlab"), results.get("lm-eval")
+    if ran(ours) and ran(theirs):
+        agree = sum(a == b for a, b in zip(ours["predictions"], theirs["predictions"], strict=True))
+        gap = max(abs(x - y) for a, b in zip(ours["loglik"], theirs["loglik"], strict=True)
+                  for x, y in zip(a, b, strict=True))
+        settings.update(predictions_agree=f"{agree}/{len(ours['predictions'])}", max_loglik_gap=gap)
+    for result in results.values():
+        result.pop("loglik", None)
+        result.pop("predictions", None)
+    ratios = {"items_per_s_lmlab_vs_lm-eval": ratio((ours or {}).get("items_per_s"),
+                                                    (theirs or {}).get("items_per_s"))}
+    report = make_report("click", machine(threads, ("torch", "transformers", "lm_eval")), settings, results,
+                         ratios)
+    emit(report, json_output, _print_table)
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from lmlab.core.console import err
+
+    table = Table(title="bench click: multiple-choice scoring")
+    for column in ("system", "items", "seconds", "items/s", "version"):
+        table.add_column(column)
+    for system, result in report["results"].items():
+        if not ran(result):
+            table.add_row(system, "skipped", result.get("skipped", ""), "", "")
+            continue
+        table.add_row(system, str(result["items"]), f"{result['seconds']:.2f}", f"{result['items_per_s']:.3f}",
+                      result.get("version") or "")
+    err.print(table)
+    settings = report["settings"]
+    if "predictions_agree" in settings:
+        err.print(f"per-item predictions agree: {settings['predictions_agree']} (largest log-likelihood gap "
+                  f"{settings['max_loglik_gap']:.2e})")
+    print_ratios(err, report["ratios"], TARGETS)
+
+
+def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Worker: score the items with one system; returns timings, predictions and log-likelihoods."""
+    from lmlab.core.backends import BackendOptions, ChoiceRequest
+    from lmlab.core.evaluation import EvalSettings, limit_items
+    from lmlab.core.models import load_model
+    from lmlab.plugins.click.data import load_click
+
+    model, tokenizer = load_model(settings["model"])
+    items = limit_items(load_click(settings["data"], EvalSettings()).items, settings["limit"])
+    requests = [ChoiceRequest(item.prompt, item.choices) for item in items]
+    if system == "lmlab":
+        from lmlab.core.backend_hf import HFBackend
+
+        backend = HFBackend(BackendOptions(settings["model"]), model, tokenizer)
+        score, name = backend.loglik, "lmlab"
+    else:
+        score, name = _lm_eval_scorer(model, tokenizer, settings["lm_eval_batch_size"]), "lm_eval"
+    score(requests[:1])  # warm-up, not timed
+    start = time.perf_counter()
+    loglik = score(requests)
+    seconds = time.perf_counter() - start
+    return {"items": len(items), "seconds": round(seconds, 3), "items_per_s": round(len(items) / seconds, 4),
+            "version": version(name), "loglik": loglik,
+            "predictions": [max(range(len(row)), key=row.__getitem__) for row in loglik]}
+
+
+def _lm_eval_scorer(model: Any, tokenizer: Any, batch_size: int) -> Any:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+    def score(requests: list[Any]) -> list[list[float]]:
+        instances = [Instance(request_type="loglikelihood", doc={}, arguments=(r.context, c), idx=i)
+                     for i, r in enumerate(requests) for c in r.continuations]
+        flat = iter(value for value, _ in lm.loglikelihood(instances, disable_tqdm=True))
+        return [[next(flat) for _ in r.continuations] for r in requests]
+
+    return score
