@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -88,7 +89,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
                             seed=opts.seed, options=dict(opts.options))
     data = opts.data or spec.default_data()
     loaded = spec.load(data, settings)
-    skipped = f" (skipped {loaded.skipped.summary()})" if loaded.skipped.total else ""
+    skipped = f" ({loaded.skipped.summary()})" if loaded.skipped.total else ""
     log(f"{spec.name}: {len(loaded.items)} items from {loaded.source or data}{skipped}")
     items = limit_items(loaded.items, opts.limit)
 
@@ -117,6 +118,8 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     summary = {"benchmark": spec.name, "model": opts.model, "backend": opts.backend, "mode": opts.mode,
                "data": str(data), **summarize(spec, results), "loaded": len(loaded.items),
+               "loaded_by": {key: dict(sorted(Counter(i.groups[key] for i in loaded.items if key in i.groups).items()))
+                             for key in spec.breakdowns},
                "skipped": loaded.skipped.as_dict(), "cached_answers": cache.hits, "new_answers": cache.computed,
                "seconds": round(seconds, 2), "items_per_s": round(len(items) / seconds, 3) if seconds else None,
                "run_dir": str(run.path)}
