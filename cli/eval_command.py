@@ -33,7 +33,9 @@ COMMON: list[tuple[str, Any, Any]] = [
     ("output_dir", Path | None, o.OutputDirOpt.__metadata__[0]),
     ("log_samples", bool, typer.Option("--log-samples", help="Write every prompt, answer and score to "
                                        "samples.jsonl.")),
-    ("batch_size", int, typer.Option("--batch-size", min=1, help="Prompts per forward pass / generate call.")),
+    ("batch_size", int, typer.Option("--batch-size", min=1, help="Prompts per generate call, and per scoring "
+                                     "pass on a GPU (on CPU, scoring runs prompt by prompt, reusing shared "
+                                     "prefixes).")),
     ("max_length", int | None, typer.Option("--max-length", min=2, help="Context length in tokens (default: "
                                             "the model's); longer prompts lose their start.", show_default=False)),
     ("max_tokens", int | None, typer.Option("--max-tokens", min=1, help="Tokens to generate (default: 16, or "
