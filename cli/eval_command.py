@@ -13,9 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.console import err, print_json, set_quiet
+from lmlab.core.console import print_json, set_quiet
 from lmlab.core.evaluation import BenchmarkSpec, benchmarks
-from lmlab.core.report import accuracy_table
 
 COMMON: list[tuple[str, Any, Any]] = [
     ("model", str, typer.Option("--model", "-m", help="Model: alias, local HF folder or Hub id (hf backend), or "
@@ -74,7 +73,7 @@ def make_command(spec: BenchmarkSpec) -> Any:
     own = {option.name for option in spec.options}
 
     def command(**values: Any) -> None:
-        from lmlab.core.eval_run import EvalOptions, run_evaluation
+        from lmlab.core.eval_run import EvalOptions, print_summary, run_evaluation
 
         set_quiet(values["quiet"])
         resume = values.pop("resume")
@@ -86,13 +85,7 @@ def make_command(spec: BenchmarkSpec) -> Any:
         if values["json_output"]:
             print_json(summary)
         elif not values["quiet"]:
-            err.print(accuracy_table(f"eval {spec.name}: {summary['model']} ({summary['mode']})", summary))
-            for key in ("unparsed", "cached_answers", "new_answers", "items_per_s"):
-                err.print(f"{key}: {summary[key]}")
-            for key, value in summary.items():
-                if key.startswith("gap"):
-                    err.print(f"{key}: {value}")
-            err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+            print_summary(summary)
 
     params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=DEFAULTS[name],
                                 annotation=Annotated[kind, info]) for name, kind, info in COMMON]

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest
+from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
 from lmlab.core.logprobs import TokenLogprobModel, plain_head, token_logprobs
 from lmlab.core.models import load_model
 
@@ -182,9 +182,3 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """The text before the first stop string."""
-    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
-    return text[:cut]

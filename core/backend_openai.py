@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest
+from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
 from lmlab.core.errors import LmlabError
 
 BACKOFF_S = 0.5  # first retry waits about this long, doubled for each further retry
@@ -114,7 +114,7 @@ class OpenAIBackend:
         url = self.base_url + "/completions"
         data = self._post("/completions", {"model": self.options.model, "prompt": request.prompt,
                                            **self._sampling(request)})
-        return _cut(_text(_field(data, url, "choices", 0, "text"), url), request.stop)
+        return cut_at_stop(_text(_field(data, url, "choices", 0, "text"), url), request.stop)
 
     def _chat(self, request: GenerateRequest) -> str:
         url = self.base_url + "/chat/completions"
@@ -123,7 +123,7 @@ class OpenAIBackend:
                                                 **self._sampling(request)})
         message = _field(data, url, "choices", 0, "message")
         content = (message.get("content") or "") if isinstance(message, dict) else None
-        return _cut(_text(content, url), request.stop)
+        return cut_at_stop(_text(content, url), request.stop)
 
     @staticmethod
     def _sampling(request: GenerateRequest) -> dict[str, Any]:
@@ -218,9 +218,3 @@ def _text(value: Any, url: str) -> str:
     if not isinstance(value, str):
         raise _malformed(url, f"the generated text is {type(value).__name__}, not a string")
     return value
-
-
-def _cut(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first stop string (servers differ in whether and how they apply `stop`)."""
-    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[:min(cuts)] if cuts else text

@@ -89,3 +89,9 @@ def load_backend(name: str, options: BackendOptions) -> Backend:
         raise LmlabError(f"Unknown backend '{name}'.",
                          hint=f"available: {', '.join(sorted(found))}; `lmlab plugins` shows where they come from")
     return found[name].build(options)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (servers and generate() differ in whether they apply `stop`)."""
+    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
+    return text[:cut]

@@ -18,9 +18,10 @@ from typing import Any
 
 from lmlab.core.backends import BackendOptions, load_backend
 from lmlab.core.console import err, is_quiet, log
+from lmlab.core.demo import DemoStep
 from lmlab.core.errors import Interrupted, LmlabError
 from lmlab.core.evaluation import MODES, EvalContext, EvalSettings, benchmarks, limit_items, score_items, summarize
-from lmlab.core.report import plot_accuracy
+from lmlab.core.report import accuracy_table, plot_accuracy
 from lmlab.core.request_cache import RequestCache
 from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
 
@@ -85,8 +86,9 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     if opts.mode not in MODES:
         raise LmlabError(f"Unknown --mode '{opts.mode}'.", hint=f"use one of: {', '.join(MODES)}")
     spec = found[opts.benchmark]
+    options = {**{option.name: option.default for option in spec.options}, **opts.options}
     settings = EvalSettings(mode=opts.mode, num_fewshot=opts.num_fewshot, cot=opts.cot, max_tokens=opts.max_tokens,
-                            seed=opts.seed, options=dict(opts.options))
+                            seed=opts.seed, options=options)
     data = opts.data or spec.default_data()
     loaded = spec.load(data, settings)
     skipped = f" ({loaded.skipped.summary()})" if loaded.skipped.total else ""
@@ -95,7 +97,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
 
     run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir))
     shared = {k: v for k, v in asdict(opts).items() if k not in ("options", "api_key")}
-    run.write_config(f"eval {spec.name}", {**shared, **opts.options, "data": str(data)})
+    run.write_config(f"eval {spec.name}", {**shared, **options, "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
     backend = load_backend(opts.backend, opts.backend_options())
     judges: dict[tuple[str, str], Any] = {}
@@ -130,6 +132,26 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     if chart is not None:
         summary["chart"] = str(chart)
     return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The accuracy table and the figures under it, on stderr."""
+    err.print(accuracy_table(f"eval {summary['benchmark']}: {summary['model']} ({summary['mode']})", summary))
+    for key in ("unparsed", "cached_answers", "new_answers", "items_per_s"):
+        err.print(f"{key}: {summary[key]}")
+    for key, value in summary.items():
+        if key.startswith("gap"):
+            err.print(f"{key}: {value:+.4f}")
+    err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+
+
+def demo_step(benchmark: str, title: str, order: int, **options: Any) -> DemoStep:
+    """A `lmlab demo` step that evaluates smollm2-135m on the benchmark's bundled examples."""
+    def run(output_dir: str, quick: bool) -> None:
+        print_summary(run_evaluation(EvalOptions(benchmark=benchmark, output_dir=Path(output_dir) / f"eval-{benchmark}",
+                                                 options=options)))
+
+    return DemoStep(benchmark, title, order, run, quick=False)
 
 
 def _write_samples(path: Path, items: list[Any], results: list[dict[str, Any]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.demo import DemoStep
 from lmlab.core.evaluation import BenchmarkOption, BenchmarkSpec
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.paths import example
@@ -31,7 +30,7 @@ def register_benchmarks(register: Any) -> None:
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    from lmlab.plugins.benqa.demo import run_demo
+    from lmlab.core.eval_run import demo_step
 
-    register(DemoStep("benqa", "BEnQA evaluation: smollm2-135m on the bundled Bengali/English questions", 41,
-                      run_demo, quick=False))
+    register(demo_step("benqa", "BEnQA evaluation: smollm2-135m on the bundled Bengali/English questions", 41,
+                       lang="en,bn"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.demo import DemoStep
 from lmlab.core.evaluation import BenchmarkSpec
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.paths import example
@@ -23,10 +22,9 @@ def register_benchmarks(register: Any) -> None:
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    from lmlab.plugins.click.demo import run_demo
+    from lmlab.core.eval_run import demo_step
 
-    register(DemoStep("click", "CLIcK evaluation: smollm2-135m on the bundled Korean questions", 40, run_demo,
-                      quick=False))
+    register(demo_step("click", "CLIcK evaluation: smollm2-135m on the bundled Korean questions", 40))
 
 
 @hookimpl

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.demo import DemoStep
 from lmlab.core.evaluation import BenchmarkOption, BenchmarkSpec, parse_letter
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.paths import example
@@ -29,7 +28,6 @@ def register_benchmarks(register: Any) -> None:
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    from lmlab.plugins.holism.demo import run_demo
+    from lmlab.core.eval_run import demo_step
 
-    register(DemoStep("holism", "Holism evaluation: smollm2-135m on the bundled abduction, revision and argument "
-                      "items", 42, run_demo, quick=False))
+    register(demo_step("holism", "Holism evaluation: smollm2-135m on the bundled seed items", 42))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-from lmlab.core.backend_hf import HFBackend, cut_at_stop
-from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest
+from lmlab.core.backend_hf import HFBackend
+from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
 from lmlab.core.evaluation import EvalItem, parse_letter
 from lmlab.core.models import load_model
 from lmlab.core.request_cache import RequestCache
@@ -62,7 +63,13 @@ def test_prefix_sharing_reuses_the_cache_and_agrees(tiny, monkeypatch) -> None:
     seen = []
     decoder = model.get_decoder()
     original = decoder.forward
-    monkeypatch.setattr(decoder, "forward", lambda *a, **k: seen.append(k["input_ids"].shape[1]) or original(*a, **k))
+
+    @functools.wraps(original)
+    def counting(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", counting)
     got = shared.loglik(requests)
     monkeypatch.undo()
     assert seen[0] > 40 and max(seen[1:]) < 15  # later questions only run their own tokens
