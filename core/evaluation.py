@@ -98,6 +98,7 @@ class BenchmarkSpec:
     normalize: bool = False  # loglik: rank choices by log-likelihood per byte (choices of different lengths)
     max_tokens: int = 16
     cot_max_tokens: int = 512
+    stop: tuple[str, ...] = ()  # generate mode: where the answer ends (e.g. the start of a next question)
 
 
 def benchmarks() -> dict[str, BenchmarkSpec]:
@@ -156,8 +157,8 @@ def score_items(spec: BenchmarkSpec, items: Sequence[EvalItem], backend: Backend
     elif choice:
         parse = spec.parse or parse_letter
         default = spec.cot_max_tokens if settings.cot else spec.max_tokens
-        requests = [GenerateRequest(items[n].generate_prompt or items[n].prompt, settings.max_tokens or default)
-                    for n in choice]
+        requests = [GenerateRequest(items[n].generate_prompt or items[n].prompt, settings.max_tokens or default,
+                                    spec.stop) for n in choice]
         texts = ctx.generate(backend, requests)
         for n, text in zip(choice, texts, strict=True):
             results[n] = _result(items[n], parse(text, items[n]), response=text)
@@ -165,8 +166,8 @@ def score_items(spec: BenchmarkSpec, items: Sequence[EvalItem], backend: Backend
         if spec.judge is None:
             raise LmlabError(f"Benchmark '{spec.name}' has rubric items but no judge.", hint="a plugin bug")
         todo = [items[n] for n in judged]
-        requests = [GenerateRequest(i.generate_prompt or i.prompt, settings.max_tokens or spec.cot_max_tokens)
-                    for i in todo]
+        requests = [GenerateRequest(i.generate_prompt or i.prompt, settings.max_tokens or spec.cot_max_tokens,
+                                    spec.stop) for i in todo]
         texts = ctx.generate(backend, requests)
         for n, item, text, score in zip(judged, todo, texts, spec.judge(todo, texts, ctx), strict=True):
             results[n] = {"id": item.id, "groups": item.groups, "gold": None, "pred": None,

@@ -25,7 +25,7 @@ def register_benchmarks(register: Any) -> None:
             BenchmarkOption("append_translation", False, "Bengali items: append the English question after the "
                             "Bengali one (the paper found this helps)."),
         ),
-        parse=parse_answer, extra=en_bn_gap))
+        parse=parse_answer, extra=en_bn_gap, stop=("\n\nQuestion:", "\n\nপ্রশ্ন:")))
 
 
 @hookimpl

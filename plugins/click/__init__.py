@@ -17,7 +17,7 @@ def register_benchmarks(register: Any) -> None:
         name="click", description="CLIcK: 1,995 Korean culture and language questions (A-D, or A-E for CSAT), "
         "accuracy per category, per group (Culture / Language) and overall.",
         load=load_click, default_data=lambda: str(example("eval/click")),
-        breakdowns=("category", "group", "source")))
+        breakdowns=("category", "group", "source"), stop=("\n\n주어진", "\n\n질문:", "\n\n맥락:")))
 
 
 @hookimpl

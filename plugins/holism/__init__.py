@@ -23,7 +23,8 @@ def register_benchmarks(register: Any) -> None:
         options=(BenchmarkOption("judge", "keywords", "Judge for argument items: 'keywords' (rubric keywords) or "
                                  "a judge model (alias, folder or Hub id; server model name with openai)."),
                  BenchmarkOption("judge_backend", "hf", "Backend of the judge model (hf, openai, ...).")),
-        parse=parse_letter, judge=judge, normalize=True, cot_max_tokens=256))
+        parse=parse_letter, judge=judge, normalize=True, cot_max_tokens=256,
+        stop=("\n\nBackground knowledge:",)))
 
 
 @hookimpl

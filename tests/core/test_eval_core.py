@@ -132,3 +132,22 @@ def test_parse_letter() -> None:
     assert parse_letter("I think (E). ", item) == 4
     assert parse_letter("Let me think. A is wrong, B too.\n정답: D", item) == 3
     assert parse_letter("none of these", item) is None
+
+
+def test_generate_mode_sends_the_benchmarks_stop_strings_and_parses_answers(tmp_path: Path) -> None:
+    from lmlab.core.evaluation import BenchmarkSpec, EvalContext, EvalSettings, score_items, summarize
+
+    class Talking:
+        identity, seen = "fake:talk", []
+
+        def generate(self, requests):
+            self.seen.extend(requests)
+            return ["The answer is B." if r.prompt.startswith("Q1") else "hmm" for r in requests]
+
+    spec = BenchmarkSpec("t", "", load=lambda *a: None, default_data=lambda: "", stop=("\n\nQuestion:",))
+    items = [EvalItem("1", "Q1\nAnswer:", (" A", " B"), 1), EvalItem("2", "Q2\nAnswer:", (" A", " B"), 0)]
+    ctx = EvalContext(EvalSettings(mode="generate"), RequestCache(tmp_path / "c.sqlite"), lambda *a: None)
+    backend = Talking()
+    summary = summarize(spec, score_items(spec, items, backend, ctx))
+    assert [r.stop for r in backend.seen] == [("\n\nQuestion:",)] * 2 and backend.seen[0].max_tokens == 16
+    assert summary["accuracy"] == 0.5 and summary["unparsed"] == 1
