@@ -95,7 +95,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     log(f"{spec.name}: {len(loaded.items)} items from {loaded.source or data}{skipped}")
     items = limit_items(loaded.items, opts.limit)
 
-    run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir))
+    run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir), checkpoints=False)
     shared = {k: v for k, v in asdict(opts).items() if k not in ("options", "api_key")}
     run.write_config(f"eval {spec.name}", {**shared, **options, "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")

@@ -52,12 +52,12 @@ def new_run_path(command: str, output_dir: Path | None) -> Path:
 class RunDir:
     """One run's folder. Only the main process writes; every process knows the path."""
 
-    def __init__(self, path: Path, *, main: bool = True) -> None:
+    def __init__(self, path: Path, *, main: bool = True, checkpoints: bool = True) -> None:
         self.path = Path(path)
         self.main = main
         if main:
             try:
-                (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+                (self.path / "checkpoints" if checkpoints else self.path).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise LmlabError(f"{self.path}: cannot create the run directory ({exc.strerror}).",
                                  hint="choose another --output-dir") from exc
