@@ -272,7 +272,8 @@ class _Replay:
 
 
 def replay_training(model: Any, task: Any, order: list[list[int]], cfg: Any,
-                    peak: Callable[[], float] = peak_rss_mb) -> tuple[list[dict[str, Any]], float]:
+                    peak: Callable[[], float] = peak_rss_mb, precision: str = "auto"
+                    ) -> tuple[list[dict[str, Any]], float]:
     """Run the real shared training loop over exactly `order` (one batch per step) in a throwaway run
     directory; returns the per-step metrics and the peak memory (MB) read after the last step."""
     from lmlab.core.runs import RunDir
@@ -282,7 +283,7 @@ def replay_training(model: Any, task: Any, order: list[list[int]], cfg: Any,
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-run-") as tmp:
         run = RunDir(Path(tmp))
         try:
-            train(model, replay, cfg, run, make_accelerator())
+            train(model, replay, cfg, run, make_accelerator(precision))
         except _Finished:
             pass
         records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]

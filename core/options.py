@@ -93,3 +93,6 @@ WarmupOpt = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear wa
 MaxGradNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clip gradients to this norm (0: off).")
                            ]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every N steps.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="auto (bf16 autocast on GPUs that have it, else fp32), fp32, or bf16 (autocast on any device "
+    "with native bf16, e.g. CPUs with AVX512-BF16/AMX; weights and optimizer stay fp32).")]

@@ -76,10 +76,22 @@ class MonitoredTask(TrainTask, Protocol):
         manager for any backward pass it runs, so that it never touches the training gradients' sync)."""
 
 
-def make_accelerator() -> Accelerator:
-    """bf16 where the GPU has it, fp32 on CPU; CPU multi-process runs use gloo via torchrun."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def make_accelerator(precision: str = "auto") -> Accelerator:
+    """Mixed precision: "auto" is bf16 autocast where the GPU has it and fp32 on CPU; "bf16" asks for bf16
+    autocast on any device (weights, optimizer state and the loss stay float32); "fp32" never autocasts.
+    CPU multi-process runs use gloo via torchrun."""
+    if precision not in PRECISIONS:
+        raise LmlabError(f"Unknown --precision '{precision}'.", hint=f"use one of: {', '.join(PRECISIONS)}")
     cuda = torch.cuda.is_available()
-    mixed = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    native = torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "bf16" and not native:
+        raise LmlabError("--precision bf16: this device has no native bfloat16 support.",
+                         hint="use --precision fp32 (or auto)")
+    auto = cuda and torch.cuda.is_bf16_supported()
+    mixed = "bf16" if precision == "bf16" or (precision == "auto" and auto) else "no"
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed)
     if not accelerator.is_main_process:
         set_quiet(True)  # one process talks

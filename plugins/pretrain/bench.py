@@ -20,6 +20,10 @@ trains and caches), fp32 on the CPU with the same number of torch threads, and t
 - `lmlab-mha-tev`: the same with TEV logged every step. The loop times `after_step` (the monitor) apart from
   the step, as `monitor_time`: TEV overhead = median(monitor_time) / median(step_time).
 - `lmlab-mlra`: `--attn mlra` at its default rank (parameters ≈ MHA's; both counts are reported).
+- `hf-gpt2-bf16` and `lmlab-mha-bf16`: the HF plain loop under `torch.autocast("cpu", bfloat16)` and
+  `lmlab pretrain --precision bf16` (bf16 autocast through accelerate; weights, AdamW state and the loss stay
+  float32). Run only where the CPU has native bf16 (AVX512-BF16 / AMX), else reported as skipped. The report
+  gives both the like-for-like ratio (lmlab bf16 vs HF bf16) and lmlab bf16 vs the fp32 HF loop.
 
 Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block / step
 time; the peak RSS and its increase over the RSS once the model and data are loaded (peak reset there on
@@ -54,7 +58,8 @@ from lmlab.core.bench import (
 )
 from lmlab.core.errors import LmlabError
 
-SYSTEMS = ("hf-gpt2", "lmlab-mha", "lmlab-mha-tev", "lmlab-mlra")
+SYSTEMS = ("hf-gpt2", "lmlab-mha", "lmlab-mha-tev", "lmlab-mlra", "hf-gpt2-bf16", "lmlab-mha-bf16")
+BF16 = ("hf-gpt2-bf16", "lmlab-mha-bf16")
 WARMUP_STEPS = 2
 LR = 1e-3
 BETAS = (0.9, 0.95)
@@ -97,13 +102,17 @@ def bench_pretrain(
         "vocab_size": data.pop("vocab_size"), "tokens_per_step": batch_size * block_size, "timed_steps": steps,
         "warmup_steps": WARMUP_STEPS, "seed": seed, "lr": LR, "schedule": "constant",
         "optimizer": f"AdamW(betas={BETAS}, weight_decay={WEIGHT_DECAY} on matrices only)",
-        "max_grad_norm": MAX_GRAD_NORM, "dropout": 0.0, "dtype": "float32", "device": "cpu", "threads": threads,
+        "max_grad_norm": MAX_GRAD_NORM, "dropout": 0.0, "dtype": "float32 (*-bf16: bf16 autocast)", "device": "cpu",
+        "threads": threads,
         "data": data.pop("description"),
         "memory_ratio_uses": "peak RSS increase over the RSS after the model and data are loaded",
     }
     results: dict[str, dict[str, Any]] = {}
     for system in chosen:
-        if system == "hf-gpt2" and version("transformers") is None:
+        if system in BF16 and not _native_bf16():
+            results[system] = {"skipped": "this CPU has no native bfloat16 (AVX512-BF16 / AMX)"}
+            continue
+        if system.startswith("hf-gpt2") and version("transformers") is None:
             results[system] = {"skipped": "transformers is not installed (pip install transformers)"}
             log("[yellow]transformers is not installed: hf-gpt2 skipped[/yellow]")
             continue
@@ -148,6 +157,12 @@ def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int
                            f"(byte-level BPE, {len(tokenizer):,} tokens); PretrainTask's seeded windows"}
 
 
+def _native_bf16() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _compare(results: dict[str, dict[str, Any]]) -> None:
     """Same batches for every system; HF and our MHA start from the same weights, so the same first loss."""
     measured = {name: r for name, r in results.items() if ran(r)}
@@ -162,8 +177,12 @@ def _compare(results: dict[str, dict[str, Any]]) -> None:
 
 
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    hf, mha, tev_run, mlra = (results.get(name) for name in SYSTEMS)
+    hf, mha, tev_run, mlra, hf_bf16, mha_bf16 = (results.get(name) for name in SYSTEMS)
     out: dict[str, float | None] = {}
+    if ran(hf_bf16) and ran(mha_bf16):
+        out["tokens_per_s_lmlab_bf16_vs_hf_bf16"] = ratio(mha_bf16["tokens_per_s"], hf_bf16["tokens_per_s"])
+    if ran(hf) and ran(mha_bf16):
+        out["tokens_per_s_lmlab_bf16_vs_hf"] = ratio(mha_bf16["tokens_per_s"], hf["tokens_per_s"])
     if ran(hf) and ran(mha):
         out["tokens_per_s_lmlab_vs_hf"] = ratio(mha["tokens_per_s"], hf["tokens_per_s"])
         out["peak_mem_increase_lmlab_vs_hf"] = ratio(mha["peak_rss_increase_mb"], hf["peak_rss_increase_mb"])
@@ -184,7 +203,7 @@ def _print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     table = Table(title=f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · "
                         f"batch {s['batch_size']} × {s['block_size']} tokens · vocab {s['vocab_size']:,} · "
-                        f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU")
+                        f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU (*-bf16: autocast)")
     for column in ("system", "attention", "parameters", "tokens/s", "median step s", "monitor s", "peak RSS MB",
                    "peak RSS increase MB", "loss (first batch)"):
         table.add_column(column, justify="left" if column in ("system", "attention") else "right")
@@ -279,11 +298,12 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
                         eval_every=0, batch_size=settings["batch_size"])
     batches = [task.collate(indices) for indices in order]
     batches_sha = _hash_batches(batches)
-    if system == "hf-gpt2":
-        result = _run_hf(settings, batches)
+    bf16 = system in BF16
+    if system.startswith("hf-gpt2"):
+        result = _run_hf(settings, batches, bf16=bf16)
     else:
         attn = "mlra" if system == "lmlab-mlra" else "mha"
-        result = _run_lmlab(settings, order, attn, tev_every=1 if system == "lmlab-mha-tev" else 0)
+        result = _run_lmlab(settings, order, attn, tev_every=1 if system == "lmlab-mha-tev" else 0, bf16=bf16)
     times = result.pop("step_times")[WARMUP_STEPS:]
     monitor = result.pop("monitor_times", None)
     step_time = statistics.median(times)
@@ -305,7 +325,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, tev_every: int) -> dict[str, Any]:
+def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, tev_every: int,
+               bf16: bool = False) -> dict[str, Any]:
     import gc
 
     import torch
@@ -328,13 +349,14 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
                       max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, _peak_mb)
+    records, peak = replay_training(model, task, order, cfg, _peak_mb, precision="bf16" if bf16 else "fp32")
     if tev_every and not all("tev_mean" in r for r in records):
         raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
     inner = model.transformer.h[0].attn
     attention = attn if attn == "mha" else f"mlra (rank {inner.rank}, targets {','.join(inner.low_rank) or '-'}" \
         f"{',o' if getattr(inner, 'o_a', None) is not None else ''})"
-    return {"version": version("lmlab"), "attention": attention, "parameters": model.num_params(non_embedding=False),
+    return {"version": version("lmlab"), "attention": attention + (" · bf16 autocast" if bf16 else ""),
+            "parameters": model.num_params(non_embedding=False),
             "loss_first_batch": float(loss), "final_loss": records[-1]["loss"],
             "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": [r["step_time"] for r in records],
@@ -377,7 +399,7 @@ def _hf_model(settings: dict[str, Any]) -> tuple[Any, str]:
     return hf, attention
 
 
-def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], *, bf16: bool = False) -> dict[str, Any]:
     import gc
 
     import torch
@@ -390,8 +412,9 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str
 
     def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # shift_labels: the window's next tokens, already aligned, so HF predicts the same B × T tokens as ours.
-        return hf(input_ids=batch["input_ids"], labels=batch["targets"], shift_labels=batch["targets"],
-                  use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return hf(input_ids=batch["input_ids"], labels=batch["targets"], shift_labels=batch["targets"],
+                      use_cache=False).loss
 
     with torch.no_grad():
         first = float(loss_of(batches[0]))
@@ -411,7 +434,8 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]]) -> dict[str
         times.append(time.perf_counter() - tick)
         losses.append(float(loss))
     peak = _peak_mb()
-    return {"version": version("transformers"), "attention": f"GPT2 {attention}",
+    return {"version": version("transformers"), "attention": f"GPT2 {attention}" + (" · bf16 autocast" if bf16
+                                                                                    else ""),
             "parameters": sum(p.numel() for p in hf.parameters()), "loss_first_batch": first,
             "final_loss": losses[-1], "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": times}

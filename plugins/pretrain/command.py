@@ -46,6 +46,7 @@ def pretrain(
     eval_every: Annotated[int, typer.Option("--eval-every", min=0, help="Validation loss every N steps.")] = 50,
     save_every: o.SaveEveryOpt = 100,
     seed: o.SeedOpt = 42,
+    precision: o.PrecisionOpt = "auto",
     resume: o.ResumeOpt = None,
     config: o.ConfigOpt = None,
     json_output: o.JsonOpt = False,
@@ -61,7 +62,7 @@ def pretrain(
         block_size=block_size, dropout=dropout, output_dir=output_dir, max_steps=max_steps, batch_size=batch_size,
         grad_accum=grad_accum, lr=lr, schedule=schedule, warmup_steps=warmup_steps, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, tev_every=tev_every, grad_var_every=grad_var_every, eval_every=eval_every,
-        save_every=save_every, seed=seed, resume=Path(resume) if resume else None))
+        save_every=save_every, seed=seed, precision=precision, resume=Path(resume) if resume else None))
     if json_output:
         print_json(summary)
     elif not quiet:

@@ -130,10 +130,11 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                reduction: str = "mean") -> tuple[Tensor, Tensor | None]:
-        """With targets: logits [B, T, V] and cross-entropy (-1 ignored; reduction "none" gives [B, T]).
-        Without: logits of the last position only, [B, 1, V]."""
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
+                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """With targets: logits [B, T, V] (None when `return_logits` is off: a wrapper such as accelerate's
+        mixed-precision one would otherwise copy them to float32 every step) and cross-entropy (-1 ignored;
+        reduction "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise LmlabError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}.",
@@ -147,7 +148,7 @@ class GPT(nn.Module):
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
-        return logits, loss.view_as(targets) if reduction == "none" else loss
+        return logits if return_logits else None, loss.view_as(targets) if reduction == "none" else loss
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

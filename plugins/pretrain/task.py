@@ -45,7 +45,7 @@ class PretrainTask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, loss_sum = model(batch["input_ids"], batch["targets"], reduction="sum")
+        _, loss_sum = model(batch["input_ids"], batch["targets"], reduction="sum", return_logits=False)
         return loss_sum / totals["tokens"], {}
 
     @torch.no_grad()

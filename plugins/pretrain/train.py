@@ -52,6 +52,7 @@ class PretrainOptions:
     eval_every: int = 50
     save_every: int = 100
     seed: int = 42
+    precision: str = "auto"
     resume: Path | None = None
 
 
@@ -76,7 +77,7 @@ def build_model(opts: PretrainOptions, vocab_size: int) -> tuple[Any, GPTConfig]
 def run_pretrain(opts: PretrainOptions) -> dict[str, Any]:
     check_schedule(opts.schedule)
     data = opts.data or str(example("pretrain/tinyshakespeare.txt"))
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(opts.precision)
     run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
                                new_run_path(f"pretrain-{opts.attn}", opts.output_dir))
     texts = read_texts(data, text_field=opts.text_field)

@@ -61,10 +61,13 @@ def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
                      "--batch-size", "2", "--steps", "1", "--vocab-size", "512", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["benchmark"] == "pretrain" and set(report["results"]) == {"hf-gpt2", "lmlab-mha", "lmlab-mha-tev",
-                                                                            "lmlab-mlra"}
+    assert report["benchmark"] == "pretrain" and set(report["results"]) == set(SYSTEMS)
     hf, tev_run = report["results"]["hf-gpt2"], report["results"]["lmlab-mha-tev"]
-    assert all(r["same_batches_as_others"] for r in report["results"].values())
+    assert all(r["same_batches_as_others"] for r in report["results"].values() if "skipped" not in r)
+    bf16 = report["results"]["lmlab-mha-bf16"]
+    assert ("skipped" in bf16) == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if "skipped" not in bf16:
+        assert "bf16 autocast" in bf16["attention"] and report["ratios"]["tokens_per_s_lmlab_bf16_vs_hf_bf16"] > 0
     assert hf["first_loss_abs_diff_vs_lmlab_mha"] < 1e-5
     assert tev_run["monitor_time_s"] > 0 and "tev_mean_last" in tev_run
     for key in ("tokens_per_s_lmlab_vs_hf", "tev_overhead", "tokens_per_s_mlra_vs_mha"):

@@ -97,3 +97,25 @@ def test_tokenizer_train_command(tmp_path: Path, corpus: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.decode(tokenizer("the king")["input_ids"]) == "the king"
+
+
+def test_bf16_autocast_trains_like_fp32(tmp_path: Path, corpus: Path) -> None:
+    import torch
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        if precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            result = run_cli("pretrain", "--data", str(corpus), *SMALL, "--precision", "bf16")
+            assert result.returncode == 2 and "bfloat16" in result.stderr
+            return
+        result = run_cli("pretrain", "--data", str(corpus), *SMALL, "--max-steps", "10", "--precision", precision,
+                         "--json", "-o", str(tmp_path / precision))
+        assert result.returncode == 0, result.stderr
+        runs[precision] = json.loads(result.stdout)
+        config = json.loads((tmp_path / precision / "config.json").read_text())
+        assert config["options"]["precision"] == precision
+    weights = load_file(tmp_path / "bf16" / "model" / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast computes in bf16, stores fp32
+    assert runs["bf16"]["val_loss"] == pytest.approx(runs["fp32"]["val_loss"], abs=0.05)
+    bad = run_cli("pretrain", "--precision", "fp8")
+    assert bad.returncode == 2 and "--precision" in bad.stderr
