@@ -39,6 +39,9 @@ COMMON: list[tuple[str, Any, Any]] = [
                                             "the model's); longer prompts lose their start.", show_default=False)),
     ("max_tokens", int | None, typer.Option("--max-tokens", min=1, help="Tokens to generate (default: 16, or "
                                             "512 with --cot).", show_default=False)),
+    ("chat_template", bool, typer.Option("--chat-template/--no-chat-template", help="hf backend: send each prompt "
+                                         "as a user turn in the model's chat template (instruct models; with "
+                                         "openai use --api chat).")),
     ("seed", int, o.SeedOpt.__metadata__[0]),
     ("base_url", str, typer.Option("--base-url", help="OpenAI-compatible server (openai backend).")),
     ("api_key", str | None, typer.Option("--api-key", envvar="LMLAB_API_KEY", help="API key for the server "
@@ -55,7 +58,8 @@ COMMON: list[tuple[str, Any, Any]] = [
 DEFAULTS: dict[str, Any] = {
     "model": "smollm2-135m", "backend": "hf", "data": None, "mode": "loglik", "num_fewshot": 0, "cot": False,
     "limit": None, "output_dir": None, "log_samples": False, "batch_size": 8, "max_length": None,
-    "max_tokens": None, "seed": 0, "base_url": "http://127.0.0.1:8000/v1", "api_key": None, "api": "auto",
+    "max_tokens": None, "chat_template": False, "seed": 0, "base_url": "http://127.0.0.1:8000/v1", "api_key": None,
+    "api": "auto",
     "concurrency": 4, "timeout": 120.0, "max_retries": 4, "resume": None, "config": None, "json_output": False,
     "quiet": False,
 }

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
+from lmlab.core.errors import LmlabError
 from lmlab.core.logprobs import TokenLogprobModel, plain_head, token_logprobs
 from lmlab.core.models import load_model
 
@@ -54,10 +55,22 @@ class HFBackend:
         self.scorer = TokenLogprobModel(self.model)
         self.batch_size = options.batch_size
         self.max_length = options.max_length or getattr(model.config, "max_position_embeddings", 2048)
-        self.identity = f"hf:{options.model}:{fingerprint(model)}"
+        self.chat_template = options.chat_template
+        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise LmlabError(f"--chat-template: the tokenizer of '{options.model}' has no chat template.",
+                             hint="drop --chat-template for base models")
+        chat = ":chat" if self.chat_template else ""
+        self.identity = f"hf:{options.model}{chat}:{fingerprint(model)}"
         device = next(model.parameters()).device.type
         self.share_prefixes = (device == "cpu") if share_prefixes is None else share_prefixes
         self.share_prefixes = self.share_prefixes and plain_head(model)
+
+    def _as_chat(self, text: str) -> str:
+        """With --chat-template, the text as one user turn followed by the assistant's turn opening."""
+        if not self.chat_template:
+            return text
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -78,7 +91,7 @@ class HFBackend:
         for request in requests:
             row = []
             for continuation in request.continuations:
-                context, target = self._encode_pair(request.context, continuation)
+                context, target = self._encode_pair(self._as_chat(request.context), continuation)
                 if not target:
                     target = [self.tokenizer.eos_token_id]
                 tokens = (context + target)[-(self.max_length + 1):][:-1]
@@ -152,7 +165,8 @@ class HFBackend:
     def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
         tok = self.tokenizer
         tok.padding_side, tok.truncation_side = "left", "left"
-        encoded = [self._encode(r.prompt) for r in requests]
+        prompts = [self._as_chat(r.prompt) for r in requests]
+        encoded = [self._encode(p) for p in prompts]
         order = sorted(range(len(requests)), key=lambda i: (requests[i].max_tokens, requests[i].stop,
                                                             -len(encoded[i])))
         texts: list[str] = [""] * len(requests)
@@ -160,7 +174,7 @@ class HFBackend:
             group = order[start:start + self.batch_size]
             for key in dict.fromkeys((requests[i].max_tokens, requests[i].stop) for i in group):
                 part = [i for i in group if (requests[i].max_tokens, requests[i].stop) == key]
-                for i, text in zip(part, self._generate([requests[i].prompt for i in part], *key), strict=True):
+                for i, text in zip(part, self._generate([prompts[i] for i in part], *key), strict=True):
                     texts[i] = text
         return texts
 

@@ -7,7 +7,7 @@ server, lmlab.core.backend_openai) through the `register_backends` hook; plugins
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from lmlab.core.errors import LmlabError
@@ -66,7 +66,7 @@ class BackendOptions:
     concurrency: int = 4
     timeout: float = 120.0
     max_retries: int = 4
-    extra: dict[str, str] = field(default_factory=dict)
+    chat_template: bool = False
 
 
 @dataclass

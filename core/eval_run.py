@@ -48,12 +48,14 @@ class EvalOptions:
     concurrency: int = 4
     timeout: float = 120.0
     max_retries: int = 4
+    chat_template: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     def backend_options(self, model: str | None = None) -> BackendOptions:
         return BackendOptions(model=model or self.model, batch_size=self.batch_size, max_length=self.max_length,
                               seed=self.seed, base_url=self.base_url, api_key=self.api_key, api=self.api,
-                              concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries)
+                              concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries,
+                              chat_template=self.chat_template)
 
 
 @contextmanager

@@ -151,3 +151,14 @@ def test_generate_mode_sends_the_benchmarks_stop_strings_and_parses_answers(tmp_
     summary = summarize(spec, score_items(spec, items, backend, ctx))
     assert [r.stop for r in backend.seen] == [("\n\nQuestion:",)] * 2 and backend.seen[0].max_tokens == 16
     assert summary["accuracy"] == 0.5 and summary["unparsed"] == 1
+
+
+def test_chat_template_wraps_prompts_and_changes_the_identity(tiny) -> None:
+    model, tokenizer = tiny
+    chat = HFBackend(BackendOptions("tiny-llama", chat_template=True), model, tokenizer)
+    plain = HFBackend(BackendOptions("tiny-llama"), model, tokenizer)
+    assert chat.identity != plain.identity  # cached answers of one never serve the other
+    wrapped = chat._as_chat("What is 2 + 2?")
+    assert wrapped.startswith("<|im_start|>") and "What is 2 + 2?" in wrapped and wrapped.endswith("assistant\n")
+    request = ChoiceRequest("What is 2 + 2?", (" 4", " 5"))
+    assert chat.loglik([request])[0] == pytest.approx(plain.loglik([ChoiceRequest(wrapped, request.continuations)])[0])
