@@ -112,7 +112,17 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process (getrusage ru_maxrss), since it started or since `reset_peak_rss()`."""
+    """Peak RSS of this process since it started or since `reset_peak_rss()`: VmHWM on Linux.
+
+    Not getrusage's ru_maxrss there: `reset_peak_rss()` does not reset it, and a child's ru_maxrss never drops
+    below the RSS its parent had when it forked (Linux carries it over exec), which hides a small worker's own
+    peak. Elsewhere ru_maxrss is all there is."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

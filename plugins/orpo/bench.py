@@ -12,7 +12,7 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   lmlab's step time is the shared loop's own (collation + forward/backward + clip + optimizer step); TRL's is
   from a TrainerCallback between on_step_begin and on_step_end (its collation happens before on_step_begin,
   so TRL is not charged for it).
-- peak RSS (getrusage ru_maxrss) and the peak RSS increase over the RSS measured right after the model and
+- peak RSS (VmHWM, `core.bench.peak_rss_mb`) and the peak RSS increase over the RSS measured right after the model and
   the data are loaded. The memory ratio uses the increase: it is what training itself costs (activations,
   logits, gradients, optimizer state), without the import and model footprint both systems share.
 - the loss of the first batch on the freshly initialised model, before any step. The rows are built so that

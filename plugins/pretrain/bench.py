@@ -27,7 +27,7 @@ trains and caches), fp32 on the CPU with the same number of torch threads, and t
 
 Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block / step
 time; the peak RSS and its increase over the RSS once the model and data are loaded (peak reset there on
-Linux; read as VmHWM, since ru_maxrss there never drops below the parent's RSS at fork), i.e. what training
+Linux; read as VmHWM by `core.bench.peak_rss_mb`), i.e. what training
 costs (activations, logits, gradients, AdamW state).
 """
 
@@ -235,19 +235,6 @@ def _print_table(report: dict[str, Any]) -> None:
 # Worker side: one system in its own process.
 
 
-def _peak_mb() -> float:
-    """Peak RSS since `reset_peak_rss()`: VmHWM on Linux. getrusage's ru_maxrss (`peak_rss_mb`) is no lower than
-    the RSS the parent had when it forked this worker (Linux carries it over exec), which hides a small worker's
-    own peak; elsewhere ru_maxrss is all there is."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
-    except (OSError, ValueError, IndexError):
-        pass
-    return peak_rss_mb()
-
-
 def _hash_batches(batches: list[dict[str, Any]]) -> str:
     import hashlib
 
@@ -349,7 +336,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
                       max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, _peak_mb, precision="bf16" if bf16 else "fp32")
+    records, peak = replay_training(model, task, order, cfg, peak_rss_mb, precision="bf16" if bf16 else "fp32")
     if tev_every and not all("tev_mean" in r for r in records):
         raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
     inner = model.transformer.h[0].attn
@@ -433,7 +420,7 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], *, bf16: bo
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - tick)
         losses.append(float(loss))
-    peak = _peak_mb()
+    peak = peak_rss_mb()
     return {"version": version("transformers"), "attention": f"GPT2 {attention}" + (" · bf16 autocast" if bf16
                                                                                     else ""),
             "parameters": sum(p.numel() for p in hf.parameters()), "loss_first_batch": first,
