@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmlab.core.backends import Backend, ChoiceRequest, GenerateRequest
@@ -169,7 +169,8 @@ def score_items(spec: BenchmarkSpec, items: Sequence[EvalItem], backend: Backend
         requests = [GenerateRequest(i.generate_prompt or i.prompt, settings.max_tokens or spec.cot_max_tokens,
                                     spec.stop) for i in todo]
         texts = ctx.generate(backend, requests)
-        for n, item, text, score in zip(judged, todo, texts, spec.judge(todo, texts, ctx), strict=True):
+        scores = spec.judge(todo, texts, replace(ctx, progress=None))  # judge calls are not items: no progress
+        for n, item, text, score in zip(judged, todo, texts, scores, strict=True):
             results[n] = {"id": item.id, "groups": item.groups, "gold": None, "pred": None,
                           "correct": float(score), "response": text}
     return [results[n] for n in range(len(items))]
