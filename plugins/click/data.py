@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from lmlab.core.data import Record, SkipLog, load_records
+from lmlab.core.data import HF_MARKERS, Record, SkipLog, load_records
 from lmlab.core.errors import DataError
 from lmlab.core.evaluation import EvalItem, EvalSettings, LoadedData
 
@@ -21,8 +21,8 @@ CULTURE_IDS = {"economy": "Economy", "geography": "Geography", "history": "Histo
 def dataset_root(data: str) -> Path | None:
     """The Dataset/ folder for `data` (the folder holding it, or Dataset/ itself); None if not a folder."""
     path = Path(data).expanduser()
-    if not path.is_dir():
-        return None
+    if not path.is_dir() or any((path / marker).is_file() for marker in HF_MARKERS):
+        return None  # a file, a saved Hugging Face dataset, or a Hub id: flat records
     for candidate in (path / "Dataset", path):
         if (candidate / "Culture").is_dir() or (candidate / "Language").is_dir():
             return candidate

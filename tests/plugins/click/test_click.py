@@ -137,3 +137,13 @@ def test_cli_run_writes_results_and_resumes_from_the_cache(tmp_path: Path) -> No
     assert again["new_answers"] == 0 and again["cached_answers"] == 4 and again["accuracy"] == summary["accuracy"]
     resumed = run_cli("eval", "click", "--resume", str(run), "--json")
     assert resumed.returncode == 0 and json.loads(resumed.stdout)["new_answers"] == 0
+
+
+def test_a_saved_hub_copy_loads_with_categories_from_ids(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    rows = [item for items in FILES.values() for item in items]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    items = load_click(str(tmp_path / "saved"), EvalSettings()).items
+    assert len(items) == 4 and items[0].groups == {"category": "History", "group": "Culture", "source": "Kedu"}
+    assert items[2].choices[-1] == " E" and items[3].groups["group"] == "Language"
