@@ -102,7 +102,7 @@ class BenchmarkSpec:
 
 
 def benchmarks() -> dict[str, BenchmarkSpec]:
-    return collect("register_benchmarks", "benchmarks", key=lambda spec: spec.name)
+    return collect("register_benchmarks", "eval", key=lambda spec: spec.name)
 
 
 def parse_letter(text: str, item: EvalItem) -> int | None:
