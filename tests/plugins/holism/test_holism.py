@@ -238,3 +238,20 @@ def test_duplicate_ids_are_rejected(tmp_path):
     result = run_cli("eval", "holism", "--data", str(data), timeout=60)
     assert result.returncode == 2
     assert f"{data}:3: field 'id': duplicate id 'abd-001'" in result.stderr and f"{data}:1" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_with_a_judge_model_scores_arguments_and_caches_the_judge(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ("eval", "holism", "--model", "tiny-llama", "--judge", "tiny-llama", "--limit", "6", "--max-tokens", "6",
+            "--log-samples", "--json", "-o", str(run))
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["n"] == 6 and set(summary["by"]["task"]) == {"abduction", "revision", "argument"}
+    assert any(key.startswith("argument/") for key in summary["by"]["task_focus"])
+    argument = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()
+                if json.loads(line)["groups"]["task"] == "argument"]
+    assert argument and all(0.0 <= row["correct"] <= 1.0 for row in argument)
+    again = json.loads(run_cli(*args).stdout)
+    assert again["new_answers"] == 0 and again["accuracy"] == summary["accuracy"]  # judge verdicts come cached too
