@@ -7,13 +7,16 @@ BEnQA's --lang); the signature is built per benchmark so `--help` and shell comp
 from __future__ import annotations
 
 import inspect
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
+from lmlab.core.backends import BackendOptions
 from lmlab.core.console import print_json, set_quiet
+from lmlab.core.eval_run import EvalOptions
 from lmlab.core.evaluation import BenchmarkSpec, benchmarks
 
 COMMON: list[tuple[str, Any, Any]] = [
@@ -55,13 +58,13 @@ COMMON: list[tuple[str, Any, Any]] = [
     ("json_output", bool, o.JsonOpt.__metadata__[0]),
     ("quiet", bool, o.QuietOpt.__metadata__[0]),
 ]
+BACKEND_FIELDS = [f.name for f in fields(BackendOptions)]
+CLI_ONLY = ["resume", "config", "json_output", "quiet"]
+# One source for every default: the dataclasses the options fill.
 DEFAULTS: dict[str, Any] = {
-    "model": "smollm2-135m", "backend": "hf", "data": None, "mode": "loglik", "num_fewshot": 0, "cot": False,
-    "limit": None, "output_dir": None, "log_samples": False, "batch_size": 8, "max_length": None,
-    "max_tokens": None, "chat_template": False, "seed": 0, "base_url": "http://127.0.0.1:8000/v1", "api_key": None,
-    "api": "auto",
-    "concurrency": 4, "timeout": 120.0, "max_retries": 4, "resume": None, "config": None, "json_output": False,
-    "quiet": False,
+    **asdict(BackendOptions(EvalOptions.default_model)),
+    **{f.name: f.default for f in fields(EvalOptions) if f.name not in ("benchmark", "model", "options")},
+    **dict.fromkeys(CLI_ONLY), "json_output": False, "quiet": False,
 }
 
 
@@ -77,14 +80,14 @@ def make_command(spec: BenchmarkSpec) -> Any:
     own = {option.name for option in spec.options}
 
     def command(**values: Any) -> None:
-        from lmlab.core.eval_run import EvalOptions, print_summary, run_evaluation
+        from lmlab.core.eval_run import print_summary, run_evaluation
 
         set_quiet(values["quiet"])
-        resume = values.pop("resume")
-        shared = {k: values[k] for k in DEFAULTS if k not in ("resume", "config", "json_output", "quiet")}
-        if resume is not None:
-            shared["output_dir"] = resume
-        summary = run_evaluation(EvalOptions(benchmark=spec.name, **shared,
+        if values["resume"] is not None:
+            values["output_dir"] = values["resume"]
+        model = BackendOptions(**{k: values[k] for k in BACKEND_FIELDS})
+        shared = {k: values[k] for k in DEFAULTS if k not in BACKEND_FIELDS + CLI_ONLY}
+        summary = run_evaluation(EvalOptions(benchmark=spec.name, model=model, **shared,
                                              options={k: values[k] for k in own}))
         if values["json_output"]:
             print_json(summary)

@@ -12,9 +12,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lmlab.core.backends import BackendOptions, load_backend
 from lmlab.core.console import err, is_quiet, log
@@ -28,8 +28,12 @@ from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
 
 @dataclass
 class EvalOptions:
+    """What to evaluate and how; the model and everything its backend needs are in `model`."""
+
+    default_model: ClassVar[str] = "smollm2-135m"
+
     benchmark: str
-    model: str = "smollm2-135m"
+    model: BackendOptions = field(default_factory=lambda: BackendOptions(EvalOptions.default_model))
     backend: str = "hf"
     data: str | None = None
     mode: str = "loglik"
@@ -38,24 +42,15 @@ class EvalOptions:
     limit: int | None = None
     output_dir: Path | None = None
     log_samples: bool = False
-    batch_size: int = 8
-    max_length: int | None = None
     max_tokens: int | None = None
-    seed: int = 0
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str | None = None
-    api: str = "auto"
-    concurrency: int = 4
-    timeout: float = 120.0
-    max_retries: int = 4
-    chat_template: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
-    def backend_options(self, model: str | None = None) -> BackendOptions:
-        return BackendOptions(model=model or self.model, batch_size=self.batch_size, max_length=self.max_length,
-                              seed=self.seed, base_url=self.base_url, api_key=self.api_key, api=self.api,
-                              concurrency=self.concurrency, timeout=self.timeout, max_retries=self.max_retries,
-                              chat_template=self.chat_template)
+    def flat(self) -> dict[str, Any]:
+        """Every option by its command-line name (what config.json records and `--resume` reads back);
+        the API key is left out."""
+        own = {k: v for k, v in asdict(self).items() if k not in ("model", "options")}
+        backend = {k: v for k, v in asdict(self.model).items() if k != "api_key"}
+        return {**own, **backend, **self.options}
 
 
 @contextmanager
@@ -90,7 +85,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     spec = found[opts.benchmark]
     options = {**{option.name: option.default for option in spec.options}, **opts.options}
     settings = EvalSettings(mode=opts.mode, num_fewshot=opts.num_fewshot, cot=opts.cot, max_tokens=opts.max_tokens,
-                            seed=opts.seed, options=options)
+                            seed=opts.model.seed, options=options)
     data = opts.data or spec.default_data()
     loaded = spec.load(data, settings)
     skipped = f" ({loaded.skipped.summary()})" if loaded.skipped.total else ""
@@ -98,15 +93,14 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     items = limit_items(loaded.items, opts.limit)
 
     run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir), checkpoints=False)
-    shared = {k: v for k, v in asdict(opts).items() if k not in ("options", "api_key")}
-    run.write_config(f"eval {spec.name}", {**shared, **options, "data": str(data)})
+    run.write_config(f"eval {spec.name}", {**replace(opts, options=options).flat(), "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
-    backend = load_backend(opts.backend, opts.backend_options())
+    backend = load_backend(opts.backend, opts.model)
     judges: dict[tuple[str, str], Any] = {}
 
     def backend_for(name: str, model: str) -> Any:
         if (name, model) not in judges:
-            judges[(name, model)] = load_backend(name, opts.backend_options(model))
+            judges[(name, model)] = load_backend(name, replace(opts.model, model=model))
         return judges[(name, model)]
 
     started = time.perf_counter()
@@ -120,7 +114,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     finally:
         cache.close()
     seconds = time.perf_counter() - started
-    summary = {"benchmark": spec.name, "model": opts.model, "backend": opts.backend, "mode": opts.mode,
+    summary = {"benchmark": spec.name, "model": opts.model.model, "backend": opts.backend, "mode": opts.mode,
                "data": str(data), **summarize(spec, results), "loaded": len(loaded.items),
                "loaded_by": {key: dict(sorted(Counter(i.groups[key] for i in loaded.items if key in i.groups).items()))
                              for key in spec.breakdowns},
@@ -130,7 +124,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     write_json_atomic(run.path / "results.json", summary)
     if opts.log_samples:
         _write_samples(run.path / "samples.jsonl", items, results)
-    chart = plot_accuracy(summary["by"], run.path / "accuracy.png", f"{spec.name}: {opts.model} ({opts.mode})")
+    chart = plot_accuracy(summary["by"], run.path / "accuracy.png", f"{spec.name}: {opts.model.model} ({opts.mode})")
     if chart is not None:
         summary["chart"] = str(chart)
     return summary
