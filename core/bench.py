@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,18 @@ def reset_peak_rss() -> bool:
     except OSError:
         return False
     return True
+
+
+def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
+    """A fingerprint of named tensors (weights, batches), so a report can say two systems started from the same
+    model and saw the same data."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in named:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------

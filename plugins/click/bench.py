@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lmlab.core import options as o
 from lmlab.core.bench import (
     cpu_count,
     emit,
@@ -44,7 +45,7 @@ def bench_click(
     lm_eval_batch_size: Annotated[int, typer.Option("--lm-eval-batch-size", min=1, help="lm-evaluation-harness "
                                   "batch size (its default is 1).")] = 1,
     systems: Annotated[str, typer.Option("--systems", help="Comma-separated: lmlab, lm-eval.")] = "lmlab,lm-eval",
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    json_output: o.JsonOpt = False,
 ) -> None:
     """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
     from lmlab.core.paths import example

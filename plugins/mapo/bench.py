@@ -38,6 +38,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lmlab.core import options as o
 from lmlab.core.bench import (
     cpu_count,
     emit,
@@ -51,6 +52,7 @@ from lmlab.core.bench import (
     reset_peak_rss,
     rss_mb,
     run_measured,
+    tensors_sha256,
 )
 from lmlab.core.errors import LmlabError
 
@@ -82,8 +84,7 @@ def bench_mapo(
                     "examples/mapo/pairs.jsonl, else synthetic pairs).", show_default=False)] = None,
     systems: Annotated[str, typer.Option("--systems", help="Comma-separated systems to run: mapo, dpo.")] = (
         "mapo,dpo"),
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs on "
-                           "stderr).")] = False,
+    json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches, noise, timesteps (and of the wider "
                     "UNet's init).")] = 42,
 ) -> None:
@@ -241,16 +242,6 @@ def _print_table(report: dict[str, Any]) -> None:
 # Worker side: one system in its own process.
 
 
-def _hash_tensors(named: list[tuple[str, Any]]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in named:
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Load the parts and pairs, collate the batches, then (memory measured from here) train and time."""
     import copy
@@ -309,8 +300,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         epoch += 1
     torch.manual_seed(settings["seed"])  # the same random crops and flips for both systems
     batches = [task.collate(indices) for indices in order[:n_steps]]
-    init_sha = _hash_tensors(sorted(unet.state_dict().items()))
-    batches_sha = _hash_tensors([(f"{i}.{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())])
+    init_sha = tensors_sha256(sorted(unet.state_dict().items()))
+    batches_sha = tensors_sha256([(f"{i}.{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())])
     unet.train()
     gc.collect()
     rss_after_load = rss_mb()

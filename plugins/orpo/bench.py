@@ -38,6 +38,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lmlab.core import options as o
 from lmlab.core.bench import (
     cpu_count,
     emit,
@@ -51,6 +52,7 @@ from lmlab.core.bench import (
     replay_training,
     rss_mb,
     run_measured,
+    tensors_sha256,
     version,
 )
 from lmlab.core.errors import LmlabError
@@ -76,8 +78,7 @@ def bench_orpo(
     rows: Annotated[int, typer.Option("--rows", min=1, help="Synthetic preference rows to build.")] = 64,
     systems: Annotated[str, typer.Option("--systems", help="Comma-separated systems to run: lmlab, trl.")] = (
         "lmlab,trl"),
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs on "
-                           "stderr).")] = False,
+    json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init, the rows and the batch "
                     "order.")] = 42,
 ) -> None:
@@ -192,17 +193,6 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "data": _data_stats(examples, order, settings["max_length"]),
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _init_hash(lm: Any) -> str:
-    """A fingerprint of the initial weights, so the report can say both systems started from the same model."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(lm.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,7 +323,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     from lmlab.core.training import TrainConfig
     from lmlab.plugins.orpo.task import OrpoTask
 
-    init_sha = _init_hash(lm)
+    init_sha = tensors_sha256(sorted(lm.state_dict().items()))
     task = OrpoTask(examples, pad_id=tokenizer.pad_token_id, beta=BETA, prompt_loss=True,
                   seed=settings["seed"])
     model = TokenLogprobModel(lm)
@@ -378,7 +368,7 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
             if len(self.times) == len(order):
                 self.peak_rss_mb = peak_rss_mb()
 
-    init_sha = _init_hash(lm)
+    init_sha = tensors_sha256(sorted(lm.state_dict().items()))
     timer = StepTimer()
     dataset = Dataset.from_list([rows[i] for batch in order for i in batch])
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-trl-") as tmp:

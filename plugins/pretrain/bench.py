@@ -40,6 +40,7 @@ from typing import Annotated, Any
 
 import typer
 
+from lmlab.core import options as o
 from lmlab.core.bench import (
     cpu_count,
     emit,
@@ -54,6 +55,7 @@ from lmlab.core.bench import (
     reset_peak_rss,
     rss_mb,
     run_measured,
+    tensors_sha256,
     version,
 )
 from lmlab.core.errors import LmlabError
@@ -84,8 +86,7 @@ def bench_pretrain(
                           show_default=False)] = None,
     systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: {', '.join(SYSTEMS)}."
                        )] = ",".join(SYSTEMS),
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs on "
-                           "stderr).")] = False,
+    json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and the batch order.")] = 42,
 ) -> None:
     """Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the same batches."""
@@ -235,16 +236,6 @@ def _print_table(report: dict[str, Any]) -> None:
 # Worker side: one system in its own process.
 
 
-def _hash_batches(batches: list[dict[str, Any]]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for batch in batches:
-        for key in ("input_ids", "targets"):
-            digest.update(batch[key].contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _train_tokens(settings: dict[str, Any]) -> Any:
     import numpy as np
 
@@ -284,7 +275,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     task = PretrainTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"], tev_every=0,
                         eval_every=0, batch_size=settings["batch_size"])
     batches = [task.collate(indices) for indices in order]
-    batches_sha = _hash_batches(batches)
+    batches_sha = tensors_sha256((f"{i}.{key}", batch[key]) for i, batch in enumerate(batches)
+                                 for key in ("input_ids", "targets"))
     bf16 = system in BF16
     if system.startswith("hf-gpt2"):
         result = _run_hf(settings, batches, bf16=bf16)
