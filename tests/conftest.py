@@ -59,3 +59,34 @@ def kill_after_checkpoint(args: tuple[str, ...], run_dir: Path, step: int) -> No
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "summary.json").exists(), "the kill came after the run finished"
+
+
+def straight_and_resumed(args: tuple[str, ...], tmp_path: Path, kill_at: int, weights: str
+                         ) -> tuple[dict, dict, Path, subprocess.CompletedProcess]:
+    """Run `lmlab ARGS` to the end in tmp_path/a; run it again in tmp_path/b, SIGKILL it once checkpoint `kill_at`
+    is written, and `--resume` it. Returns both runs' final weights (the safetensors file `weights` inside each
+    run directory), the resumed run's directory and its process."""
+    from safetensors.torch import load_file
+
+    straight = run_cli(*args, "-o", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr
+    killed = tmp_path / "b"
+    kill_after_checkpoint(args, killed, kill_at)
+    resumed = run_cli(args[0], "--resume", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    return load_file(tmp_path / "a" / weights), load_file(killed / weights), killed, resumed
+
+
+def fit_one_batch(model, idx, steps: int = 30) -> list[float]:
+    """Train a GPT (`model(inputs, targets)` → (logits, loss)) on one batch of token ids with AdamW; the losses."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

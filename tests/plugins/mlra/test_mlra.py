@@ -11,6 +11,7 @@ from lmlab.core.attention import AttentionConfig, AttentionSpec
 from lmlab.core.errors import LmlabError
 from lmlab.plugins.mlra import register_attention
 from lmlab.plugins.mlra.attention import MLRAttention, default_rank, parse_options
+from tests.conftest import fit_one_batch
 
 
 def mlra_spec() -> AttentionSpec:
@@ -106,14 +107,7 @@ def test_gpt_with_mlra_trains_saves_and_loads(pretrain: ModuleType, tmp_path) ->
     c_proj = model.transformer.h[0].attn.c_proj.weight  # the last factor of the output projection
     assert c_proj.shape == (32, 2 * 10) and c_proj.std().item() == pytest.approx(0.02 / 2, rel=0.2)
     idx = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(model, idx)
     assert losses[-1] < 0.1 * losses[0]
     model.eval().save(tmp_path / "m")
     loaded = pretrain.load_gpt(tmp_path / "m", {"mlra": spec}).eval()

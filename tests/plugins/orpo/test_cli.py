@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import PREFERENCES, kill_after_checkpoint, run_cli, write_jsonl
+from tests.conftest import PREFERENCES, run_cli, straight_and_resumed, write_jsonl
 
 FAST = ("--max-length", "64", "--batch-size", "2")
 
@@ -69,17 +69,8 @@ def test_bad_input_is_one_clear_message_and_exit_2(tmp_path: Path, content: str,
 def test_resume_after_sigkill_reaches_the_same_weights(tmp_path: Path, preferences: Path) -> None:
     common = ("train-orpo", "--data", str(preferences), *FAST, "--max-steps", "14", "--save-every", "2",
               "--lr", "1e-3", "--schedule", "cosine", "--warmup-steps", "2")
-    straight = run_cli(*common, "-o", str(tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr
-
-    killed = tmp_path / "b"
-    kill_after_checkpoint(common, killed, 4)
-
-    resumed = run_cli("train-orpo", "--resume", str(killed))
-    assert resumed.returncode == 0, resumed.stderr
+    a, b, killed, resumed = straight_and_resumed(common, tmp_path, 4, "model/model.safetensors")
     assert "resumed from" in resumed.stderr
-    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
-    b = load_file(killed / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     for name in a:
         assert (a[name] == b[name]).all(), name

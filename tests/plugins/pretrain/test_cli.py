@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import kill_after_checkpoint, run_cli
+from tests.conftest import run_cli, straight_and_resumed
 
 SMALL = ("--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "32", "--batch-size", "8",
          "--vocab-size", "512", "--eval-every", "5")
@@ -76,14 +76,8 @@ def test_bad_attention_options_are_exit_2(tmp_path: Path, corpus: Path) -> None:
 
 def test_resume_after_sigkill_reaches_the_same_weights(tmp_path: Path, corpus: Path) -> None:
     common = ("pretrain", "--attn", "mlra", "--data", str(corpus), *SMALL, "--max-steps", "16", "--save-every", "2")
-    straight = run_cli(*common, "-o", str(tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr
-    killed = tmp_path / "b"
-    kill_after_checkpoint(common, killed, 4)
-    resumed = run_cli("pretrain", "--resume", str(killed))
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
-    assert all((a[k] == b[k]).all() for k in a)
+    a, b, killed, _ = straight_and_resumed(common, tmp_path, 4, "model/model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 17))
 

@@ -10,6 +10,7 @@ import torch
 from lmlab.core.errors import LmlabError, ModelError
 from lmlab.plugins.pretrain.model import GPT, GPT_ARCH, MHA_SPEC, GPTConfig, load_gpt
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
+from tests.conftest import fit_one_batch
 
 
 def tiny(**overrides) -> GPT:
@@ -101,12 +102,5 @@ def test_config_errors_are_clear() -> None:
 def test_a_tiny_model_overfits_one_batch() -> None:
     model = tiny()
     idx = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
-        _, loss = model(idx[:, :-1], idx[:, 1:])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_one_batch(model, idx)
     assert losses[-1] < 0.1 * losses[0]
