@@ -49,6 +49,33 @@ class TrainConfig:
     log_every: int = 1
 
 
+@dataclass
+class TrainOptions:
+    """The run options every trainer shares; a trainer's options subclass this, add their own fields and
+    redeclare the defaults their method wants."""
+
+    output_dir: Path | None = None
+    max_steps: int = 20
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-6
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    save_every: int = 50
+    seed: int = 42
+    precision: str = "auto"
+    resume: Path | None = None
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The loop's TrainConfig from these options (`overrides`: the method's fixed settings, e.g. Adam β2)."""
+        return TrainConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                           lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps,
+                           weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
+                           save_every=self.save_every, **overrides)
+
+
 class TrainTask(Protocol):
     """What a method gives the loop."""
 

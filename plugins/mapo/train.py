@@ -18,7 +18,7 @@ from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs
 from lmlab.plugins.mapo.evaluate import heldout_gap
 from lmlab.plugins.mapo.models import DiffusionParts, load_diffusion
@@ -29,32 +29,23 @@ PLOTTED = ("loss", "mse_w", "mse_l", "margin", "win_rate")
 
 
 @dataclass
-class MapoOptions:
+class MapoOptions(TrainOptions):
+    max_steps: int = 30
+    lr: float = 1e-5
     model: str = "tiny-sdxl"
     data: str | None = None
     heldout: str | None = None
-    output_dir: Path | None = None
     loss: str = "mapo"
     beta: float = 0.1
     snr_value: float = 0.5
     beta_dpo: float = 5000.0
     resolution: int | None = None
-    max_steps: int = 30
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 1e-5
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 8
     cache_latents: bool = False
     samples: int = 4
     sample_steps: int = 20
-    save_every: int = 50
-    seed: int = 42
-    resume: Path | None = None
 
 
 def _load_pairs(data: str, skips: SkipLog) -> list[ImagePair]:
@@ -121,7 +112,7 @@ def run_mapo(opts: MapoOptions) -> dict[str, Any]:
     check_schedule(opts.schedule)
     data = opts.data or str(example("mapo/pairs.jsonl"))
     heldout = opts.heldout or (str(example("mapo/heldout.jsonl")) if opts.data is None else None)
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(opts.precision)
     run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
                                new_run_path(f"train-{opts.loss}", opts.output_dir))
     skips = SkipLog()
@@ -146,9 +137,7 @@ def run_mapo(opts: MapoOptions) -> dict[str, Any]:
     prompts = [p.caption for p in (held or pairs)[:opts.samples]]
     before_gap = heldout_gap(task, parts.unet.to(accelerator.device), held, opts.seed) if held else None
     before = sample_grid(parts, prompts, resolution, opts.sample_steps, opts.seed) if run.main and prompts else []
-    cfg = TrainConfig(max_steps=opts.max_steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum, lr=opts.lr,
-                      schedule=opts.schedule, warmup_steps=opts.warmup_steps, weight_decay=0.0,
-                      max_grad_norm=opts.max_grad_norm, seed=opts.seed, save_every=opts.save_every)
+    cfg = opts.train_config()
     result = train(parts.unet, task, cfg, run, accelerator, resume=opts.resume is not None)
     unet = result["model"]
     summary: dict[str, Any] = {

@@ -15,7 +15,7 @@ from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
 from lmlab.plugins.orpo.data import build_examples
 from lmlab.plugins.orpo.task import OrpoTask
 
@@ -23,18 +23,11 @@ PLOTTED = ("loss", "nll", "log_odds_ratio", "rewards/accuracies", "rewards/margi
 
 
 @dataclass
-class OrpoOptions:
-    model: str = "tiny-llama"
-    data: str | None = None
-    output_dir: Path | None = None
-    max_steps: int = 20
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 5e-6
+class OrpoOptions(TrainOptions):
     schedule: str = "inverse_sqrt"
     warmup_steps: int = 10
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    model: str = "tiny-llama"
+    data: str | None = None
     beta: float = 0.1
     prompt_loss: bool = True
     max_length: int = 512
@@ -42,9 +35,6 @@ class OrpoOptions:
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
-    save_every: int = 50
-    seed: int = 42
-    resume: Path | None = None
     trust_remote_code: bool = False
 
 
@@ -61,7 +51,7 @@ def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
     """Train with ORPO and write the run directory; returns the summary."""
     check_schedule(opts.schedule)
     data = opts.data or str(example("orpo/preferences.jsonl"))
-    accelerator = make_accelerator()
+    accelerator = make_accelerator(opts.precision)
     run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
                                new_run_path("train-orpo", opts.output_dir))
     records = load_records(data, required=("chosen", "rejected"))
@@ -82,10 +72,7 @@ def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
     run = RunDir(run_path, main=accelerator.is_main_process)
     if not opts.resume:
         run.write_config("train-orpo", {**asdict(opts), "data": data})
-    cfg = TrainConfig(max_steps=opts.max_steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum,
-                      lr=opts.lr, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
-                      weight_decay=opts.weight_decay, max_grad_norm=opts.max_grad_norm, seed=opts.seed,
-                      save_every=opts.save_every)
+    cfg = opts.train_config()
     task = OrpoTask(examples, pad_id=tokenizer.pad_token_id, beta=opts.beta, prompt_loss=opts.prompt_loss,
                     seed=opts.seed)
     result = train(TokenLogprobModel(lm), task, cfg, run, accelerator, resume=opts.resume is not None)

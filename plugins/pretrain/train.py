@@ -15,7 +15,7 @@ from lmlab.core.paths import example
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainConfig, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
 from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
 from lmlab.plugins.pretrain.model import GPTConfig
 from lmlab.plugins.pretrain.task import PretrainTask
@@ -24,7 +24,14 @@ PLOTTED = ("loss", "val_loss", "tev_mean", "tev_std", "emb_grad_var", "grad_norm
 
 
 @dataclass
-class PretrainOptions:
+class PretrainOptions(TrainOptions):
+    max_steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    save_every: int = 100
     data: str | None = None
     text_field: str = "text"
     tokenizer: str | None = None
@@ -38,22 +45,9 @@ class PretrainOptions:
     n_embd: int = 128
     block_size: int = 128
     dropout: float = 0.0
-    output_dir: Path | None = None
-    max_steps: int = 100
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
     tev_every: int = 1
     grad_var_every: int = 0
     eval_every: int = 50
-    save_every: int = 100
-    seed: int = 42
-    precision: str = "auto"
-    resume: Path | None = None
 
 
 def build_model(opts: PretrainOptions, vocab_size: int) -> tuple[Any, GPTConfig]:
@@ -101,9 +95,7 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any]:
     task = PretrainTask(train_tokens, val_tokens, block_size=opts.block_size, seed=opts.seed,
                         tev_every=opts.tev_every, grad_var_every=opts.grad_var_every, eval_every=opts.eval_every,
                         batch_size=opts.batch_size)
-    cfg = TrainConfig(max_steps=opts.max_steps, batch_size=opts.batch_size, grad_accum=opts.grad_accum, lr=opts.lr,
-                      schedule=opts.schedule, warmup_steps=opts.warmup_steps, weight_decay=opts.weight_decay,
-                      adam_beta2=0.95, max_grad_norm=opts.max_grad_norm, seed=opts.seed, save_every=opts.save_every)
+    cfg = opts.train_config(adam_beta2=0.95)
     result = train(model, task, cfg, run, accelerator, resume=opts.resume is not None)
     trained = result["model"]
     final_eval = task.evaluate(trained)
