@@ -15,7 +15,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from lmlab.core import checkpoint
 from lmlab.core.console import err, is_quiet, log, set_quiet
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
+from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir
 from lmlab.core.schedules import lr_lambda
 
@@ -345,3 +346,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     tmp.replace(path)
+
+
+def finish_run(run: RunDir, accelerator: Accelerator, summary: dict[str, Any], save: Callable[[], None],
+               plotted: Sequence[str], plot_name: str, title: str) -> dict[str, Any]:
+    """End of every trainer: on the main process `save()` the final model, plot the metrics and write
+    summary.json (with the plot's path); then every process waits for it."""
+    if run.main:
+        save()
+        plot = plot_metrics(run.metrics, plotted, run.path / plot_name, title)
+        summary["plot"] = str(plot) if plot else None
+        run.write_summary(summary)
+    accelerator.wait_for_everyone()
+    return summary

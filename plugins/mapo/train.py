@@ -15,10 +15,9 @@ from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import LmlabError
 from lmlab.core.models import replace_dir
 from lmlab.core.paths import example
-from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, finish_run, make_accelerator, shared_run_path, train
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs
 from lmlab.plugins.mapo.evaluate import heldout_gap
 from lmlab.plugins.mapo.models import DiffusionParts, load_diffusion
@@ -147,13 +146,11 @@ def run_mapo(opts: MapoOptions) -> dict[str, Any]:
     if held:
         after_gap = heldout_gap(task, unet, held, opts.seed)
         summary["heldout"] = {"pairs": len(held), "before": before_gap, "after": after_gap}
-    if run.main:
+
+    def save() -> None:
         _save_unet(parts, unet, opts.lora, run.path / ("unet_lora" if opts.lora else "unet"))
         if before:
             after = sample_grid(parts, prompts, resolution, opts.sample_steps, opts.seed)
             summary["samples"] = str(save_grid(before, after, prompts, run.path / "samples.png"))
-        plot = plot_metrics(run.metrics, PLOTTED, run.path / "loss.png", f"{opts.loss.upper()} · {opts.model}")
-        summary["plot"] = str(plot) if plot else None
-        run.write_summary(summary)
-    accelerator.wait_for_everyone()
-    return summary
+
+    return finish_run(run, accelerator, summary, save, PLOTTED, "loss.png", f"{opts.loss.upper()} · {opts.model}")

@@ -12,10 +12,9 @@ from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model, replace_dir
 from lmlab.core.paths import example
-from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, finish_run, make_accelerator, shared_run_path, train
 from lmlab.plugins.orpo.data import build_examples
 from lmlab.plugins.orpo.task import OrpoTask
 
@@ -81,16 +80,11 @@ def run_orpo(opts: OrpoOptions) -> dict[str, Any]:
                "steps": result["steps"], "train_seconds": result["train_seconds"],
                "examples_per_s": result["examples_per_s"], "pairs": len(examples), "skipped": skips.as_dict(),
                **cut, "final": {k: v for k, v in result["last"].items() if k not in ("step",)}}
-    if run.main:
-        lm_trained = result["model"].lm
+    lm_trained = result["model"].lm
 
-        def write(tmp: Path) -> None:
-            lm_trained.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+    def write(tmp: Path) -> None:
+        lm_trained.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
-        replace_dir(model_dir, write)
-        plot = plot_metrics(run.metrics, PLOTTED, run.path / "loss.png", f"ORPO · {opts.model}")
-        summary["plot"] = str(plot) if plot else None
-        run.write_summary(summary)
-    accelerator.wait_for_everyone()
-    return summary
+    return finish_run(run, accelerator, summary, lambda: replace_dir(model_dir, write), PLOTTED, "loss.png",
+                      f"ORPO · {opts.model}")

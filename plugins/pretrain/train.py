@@ -12,10 +12,9 @@ from lmlab.core.console import log
 from lmlab.core.errors import LmlabError
 from lmlab.core.models import cache_dir, replace_dir
 from lmlab.core.paths import example
-from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir, new_run_path
 from lmlab.core.schedules import check_schedule
-from lmlab.core.training import TrainOptions, make_accelerator, shared_run_path, train
+from lmlab.core.training import TrainOptions, finish_run, make_accelerator, shared_run_path, train
 from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
 from lmlab.plugins.pretrain.model import GPTConfig
 from lmlab.plugins.pretrain.task import PretrainTask
@@ -104,19 +103,13 @@ def run_pretrain(opts: PretrainOptions) -> dict[str, Any]:
                "parameters": trained.num_params(), "steps": result["steps"],
                "train_seconds": result["train_seconds"], "tokens_per_s": _tokens_per_s(result, opts),
                **final_eval, "final": {k: v for k, v in result["last"].items() if k != "step"}}
-    if run.main:
-        target = run.path / "model"
 
-        def write(tmp: Path) -> None:
-            trained.save(tmp)
-            tokenizer.save_pretrained(tmp)
+    def write(tmp: Path) -> None:
+        trained.save(tmp)
+        tokenizer.save_pretrained(tmp)
 
-        replace_dir(target, write)
-        plot = plot_metrics(run.metrics, PLOTTED, run.path / "training.png", f"pretrain · {opts.attn}")
-        summary["plot"] = str(plot) if plot else None
-        run.write_summary(summary)
-    accelerator.wait_for_everyone()
-    return summary
+    return finish_run(run, accelerator, summary, lambda: replace_dir(run.path / "model", write), PLOTTED,
+                      "training.png", f"pretrain · {opts.attn}")
 
 
 def _tokens_per_s(result: dict[str, Any], opts: PretrainOptions) -> float | None:
