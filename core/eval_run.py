@@ -92,10 +92,10 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     log(f"{spec.name}: {len(loaded.items)} items from {loaded.source or data}{skipped}")
     items = limit_items(loaded.items, opts.limit)
 
+    backend = load_backend(opts.backend, opts.model)  # before the run directory: a bad model leaves none behind
     run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir), checkpoints=False)
     run.write_config(f"eval {spec.name}", {**replace(opts, options=options).flat(), "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
-    backend = load_backend(opts.backend, opts.model)
     judges: dict[tuple[str, str], Any] = {}
 
     def backend_for(name: str, model: str) -> Any:

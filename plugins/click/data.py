@@ -4,6 +4,7 @@ Korean prompt with every option, A-D or A-E (lm-evaluation-harness never shows o
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 from lmlab.core.data import HF_MARKERS, Record, SkipLog, load_records
@@ -11,6 +12,7 @@ from lmlab.core.errors import DataError
 from lmlab.core.evaluation import EvalItem, EvalSettings, LoadedData
 
 LETTERS = "ABCDE"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 HINT = "the official layout is Dataset/{Culture,Language}/<Category>/<Name>_<SOURCE>.json (EunsuKim/CLIcK)"
 # For flat data (a Hub id or one file) the category comes from the item id, as lm-evaluation-harness does it.
 CULTURE_IDS = {"economy": "Economy", "geography": "Geography", "history": "History", "khb": "History",
@@ -21,6 +23,8 @@ CULTURE_IDS = {"economy": "Economy", "geography": "Geography", "history": "Histo
 def dataset_root(data: str) -> Path | None:
     """The Dataset/ folder for `data` (the folder holding it, or Dataset/ itself); None if not a folder."""
     path = Path(data).expanduser()
+    if not path.exists() and not HUB_ID.fullmatch(data):
+        raise DataError("no such file or directory", path=data, hint=HINT)
     if not path.is_dir() or any((path / marker).is_file() for marker in HF_MARKERS):
         return None  # a file, a saved Hugging Face dataset, or a Hub id: flat records
     for candidate in (path / "Dataset", path):

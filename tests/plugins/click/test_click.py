@@ -147,3 +147,12 @@ def test_a_saved_hub_copy_loads_with_categories_from_ids(tmp_path: Path) -> None
     items = load_click(str(tmp_path / "saved"), EvalSettings()).items
     assert len(items) == 4 and items[0].groups == {"category": "History", "group": "Culture", "source": "Kedu"}
     assert items[2].choices[-1] == " E" and items[3].groups["group"] == "Language"
+
+
+def test_a_missing_folder_or_model_is_exit_2_and_leaves_no_run_directory(tmp_path: Path) -> None:
+    missing = run_cli("eval", "click", "--data", str(tmp_path / "nowhere"), "-o", str(tmp_path / "a"))
+    assert missing.returncode == 2 and "no such file or directory" in missing.stderr
+    assert "Dataset/{Culture,Language}" in missing.stderr
+    bad_model = run_cli("eval", "click", "--model", "no-such-model", "-o", str(tmp_path / "b"))
+    assert bad_model.returncode == 2 and "Unknown model 'no-such-model'" in bad_model.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
