@@ -11,7 +11,7 @@ initial UNet and the collated batches hash the same, and both systems see the sa
 (mse_w, mse_l) on the first step, before any update.
 
 Each system runs in its own subprocess so that its peak memory is its own. Per system we report:
-- step time: the median over the timed steps (after 1 untimed warm-up step) of one optimizer step, i.e.
+- step time: the median over the timed steps (after 2 untimed warm-up steps) of one optimizer step, i.e.
   the loss's forward (frozen VAE encode and text encoders included, since they run inside the task's loss in
   the default path; with --cache-latents the VAE runs once at collation instead), backward, clipping and the
   AdamW step. Collation is done before the timed region, for both. pairs/s = batch size / median step time.
@@ -20,6 +20,10 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
 - peak RSS, and its increase over the RSS measured once the policy parts, the pairs and the batches are loaded
   (the peak is reset there, Linux). DPO's reference UNet is built inside the measured region: holding it is
   part of DPO's cost, as are gradients, AdamW state and activations for both.
+- peak tensor memory: the most bytes held at once by tensors created in the measured region (the reference, the
+  AdamW state, gradients, activations and every transient), counted by core.tensor_memory.TensorPeak over the
+  warm-up steps, i.e. what torch.cuda.max_memory_allocated() minus the loaded models would report on a GPU. It
+  leaves out what the C allocator keeps after tensors are freed, which RSS counts.
 
 tiny-sdxl's UNet is tiny (1M parameters, against a 660k-parameter VAE that runs at full pixel resolution), so the
 frozen encoders weigh far more than at SDXL scale, where the UNet dominates. `--unet-scale N` builds a wider UNet
@@ -29,6 +33,7 @@ the paper measured in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import tempfile
@@ -57,13 +62,14 @@ from lmlab.core.bench import (
 from lmlab.core.errors import LmlabError
 
 SYSTEMS = ("mapo", "dpo")
-WARMUP_STEPS = 1
+WARMUP_STEPS = 2
 LR = 1e-5
 MAX_GRAD_NORM = 1.0
 BETA, SNR_VALUE, BETA_DPO = 0.1, 0.5, 5000.0
 SYNTHETIC_PAIRS = 32
 WORKER = "lmlab.plugins.mapo.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
-TARGETS = {"step_time_mapo_vs_dpo": ("<=", 0.8), "peak_mem_increase_mapo_vs_dpo": ("<=", 0.85)}
+TARGETS = {"step_time_mapo_vs_dpo": ("<=", 0.8), "peak_mem_increase_mapo_vs_dpo": ("<=", 0.85),
+           "peak_tensor_mapo_vs_dpo": ("<=", 0.85)}
 PARTS = ("frozen_encoders", "policy_forward", "reference_forward", "backward", "optimizer")
 
 
@@ -207,7 +213,8 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         return {}
     return {"step_time_mapo_vs_dpo": ratio(mapo["step_time_s"], dpo["step_time_s"]),
             "peak_mem_increase_mapo_vs_dpo": ratio(mapo["peak_rss_increase_mb"], dpo["peak_rss_increase_mb"]),
-            "peak_rss_mapo_vs_dpo": ratio(mapo["peak_rss_mb"], dpo["peak_rss_mb"])}
+            "peak_rss_mapo_vs_dpo": ratio(mapo["peak_rss_mb"], dpo["peak_rss_mb"]),
+            "peak_tensor_mapo_vs_dpo": ratio(mapo["peak_tensor_mb"], dpo["peak_tensor_mb"])}
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -219,11 +226,12 @@ def _print_table(report: dict[str, Any]) -> None:
     table = Table(title=f"MaPO vs Diffusion-DPO · {s['model']}{scale} · {s['unet_params'] / 1e6:.1f}M UNet params · "
                         f"batch {s['batch_size']} · {s['resolution']}px · {s['timed_steps']} timed steps · "
                         f"{s['threads']} threads · fp32 CPU")
-    for column in ("system", "median step time s", "pairs/s", "peak RSS MB", "peak RSS increase MB"):
+    for column in ("system", "median step time s", "pairs/s", "peak RSS MB", "peak RSS increase MB",
+                   "peak tensors MB"):
         table.add_column(column, justify="left" if column == "system" else "right")
     for name, r in report["results"].items():
         table.add_row(name, f"{r['step_time_s']:.4f}", f"{r['pairs_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['peak_rss_increase_mb']:.0f}")
+                      f"{r['peak_rss_increase_mb']:.0f}", f"{r['peak_tensor_mb']:.0f}")
     console = Console()
     console.print(table)
     print_ratios(console, report["ratios"], TARGETS)
@@ -234,8 +242,9 @@ def _print_table(report: dict[str, Any]) -> None:
     if "same_init_as_mapo" in dpo:
         console.print(f"same initial UNet: {dpo['same_init_as_mapo']}, same batches: {dpo['same_batches_as_mapo']}, "
                       f"first-step |Δ mse|: {dpo['first_step_mse_abs_diff_vs_mapo']:.1e}")
-    console.print("[dim]memory ratio: peak RSS increase over the RSS after the policy parts and data are loaded; "
-                  "DPO's reference UNet counts[/dim]")
+    console.print("[dim]memory: peak RSS increase over the RSS after the policy parts and data are loaded, and peak "
+                  "bytes of tensors created after that point (a GPU's max_memory_allocated); DPO's reference UNet "
+                  "counts in both[/dim]")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,6 +260,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     from lmlab.core.console import set_quiet
     from lmlab.core.data import SkipLog, load_records
+    from lmlab.core.tensor_memory import TensorPeak
     from lmlab.core.training import param_groups
     from lmlab.plugins.mapo.data import FIELDS, build_pairs
     from lmlab.plugins.mapo.models import load_diffusion
@@ -307,27 +317,32 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     rss_after_load = rss_mb()
     peak_was_reset = reset_peak_rss()
 
-    # Measured region: everything below is what training with this objective costs.
-    if system == "dpo":
-        task.reference = copy.deepcopy(unet).requires_grad_(False).eval()  # as plugins/mapo/train.py does
+    # Measured region: everything below is what training with this objective costs. The warm-up steps also
+    # count live tensors (TensorPeak's per-operator bookkeeping stays out of the timed steps); by the second
+    # one the AdamW state exists, so their peak is a steady-state step's.
+    tensors = TensorPeak()
+    with tensors:
+        if system == "dpo":
+            task.reference = copy.deepcopy(unet).requires_grad_(False).eval()  # as plugins/mapo/train.py does
+        optimizer = torch.optim.AdamW(param_groups(unet, 0.0), lr=LR, betas=(0.9, 0.999))
     rss_after_reference = rss_mb()
-    optimizer = torch.optim.AdamW(param_groups(unet, 0.0), lr=LR, betas=(0.9, 0.999))
     trainable = [p for p in unet.parameters() if p.requires_grad]
     torch.manual_seed(settings["seed"])  # the same VAE samples, noise and timesteps for both systems
     times: list[float] = []
     breakdown: list[dict[str, float]] = []
     records: list[dict[str, float]] = []
-    for batch in batches:
-        task.spent = {}
-        start = time.perf_counter()
-        loss, metrics = task.loss(unet, batch, task.counts(batch))
-        forward_done = time.perf_counter()
-        loss.backward()
-        backward_done = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        end = time.perf_counter()
+    for step, batch in enumerate(batches):
+        with tensors if step < WARMUP_STEPS else contextlib.nullcontext():
+            task.spent = {}
+            start = time.perf_counter()
+            loss, metrics = task.loss(unet, batch, task.counts(batch))
+            forward_done = time.perf_counter()
+            loss.backward()
+            backward_done = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            end = time.perf_counter()
         times.append(end - start)
         frozen, reference = task.spent.get("frozen_encoders", 0.0), task.spent.get("reference_forward", 0.0)
         breakdown.append({"frozen_encoders": frozen, "policy_forward": forward_done - start - frozen - reference,
@@ -346,6 +361,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(peak, 1),
         "peak_rss_increase_mb": round(peak - rss_after_load, 1),
         "rss_after_load_mb": round(rss_after_load, 1),
+        "peak_tensor_mb": round(tensors.peak / 2**20, 1),
         "reference_unet_rss_mb": round(rss_after_reference - rss_after_load, 1),
         "reference_unet_param_mb": round(reference_mb, 1),
         "peak_reset_after_load": peak_was_reset,

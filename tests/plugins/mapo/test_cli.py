@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import run_cli, straight_and_resumed
@@ -62,3 +63,20 @@ def test_bench_mapo_is_registered() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--unet-scale", "--cache-latents", "--json", "--batch-size"):
         assert option in result.stdout, option
+
+
+@pytest.mark.slow
+def test_bench_mapo_runs_both_systems_on_the_same_inputs(pairs: Path) -> None:
+    result = run_cli("bench", "mapo", "--data", str(pairs), "--batch-size", "2", "--steps", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    mapo, dpo = report["results"]["mapo"], report["results"]["dpo"]
+    assert dpo["same_init_as_mapo"] and dpo["same_batches_as_mapo"]
+    assert dpo["first_step_mse_abs_diff_vs_mapo"] == 0.0
+    # live tensors: both hold AdamW state (2 × the UNet) and gradients; DPO also holds its reference copy
+    unet_mb = dpo["reference_unet_param_mb"]
+    assert unet_mb > 0 and mapo["reference_unet_param_mb"] == 0
+    assert mapo["peak_tensor_mb"] > 3 * unet_mb
+    assert dpo["peak_tensor_mb"] > mapo["peak_tensor_mb"] + unet_mb * 0.9
+    assert set(report["ratios"]) >= {"step_time_mapo_vs_dpo", "peak_mem_increase_mapo_vs_dpo",
+                                     "peak_tensor_mapo_vs_dpo"}
