@@ -50,7 +50,7 @@ def root(
     version: Annotated[bool, typer.Option("--version", help="Print versions and exit.", is_eager=True,
                                           callback=_version)] = False,
 ) -> None:
-    """lmlab: ORPO, MaPO, TEV/MLRA pre-training, Block Transformer, RADA, Re3val and evaluations."""
+    """lmlab: ORPO and MaPO preference training, TEV/MLRA pre-training, and the CLIcK, BEnQA and holism evaluations."""
     if debug:
         os.environ["LMLAB_DEBUG"] = "1"
 

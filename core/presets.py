@@ -99,5 +99,5 @@ def _openai_backend(options: BackendOptions) -> Backend:
 def register_backends(register: Any) -> None:
     register(BackendSpec("hf", "local transformers model: batched, length-sorted log-likelihood and generation",
                          _hf_backend))
-    register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, lmlab serve-block)",
+    register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, TGI)",
                          _openai_backend))

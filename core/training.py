@@ -1,4 +1,4 @@
-"""The one training loop every lmlab trainer uses (ORPO, MaPO, pretrain, Block Transformer, rerankers).
+"""The one training loop every lmlab trainer uses (ORPO, MaPO, pretrain).
 
 A method supplies a `TrainTask`; the loop supplies the rest on `accelerate`: the data order, gradient
 accumulation, exact loss normalisation across micro-batches and processes, lr schedule, clipping,
