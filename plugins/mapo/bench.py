@@ -86,6 +86,9 @@ def bench_mapo(
                           "UNet dominates the step as it does at SDXL scale.")] = 1,
     cache_latents: Annotated[bool, typer.Option("--cache-latents/--no-cache-latents", help="Encode each pair once "
                              "at collation (outside the timed step) instead of in every step.")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                      help="Both systems recompute the UNet's block activations in the backward "
+                                      "(train-mapo --gradient-checkpointing).")] = False,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Pick-a-Pic-style pairs (default: bundled "
                     "examples/mapo/pairs.jsonl, else synthetic pairs).", show_default=False)] = None,
     systems: Annotated[str, typer.Option("--systems", help="Comma-separated systems to run: mapo, dpo.")] = (
@@ -103,7 +106,8 @@ def bench_mapo(
         "model": model, "unet_scale": unet_scale, "batch_size": batch_size, "resolution": resolution,
         "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "seed": seed, "lr": LR, "schedule": "constant",
         "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0)", "max_grad_norm": MAX_GRAD_NORM, "beta": BETA,
-        "snr_value": SNR_VALUE, "beta_dpo": BETA_DPO, "cache_latents": cache_latents, "dtype": "float32",
+        "snr_value": SNR_VALUE, "beta_dpo": BETA_DPO, "cache_latents": cache_latents,
+        "gradient_checkpointing": gradient_checkpointing, "dtype": "float32",
         "device": "cpu", "threads": threads, "fine_tuning": "full UNet",
         "step_time": "loss forward (frozen encoders included) + backward + clip + AdamW step; collation untimed",
         "memory_ratio_uses": "peak RSS increase over the RSS after the policy parts, pairs and batches are loaded "
@@ -313,6 +317,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     init_sha = tensors_sha256(sorted(unet.state_dict().items()))
     batches_sha = tensors_sha256([(f"{i}.{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())])
     unet.train()
+    if settings["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()  # as plugins/mapo/train.py does; DPO's reference runs without grad
     gc.collect()
     rss_after_load = rss_mb()
     peak_was_reset = reset_peak_rss()

@@ -43,6 +43,9 @@ def train_mapo(
     lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")] = 8,
     cache_latents: Annotated[bool, typer.Option("--cache-latents", help="Encode each pair once (centre crop, no "
                              "flip) and reuse the latents.")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute the UNet's "
+                                      "block activations in the backward instead of keeping them: less memory "
+                                      "at full resolution, a slower step.")] = False,
     samples: Annotated[int, typer.Option("--samples", min=0, help="Prompts in the before/after sample grid.")] = 4,
     sample_steps: Annotated[int, typer.Option("--sample-steps", min=1, help="Denoising steps per sample.")] = 20,
     save_every: o.SaveEveryOpt = 50,
@@ -64,7 +67,8 @@ def train_mapo(
         model=model, data=data, heldout=heldout, output_dir=output_dir, loss=loss, beta=beta, snr_value=snr_value,
         beta_dpo=beta_dpo, resolution=resolution, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, schedule=schedule, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, lora=lora, lora_r=lora_r,
-        lora_alpha=lora_alpha, cache_latents=cache_latents, samples=samples, sample_steps=sample_steps,
+        lora_alpha=lora_alpha, cache_latents=cache_latents, gradient_checkpointing=gradient_checkpointing,
+        samples=samples, sample_steps=sample_steps,
         save_every=save_every, seed=seed, resume=Path(resume) if resume else None))
     if json_output:
         print_json(summary)

@@ -43,6 +43,7 @@ class MapoOptions(TrainOptions):
     lora_r: int = 8
     lora_alpha: int = 8
     cache_latents: bool = False
+    gradient_checkpointing: bool = False
     samples: int = 4
     sample_steps: int = 20
 
@@ -127,6 +128,8 @@ def run_mapo(opts: MapoOptions) -> dict[str, Any]:
         reference = copy.deepcopy(parts.unet).requires_grad_(False).eval()
     if opts.lora:
         _add_lora(parts.unet, opts.lora_r, opts.lora_alpha)
+    if opts.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
     run = RunDir(run_path, main=accelerator.is_main_process)
     if not opts.resume:
         run.write_config(f"train-{opts.loss}" if opts.loss == "dpo" else "train-mapo", {**asdict(opts), "data": data})

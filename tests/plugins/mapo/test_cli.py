@@ -52,8 +52,9 @@ def test_dpo_and_lora_runs(tmp_path: Path, pairs: Path) -> None:
     final = json.loads(dpo.stdout)["final"]
     assert {"ref_w", "ref_l", "implicit_acc", "win_rate"} <= set(final)
     lora = run_cli("train-mapo", "--lora", "--data", str(pairs), "--max-steps", "2", *FAST, "--cache-latents",
-                   "-o", str(tmp_path / "lora"))
+                   "--gradient-checkpointing", "-o", str(tmp_path / "lora"))
     assert lora.returncode == 0, lora.stderr
+    assert json.loads((tmp_path / "lora" / "config.json").read_text())["options"]["gradient_checkpointing"] is True
     weights = load_file(next((tmp_path / "lora" / "unet_lora").glob("*.safetensors")))
     assert weights and all("lora" in k for k in weights)
 

@@ -48,3 +48,39 @@ def test_winner_and_loser_share_noise_and_timestep(pairs: Path, loss: str, monke
     if loss == "dpo":  # the reference sees exactly what the policy saw
         ref_sample, ref_steps = reference.calls[0]
         assert torch.equal(ref_sample, sample) and torch.equal(ref_steps, timesteps)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(pairs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """--gradient-checkpointing trades memory for recomputation; the step it takes must not change."""
+    monkeypatch.setenv("LMLAB_HOME", str(tmp_path / "home"))
+    parts = load_diffusion("tiny-sdxl")
+    data = build_pairs(load_records(pairs, required=FIELDS), SkipLog())
+    task = DiffusionPreferenceTask(data, parts, loss="mapo", beta=0.1, snr_value=0.5, beta_dpo=5000.0,
+                                   resolution=64, seed=0, cache_latents=True, reference=None,
+                                   device=torch.device("cpu"))
+    batch = task.collate([0, 1])
+    unet = parts.unet.train()
+
+    def step() -> tuple[float, dict[str, torch.Tensor], int]:
+        """Loss, gradients, and how many elements the forward kept for the backward."""
+        kept: list[int] = []
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            kept.append(t.numel())
+            return t
+
+        unet.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            loss, _ = task.loss(unet, batch, task.counts(batch))
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in unet.named_parameters()}, sum(kept)
+
+    plain_loss, plain_grads, plain_kept = step()
+    unet.enable_gradient_checkpointing()
+    ckpt_loss, ckpt_grads, ckpt_kept = step()
+    assert ckpt_loss == pytest.approx(plain_loss, rel=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert ckpt_kept < 0.5 * plain_kept, (ckpt_kept, plain_kept)  # and it does keep less for the backward
