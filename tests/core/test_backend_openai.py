@@ -62,12 +62,15 @@ class Handler(BaseHTTPRequestHandler):
                 fake.release.wait(fake.delay)
             if fake.shuffle:
                 time.sleep(0.05 * (4 - len(body.get("prompt", "")) % 4))
+        finally:
+            # before answering: once the answer is out, the client may send its next request before this thread
+            # runs again, and counting both would report more requests in flight than the client ever had
+            with fake.lock:
+                fake.in_flight -= 1
+        try:
             self.answer(fake, body, failure)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
             pass
-        finally:
-            with fake.lock:
-                fake.in_flight -= 1
 
     def answer(self, fake: FakeServer, body: dict, failure: tuple[int, dict[str, str]] | None) -> None:
         if failure:
