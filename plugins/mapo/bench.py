@@ -265,7 +265,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.core.console import set_quiet
     from lmlab.core.data import SkipLog, load_records
     from lmlab.core.tensor_memory import TensorPeak
-    from lmlab.core.training import param_groups
+    from lmlab.core.training import make_optimizer
     from lmlab.plugins.mapo.data import FIELDS, build_pairs
     from lmlab.plugins.mapo.models import load_diffusion
     from lmlab.plugins.mapo.task import DiffusionPreferenceTask
@@ -330,7 +330,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     with tensors:
         if system == "dpo":
             task.reference = copy.deepcopy(unet).requires_grad_(False).eval()  # as plugins/mapo/train.py does
-        optimizer = torch.optim.AdamW(param_groups(unet, 0.0), lr=LR, betas=(0.9, 0.999))
+        optimizer = make_optimizer(unet, 0.0, LR, (0.9, 0.999))  # the training loop's AdamW
     rss_after_reference = rss_mb()
     trainable = [p for p in unet.parameters() if p.requires_grad]
     torch.manual_seed(settings["seed"])  # the same VAE samples, noise and timesteps for both systems
