@@ -105,7 +105,8 @@ def bench_mapo(
     settings: dict[str, Any] = {
         "model": model, "unet_scale": unet_scale, "batch_size": batch_size, "resolution": resolution,
         "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "seed": seed, "lr": LR, "schedule": "constant",
-        "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0)", "max_grad_norm": MAX_GRAD_NORM, "beta": BETA,
+        "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0), the training loop's (fused kernel on the CPU)",
+        "max_grad_norm": MAX_GRAD_NORM, "beta": BETA,
         "snr_value": SNR_VALUE, "beta_dpo": BETA_DPO, "cache_latents": cache_latents,
         "gradient_checkpointing": gradient_checkpointing, "dtype": "float32",
         "device": "cpu", "threads": threads, "fine_tuning": "full UNet",
