@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from lmlab.core.errors import LmlabError
+from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, option
 from lmlab.core.plugins import collect
 
 
@@ -54,19 +55,25 @@ class Backend(Protocol):
 
 @dataclass
 class BackendOptions:
-    """Everything a backend may need; each backend reads the fields that apply to it."""
+    """Everything a backend may need; each backend reads the fields that apply to it. Any command that talks to a
+    model through a backend nests these (`lmlab.core.options.group`) to get the same flags."""
 
-    model: str
-    batch_size: int = 8
-    max_length: int | None = None
-    seed: int = 0
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key: str | None = None
-    api: str = "auto"
-    concurrency: int = 4
-    timeout: float = 120.0
-    max_retries: int = 4
-    chat_template: bool = False
+    model: str = option("smollm2-135m", "Model: alias, local HF folder or Hub id (hf backend), or the server's "
+                        "model name (openai backend).", flags=("--model", "-m"), panel=MODEL_AND_DATA)
+    batch_size: int = option(8, "Prompts per generate call, and per scoring pass on a GPU (on CPU, scoring runs "
+                             "prompt by prompt, reusing shared prefixes).", min=1, panel=BACKEND)
+    max_length: int | None = option(None, "Context length in tokens (default: the model's); longer prompts lose "
+                                    "their start.", min=2, panel=MODEL_AND_DATA)
+    seed: int = option(0, "Random seed (few-shot choice, sampling).", panel=RUN_AND_OUTPUT)
+    base_url: str = option("http://127.0.0.1:8000/v1", "OpenAI-compatible server (openai backend).", panel=BACKEND)
+    api_key: str | None = option(None, "API key for the server (or LMLAB_API_KEY / OPENAI_API_KEY).",
+                                 envvar="LMLAB_API_KEY", panel=BACKEND)
+    api: str = option("auto", "openai backend generation endpoint: auto, completions or chat.", panel=BACKEND)
+    concurrency: int = option(4, "Requests in flight (openai backend).", min=1, panel=BACKEND)
+    timeout: float = option(120.0, "Seconds per HTTP request (openai backend).", min=0.1, panel=BACKEND)
+    max_retries: int = option(4, "Retries with backoff on errors (openai).", min=0, panel=BACKEND)
+    chat_template: bool = option(False, "hf backend: send each prompt as a user turn in the model's chat template "
+                                 "(instruct models; with openai use --api chat).", panel=BACKEND)
 
 
 @dataclass

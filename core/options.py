@@ -1,4 +1,11 @@
-"""Options every command shares (names, help texts) and the `--config FILE` layer under the command line.
+"""Command-line options, declared once: one dataclass field per option.
+
+A command's options are a dataclass whose fields carry their flag, help text, bounds and `--help` panel
+(`option(...)`); `lmlab.core.command.options_command` turns the dataclass into the Typer command, so adding
+an option is one line in one dataclass. Groups every command of a kind shares are declared here once
+(`TrainOptions`: the run and training options of every trainer) or beside what they configure
+(`lmlab.core.backends.BackendOptions`), and reused by subclassing or nesting (`group(...)`). A subclass that
+only wants another default redeclares the field with a plain value: its flag and help come from the base.
 
 `--config` and `--resume` fill click's default_map, so values typed on the command line always win; a
 resumed run re-reads its own config.json so `--resume RUN` alone continues with the same settings.
@@ -6,15 +13,100 @@ resumed run re-reads its own config.json so `--resume RUN` alone continues with 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import tomllib
 import typer
 import yaml
 
 from lmlab.core.errors import LmlabError
+
+if TYPE_CHECKING:
+    from lmlab.core.training import TrainConfig
+
+MODEL_AND_DATA = "Model and data"
+TRAINING = "Training"
+METHOD = "Method"
+RUN_AND_OUTPUT = "Run and output"
+BACKEND = "Backend"
+#: The order of the `--help` panels; a panel not listed (a plugin's own) comes just before "Run and output".
+PANEL_ORDER = (MODEL_AND_DATA, TRAINING, METHOD, BACKEND, RUN_AND_OUTPUT)
+
+
+def panel_rank(panel: str) -> float:
+    return PANEL_ORDER.index(panel) if panel in PANEL_ORDER else PANEL_ORDER.index(RUN_AND_OUTPUT) - 0.5
+
+
+def option(default: Any, help_text: str, *, flags: Sequence[str] = (), min: float | None = None,
+           max: float | None = None, panel: str = METHOD, envvar: str | None = None, negatable: bool = True,
+           cli: bool = True) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    `flags`: the long flag and short aliases (default `--field-name`); `min`/`max`: bounds checked by the CLI;
+    `panel`: the `--help` section; `negatable`: a bool gets `--x/--no-x` (else only `--x`); `cli=False` keeps a
+    field off the command line (set by the command itself). A list default becomes a repeatable option."""
+    metadata = {"help": help_text, "flags": tuple(flags), "min": min, "max": max, "panel": panel,
+                "envvar": envvar, "negatable": negatable, "cli": cli}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def group(factory: Callable[[], Any]) -> Any:
+    """A nested options dataclass whose fields appear on the command line as if they were the parent's
+    (e.g. the backend options inside the eval options); `factory` gives its defaults."""
+    return dataclasses.field(default_factory=factory, metadata={"group": True})
+
+
+def field_metadata(cls: type, name: str) -> dict[str, Any]:
+    """The option metadata of field `name`, from the nearest class in the MRO that declared it with `option`."""
+    for klass in cls.__mro__:
+        declared = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if declared is not None and declared.metadata:
+            return dict(declared.metadata)
+    return {}
+
+
+@dataclass
+class TrainOptions:
+    """The run and training options of every trainer; a trainer's options subclass this, add their own fields
+    and redeclare the defaults their method wants."""
+
+    data: str | None = option(None, "Training data (default: the method's bundled example).", flags=("--data", "-d"),
+                              panel=MODEL_AND_DATA)
+    output_dir: Path | None = option(None, "Run directory (default: runs/<command>-<timestamp>).",
+                                     flags=("--output-dir", "-o"), panel=RUN_AND_OUTPUT)
+    max_steps: int = option(20, "Optimizer steps to train.", min=1, panel=TRAINING)
+    batch_size: int = option(4, "Examples per micro-batch per process.", min=1, panel=TRAINING)
+    grad_accum: int = option(1, "Micro-batches per optimizer step.", min=1, panel=TRAINING)
+    lr: float = option(5e-6, "Peak learning rate.", min=0.0, panel=TRAINING)
+    schedule: str = option("constant", "LR schedule: constant, linear, cosine or inverse_sqrt (after linear "
+                           "warmup).", panel=TRAINING)
+    warmup_steps: int = option(0, "Linear warmup steps.", min=0, panel=TRAINING)
+    weight_decay: float = option(0.0, "AdamW weight decay (matrices only, not norms and biases).", min=0.0,
+                                 panel=TRAINING)
+    max_grad_norm: float = option(1.0, "Clip gradients to this norm (0: off).", min=0.0, panel=TRAINING)
+    precision: str = option("auto", "auto (bf16 autocast on GPUs that have it, else fp32), fp32, or bf16 (autocast "
+                            "on any device with native bf16, e.g. CPUs with AVX512-BF16/AMX; weights and optimizer "
+                            "stay fp32).", panel=TRAINING)
+    save_every: int = option(50, "Checkpoint every N steps.", min=1, panel=RUN_AND_OUTPUT)
+    seed: int = option(42, "Random seed (data order, init, sampling).", panel=RUN_AND_OUTPUT)
+    resume: Path | None = option(None, "Continue a run from its latest checkpoint (the run directory); options "
+                                 "default to the run's.", panel=RUN_AND_OUTPUT)
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """The loop's TrainConfig from these options (`overrides`: the method's fixed settings, e.g. Adam β2)."""
+        from lmlab.core.training import TrainConfig
+
+        return TrainConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                           lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps,
+                           weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
+                           save_every=self.save_every, **overrides)
 
 
 def _normalise(data: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -71,28 +163,15 @@ def resume_callback(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="YAML/TOML/JSON file whose keys are option names; command-line flags win.",
-    is_eager=True, callback=config_callback, show_default=False)]
-ResumeOpt = Annotated[Path | None, typer.Option(
-    "--resume", help="Continue a run from its latest checkpoint (the run directory); options default to the run's.",
-    is_eager=True, callback=resume_callback, show_default=False)]
-OutputDirOpt = Annotated[Path | None, typer.Option(
-    "--output-dir", "-o", help="Run directory (default: runs/<command>-<timestamp>).", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (logs go to stderr).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors and the final summary.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (data order, init, sampling).")]
-MaxStepsOpt = Annotated[int, typer.Option("--max-steps", min=1, help="Optimizer steps to train.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Examples per micro-batch per process.")]
-GradAccumOpt = Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")]
-LrOpt = Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate.")]
-MaxLengthOpt = Annotated[int, typer.Option("--max-length", min=2, help="Longest sequence in tokens.")]
-ScheduleOpt = Annotated[str, typer.Option(
-    "--schedule", help="LR schedule: constant, linear, cosine or inverse_sqrt (after linear warmup).")]
-WarmupOpt = Annotated[int, typer.Option("--warmup-steps", min=0, help="Linear warmup steps.")]
-MaxGradNormOpt = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Clip gradients to this norm (0: off).")
-                           ]
-SaveEveryOpt = Annotated[int, typer.Option("--save-every", min=1, help="Checkpoint every N steps.")]
-PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="auto (bf16 autocast on GPUs that have it, else fp32), fp32, or bf16 (autocast on any device "
-    "with native bf16, e.g. CPUs with AVX512-BF16/AMX; weights and optimizer stay fp32).")]
+EAGER_CALLBACKS = {"resume": resume_callback}
+CONFIG = typer.Option("--config", help="YAML/TOML/JSON file whose keys are option names; command-line flags win.",
+                      is_eager=True, callback=config_callback, show_default=False, rich_help_panel=RUN_AND_OUTPUT)
+JSON = typer.Option("--json", help="Print the summary as JSON on stdout (logs go to stderr).", metavar="",
+                    rich_help_panel=RUN_AND_OUTPUT)
+QUIET = typer.Option("--quiet", "-q", help="Only errors and the final summary.", metavar="",
+                     rich_help_panel=RUN_AND_OUTPUT)
+# For commands whose options are a plain Typer signature (benchmarks, small tools).
+JsonOpt = Annotated[bool, JSON]
+QuietOpt = Annotated[bool, QUIET]
+OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", show_default=False,
+                                                  help="Run directory (default: runs/<command>-<timestamp>).")]

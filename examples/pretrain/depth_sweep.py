@@ -20,7 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lmlab.core.report import read_metrics  # noqa: E402
-from lmlab.plugins.pretrain.train import PretrainOptions, run_pretrain  # noqa: E402
+from lmlab.plugins.pretrain.options import PretrainOptions  # noqa: E402
+from lmlab.plugins.pretrain.train import PretrainTrainer  # noqa: E402
 
 
 def spikes(losses: list[float], window: int = 10, factor: float = 1.3) -> int:
@@ -43,10 +44,10 @@ def main() -> None:
     for depth in args.depths:
         for attn in ("mha", "mlra"):
             run = args.out / f"{attn}-{depth}"
-            summary = run_pretrain(PretrainOptions(
+            summary = PretrainTrainer(PretrainOptions(
                 attn=attn, n_layer=depth, n_embd=args.width, n_head=4, block_size=64, batch_size=16, lr=args.lr,
                 warmup_steps=10, max_steps=args.steps, eval_every=args.steps, grad_var_every=25, save_every=10_000,
-                seed=args.seed, output_dir=run))
+                seed=args.seed, output_dir=run)).run()
             metrics = read_metrics(run / "metrics.jsonl")
             tev = [m["tev_mean"] for m in metrics]
             curves[(attn, depth)] = tev

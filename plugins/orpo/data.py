@@ -5,6 +5,19 @@ Rows are `{prompt, chosen, rejected}` strings, or conversational: `chosen`/`reje
 last message is the assistant turn, and the prompt is the shared earlier turns (or `prompt`, a string or a
 message list). Conversational rows go through the tokenizer's chat template; plain rows are used as text
 with EOS appended to each response.
+
+Special tokens (`bos`, the `--bos` option):
+- "auto" (default): the tokenizer's own convention. A plain prompt gets whatever special tokens the tokenizer
+  adds (a Llama tokenizer adds BOS, SmolLM2's adds none); a chat-templated prompt gets only what the template
+  writes. Every plain response ends in EOS; a chat-templated response ends as the template ends it.
+- "always": TRL's `ORPOTrainer` convention (`tokenize_row`, trl 1.16): prompt text tokenised without special
+  tokens, then BOS put first unless it already is (plain and chat-templated prompts alike, and again after
+  --max-prompt-length cuts the prompt's head); EOS put last on every response unless it already is (so a
+  chat-templated response gets one after the template's end, as in TRL). Gives TRL's token ids wherever the
+  prompt/response boundary is a token boundary: responses are tokenised apart from the prompt, while TRL
+  tokenises prompt + response together and moves a token that merges across the boundary into the response.
+- "never": no special token added by the tokenizer: prompt text tokenised without special tokens (a BOS
+  written in the text or by the chat template stays); responses as under "auto".
 """
 
 from __future__ import annotations
@@ -13,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmlab.core.data import Record, SkipLog
-from lmlab.core.errors import DataError
+from lmlab.core.errors import DataError, LmlabError
+
+BOS_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -70,25 +85,61 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def build_examples(records: list[Record], tokenizer: Any, *, max_length: int,
-                   max_prompt_length: int | None, skips: SkipLog) -> tuple[list[PreferenceExample], dict[str, int]]:
-    """Tokenise and truncate every row; returns the examples and counts of what was cut."""
+def _tokenizer_name(tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
+def _check_bos(tokenizer: Any, bos: str) -> None:
+    if bos not in BOS_MODES:
+        raise LmlabError(f"--bos {bos!r} is not a BOS convention.",
+                         hint="--bos auto (the tokenizer's own), always (TRL's: BOS first) or never")
+    if bos == "always" and tokenizer.bos_token_id is None:
+        raise LmlabError(f"--bos always needs a BOS token, and the tokenizer of '{_tokenizer_name(tokenizer)}' "
+                         "has none.", hint="use --bos never (TRL adds no BOS either with such a tokenizer)")
+
+
+def _eos(tokenizer: Any) -> int:
+    if tokenizer.eos_token_id is None:
+        raise LmlabError(f"plain-text rows need an EOS token to end each response, and the tokenizer of "
+                         f"'{_tokenizer_name(tokenizer)}' has none.",
+                         hint="use conversational rows with a chat template, or a tokenizer with an EOS token")
+    return tokenizer.eos_token_id
+
+
+def _prompt_ids(tokenizer: Any, text: str, *, templated: bool, bos: str) -> list[int]:
+    ids = _ids(tokenizer, text, special=bos == "auto" and not templated)
+    if bos == "always" and ids[:1] != [tokenizer.bos_token_id]:
+        ids.insert(0, tokenizer.bos_token_id)
+    return ids
+
+
+def _response_ids(tokenizer: Any, text: str, *, templated: bool, bos: str) -> list[int]:
+    ids = _ids(tokenizer, text, special=False)
+    if bos == "always":
+        return ids if ids[-1:] == [tokenizer.eos_token_id] else ids + [_eos(tokenizer)]
+    return ids if templated else ids + [_eos(tokenizer)]
+
+
+def build_examples(records: list[Record], tokenizer: Any, *, max_length: int, max_prompt_length: int | None,
+                   skips: SkipLog, bos: str = "auto") -> tuple[list[PreferenceExample], dict[str, int]]:
+    """Tokenise and truncate every row, with the special-token convention `bos` (auto, always or never: see
+    the module's docstring); returns the examples and counts of what was cut."""
+    _check_bos(tokenizer, bos)
     examples: list[PreferenceExample] = []
     cut = {"prompts_truncated": 0, "responses_truncated": 0}
     for record in records:
-        if isinstance(record.data.get("chosen"), list):
+        templated = isinstance(record.data.get("chosen"), list)
+        if templated:
             prompt_text, chosen_text, rejected_text = _conversation(record, tokenizer)
-            prompt = _ids(tokenizer, prompt_text, special=False)
-            chosen, rejected = (_ids(tokenizer, t, special=False) for t in (chosen_text, rejected_text))
         else:
             prompt_text = record.get("prompt", (str,))
             chosen_text, rejected_text = record.get("chosen", (str,)), record.get("rejected", (str,))
             if not chosen_text.strip() or not rejected_text.strip():
                 skips.add("empty response", record)
                 continue
-            prompt = _ids(tokenizer, prompt_text, special=True)
-            chosen, rejected = (_ids(tokenizer, t, special=False) + [tokenizer.eos_token_id]
-                                for t in (chosen_text, rejected_text))
+        prompt = _prompt_ids(tokenizer, prompt_text, templated=templated, bos=bos)
+        chosen, rejected = (_response_ids(tokenizer, t, templated=templated, bos=bos)
+                            for t in (chosen_text, rejected_text))
         if not prompt:
             skips.add("empty prompt", record)
             continue
@@ -97,6 +148,8 @@ def build_examples(records: list[Record], tokenizer: Any, *, max_length: int,
             continue
         if max_prompt_length is not None and len(prompt) > max_prompt_length:
             prompt = prompt[-max_prompt_length:]
+            if bos == "always":
+                prompt[0] = tokenizer.bos_token_id  # BOS, then the prompt's last max_prompt_length - 1 tokens
             cut["prompts_truncated"] += 1
         if len(prompt) >= max_length:
             raise DataError(f"the prompt alone is {len(prompt)} tokens, leaving no room for a response within "

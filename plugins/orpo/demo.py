@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmlab.core.console import err
-from lmlab.plugins.orpo.train import OrpoOptions, run_orpo
+from lmlab.plugins.orpo.options import OrpoOptions
+from lmlab.plugins.orpo.train import OrpoTrainer
 
 
 def _report(summary: dict) -> None:
@@ -16,11 +17,11 @@ def _report(summary: dict) -> None:
 
 
 def run_demo(output_dir: str, quick: bool) -> None:
-    _report(run_orpo(OrpoOptions(model="tiny-llama", output_dir=Path(output_dir) / "orpo-tiny-llama",
-                                 max_steps=40, batch_size=8, lr=1e-3, warmup_steps=5, schedule="cosine",
-                                 max_length=256)))
+    _report(OrpoTrainer(OrpoOptions(model="tiny-llama", output_dir=Path(output_dir) / "orpo-tiny-llama",
+                                    max_steps=40, batch_size=8, lr=1e-3, warmup_steps=5, schedule="cosine",
+                                    max_length=256)).run())
 
 
 def run_demo_smollm2(output_dir: str, quick: bool) -> None:
-    _report(run_orpo(OrpoOptions(model="smollm2-135m", output_dir=Path(output_dir) / "orpo-smollm2-135m",
-                                 max_steps=4, batch_size=2, lr=5e-6, warmup_steps=0, max_length=192)))
+    _report(OrpoTrainer(OrpoOptions(model="smollm2-135m", output_dir=Path(output_dir) / "orpo-smollm2-135m",
+                                    max_steps=4, batch_size=2, lr=5e-6, warmup_steps=0, max_length=192)).run())
