@@ -1,8 +1,9 @@
-"""What `pretrain --attn` and `--arch` choose from: attention types and architectures registered by plugins.
+"""What `pretrain --attn` chooses from: attention types registered by plugins (`register_attention`).
 
 An attention module is causal self-attention over [B, T, C] → [B, T, C]. It must call its output projection
 `c_proj` (the model scales that layer's init by 1/√(2·n_layer), nanoGPT's residual rule). Attention-specific
-settings arrive as `options` (from `--attn-opt KEY=VALUE`), validated by the attention's own `parse_options`.
+settings arrive as `options` (from `--attn-opt KEY=VALUE`), validated by the attention's own `parse_options`;
+an attention without one takes no options. Architectures are in `lmlab.core.architectures`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lmlab.core.errors import LmlabError
 from lmlab.core.plugins import collect
 
 if TYPE_CHECKING:
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class AttentionConfig:
+    """The model's shape as an attention (or an architecture's option parser) sees it, plus attention options."""
+
     n_embd: int
     n_head: int
     n_layer: int
@@ -31,35 +33,14 @@ class AttentionConfig:
 
 @dataclass
 class AttentionSpec:
+    """`build(config)` returns the attention module; `parse_options(raw, config)` turns `--attn-opt` pairs into
+    its options (defaults filled in) or raises LmlabError; None means the attention takes no options."""
+
     name: str
     description: str
     build: Callable[[AttentionConfig], nn.Module]
-    parse_options: Callable[[dict[str, str], AttentionConfig], dict[str, Any]] = lambda raw, cfg: dict(raw)
-
-
-@dataclass
-class ArchitectureSpec:
-    """`build(config, attention)` returns a language model whose forward(idx, targets=None) gives (logits, loss)."""
-
-    name: str
-    description: str
-    build: Callable[[Any, AttentionSpec], nn.Module]
+    parse_options: Callable[[dict[str, str], AttentionConfig], dict[str, Any]] | None = None
 
 
 def attention_types() -> dict[str, AttentionSpec]:
     return collect("register_attention", "attention", key=lambda spec: spec.name)
-
-
-def architectures() -> dict[str, ArchitectureSpec]:
-    return collect("register_architectures", "architectures", key=lambda spec: spec.name)
-
-
-def parse_key_values(pairs: list[str], flag: str) -> dict[str, str]:
-    """['rank=32', 'targets=q,k,v'] → {'rank': '32', 'targets': 'q,k,v'}."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise LmlabError(f"{flag} expects KEY=VALUE, got '{pair}'.", hint=f"e.g. {flag} rank=32")
-        out[key.strip()] = value.strip()
-    return out

@@ -33,7 +33,8 @@ def register_attention(register: Any) -> None:
 
 @hookspec
 def register_architectures(register: Any) -> None:
-    """Register model architectures for `pretrain --arch`: register(ArchitectureSpec(...))."""
+    """Register model architectures for `pretrain --arch` and `generate`: register(ArchitectureSpec(...)) (see
+    lmlab.core.architectures)."""
 
 
 @hookspec

@@ -27,6 +27,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+#: A small text corpus (Shakespeare plus non-ASCII bytes) for tokenizer and corpus tests.
+CORPUS_DOCS = [
+    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n",
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n",
+    "And by opposing end them. To die: to sleep;\nNo more; and by a sleep to say we end\n",
+    "Naïve café, 日本語, emoji 🙂 and tabs\tkeep their bytes.\n",
+] * 5
+
 PREFERENCES = [
     {"prompt": "What is the capital of France?", "chosen": "Paris is the capital of France.",
      "rejected": "The capital of France is Berlin."},

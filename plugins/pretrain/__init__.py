@@ -1,6 +1,6 @@
 """Stable pre-training (Chung et al., EMNLP 2024): a nanoGPT-style GPT with TEV monitoring. `lmlab pretrain`,
-`lmlab generate`, `lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture live here;
-other attentions (`mlra`) and architectures come from other plugins through the hooks."""
+`lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture live here; other attentions
+(`mlra`) and architectures come from other plugins through the hooks; `lmlab generate` (core) runs any of them."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ from lmlab.core.hookspecs import hookimpl
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.pretrain.bench import bench_pretrain
-    from lmlab.plugins.pretrain.command import generate, pretrain
+    from lmlab.plugins.pretrain.command import pretrain
     from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
 
     app.command("pretrain")(pretrain)
-    app.command("generate")(generate)
     tokenizer = typer.Typer(help="Tokenizers for pre-training.", no_args_is_help=True)
     tokenizer.command("train")(tokenizer_train)
     app.add_typer(tokenizer, name="tokenizer")

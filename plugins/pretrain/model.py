@@ -2,49 +2,24 @@
 
 METHODS §3's conventions: learned positional embeddings, SDPA attention, lm_head tied to the token
 embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at 0.02/√(2·n_layer).
+Registered as `--arch gpt`; it follows core's LanguageModel protocol, so core's `load_model_folder` rebuilds a
+saved one and core's `generate` samples from it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from lmlab.core.attention import ArchitectureSpec, AttentionConfig, AttentionSpec
+from lmlab.core.architectures import ArchConfig, ArchitectureSpec, save_model_folder
+from lmlab.core.attention import AttentionConfig, AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
 
 INIT_STD = 0.02
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    attn: str = "mha"
-    attn_options: dict[str, Any] = field(default_factory=dict)  # already parsed by the attention's parse_options
-    arch: str = "gpt"
-
-    def __post_init__(self) -> None:
-        if self.n_embd % self.n_head:
-            raise LmlabError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}).",
-                             hint="e.g. n_embd=128 with n_head=4")
-
-    def attention_config(self) -> AttentionConfig:
-        return AttentionConfig(self.n_embd, self.n_head, self.n_layer, self.block_size, self.dropout, self.bias,
-                               dict(self.attn_options))
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,7 +43,7 @@ MHA_SPEC = AttentionSpec("mha", "multi-head attention (GPT-2)", build=CausalSelf
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: ArchConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
@@ -82,7 +57,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-LN: x + attn(LN(x)), then x + mlp(LN(x))."""
 
-    def __init__(self, config: GPTConfig, attention: AttentionSpec) -> None:
+    def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = attention.build(config.attention_config())
@@ -95,7 +70,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig, attention: AttentionSpec) -> None:
+    def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
         super().__init__()
         if attention.name != config.attn:
             raise ModelError(f"config.attn is '{config.attn}' but the attention given is '{attention.name}'.")
@@ -150,53 +125,9 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
         return logits if return_logits else None, loss.view_as(targets) if reduction == "none" else loss
 
-    @torch.no_grad()
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Sample max_new_tokens continuations of idx [B, T] (context cropped to block_size); returns [B, T + new]."""
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
-
     def save(self, folder: str | Path) -> None:
-        """config.json + model.safetensors (save_model stores the tied embedding once)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        save_model(self, str(folder / "model.safetensors"))
+        """config.json + model.safetensors (the tied embedding stored once)."""
+        save_model_folder(self, folder)
 
 
-def load_gpt(folder: str | Path, attention_specs: dict[str, AttentionSpec]) -> GPT:
-    """Rebuild a GPT written by GPT.save; safetensors only, so nothing is unpickled."""
-    folder = Path(folder)
-    hint = "pass a folder written by `lmlab pretrain` (config.json + model.safetensors)"
-    try:
-        config = GPTConfig(**json.loads((folder / "config.json").read_text()))
-    except FileNotFoundError:
-        raise ModelError(f"{folder}: no config.json.", hint=hint) from None
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise ModelError(f"{folder / 'config.json'}: not a GPT config ({exc}).", hint=hint) from None
-    if config.arch != "gpt":
-        raise ModelError(f"{folder}: architecture '{config.arch}' is not a GPT.", hint="load it with its own plugin")
-    if config.attn not in attention_specs:
-        raise ModelError(f"{folder}: attention type '{config.attn}' is not installed.",
-                         hint=f"available: {', '.join(sorted(attention_specs))}; install the plugin that provides it")
-    model = GPT(config, attention_specs[config.attn])
-    try:
-        load_model(model, str(folder / "model.safetensors"))
-    except FileNotFoundError:
-        raise ModelError(f"{folder}: no model.safetensors.", hint=hint) from None
-    except (RuntimeError, SafetensorError) as exc:
-        raise ModelError(f"{folder / 'model.safetensors'}: weights do not fit config.json ({exc}).",
-                         hint=hint) from None
-    return model
-
-
-GPT_ARCH = ArchitectureSpec("gpt", "GPT-2 (pre-LN, learned positions, tied embeddings)",
-                            build=lambda config, attention: GPT(config, attention))
+GPT_ARCH = ArchitectureSpec("gpt", "GPT-2 (pre-LN, learned positions, tied embeddings)", build=GPT)

@@ -1,6 +1,6 @@
-"""Language-model pre-training as a TrainTask: fixed windows of a memory-mapped token stream, TEV every
-`tev_every` steps, the expensive embedding-gradient variance every `grad_var_every` steps, and validation
-loss / perplexity every `eval_every` steps."""
+"""Language-model pre-training as a TrainTask: next-token windows of a memory-mapped token stream (core's
+TokenWindows), TEV every `tev_every` steps, the expensive embedding-gradient variance every `grad_var_every`
+steps, and validation loss / perplexity every `eval_every` steps."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.core.token_windows import TokenWindows
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 
 
@@ -17,28 +18,16 @@ class PretrainTask:
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, block_size: int, seed: int,
                  tev_every: int = 1, grad_var_every: int = 0, grad_var_batches: int = 4, eval_every: int = 0,
                  eval_batches: int = 8, batch_size: int = 8) -> None:
-        self.train, self.val = train_tokens, val_tokens
-        self.block_size, self.seed, self.batch_size = block_size, seed, batch_size
+        self.train, self.val = TokenWindows(train_tokens, block_size), TokenWindows(val_tokens, block_size)
+        self.seed, self.batch_size = seed, batch_size
         self.tev_every, self.grad_var_every, self.grad_var_batches = tev_every, grad_var_every, grad_var_batches
         self.eval_every, self.eval_batches = eval_every, eval_batches
 
-    def windows(self, tokens: np.ndarray) -> int:
-        return (len(tokens) - 1) // self.block_size
-
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
-        n = self.windows(self.train)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(n, generator=generator).tolist()
-        order += [order[i % n] for i in range((-n) % global_batch)]
-        return [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
-
-    def _window_batch(self, tokens: np.ndarray, indices: list[int]) -> dict[str, torch.Tensor]:
-        rows = np.stack([tokens[i * self.block_size:i * self.block_size + self.block_size + 1] for i in indices])
-        rows = torch.from_numpy(rows.astype(np.int64))
-        return {"input_ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+        return self.train.epoch_batches(epoch, global_batch, self.seed)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self._window_batch(self.train, indices)
+        return self.train.batch(indices)
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"tokens": float(batch["targets"].numel())}
@@ -51,14 +40,13 @@ class PretrainTask:
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Mean token loss and perplexity over evenly spaced validation windows."""
-        n = self.windows(self.val)
-        picks = np.linspace(0, n - 1, num=min(n, self.eval_batches * self.batch_size)).astype(int).tolist()
+        picks = self.val.evenly_spaced(self.eval_batches * self.batch_size)
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
         for start in range(0, len(picks), self.batch_size):
-            batch = self._window_batch(self.val, picks[start:start + self.batch_size])
+            batch = self.val.batch(picks[start:start + self.batch_size])
             _, loss_sum = model(batch["input_ids"].to(device), batch["targets"].to(device), reduction="sum")
             total, count = total + float(loss_sum), count + batch["targets"].numel()
         model.train(was_training)
@@ -67,14 +55,12 @@ class PretrainTask:
     def grad_variance(self, model: torch.nn.Module, step: int, no_sync: Any) -> float:
         """Variance across micro-batches of the token-embedding gradient (what TEV is a cheap proxy for)."""
         generator = torch.Generator().manual_seed(self.seed * 7919 + step)
-        n = self.windows(self.train)
         embedding = model.get_input_embeddings().weight
         device = embedding.device
         grads = []
         with no_sync():
             for _ in range(self.grad_var_batches):
-                picks = torch.randint(0, n, (self.batch_size,), generator=generator).tolist()
-                batch = self._window_batch(self.train, picks)
+                batch = self.train.batch(self.train.sample(self.batch_size, generator))
                 _, loss = model(batch["input_ids"].to(device), batch["targets"].to(device))
                 grad, = torch.autograd.grad(loss, embedding)  # not accumulated into .grad
                 grads.append(grad.detach().float())

@@ -26,12 +26,12 @@ def tokenizer_train(
 
     from transformers import AutoTokenizer
 
+    from lmlab.core.corpus import encode, read_texts, train_tokenizer
     from lmlab.core.errors import LmlabError
     from lmlab.core.models import atomic_dir
     from lmlab.core.paths import example
     from lmlab.core.report import summary_table
     from lmlab.core.runs import new_run_path
-    from lmlab.plugins.pretrain.corpus import encode, read_texts, train_tokenizer
 
     set_quiet(quiet)
     source = data or str(example("pretrain/tinyshakespeare.txt"))

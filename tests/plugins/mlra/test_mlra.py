@@ -7,6 +7,7 @@ from types import ModuleType
 import pytest
 import torch
 
+from lmlab.core.architectures import ArchConfig, load_model_folder
 from lmlab.core.attention import AttentionConfig, AttentionSpec
 from lmlab.core.errors import LmlabError
 from lmlab.plugins.mlra import register_attention
@@ -73,8 +74,8 @@ def init_pair(pretrain: ModuleType, seed: int, **options) -> tuple[torch.nn.Modu
     """Layer-0 attention of a MHA and a MLRA GPT, both with the model's N(0, 0.02) init."""
     base = dict(vocab_size=16, block_size=64, n_layer=2, n_head=4, n_embd=128)
     torch.manual_seed(seed)
-    mha = pretrain.GPT(pretrain.GPTConfig(**base), pretrain.MHA_SPEC).transformer.h[0].attn
-    config = pretrain.GPTConfig(**base, attn="mlra", attn_options=options)
+    mha = pretrain.GPT(ArchConfig(**base), pretrain.MHA_SPEC).transformer.h[0].attn
+    config = ArchConfig(**base, attn="mlra", attn_options=options)
     return mha, pretrain.GPT(config, mlra_spec()).transformer.h[0].attn
 
 
@@ -100,7 +101,7 @@ def test_output_variance_at_init_is_below_mha(pretrain: ModuleType) -> None:
 
 def test_gpt_with_mlra_trains_saves_and_loads(pretrain: ModuleType, tmp_path) -> None:
     spec = mlra_spec()
-    config = pretrain.GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, attn="mlra", bias=True)
+    config = ArchConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, attn="mlra", bias=True)
     config.attn_options = parse_options({"targets": "q,k,v,o"}, config.attention_config())
     torch.manual_seed(0)
     model = pretrain.GPT(config, spec)
@@ -110,5 +111,5 @@ def test_gpt_with_mlra_trains_saves_and_loads(pretrain: ModuleType, tmp_path) ->
     losses = fit_one_batch(model, idx)
     assert losses[-1] < 0.1 * losses[0]
     model.eval().save(tmp_path / "m")
-    loaded = pretrain.load_gpt(tmp_path / "m", {"mlra": spec}).eval()
+    loaded = load_model_folder(tmp_path / "m").eval()
     assert torch.equal(model(idx, idx)[0], loaded(idx, idx)[0])

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from lmlab.core import architectures
+from lmlab.core.architectures import ArchConfig, load_model_folder
 from lmlab.core.errors import LmlabError, ModelError
-from lmlab.plugins.pretrain.model import GPT, GPT_ARCH, MHA_SPEC, GPTConfig, load_gpt
+from lmlab.core.generation import generate
+from lmlab.plugins.pretrain.model import GPT, GPT_ARCH, MHA_SPEC
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 from tests.conftest import fit_one_batch
 
 
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{"vocab_size": 32, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
+    return GPT(ArchConfig(**{"vocab_size": 32, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
                             **overrides}), MHA_SPEC)
 
 
@@ -69,34 +73,46 @@ def test_num_params_counts_the_tied_embedding_once() -> None:
     assert model.num_params() == model.num_params(non_embedding=False) - 16 * 32
 
 
-def test_save_and_load_round_trip(tmp_path) -> None:
+def test_save_and_load_round_trip(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny(bias=True).eval()
     model.save(tmp_path / "m")
-    loaded = load_gpt(tmp_path / "m", {"mha": MHA_SPEC}).eval()
+    loaded = load_model_folder(tmp_path / "m").eval()
     idx = torch.randint(0, 32, (2, 16))
     assert torch.equal(model(idx, idx)[0], loaded(idx, idx)[0])
     assert loaded.lm_head.weight is loaded.transformer.wte.weight and loaded.config == model.config
-    with pytest.raises(ModelError, match="'mha' is not installed"):
-        load_gpt(tmp_path / "m", {})
     with pytest.raises(ModelError, match="no config.json"):
-        load_gpt(tmp_path / "missing", {"mha": MHA_SPEC})
+        load_model_folder(tmp_path / "missing")
+    monkeypatch.setattr(architectures, "attention_types", dict)
+    with pytest.raises(ModelError, match="'mha' is not installed"):
+        load_model_folder(tmp_path / "m")
+
+
+def test_a_config_saved_before_arch_options_existed_still_loads(tmp_path) -> None:
+    model = tiny().eval()
+    model.save(tmp_path / "m")
+    old = {"vocab_size": 32, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0,
+           "bias": False, "attn": "mha", "attn_options": {}, "arch": "gpt"}  # the fields GPTConfig wrote
+    (tmp_path / "m" / "config.json").write_text(json.dumps(old))
+    loaded = load_model_folder(tmp_path / "m").eval()
+    idx = torch.randint(0, 32, (2, 16))
+    assert loaded.config.arch_options == {} and torch.equal(model(idx, idx)[0], loaded(idx, idx)[0])
 
 
 def test_generate_appends_max_new_tokens_past_block_size() -> None:
     model = tiny().eval()
     prompt = torch.randint(0, 32, (2, 10))
-    out = model.generate(prompt, 12, top_k=5, generator=torch.Generator().manual_seed(1))
+    out = generate(model, prompt, 12, top_k=5, generator=torch.Generator().manual_seed(1))
     assert out.shape == (2, 22) and torch.equal(out[:, :10], prompt)
-    again = model.generate(prompt, 12, top_k=5, generator=torch.Generator().manual_seed(1))
+    again = generate(model, prompt, 12, top_k=5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, again)
 
 
 def test_config_errors_are_clear() -> None:
     with pytest.raises(LmlabError, match="divisible"):
-        GPTConfig(vocab_size=8, n_embd=30, n_head=4)
+        ArchConfig(vocab_size=8, n_embd=30, n_head=4)
     with pytest.raises(ModelError, match="'mlra'"):
-        GPT(GPTConfig(vocab_size=8, attn="mlra"), MHA_SPEC)
-    assert isinstance(GPT_ARCH.build(GPTConfig(vocab_size=8, n_layer=1, n_embd=16), MHA_SPEC), GPT)
+        GPT(ArchConfig(vocab_size=8, attn="mlra"), MHA_SPEC)
+    assert isinstance(GPT_ARCH.build(ArchConfig(vocab_size=8, n_layer=1, n_embd=16), MHA_SPEC), GPT)
 
 
 def test_a_tiny_model_overfits_one_batch() -> None:

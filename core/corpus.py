@@ -1,5 +1,6 @@
-"""The pre-training corpus: read text from files, folders, record files or datasets; train or load a tokenizer;
-tokenise once into memory-mapped train/val token files that later runs reuse."""
+"""A text corpus for pre-training any architecture: read text from files, folders, record files or datasets;
+train or load a tokenizer (a trained one cached by corpus and vocabulary); tokenise once into memory-mapped
+train/val token files that later runs reuse. `lmlab.core.token_windows` cuts those files into training windows."""
 
 from __future__ import annotations
 

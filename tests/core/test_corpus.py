@@ -1,5 +1,5 @@
-"""The pre-training corpus: every source kind reads, tokenizers train deterministically, tokens are cached, and
-empty, binary or too-short corpora fail with a DataError that names the file."""
+"""The text corpus (lmlab.core.corpus): every source kind reads, tokenizers train deterministically, tokens are
+cached, and empty, binary or too-short corpora fail with a DataError that names the file."""
 
 from __future__ import annotations
 
@@ -9,18 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmlab.core import corpus
+from lmlab.core.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus, train_tokenizer
 from lmlab.core.errors import DataError, LmlabError, ModelError
 from lmlab.core.paths import example
-from lmlab.plugins.pretrain import corpus
-from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus, train_tokenizer
-from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
-
-DOCS = [
-    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n",
-    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n",
-    "And by opposing end them. To die: to sleep;\nNo more; and by a sleep to say we end\n",
-    "Naïve café, 日本語, emoji 🙂 and tabs\tkeep their bytes.\n",
-] * 5
+from tests.conftest import CORPUS_DOCS as DOCS
 
 
 @pytest.fixture(scope="module")
@@ -201,17 +194,3 @@ def test_a_too_short_corpus_names_the_file_and_sizes(tmp_path: Path, tokenizer) 
         check_length(train, val, 64, "short.txt")
     assert "--block-size" in info.value.hint
     check_length(train, val, len(val) - 1, "short.txt")
-
-
-def test_tokenizer_train_command_saves_a_loadable_tokenizer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    data = tmp_path / "corpus.txt"
-    data.write_text("".join(DOCS))
-    out = tmp_path / "tok"
-    tokenizer_train(data=str(data), vocab_size=300, output_dir=out, text_field="text", json_output=True, quiet=True)
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["output_dir"] == str(out) and summary["characters"] == len("".join(DOCS))
-    assert summary["chars_per_token"] == round(summary["characters"] / summary["tokens"], 3) > 1
-    assert (out / "tokenizer.json").is_file()
-    with pytest.raises(LmlabError, match="not an empty folder"):
-        tokenizer_train(data=str(data), vocab_size=300, output_dir=out, text_field="text", json_output=True,
-                        quiet=True)

@@ -1,0 +1,33 @@
+"""`lmlab generate`: continue a prompt with a saved model of any registered architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lmlab.core import options as o
+from lmlab.core.console import print_json
+
+
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A run directory of `lmlab pretrain` (any registered "
+                                              "architecture) or its model/ folder.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "\n",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 means greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens.",
+                     show_default=False)] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
+    json_output: o.JsonOpt = False,
+) -> None:
+    """Continue a prompt with a saved model: a run of any registered architecture (`lmlab plugins` lists them)."""
+    from lmlab.core.generation import generate_text
+
+    text = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         seed=seed)
+    if json_output:
+        print_json({"prompt": prompt, "completion": text})
+    else:
+        typer.echo(prompt + text)
