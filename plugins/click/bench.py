@@ -11,26 +11,17 @@ Reported: items/s, seconds, and how many per-item predictions agree, with the la
 from __future__ import annotations
 
 import time
-from importlib import util
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import (
-    cpu_count,
-    emit,
-    machine,
-    make_report,
-    parse_systems,
-    print_ratios,
-    ran,
-    ratio,
-    run_measured,
-    version,
-)
+from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.machine import cpu_count, machine, version
 
-SYSTEMS = ("lmlab", "lm-eval")
+SYSTEMS = {"lmlab": System(), "lm-eval": System(requires="lm_eval", install="pip install 'lmlab[lm-eval]'")}
+SystemsOpt = systems_option(SYSTEMS)
 WORKER = "lmlab.plugins.click.bench:run_system"
 TARGETS = {"items_per_s_lmlab_vs_lm-eval": (">=", 1.5)}
 
@@ -44,7 +35,7 @@ def bench_click(
                      "(default: all).", show_default=False)] = None,
     lm_eval_batch_size: Annotated[int, typer.Option("--lm-eval-batch-size", min=1, help="lm-evaluation-harness "
                                   "batch size (its default is 1).")] = 1,
-    systems: Annotated[str, typer.Option("--systems", help="Comma-separated: lmlab, lm-eval.")] = "lmlab,lm-eval",
+    systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
 ) -> None:
     """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
@@ -53,12 +44,8 @@ def bench_click(
     threads = cpu_count()
     settings = {"model": model, "data": data or str(example("eval/click")), "limit": limit,
                 "lm_eval_batch_size": lm_eval_batch_size, "threads": threads}
-    results: dict[str, dict[str, Any]] = {}
-    for system in parse_systems(systems, SYSTEMS):
-        if system == "lm-eval" and util.find_spec("lm_eval") is None:
-            results[system] = {"skipped": "lm-evaluation-harness is not installed (pip install 'lmlab[lm-eval]')"}
-            continue
-        results[system] = run_measured(WORKER, system, settings, threads=threads)
+    results = run_systems("click", SYSTEMS, parse_systems(systems, SYSTEMS), WORKER, settings, threads=threads,
+                          detail=f"{limit or 'all'} items, {threads} threads")
     ours, theirs = results.get("lmlab"), results.get("lm-eval")
     if ran(ours) and ran(theirs):
         agree = sum(a == b for a, b in zip(ours["predictions"], theirs["predictions"], strict=True))
@@ -76,25 +63,12 @@ def bench_click(
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from lmlab.core.console import err
-
-    table = Table(title="bench click: multiple-choice scoring")
-    for column in ("system", "items", "seconds", "items/s", "version"):
-        table.add_column(column)
-    for system, result in report["results"].items():
-        if not ran(result):
-            table.add_row(system, "skipped", result.get("skipped", ""), "", "")
-            continue
-        table.add_row(system, str(result["items"]), f"{result['seconds']:.2f}", f"{result['items_per_s']:.3f}",
-                      result.get("version") or "")
-    err.print(table)
     settings = report["settings"]
-    if "predictions_agree" in settings:
-        err.print(f"per-item predictions agree: {settings['predictions_agree']} (largest log-likelihood gap "
-                  f"{settings['max_loglik_gap']:.2e})")
-    print_ratios(err, report["ratios"], TARGETS)
+    lines = [f"per-item predictions agree: {settings['predictions_agree']} (largest log-likelihood gap "
+             f"{settings['max_loglik_gap']:.2e})"] if "predictions_agree" in settings else []
+    print_results(report, "bench click: multiple-choice scoring", ("items", "seconds", "items/s", "version"),
+                  lambda r: (str(r["items"]), f"{r['seconds']:.2f}", f"{r['items_per_s']:.3f}", r.get("version") or ""),
+                  TARGETS, lines=lines)
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,22 +1,24 @@
 """`lmlab bench mapo`: MaPO against Diffusion-DPO (its anchor, METHODS.md §2), side by side, in one run.
 
-What is compared (DESIGN.md "Performance: how we measure"): the real training path of `lmlab train-mapo`,
-`DiffusionPreferenceTask` with loss "mapo" and with loss "dpo" (DPO gets a frozen deep copy of the UNet as its
-reference, exactly as plugins/mapo/train.py builds it), on the same model (same folder, same UNet weights),
-the same pairs, the same batches (collated once per worker after seeding, so the same random crops and flips),
-the same noise and timesteps (the global RNG is seeded again before the first step and neither loss draws
-from it differently), the same batch size, resolution, lr 1e-5 constant, AdamW, grad clip 1.0, full
-fine-tuning in float32 on the CPU with the same number of torch threads. The report checks the sameness: the
-initial UNet and the collated batches hash the same, and both systems see the same denoising errors
-(mse_w, mse_l) on the first step, before any update.
+What is compared (DESIGN.md "Performance: how we measure"): the real training step of `lmlab train-mapo`, i.e.
+`DiffusionPreferenceTask` with loss "mapo" and with loss "dpo" driven by the shared loop `core.training.train`
+(through `core.bench_replay`), with its AdamW, clipping and schedule. DPO gets a frozen deep copy of the UNet as
+its reference, exactly as plugins/mapo/train.py builds it. Both run on the same model (same folder, same UNet
+weights), the same pairs, the same batches (collated once per worker after seeding, so the same random crops
+and flips, then handed to the loop step by step), the same noise and timesteps (the loop seeds the global RNG
+before the first step and neither loss draws from it differently), the same batch size, resolution, lr 1e-5
+constant, grad clip 1.0, full fine-tuning in float32 with the same number of torch threads. The report checks
+the sameness: the initial UNet and the collated batches hash the same, and both systems see the same denoising
+errors (mse_w, mse_l) on the first step, before any update.
 
 Each system runs in its own subprocess so that its peak memory is its own. Per system we report:
-- step time: the median over the timed steps (after 2 untimed warm-up steps) of one optimizer step, i.e.
+- step time: the median over the timed steps (after 2 untimed warm-up steps) of the loop's own `step_time`:
   the loss's forward (frozen VAE encode and text encoders included, since they run inside the task's loss in
-  the default path; with --cache-latents the VAE runs once at collation instead), backward, clipping and the
-  AdamW step. Collation is done before the timed region, for both. pairs/s = batch size / median step time.
-  The step is also broken down (frozen encoders, policy UNet forward, reference forward, backward, optimizer),
-  which says what dominates it.
+  the default path; with --cache-latents the VAE runs once at collation instead), backward, clipping, the AdamW
+  step and the schedule. Collation happens before the loop (the loop's collation hands the batch out).
+  pairs/s = batch size / median step time. Timing hooks on the real task and optimizer break the step down
+  (frozen encoders, policy UNet forward, reference forward, backward + clipping, AdamW step, the rest), which
+  says what dominates it.
 - peak RSS, and its increase over the RSS measured once the policy parts, the pairs and the batches are loaded
   (the peak is reset there, Linux). DPO's reference UNet is built inside the measured region: holding it is
   part of DPO's cost, as are gradients, AdamW state and activations for both.
@@ -26,14 +28,14 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   leaves out what the C allocator keeps after tensors are freed, which RSS counts.
 
 tiny-sdxl's UNet is tiny (1M parameters, against a 660k-parameter VAE that runs at full pixel resolution), so the
-frozen encoders weigh far more than at SDXL scale, where the UNet dominates. `--unet-scale N` builds a wider UNet
-(channel widths × N, random init from --seed) from the same config, other parts unchanged, to see the regime
-the paper measured in.
+frozen encoders and the activations both systems hold weigh far more than at SDXL scale, where the UNet's
+weights, gradients and AdamW state dominate. `--unet-scale N` builds a wider UNet (channel widths × N, random
+init from --seed) from the same config, other parts unchanged, to see the regime the paper measured in; the
+memory targets are judged at `--unet-scale 8` (or wider).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import tempfile
@@ -44,41 +46,35 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import (
-    cpu_count,
-    emit,
-    machine,
-    make_report,
-    parse_systems,
-    peak_rss_mb,
-    print_ratios,
-    ran,
-    ratio,
-    reset_peak_rss,
-    rss_mb,
-    run_measured,
-    tensors_sha256,
-)
+from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench_replay import replay_training
+from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import tensors_sha256
 from lmlab.core.errors import LmlabError
+from lmlab.core.machine import cpu_count, machine
+from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
-SYSTEMS = ("mapo", "dpo")
+SYSTEMS = {"mapo": System(), "dpo": System()}
+SystemsOpt = systems_option(SYSTEMS)
 WARMUP_STEPS = 2
 LR = 1e-5
 MAX_GRAD_NORM = 1.0
 BETA, SNR_VALUE, BETA_DPO = 0.1, 0.5, 5000.0
 SYNTHETIC_PAIRS = 32
-WORKER = "lmlab.plugins.mapo.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
+WORKER = "lmlab.plugins.mapo.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
 TARGETS = {"step_time_mapo_vs_dpo": ("<=", 0.8), "peak_mem_increase_mapo_vs_dpo": ("<=", 0.85),
            "peak_tensor_mapo_vs_dpo": ("<=", 0.85)}
-PARTS = ("frozen_encoders", "policy_forward", "reference_forward", "backward", "optimizer")
+MEMORY_TARGETS = ("peak_mem_increase_mapo_vs_dpo", "peak_tensor_mapo_vs_dpo")
+JUDGED_SCALE = 8  # the UNet scale from which weights, gradients and AdamW state dominate, as at SDXL scale
+PARTS = ("frozen_encoders", "policy_forward", "reference_forward", "backward_and_clip", "optimizer", "rest")
 
 
 def bench_mapo(
     model: Annotated[str, typer.Option("--model", "-m", help="tiny-sdxl or a local diffusers folder.")] = (
         "tiny-sdxl"),
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Preference pairs per step.")] = 4,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed optimizer steps (after 1 untimed warm-up "
-                     "step).")] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, help=f"Timed optimizer steps (after {WARMUP_STEPS} untimed "
+                     "warm-up steps).")] = 8,
     resolution: Annotated[int | None, typer.Option("--resolution", min=8, help="Training resolution (default: "
                           "the UNet's sample size × VAE factor).", show_default=False)] = None,
     unet_scale: Annotated[int, typer.Option("--unet-scale", min=1, help="Multiply the UNet's channel widths by "
@@ -91,15 +87,12 @@ def bench_mapo(
                                       "(train-mapo --gradient-checkpointing).")] = False,
     data: Annotated[str | None, typer.Option("--data", "-d", help="Pick-a-Pic-style pairs (default: bundled "
                     "examples/mapo/pairs.jsonl, else synthetic pairs).", show_default=False)] = None,
-    systems: Annotated[str, typer.Option("--systems", help="Comma-separated systems to run: mapo, dpo.")] = (
-        "mapo,dpo"),
+    systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches, noise, timesteps (and of the wider "
                     "UNet's init).")] = 42,
 ) -> None:
     """MaPO vs Diffusion-DPO training step time and memory on the same UNet, pairs, batches and noise."""
-    from lmlab.core.console import log
-
     chosen = parse_systems(systems, SYSTEMS)
     threads = cpu_count()
     settings: dict[str, Any] = {
@@ -108,23 +101,24 @@ def bench_mapo(
         "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0), the training loop's (fused kernel on the CPU)",
         "max_grad_norm": MAX_GRAD_NORM, "beta": BETA,
         "snr_value": SNR_VALUE, "beta_dpo": BETA_DPO, "cache_latents": cache_latents,
-        "gradient_checkpointing": gradient_checkpointing, "dtype": "float32",
-        "device": "cpu", "threads": threads, "fine_tuning": "full UNet",
-        "step_time": "loss forward (frozen encoders included) + backward + clip + AdamW step; collation untimed",
+        "gradient_checkpointing": gradient_checkpointing, "dtype": "float32", "threads": threads,
+        "fine_tuning": "full UNet",
+        "step_time": "the shared training loop's step_time (train-mapo's step: loss forward with the frozen "
+                     "encoders, backward, clip, AdamW step, schedule); batches collated before the loop",
         "memory_ratio_uses": "peak RSS increase over the RSS after the policy parts, pairs and batches are loaded "
                              "(DPO's reference UNet is built inside the measured region)",
+        "memory_target_judged_at": f"--unet-scale {JUDGED_SCALE} (or wider): there the UNet's weights, gradients "
+                                   "and AdamW state dominate memory, as at SDXL scale; at smaller scales the "
+                                   "activations both systems hold dominate, and the ratio says little about SDXL",
+        "memory_target_judged_this_run": unet_scale >= JUDGED_SCALE,
     }
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-mapo-") as tmp:
         data_path, settings["data"] = _data(data, Path(tmp) / "pairs")
         load = _model_folder(model, unet_scale, seed, Path(tmp) / "model") if unet_scale > 1 else model
-        results: dict[str, dict[str, Any]] = {}
-        for system in chosen:
-            log(f"bench mapo: running {system} ({WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size}, "
-                f"UNet ×{unet_scale}, {threads} threads)…")
-            results[system] = run_measured(WORKER, system, {**settings, "load": load, "data_path": data_path},
-                                           threads=threads, retry_hint=f"rerun with --systems {system} and "
-                                           "LMLAB_DEBUG=1 for the worker's trace")
-    for key in ("resolution", "unet_params", "pairs"):
+        results = run_systems("mapo", SYSTEMS, chosen, WORKER, {**settings, "load": load, "data_path": data_path},
+                              threads=threads, detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch "
+                                                      f"{batch_size}, UNet ×{unet_scale}, {threads} threads")
+    for key in ("resolution", "unet_params", "pairs", "device"):
         values = {r.pop(key) for r in results.values()}
         settings[key] = values.pop() if len(values) == 1 else sorted(values)
     _compare(results)
@@ -223,41 +217,72 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    s = report["settings"]
+    s, results = report["settings"], report["results"]
     scale = f" (UNet ×{s['unet_scale']})" if s["unet_scale"] > 1 else ""
-    table = Table(title=f"MaPO vs Diffusion-DPO · {s['model']}{scale} · {s['unet_params'] / 1e6:.1f}M UNet params · "
-                        f"batch {s['batch_size']} · {s['resolution']}px · {s['timed_steps']} timed steps · "
-                        f"{s['threads']} threads · fp32 CPU")
-    for column in ("system", "median step time s", "pairs/s", "peak RSS MB", "peak RSS increase MB",
-                   "peak tensors MB"):
-        table.add_column(column, justify="left" if column == "system" else "right")
-    for name, r in report["results"].items():
-        table.add_row(name, f"{r['step_time_s']:.4f}", f"{r['pairs_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['peak_rss_increase_mb']:.0f}", f"{r['peak_tensor_mb']:.0f}")
-    console = Console()
-    console.print(table)
-    print_ratios(console, report["ratios"], TARGETS)
-    for name, r in report["results"].items():
-        parts = " · ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in r["step_breakdown_s"].items() if v)
-        console.print(f"{name} step (median s): {parts}")
-    dpo = report["results"].get("dpo", {})
+    lines = [f"{name} step (median s): " + " · ".join(f"{k.replace('_', ' ')} {v:.4f}"
+                                                       for k, v in r["step_breakdown_s"].items() if v)
+             for name, r in results.items() if ran(r)]
+    dpo = results.get("dpo", {})
     if "same_init_as_mapo" in dpo:
-        console.print(f"same initial UNet: {dpo['same_init_as_mapo']}, same batches: {dpo['same_batches_as_mapo']}, "
-                      f"first-step |Δ mse|: {dpo['first_step_mse_abs_diff_vs_mapo']:.1e}")
-    console.print("[dim]memory: peak RSS increase over the RSS after the policy parts and data are loaded, and peak "
-                  "bytes of tensors created after that point (a GPU's max_memory_allocated); DPO's reference UNet "
-                  "counts in both[/dim]")
+        lines.append(f"same initial UNet: {dpo['same_init_as_mapo']}, same batches: {dpo['same_batches_as_mapo']}, "
+                     f"first-step |Δ mse|: {dpo['first_step_mse_abs_diff_vs_mapo']:.1e}")
+    lines.append("[dim]memory: peak RSS increase over the RSS after the policy parts and data are loaded, and peak "
+                 "bytes of tensors created after that point (a GPU's max_memory_allocated); DPO's reference UNet "
+                 f"counts in both. The memory targets are judged at --unet-scale {JUDGED_SCALE} (or wider).[/dim]")
+    not_judged = {} if s["memory_target_judged_this_run"] else {
+        key: f"judged at --unet-scale {JUDGED_SCALE}, where weights dominate as at SDXL scale; this run is "
+             f"×{s['unet_scale']}" for key in MEMORY_TARGETS}
+    print_results(report, f"MaPO vs Diffusion-DPO · {s['model']}{scale} · {s['unet_params'] / 1e6:.1f}M UNet "
+                          f"params · batch {s['batch_size']} · {s['resolution']}px · {s['timed_steps']} timed steps · "
+                          f"{s['threads']} threads · fp32 {s['device']}",
+                  ("median step time s", "pairs/s", "peak RSS MB", "peak RSS increase MB", "peak tensors MB"),
+                  lambda r: (f"{r['step_time_s']:.4f}", f"{r['pairs_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                             f"{r['peak_rss_increase_mb']:.0f}", f"{r['peak_tensor_mb']:.0f}"),
+                  TARGETS, lines=lines, not_judged=not_judged)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Worker side: one system in its own process.
 
 
+class _StepParts:
+    """Where each step's time goes, from timing hooks on the real task (its frozen encoders, its reference
+    forward, the end of its loss) and on the loop's AdamW (torch's global optimizer step hooks)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def add(self, part: str, seconds: float) -> None:
+        self.steps[-1][part] = self.steps[-1].get(part, 0.0) + seconds
+
+    def optimizer_hooks(self) -> tuple[Any, Any]:
+        """(pre, post) hook handles; the pre hook also closes the backward (and clipping) of the step."""
+        import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        def pre(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if isinstance(optimizer, torch.optim.AdamW):
+                step = self.steps[-1]
+                step["optimizer_start"] = time.perf_counter()
+                step["backward_and_clip"] = step["optimizer_start"] - step["loss_end"]
+
+        def post(optimizer: Any, args: Any, kwargs: Any) -> None:
+            if isinstance(optimizer, torch.optim.AdamW):
+                self.steps[-1]["optimizer"] = time.perf_counter() - self.steps[-1]["optimizer_start"]
+
+        return register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)
+
+    def breakdown(self, step: dict[str, float], step_time: float) -> dict[str, float]:
+        frozen, reference = step.get("frozen_encoders", 0.0), step.get("reference_forward", 0.0)
+        parts = {"frozen_encoders": frozen, "policy_forward": step["loss"] - frozen - reference,
+                 "reference_forward": reference, "backward_and_clip": step["backward_and_clip"],
+                 "optimizer": step["optimizer"]}
+        return {**parts, "rest": step_time - sum(parts.values())}
+
+
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Load the parts and pairs, collate the batches, then (memory measured from here) train and time."""
+    """Load the parts and pairs, collate the batches, then (memory measured from here) run train-mapo's step in
+    the shared loop and time it."""
     import copy
     import gc
 
@@ -266,38 +291,48 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.core.console import set_quiet
     from lmlab.core.data import SkipLog, load_records
     from lmlab.core.tensor_memory import TensorPeak
-    from lmlab.core.training import make_optimizer
+    from lmlab.core.training import TrainConfig, make_accelerator
     from lmlab.plugins.mapo.data import FIELDS, build_pairs
     from lmlab.plugins.mapo.models import load_diffusion
     from lmlab.plugins.mapo.task import DiffusionPreferenceTask
 
-    class TimedTask(DiffusionPreferenceTask):
-        """The training task, unchanged, with the time spent in its frozen parts and reference recorded."""
+    timing = _StepParts()
 
-        spent: dict[str, float]  # seconds per part in the current step
+    class TimedTask(DiffusionPreferenceTask):
+        """The training task, unchanged, with the time spent in its loss, frozen parts and reference recorded."""
+
+        def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            timing.steps.append({})
+            tick = time.perf_counter()
+            out = super().loss(model, batch, totals)
+            timing.steps[-1]["loss_end"] = time.perf_counter()
+            timing.add("loss", timing.steps[-1]["loss_end"] - tick)
+            return out
 
         def encode_images(self, pixels: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
             tick = time.perf_counter()
             out = super().encode_images(pixels, sample=sample)
-            self.spent["frozen_encoders"] = self.spent.get("frozen_encoders", 0.0) + time.perf_counter() - tick
+            if timing.steps:  # not at collation (--cache-latents)
+                timing.add("frozen_encoders", time.perf_counter() - tick)
             return out
 
         def encode_text(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
             tick = time.perf_counter()
             out = super().encode_text(batch)
-            self.spent["frozen_encoders"] = self.spent.get("frozen_encoders", 0.0) + time.perf_counter() - tick
+            timing.add("frozen_encoders", time.perf_counter() - tick)
             return out
 
         def denoise(self, unet: torch.nn.Module, *args: Any) -> torch.Tensor:
             tick = time.perf_counter()
             out = super().denoise(unet, *args)
             if unet is self.reference:
-                self.spent["reference_forward"] = time.perf_counter() - tick
+                timing.add("reference_forward", time.perf_counter() - tick)
             return out
 
     set_quiet(True)
-    threads = settings["threads"]
-    torch.set_num_threads(threads)
+    torch.set_num_threads(settings["threads"])
+    accelerator = make_accelerator("fp32")
     pairs = build_pairs(load_records(settings["data_path"], required=FIELDS), SkipLog())
     parts = load_diffusion(settings["load"])
     unet = parts.unet
@@ -305,19 +340,18 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     resolution = settings["resolution"] or unet.config.sample_size * vae_scale
     task = TimedTask(pairs, parts, loss=system, beta=BETA, snr_value=SNR_VALUE, beta_dpo=BETA_DPO,
                      resolution=resolution, seed=settings["seed"], cache_latents=settings["cache_latents"],
-                     reference=None, device=torch.device("cpu"))
-    task.spent = {}
+                     reference=None, device=accelerator.device)
     n_steps = WARMUP_STEPS + settings["timed_steps"]
     order: list[list[int]] = []
     epoch = 0
     while len(order) < n_steps:
         order += task.batches(epoch, settings["batch_size"])
         epoch += 1
+    order = order[:n_steps]
     torch.manual_seed(settings["seed"])  # the same random crops and flips for both systems
-    batches = [task.collate(indices) for indices in order[:n_steps]]
+    batches = [task.collate(indices) for indices in order]
     init_sha = tensors_sha256(sorted(unet.state_dict().items()))
     batches_sha = tensors_sha256([(f"{i}.{k}", v) for i, b in enumerate(batches) for k, v in sorted(b.items())])
-    unet.train()
     if settings["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()  # as plugins/mapo/train.py does; DPO's reference runs without grad
     gc.collect()
@@ -331,35 +365,28 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     with tensors:
         if system == "dpo":
             task.reference = copy.deepcopy(unet).requires_grad_(False).eval()  # as plugins/mapo/train.py does
-        optimizer = make_optimizer(unet, 0.0, LR, (0.9, 0.999))  # the training loop's AdamW
     rss_after_reference = rss_mb()
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    torch.manual_seed(settings["seed"])  # the same VAE samples, noise and timesteps for both systems
-    times: list[float] = []
-    breakdown: list[dict[str, float]] = []
-    records: list[dict[str, float]] = []
-    for step, batch in enumerate(batches):
-        with tensors if step < WARMUP_STEPS else contextlib.nullcontext():
-            task.spent = {}
-            start = time.perf_counter()
-            loss, metrics = task.loss(unet, batch, task.counts(batch))
-            forward_done = time.perf_counter()
-            loss.backward()
-            backward_done = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            end = time.perf_counter()
-        times.append(end - start)
-        frozen, reference = task.spent.get("frozen_encoders", 0.0), task.spent.get("reference_forward", 0.0)
-        breakdown.append({"frozen_encoders": frozen, "policy_forward": forward_done - start - frozen - reference,
-                          "reference_forward": reference, "backward": backward_done - forward_done,
-                          "optimizer": end - backward_done})
-        records.append({"loss": float(loss), **{k: float(v) for k, v in metrics.items()}})
-    peak = peak_rss_mb()
 
-    timed, timed_parts = times[WARMUP_STEPS:], breakdown[WARMUP_STEPS:]
-    step_time = statistics.median(timed)
+    def count_tensors_in_warmup(step: int) -> None:
+        if step == 0:
+            tensors.__enter__()
+        elif step == WARMUP_STEPS:
+            tensors.__exit__(None, None, None)
+
+    cfg = TrainConfig(max_steps=n_steps + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
+                      warmup_steps=0, weight_decay=0.0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"],
+                      save_every=10**9)
+    hooks = timing.optimizer_hooks()
+    try:
+        records, peak = replay_training(unet, task, order, cfg, accelerator, peak=peak_rss_mb, collated=batches,
+                                        before_step=count_tensors_in_warmup)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    times = [r["step_time"] for r in records][WARMUP_STEPS:]
+    breakdowns = [timing.breakdown(p, r["step_time"]) for p, r in zip(timing.steps, records, strict=True)]
+    step_time = statistics.median(times)
     reference_mb = sum(p.numel() * p.element_size() for p in task.reference.parameters()) / 2**20 \
         if task.reference is not None else 0.0
     return {
@@ -372,8 +399,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "reference_unet_rss_mb": round(rss_after_reference - rss_after_load, 1),
         "reference_unet_param_mb": round(reference_mb, 1),
         "peak_reset_after_load": peak_was_reset,
-        "step_breakdown_s": {k: round(statistics.median(p[k] for p in timed_parts), 5) for k in PARTS},
-        "step_times_s": [round(t, 5) for t in timed],
+        "step_breakdown_s": {k: round(statistics.median(b[k] for b in breakdowns[WARMUP_STEPS:]), 5) for k in PARTS},
+        "step_times_s": [round(t, 5) for t in times],
         "first_step": {k: records[0][k] for k in ("loss", "mse_w", "mse_l")},
         "final_loss": records[-1]["loss"],
         "init_sha256": init_sha,
@@ -381,5 +408,6 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "resolution": resolution,
         "unet_params": sum(p.numel() for p in unet.parameters()),
         "pairs": len(pairs),
+        "device": str(accelerator.device),
         "torch_threads": torch.get_num_threads(),
     }

@@ -12,7 +12,7 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   lmlab's step time is the shared loop's own (collation + forward/backward + clip + optimizer step); TRL's is
   from a TrainerCallback between on_step_begin and on_step_end (its collation happens before on_step_begin,
   so TRL is not charged for it).
-- peak RSS (VmHWM, `core.bench.peak_rss_mb`) and the peak RSS increase over the RSS measured right after the model and
+- peak RSS (VmHWM, `core.memory.peak_rss_mb`) and the peak RSS increase over the RSS measured right after the model and
   the data are loaded. The memory ratio uses the increase: it is what training itself costs (activations,
   logits, gradients, optimizer state), without the import and model footprint both systems share.
 - the loss of the first batch on the freshly initialised model, before any step. The rows are built so that
@@ -33,37 +33,27 @@ import random
 import statistics
 import tempfile
 import time
-from importlib import util
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import (
-    cpu_count,
-    emit,
-    machine,
-    make_report,
-    parse_systems,
-    peak_rss_mb,
-    print_ratios,
-    ran,
-    ratio,
-    replay_training,
-    rss_mb,
-    run_measured,
-    tensors_sha256,
-    version,
-)
+from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench_replay import replay_training
+from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import tensors_sha256
 from lmlab.core.errors import LmlabError
+from lmlab.core.machine import cpu_count, machine, version
+from lmlab.core.memory import peak_rss_mb, rss_mb
 
-SYSTEMS = ("lmlab", "trl")
+SYSTEMS = {"lmlab": System(), "trl": System(requires="trl", install="pip install trl")}
+SystemsOpt = systems_option(SYSTEMS)
 WARMUP_STEPS = 1
 BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
 SHORTEST = 128  # shortest full sequence (prompt + longer response) in tokens, when --max-length allows
-WORKER = "lmlab.plugins.orpo.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
+WORKER = "lmlab.plugins.orpo.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
 TARGETS = {"examples_per_s_lmlab_vs_trl": (">=", 1.5), "peak_mem_increase_lmlab_vs_trl": ("<=", 0.5)}
 
 
@@ -76,15 +66,12 @@ def bench_orpo(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Timed optimizer steps (after 1 untimed warm-up "
                      "step).")] = 6,
     rows: Annotated[int, typer.Option("--rows", min=1, help="Synthetic preference rows to build.")] = 64,
-    systems: Annotated[str, typer.Option("--systems", help="Comma-separated systems to run: lmlab, trl.")] = (
-        "lmlab,trl"),
+    systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init, the rows and the batch "
                     "order.")] = 42,
 ) -> None:
     """ORPO training speed, memory and loss: lmlab vs TRL's ORPOTrainer on the same model, data and batches."""
-    from lmlab.core.console import log
-
     chosen = parse_systems(systems, SYSTEMS)
     threads = cpu_count()
     settings: dict[str, Any] = {
@@ -95,17 +82,9 @@ def bench_orpo(
         "batches": "identical seeded random batches for every system",
         "memory_ratio_uses": "peak RSS increase over the RSS after model and data are loaded",
     }
-    results: dict[str, dict[str, Any]] = {}
-    for system in chosen:
-        if system == "trl" and util.find_spec("trl") is None:
-            results["trl"] = {"skipped": "trl is not installed (pip install trl)"}
-            log("[yellow]trl is not installed: skipped[/yellow]")
-            continue
-        log(f"bench orpo: running {system} ({WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size}, "
-            f"max length {max_length}, {threads} threads)…")
-        results[system] = run_measured(WORKER, system, settings, threads=threads,
-                                       retry_hint=f"rerun with --systems {system} and LMLAB_DEBUG=1 for the "
-                                                  "worker's trace")
+    results = run_systems("orpo", SYSTEMS, chosen, WORKER, settings, threads=threads,
+                          detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size}, max length "
+                                 f"{max_length}, {threads} threads")
     measured = [r for r in results.values() if "data" in r]
     if measured:
         settings["data"] = measured[0].pop("data")
@@ -139,28 +118,17 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    s = report["settings"]
-    table = Table(title=f"ORPO vs TRL · {s['model']} · batch {s['batch_size']} · max length {s['max_length']} · "
-                        f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU")
-    for column in ("system", "examples/s", "peak RSS MB", "peak RSS increase MB", "loss (first batch)"):
-        table.add_column(column, justify="left" if column == "system" else "right")
-    for name, r in report["results"].items():
-        if "skipped" in r:
-            table.add_row(name, f"[yellow]skipped: {r['skipped']}[/yellow]", "", "", "")
-            continue
-        table.add_row(name, f"{r['examples_per_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}")
-    console = Console()
-    console.print(table)
-    print_ratios(console, report["ratios"], TARGETS)
-    trl = report["results"].get("trl", {})
-    if "loss_abs_diff_vs_lmlab" in trl:
-        console.print(f"first-batch loss |lmlab − trl|: {trl['loss_abs_diff_vs_lmlab']:.2e} (same token ids: "
-                      f"{trl['same_tokens_as_lmlab']}, same initial weights: {trl['same_init_as_lmlab']})")
-    console.print("[dim]memory ratio: peak RSS increase over the RSS after model and data are loaded[/dim]")
+    s, trl = report["settings"], report["results"].get("trl", {})
+    lines = [f"first-batch loss |lmlab − trl|: {trl['loss_abs_diff_vs_lmlab']:.2e} (same token ids: "
+             f"{trl['same_tokens_as_lmlab']}, same initial weights: {trl['same_init_as_lmlab']})"] \
+        if "loss_abs_diff_vs_lmlab" in trl else []
+    lines.append("[dim]memory ratio: peak RSS increase over the RSS after model and data are loaded[/dim]")
+    print_results(report, f"ORPO vs TRL · {s['model']} · batch {s['batch_size']} · max length {s['max_length']} · "
+                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU",
+                  ("examples/s", "peak RSS MB", "peak RSS increase MB", "loss (first batch)"),
+                  lambda r: (f"{r['examples_per_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
+                             f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"),
+                  TARGETS, lines=lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,7 +288,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     import torch
 
     from lmlab.core.logprobs import TokenLogprobModel
-    from lmlab.core.training import TrainConfig
+    from lmlab.core.training import TrainConfig, make_accelerator
     from lmlab.plugins.orpo.task import OrpoTask
 
     init_sha = tensors_sha256(sorted(lm.state_dict().items()))
@@ -335,7 +303,7 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
         loss, _ = task.loss(model, batch, task.counts(batch))
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg)
+    records, peak = replay_training(model, task, order, cfg, make_accelerator("auto"))
     return {"version": version("lmlab"), "loss_first_batch": float(loss), "tokens_sha256": _token_hash(tokens),
             "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
             "peak_rss_mb": round(peak, 1), "step_times": [r["step_time"] for r in records],

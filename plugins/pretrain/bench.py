@@ -2,7 +2,7 @@
 
 What is compared (DESIGN.md "Performance: how we measure", METHODS.md §3): four systems, each in its own
 subprocess, on the same model size (layers, width, heads, context, vocabulary), the same batches of the same
-token windows (Tiny Shakespeare, tokenised by the plugin's own corpus functions with the BPE `lmlab pretrain`
+token windows (Tiny Shakespeare, tokenised by `lmlab pretrain`'s corpus functions with the BPE `lmlab pretrain`
 trains and caches), fp32 on the CPU with the same number of torch threads, and the same optimizer settings
 (AdamW β = (0.9, 0.95), weight decay 0.1 on matrices only, lr 1e-3 constant, grad clip 1.0):
 
@@ -22,13 +22,15 @@ trains and caches), fp32 on the CPU with the same number of torch threads, and t
 - `lmlab-mlra`: `--attn mlra` at its default rank (parameters ≈ MHA's; both counts are reported).
 - `hf-gpt2-bf16` and `lmlab-mha-bf16`: the HF plain loop under `torch.autocast("cpu", bfloat16)` and
   `lmlab pretrain --precision bf16` (bf16 autocast through accelerate; weights, AdamW state and the loss stay
-  float32). Run only where the CPU has native bf16 (AVX512-BF16 / AMX), else reported as skipped. The report
-  gives both the like-for-like ratio (lmlab bf16 vs HF bf16) and lmlab bf16 vs the fp32 HF loop.
+  float32). Run only where the CPU has native bf16 (AVX512-BF16 / AMX), else reported as skipped.
 
-Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block / step
-time; the peak RSS and its increase over the RSS once the model and data are loaded (peak reset there on
-Linux; read as VmHWM by `core.bench.peak_rss_mb`), i.e. what training
-costs (activations, logits, gradients, AdamW state).
+Throughput is compared like for like (lmlab vs HF in the same precision: fp32, which the ≥ 1.3 target judges,
+and bf16 autocast) and against HF's default fp32 loop (lmlab bf16 vs hf-gpt2), as settings["throughput_compared"]
+says. Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block /
+step time; model FLOPs utilisation, (6·N + 12·L·T·d) × tokens/s over the GEMM peak that the same worker measures
+after its steps (the model's [B·T, d] × [d, 4d] matmul in the dtype its GEMMs run in); the peak RSS and its
+increase over the RSS once the model and data are loaded (peak reset there on Linux; read as VmHWM by
+`core.memory.peak_rss_mb`), i.e. what training costs (activations, logits, gradients, AdamW state).
 """
 
 from __future__ import annotations
@@ -41,26 +43,28 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import (
-    cpu_count,
-    emit,
-    machine,
-    make_report,
-    parse_systems,
-    peak_rss_mb,
-    print_ratios,
-    ran,
-    ratio,
-    replay_training,
-    reset_peak_rss,
-    rss_mb,
-    run_measured,
-    tensors_sha256,
-    version,
-)
+from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench_replay import replay_training
+from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import tensors_sha256
 from lmlab.core.errors import LmlabError
+from lmlab.core.machine import cpu_count, gemm_peak_flops, machine, version
+from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
-SYSTEMS = ("hf-gpt2", "lmlab-mha", "lmlab-mha-tev", "lmlab-mlra", "hf-gpt2-bf16", "lmlab-mha-bf16")
+
+def _no_native_bf16() -> str | None:
+    import torch
+
+    return None if torch.ops.mkldnn._is_mkldnn_bf16_supported() else \
+        "this CPU has no native bfloat16 (AVX512-BF16 / AMX)"
+
+
+SYSTEMS = {"hf-gpt2": System(requires="transformers", install="pip install transformers"),
+           "lmlab-mha": System(), "lmlab-mha-tev": System(), "lmlab-mlra": System(),
+           "hf-gpt2-bf16": System(requires="transformers", install="pip install transformers",
+                                  precondition=_no_native_bf16),
+           "lmlab-mha-bf16": System(precondition=_no_native_bf16)}
+SystemsOpt = systems_option(SYSTEMS)
 BF16 = ("hf-gpt2-bf16", "lmlab-mha-bf16")
 WARMUP_STEPS = 2
 LR = 1e-3
@@ -68,7 +72,8 @@ BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 0.1
 MAX_GRAD_NORM = 1.0
 DEFAULT_VOCAB = 4096  # `lmlab pretrain`'s default BPE
-WORKER = "lmlab.plugins.pretrain.bench:run_system"  # what each worker subprocess runs (core.bench.run_worker)
+GEMM_RUNS = 5
+WORKER = "lmlab.plugins.pretrain.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
 TARGETS = {"tokens_per_s_lmlab_vs_hf": (">=", 1.3), "tev_overhead": ("<=", 0.01),
            "tokens_per_s_mlra_vs_mha": (">=", 0.9)}
 
@@ -84,14 +89,11 @@ def bench_pretrain(
     vocab_size: Annotated[int | None, typer.Option("--vocab-size", min=260, help="Vocabulary of the BPE trained "
                           f"on the corpus (default: {DEFAULT_VOCAB}, as `lmlab pretrain`; cached).",
                           show_default=False)] = None,
-    systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: {', '.join(SYSTEMS)}."
-                       )] = ",".join(SYSTEMS),
+    systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and the batch order.")] = 42,
 ) -> None:
     """Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the same batches."""
-    from lmlab.core.console import log
-
     chosen = parse_systems(systems, SYSTEMS)
     if n_embd % n_head:
         raise LmlabError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}.",
@@ -107,21 +109,20 @@ def bench_pretrain(
         "threads": threads,
         "data": data.pop("description"),
         "memory_ratio_uses": "peak RSS increase over the RSS after the model and data are loaded",
+        "throughput_compared": "like for like: lmlab-mha vs hf-gpt2 (both fp32; the >= 1.3 target) and "
+                               "lmlab-mha-bf16 vs hf-gpt2-bf16 (both bf16 autocast); and lmlab-mha-bf16 against "
+                               "HF's default fp32 loop (hf-gpt2), a precision change HF users can also make",
+        "mfu": "model FLOPs/s over the GEMM peak measured in the same worker: (6·N + 12·L·T·d) × tokens/s, N the "
+               "weights a token meets in a matmul (every matrix but the position embedding; the tied embedding "
+               "once, as the LM head), 12·L·T·d the attention scores and values over the full context T (the "
+               "causal mask not discounted)",
+        "gemm_peak": f"median of {GEMM_RUNS} timed runs (each about 20 ms of repeats) of the [B·T, d] × [d, 4d] matmul "
+                     "(the MLP's up-projection), after the timed steps, in the dtype the system's GEMMs run in "
+                     "(fp32; bf16 for *-bf16)",
     }
-    results: dict[str, dict[str, Any]] = {}
-    for system in chosen:
-        if system in BF16 and not _native_bf16():
-            results[system] = {"skipped": "this CPU has no native bfloat16 (AVX512-BF16 / AMX)"}
-            continue
-        if system.startswith("hf-gpt2") and version("transformers") is None:
-            results[system] = {"skipped": "transformers is not installed (pip install transformers)"}
-            log("[yellow]transformers is not installed: hf-gpt2 skipped[/yellow]")
-            continue
-        log(f"bench pretrain: running {system} ({WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size} × "
-            f"{block_size} tokens, {n_layer} layers × {n_embd}, {threads} threads)…")
-        results[system] = run_measured(WORKER, system, {**settings, **data}, threads=threads,
-                                       retry_hint=f"rerun with --systems {system} and LMLAB_DEBUG=1 for the "
-                                                  "worker's trace")
+    results = run_systems("pretrain", SYSTEMS, chosen, WORKER, {**settings, **data}, threads=threads,
+                          detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size} × {block_size} "
+                                 f"tokens, {n_layer} layers × {n_embd}, {threads} threads")
     _compare(results)
     report = make_report("pretrain", machine(threads, ("torch", "transformers")), settings, results,
                          _ratios(results))
@@ -135,9 +136,9 @@ def bench_pretrain(
 def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int, seed: int) -> dict[str, Any]:
     """Tokenise the bundled Tiny Shakespeare as `lmlab pretrain` does (BPE trained on it and cached, tokens
     memory-mapped and cached) and pick every step's windows with PretrainTask's own seeded order."""
+    from lmlab.core.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
     from lmlab.core.models import cache_dir
     from lmlab.core.paths import example
-    from lmlab.plugins.pretrain.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
     from lmlab.plugins.pretrain.task import PretrainTask
 
     corpus = example("pretrain/tinyshakespeare.txt")
@@ -156,12 +157,6 @@ def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int
             "train_tokens": meta["train_tokens"], "order": order[:n_steps],
             "description": f"examples/pretrain/tinyshakespeare.txt, {meta['train_tokens']:,} training tokens "
                            f"(byte-level BPE, {len(tokenizer):,} tokens); PretrainTask's seeded windows"}
-
-
-def _native_bf16() -> bool:
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _compare(results: dict[str, dict[str, Any]]) -> None:
@@ -198,38 +193,33 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
-    s = report["settings"]
-    table = Table(title=f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · "
-                        f"batch {s['batch_size']} × {s['block_size']} tokens · vocab {s['vocab_size']:,} · "
-                        f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU (*-bf16: autocast)")
-    for column in ("system", "attention", "parameters", "tokens/s", "median step s", "monitor s", "peak RSS MB",
-                   "peak RSS increase MB", "loss (first batch)"):
-        table.add_column(column, justify="left" if column in ("system", "attention") else "right")
-    for name, r in report["results"].items():
-        if "skipped" in r:
-            table.add_row(name, f"[yellow]skipped: {r['skipped']}[/yellow]", *[""] * 7)
-            continue
-        monitor = f"{r['monitor_time_s']:.4f}" if r.get("monitor_time_s") is not None else "–"
-        table.add_row(name, r["attention"], f"{r['parameters']:,}", f"{r['tokens_per_s']:.1f}",
-                      f"{r['step_time_s']:.3f}", monitor, f"{r['peak_rss_mb']:.0f}",
-                      f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}")
-    console = Console()
-    console.print(table)
-    print_ratios(console, report["ratios"], TARGETS)
-    results = report["results"]
+    s, results = report["settings"], report["results"]
     hf, tev_run = results.get("hf-gpt2", {}), results.get("lmlab-mha-tev", {})
+    lines = ["throughput: " + escape(s["throughput_compared"])]
     if "first_loss_abs_diff_vs_lmlab_mha" in hf:
-        console.print(f"first-batch loss |lmlab-mha − hf-gpt2|: {hf['first_loss_abs_diff_vs_lmlab_mha']:.2e} (same "
-                      f"initial weights; same batches: {hf['same_batches_as_others']})")
+        lines.append(f"first-batch loss |lmlab-mha − hf-gpt2|: {hf['first_loss_abs_diff_vs_lmlab_mha']:.2e} (same "
+                     f"initial weights; same batches: {hf['same_batches_as_others']})")
     if "step_time_diff_vs_mha_s" in tev_run:
-        console.print(f"TEV every step: monitor {tev_run['monitor_time_s'] * 1e3:.2f} ms/step; median step time "
-                      f"{tev_run['step_time_diff_vs_mha_s'] * 1e3:+.1f} ms vs lmlab-mha (the monitor is timed "
-                      "apart from the step)")
-    console.print("[dim]tev_overhead = median(monitor_time) / median(step_time); memory: peak RSS increase over "
-                  "the RSS after the model and data are loaded[/dim]")
+        lines.append(f"TEV every step: monitor {tev_run['monitor_time_s'] * 1e3:.2f} ms/step; median step time "
+                     f"{tev_run['step_time_diff_vs_mha_s'] * 1e3:+.1f} ms vs lmlab-mha (the monitor is timed apart "
+                     "from the step)")
+    lines.append(f"[dim]MFU: {escape(s['mfu'])}; GEMM peak: {escape(s['gemm_peak'])}[/dim]")
+    lines.append("[dim]tev_overhead = median(monitor_time) / median(step_time); memory: peak RSS increase over the "
+                 "RSS after the model and data are loaded[/dim]")
+
+    def row(r: dict[str, Any]) -> list[str]:
+        monitor = f"{r['monitor_time_s']:.4f}" if r.get("monitor_time_s") is not None else "–"
+        return [r["attention"], f"{r['parameters']:,}", f"{r['tokens_per_s']:.1f}", f"{r['step_time_s']:.3f}",
+                f"{r['mfu']:.1%} of {r['gemm_peak_gflops']:.3g}", monitor, f"{r['peak_rss_mb']:.0f}",
+                f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"]
+
+    print_results(report, f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · "
+                          f"batch {s['batch_size']} × {s['block_size']} tokens · vocab {s['vocab_size']:,} · "
+                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU (*-bf16: autocast)",
+                  ("attention", "parameters", "tokens/s", "median step s", "MFU of GEMM GFLOP/s", "monitor s",
+                   "peak RSS MB", "peak RSS increase MB", "loss (first batch)"), row, TARGETS, lines=lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,14 +237,20 @@ def _build_gpt(settings: dict[str, Any], attn: str) -> Any:
     """Our model exactly as `lmlab pretrain` builds it: seed, then the registered architecture and attention."""
     import torch
 
-    from lmlab.plugins.pretrain.train import PretrainOptions, build_model
+    from lmlab.core.architectures import build_model
 
-    opts = PretrainOptions(attn=attn, n_layer=settings["n_layer"], n_head=settings["n_head"],
-                           n_embd=settings["n_embd"], block_size=settings["block_size"], dropout=0.0,
-                           seed=settings["seed"])
-    torch.manual_seed(opts.seed)
-    model, _ = build_model(opts, settings["vocab_size"])
+    torch.manual_seed(settings["seed"])
+    model, _ = build_model("gpt", attn, vocab_size=settings["vocab_size"], block_size=settings["block_size"],
+                           n_layer=settings["n_layer"], n_head=settings["n_head"], n_embd=settings["n_embd"],
+                           dropout=0.0)
     return model
+
+
+def _model_flops_per_token(model: Any, settings: dict[str, Any]) -> int:
+    """Training FLOPs per token (settings["mfu"]): 6 per weight a token meets in a matmul, plus 12·L·T·d for the
+    attention scores and values over the full context."""
+    matmul = sum(p.numel() for name, p in model.named_parameters() if p.ndim >= 2 and "wpe" not in name)
+    return 6 * matmul + 12 * settings["n_layer"] * settings["block_size"] * settings["n_embd"]
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +292,10 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "batches_sha256": batches_sha,
         "torch_threads": torch.get_num_threads(),
     }
+    peak = gemm_peak_flops(tokens_per_step, settings["n_embd"], 4 * settings["n_embd"],
+                           torch.bfloat16 if bf16 else torch.float32, runs=GEMM_RUNS)
+    out["gemm_peak_gflops"] = float(f"{peak / 1e9:.4g}")  # significant digits: a toy shape can be far below 1
+    out["mfu"] = float(f"{result['model_flops_per_token'] * out['tokens_per_s'] / peak:.4g}")
     if monitor is not None:
         timed_monitor = monitor[WARMUP_STEPS:]
         out["monitor_time_s"] = round(statistics.median(timed_monitor), 6)
@@ -310,7 +310,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
 
     import torch
 
-    from lmlab.core.training import TrainConfig
+    from lmlab.core.training import TrainConfig, make_accelerator
     from lmlab.plugins.pretrain.task import PretrainTask
 
     tokens = _train_tokens(settings)
@@ -328,7 +328,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
                       max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, peak_rss_mb, precision="bf16" if bf16 else "fp32")
+    records, peak = replay_training(model, task, order, cfg, make_accelerator("bf16" if bf16 else "fp32"))
     if tev_every and not all("tev_mean" in r for r in records):
         raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
     inner = model.transformer.h[0].attn
@@ -336,7 +336,8 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
         f"{',o' if getattr(inner, 'o_a', None) is not None else ''})"
     return {"version": version("lmlab"), "attention": attention + (" · bf16 autocast" if bf16 else ""),
             "parameters": model.num_params(non_embedding=False),
-            "loss_first_batch": float(loss), "final_loss": records[-1]["loss"],
+            "model_flops_per_token": _model_flops_per_token(model, settings), "loss_first_batch": float(loss),
+            "final_loss": records[-1]["loss"],
             "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": [r["step_time"] for r in records],
             "monitor_times": [r["monitor_time"] for r in records],
@@ -415,6 +416,7 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], *, bf16: bo
     peak = peak_rss_mb()
     return {"version": version("transformers"), "attention": f"GPT2 {attention}" + (" · bf16 autocast" if bf16
                                                                                     else ""),
-            "parameters": sum(p.numel() for p in hf.parameters()), "loss_first_batch": first,
+            "parameters": sum(p.numel() for p in hf.parameters()),
+            "model_flops_per_token": _model_flops_per_token(hf, settings), "loss_first_batch": first,
             "final_loss": losses[-1], "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": times}

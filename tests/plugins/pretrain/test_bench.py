@@ -9,7 +9,7 @@ import torch
 
 from lmlab.core.bench import parse_systems
 from lmlab.core.errors import LmlabError
-from lmlab.plugins.pretrain.bench import SYSTEMS, _build_gpt, _hf_model, _ratios
+from lmlab.plugins.pretrain.bench import SYSTEMS, _build_gpt, _hf_model, _model_flops_per_token, _ratios
 from tests.conftest import run_cli
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 64, "seed": 3}
@@ -35,6 +35,16 @@ def test_hf_gpt2_twin_computes_our_models_function() -> None:
     assert torch.allclose(out.logits, logits, atol=1e-5)
     assert out.loss.item() == pytest.approx(loss.item(), abs=1e-5)
     assert sum(p.numel() for p in hf.parameters()) > ours.num_params(non_embedding=False)  # HF's biases
+
+
+def test_both_models_count_the_same_model_flops() -> None:
+    """MFU's numerator: 6 × matmul weights (wte once, as the tied head; no wpe, no biases) + 12·L·T·d."""
+    hf, _ = _hf_model(TINY)
+    ours = _build_gpt(TINY, "mha")
+    d, layers, vocab = TINY["n_embd"], TINY["n_layer"], TINY["vocab_size"]
+    matmul = vocab * d + layers * (3 * d * d + d * d + 2 * 4 * d * d)
+    expected = 6 * matmul + 12 * layers * TINY["block_size"] * d
+    assert _model_flops_per_token(ours, TINY) == _model_flops_per_token(hf, TINY) == expected
 
 
 def test_ratios_and_systems() -> None:
@@ -71,3 +81,7 @@ def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
     assert tev_run["monitor_time_s"] > 0 and "tev_mean_last" in tev_run
     for key in ("tokens_per_s_lmlab_vs_hf", "tev_overhead", "tokens_per_s_mlra_vs_mha"):
         assert report["ratios"][key] > 0, key
+    assert {"throughput_compared", "mfu", "gemm_peak"} <= set(report["settings"])
+    for r in report["results"].values():
+        if "skipped" not in r:
+            assert r["gemm_peak_gflops"] > 0 and r["mfu"] > 0

@@ -1,0 +1,98 @@
+"""The machine a benchmark runs on: CPU, cores, versions, its measured GEMM peak, and how much of the CPU other
+processes took meanwhile (contention spoils ratios on small machines)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: Above this share of the CPU taken by other processes, a benchmark warns that its ratios are not trustworthy.
+BUSY_SHARE = 0.1
+
+CpuReading = tuple[float, float, float]
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask on Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(package: str) -> str | None:
+    """The installed version of a distribution, None when it is not installed."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine(threads: int, packages: Sequence[str] = ("torch",)) -> dict[str, Any]:
+    """The "machine" entry of a report: CPU, cores, threads, Python, platform and the given packages' versions."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), **{name: version(name) for name in packages},
+            "threads": threads, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def cpu_seconds() -> CpuReading | None:
+    """(wall clock, busy CPU seconds of the whole machine, CPU seconds of our finished children), Linux only."""
+    import resource
+
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
+
+
+def other_cpu_share(before: CpuReading | None, after: CpuReading | None, threads: int) -> float | None:
+    """Share of the CPU that processes other than our children used between two `cpu_seconds()` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return round(max(0.0, other) / ((after[0] - before[0]) * threads), 3)
+
+
+def gemm_peak_flops(m: int, k: int, n: int, dtype: Any, *, runs: int = 5, min_seconds: float = 0.02) -> float:
+    """FLOP/s of an [m, k] × [k, n] matmul in `dtype` on the CPU: the median of `runs` timed runs, each repeating
+    the matmul for about `min_seconds` (so a small shape is not lost in the timer's and scheduler's noise),
+    after one untimed run. What a model's step can reach at most when its GEMMs have this shape."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=generator).to(dtype)
+    b = torch.randn(k, n, generator=generator).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    single = []
+    for _ in range(4):  # the first call is untimed warm-up; the fastest of the others sizes the runs
+        tick = time.perf_counter()
+        torch.mm(a, b, out=out)
+        single.append(time.perf_counter() - tick)
+    repeats = max(1, min(10_000, math.ceil(min_seconds / max(min(single[1:]), 1e-9))))
+    times = []
+    for _ in range(runs):
+        tick = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b, out=out)
+        times.append((time.perf_counter() - tick) / repeats)
+    return 2 * m * k * n / statistics.median(times)
