@@ -1,4 +1,4 @@
-"""The `lmlab` command: core commands (plugins, demo) plus everything plugins register.
+"""The `lmlab` command: core commands (plugins, generate, demo) plus everything plugins register.
 
 Errors: an LmlabError prints one red line and its hint and exits 2 (130 when interrupted); anything else
 prints a short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one).
@@ -21,7 +21,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress a
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from lmlab.cli.eval_command import eval_app
-from lmlab.core.attention import architectures, attention_types
+from lmlab.cli.generate_command import generate
+from lmlab.core.architectures import architectures
+from lmlab.core.attention import attention_types
 from lmlab.core.backends import backends
 from lmlab.core.console import err, print_json
 from lmlab.core.demo import demo_steps
@@ -78,8 +80,12 @@ def plugins_command(
     for info in infos:
         registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
         status = f"[red]broken: {escape(info.error)}[/red]" if info.error else "[green]ok[/green]"
+        status += "".join(f"\n[yellow]refused: {escape(clash)}[/yellow]" for clash in info.clashes)
         table.add_row(info.name, info.distribution or "", info.version or "", registered, status)
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+app.command("generate")(generate)
 
 
 @app.command("demo")
@@ -131,10 +137,27 @@ def _register_plugin_commands() -> None:
                       f"{escape(info.error)}")
 
 
+def _tidy_help(command: click.Command) -> None:
+    """Flags take no value, so `--help` shows no "<bool>" beside them; a command whose options are grouped in
+    panels gets its --help in the last one, not alone in an "Options" panel."""
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+    help_option = command.get_help_option(command.context_class(command))
+    flags = [p for p in command.params if getattr(p, "is_flag", False)] + ([help_option] if help_option else [])
+    for param in flags:
+        if param.metavar is None:
+            param.metavar = ""
+    panels = [p.rich_help_panel for p in command.params if getattr(p, "rich_help_panel", None)]
+    if help_option is not None and panels:
+        help_option.rich_help_panel = panels[-1]
+
+
 def build_command() -> click.Command:  # typer's vendored click.Command on typer >= 0.22
     """The click command for the whole app (also used to generate shell completions)."""
     _register_plugin_commands()
-    return typer.main.get_command(app)
+    command = typer.main.get_command(app)
+    _tidy_help(command)
+    return command
 
 
 # typer >= 0.22 vendors its own copy of click; usage errors and exits may come from either copy.

@@ -10,17 +10,17 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from lmlab.core.backends import BackendOptions, load_backend
-from lmlab.core.console import err, is_quiet, log
+from lmlab.core.console import err, log
 from lmlab.core.demo import DemoStep
 from lmlab.core.errors import Interrupted, LmlabError
 from lmlab.core.evaluation import MODES, EvalContext, EvalSettings, benchmarks, limit_items, score_items, summarize
+from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
+from lmlab.core.progress import Progress
 from lmlab.core.report import accuracy_table, plot_accuracy
 from lmlab.core.request_cache import RequestCache
 from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
@@ -28,21 +28,27 @@ from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
 
 @dataclass
 class EvalOptions:
-    """What to evaluate and how; the model and everything its backend needs are in `model`."""
-
-    default_model: ClassVar[str] = "smollm2-135m"
+    """What to evaluate and how (one field per `lmlab eval NAME` option); the model and everything its backend
+    needs are in `model`, whose fields appear on the command line as the eval's own."""
 
     benchmark: str
-    model: BackendOptions = field(default_factory=lambda: BackendOptions(EvalOptions.default_model))
-    backend: str = "hf"
-    data: str | None = None
-    mode: str = "loglik"
-    num_fewshot: int = 0
-    cot: bool = False
-    limit: int | None = None
-    output_dir: Path | None = None
-    log_samples: bool = False
-    max_tokens: int | None = None
+    model: BackendOptions = group(BackendOptions)
+    backend: str = option("hf", "hf (local transformers) or openai (OpenAI-compatible server); plugins may add "
+                          "more.", panel=MODEL_AND_DATA)
+    data: str | None = option(None, "The benchmark's files in the official layout, or a Hub id (default: the "
+                              "bundled examples).", flags=("--data", "-d"), panel=MODEL_AND_DATA)
+    mode: str = option("loglik", "loglik: score each option; generate: generate and parse the answer.")
+    num_fewshot: int = option(0, "Worked examples before each question.", min=0)
+    cot: bool = option(False, "Chain of thought (generate mode): reason, then answer.")
+    limit: int | None = option(None, "Evaluate N items, taken round-robin across categories.", min=1)
+    max_tokens: int | None = option(None, "Tokens to generate (default: 16, or 512 with --cot).", min=1)
+    output_dir: Path | None = option(None, "Run directory (default: runs/eval-<benchmark>-<timestamp>); "
+                                     "rerunning into it reuses every answer already computed.",
+                                     flags=("--output-dir", "-o"), panel=RUN_AND_OUTPUT)
+    log_samples: bool = option(False, "Write every prompt, answer and score to samples.jsonl.", negatable=False,
+                               panel=RUN_AND_OUTPUT)
+    resume: Path | None = option(None, "Finish an interrupted evaluation in its run directory, with its options; "
+                                 "answers already computed are reused.", panel=RUN_AND_OUTPUT)
     options: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, Any]:
@@ -51,29 +57,6 @@ class EvalOptions:
         own = {k: v for k, v in asdict(self).items() if k not in ("model", "options")}
         backend = {k: v for k, v in asdict(self.model).items() if k != "api_key"}
         return {**own, **backend, **self.options}
-
-
-@contextmanager
-def _progress(total: int, label: str) -> Iterator[Any]:
-    """A Rich bar on a terminal; otherwise a log line at every 10%."""
-    if err.is_terminal and not is_quiet():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=err, transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda n: bar.advance(task, n)
-        return
-    done = [0, 0]
-
-    def advance(n: int) -> None:
-        done[0] += n
-        step = 10 * done[0] // max(1, total)
-        if step > done[1]:
-            done[1] = step
-            log(f"{label}: {done[0]}/{total} requests")
-
-    yield advance
 
 
 def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
@@ -93,7 +76,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     items = limit_items(loaded.items, opts.limit)
 
     backend = load_backend(opts.backend, opts.model)  # before the run directory: a bad model leaves none behind
-    run = RunDir(new_run_path(f"eval-{spec.name}", opts.output_dir), checkpoints=False)
+    run = RunDir(new_run_path(f"eval-{spec.name}", opts.resume or opts.output_dir), checkpoints=False)
     run.write_config(f"eval {spec.name}", {**replace(opts, options=options).flat(), "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
     judges: dict[tuple[str, str], Any] = {}
@@ -105,8 +88,9 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
 
     started = time.perf_counter()
     try:
-        with _progress(len(items), f"eval {spec.name}") as advance:
-            ctx = EvalContext(settings, cache, backend_for, advance)
+        with Progress(f"eval {spec.name}", len(items), line="{label}: {completed}/{total} requests",
+                      transient=True) as progress:
+            ctx = EvalContext(settings, cache, backend_for, progress.advance)
             results = score_items(spec, items, backend, ctx)
     except KeyboardInterrupt as exc:
         raise Interrupted(f"Interrupted; {cache.computed} new answers are saved in {cache.path}.",

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
+from rich.markup import escape
 
 from lmlab.core import hookspecs
+from lmlab.core.console import err
 
 DEFAULT_PLUGINS = ("lmlab.core.presets",)
 
@@ -31,6 +33,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    clashes: list[str] = field(default_factory=list)
 
     def add(self, kind: str, name: str) -> None:
         self.registered.setdefault(kind, []).append(name)
@@ -106,20 +109,43 @@ def plugin_infos() -> list[PluginInfo]:
     return list(_infos.values())
 
 
+# What each `collect` kind is called in a clash warning.
+NOUNS = {"eval": "benchmark", "demo": "demo step", "models": "model alias", "backends": "backend",
+         "architectures": "architecture"}
+
+
 def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:
-    """Run a `register_*` hook and return what was registered, by name, attributed to its plugin."""
+    """Run a `register_*` hook and return what was registered, by name, attributed to its plugin.
+
+    The first plugin to register a name keeps it (the core first, then entry points in load order); a later
+    registration of the same name is refused, noted on that plugin's info and warned about once per process."""
     load_plugins()
     found: dict[str, Any] = {}
-    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+    owners: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order (pluggy calls them reversed)
         info = _infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
 
         def register(item: Any, info: PluginInfo = info) -> None:
-            found[key(item)] = item
-            if key(item) not in info.registered.get(kind, []):
-                info.add(kind, key(item))
+            name = key(item)
+            if name in owners and owners[name] != info.name:
+                _clash(info, kind, name, owners[name])
+                return
+            found[name], owners[name] = item, info.name
+            if name not in info.registered.get(kind, []):
+                info.add(kind, name)
 
         try:
             impl.function(register=register)
         except Exception as exc:
             info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
     return found
+
+
+def _clash(info: PluginInfo, kind: str, name: str, owner: str) -> None:
+    """Record (on the refused plugin) and warn about a name another plugin registered first, once."""
+    message = (f"plugin '{info.name}' registers {NOUNS.get(kind, kind)} '{name}', already registered by plugin "
+               f"'{owner}'; kept '{owner}''s")
+    if message in info.clashes:
+        return
+    info.clashes.append(message)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")

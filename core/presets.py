@@ -7,11 +7,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from lmlab.core.backends import Backend, BackendOptions, BackendSpec
+from lmlab.core.console import log
 from lmlab.core.errors import ModelError
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.models import ModelAlias, atomic_dir, cache_dir
@@ -42,6 +47,15 @@ def smollm2_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(target))
 
 
+@contextlib.contextmanager
+def _no_gguf_bar() -> Iterator[None]:
+    """transformers' GGUF loader draws a tqdm bar of its own on stderr (not behind its progress-bar switch)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    with mock.patch.object(gguf_utils, "tqdm", functools.partial(gguf_utils.tqdm, disable=True)):
+        yield
+
+
 def smollm2_135m(seed: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
@@ -49,7 +63,9 @@ def smollm2_135m(seed: int) -> tuple[Any, Any]:
     target = cache_dir() / "models" / "smollm2-135m"
     if not target.exists():
         def write(tmp: Path) -> None:
-            gguf = AutoModelForCausalLM.from_pretrained(str(gguf_folder()), gguf_file=GGUF_NAME)
+            log(f"smollm2-135m: converting the GGUF weights once into {target} (about 15 s)")
+            with _no_gguf_bar():
+                gguf = AutoModelForCausalLM.from_pretrained(str(gguf_folder()), gguf_file=GGUF_NAME)
             config = gguf.config.to_dict()
             config.pop("quantization_config", None)
             model = LlamaForCausalLM(LlamaConfig(**config))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,38 @@ def plot_metrics(metrics: Path, keys: Sequence[str], out: Path, title: str) -> P
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_runs(runs: Mapping[str, Path], keys: Sequence[str], out: Path, title: str) -> list[str]:
+    """Several runs' metrics.jsonl on one figure: one panel per metric against the step, one line per run, named
+    by its key in `runs`. Returns the legend's labels (empty, and no file written, when there is nothing to plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {name: read_metrics(path) for name, path in runs.items()}
+    keys = [k for k in keys if any(k in r for run in rows.values() for r in run)]
+    if not keys:
+        return []
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys) + 0.6), sharex=True, squeeze=False,
+                             layout="constrained")
+    lines: dict[str, Any] = {}
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        for colour, (name, run) in enumerate(rows.items()):
+            points = [(r["step"], r[key]) for r in run if key in r]
+            if points:
+                (lines[name],) = ax.plot([p[0] for p in points], [p[1] for p in points], color=f"C{colour}",
+                                         marker="." if len(points) < 50 else None, label=name)
+        ax.set_ylabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(title)
+    names = [name for name in rows if name in lines]
+    legend = fig.legend([lines[n] for n in names], names, loc="outside lower center", ncols=len(names))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [text.get_text() for text in legend.get_texts()]
 
 
 def summary_table(title: str, values: dict[str, Any]) -> Table:

@@ -10,6 +10,7 @@ the same trajectory as one process with batch B, because every loss term is divi
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import math
@@ -22,11 +23,12 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from lmlab.core import checkpoint
-from lmlab.core.console import err, is_quiet, log, set_quiet
+from lmlab.core.console import log, set_quiet
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
+from lmlab.core.progress import Progress
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir
 from lmlab.core.schedules import lr_lambda
@@ -48,33 +50,6 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 1
-
-
-@dataclass
-class TrainOptions:
-    """The run options every trainer shares; a trainer's options subclass this, add their own fields and
-    redeclare the defaults their method wants."""
-
-    output_dir: Path | None = None
-    max_steps: int = 20
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 5e-6
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    save_every: int = 50
-    seed: int = 42
-    precision: str = "auto"
-    resume: Path | None = None
-
-    def train_config(self, **overrides: Any) -> TrainConfig:
-        """The loop's TrainConfig from these options (`overrides`: the method's fixed settings, e.g. Adam β2)."""
-        return TrainConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                           lr=self.lr, schedule=self.schedule, warmup_steps=self.warmup_steps,
-                           weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, seed=self.seed,
-                           save_every=self.save_every, **overrides)
 
 
 class TrainTask(Protocol):
@@ -173,32 +148,6 @@ class _Stop:
         self.signal = signum
 
 
-class _Progress:
-    """A Rich bar on a terminal, plain lines otherwise (CI logs)."""
-
-    def __init__(self, total: int, start: int) -> None:
-        self.total = total
-        self.bar = None
-        if err.is_terminal and not is_quiet():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err)
-            self.task = self.bar.add_task("train", total=total, completed=start, info="")
-            self.bar.start()
-
-    def update(self, step: int, record: dict[str, float], log_line: bool) -> None:
-        info = f"loss {record['loss']:.4f} · {record['examples_per_s']:.1f} ex/s"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, info=info)
-        elif log_line:
-            log(f"step {step}/{self.total} {info} · lr {record['lr']:.3g}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 class _MetricsSink:
     """metrics.jsonl always (main process), TensorBoard too when it is installed."""
 
@@ -229,7 +178,9 @@ def _finite(x: float) -> bool:
 
 def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir, accelerator: Accelerator,
           *, resume: bool = False) -> dict[str, Any]:
-    """Train `model` for cfg.max_steps optimizer steps; returns the last step's metrics and timings."""
+    """Train `model` for cfg.max_steps optimizer steps; returns the last step's metrics and timings, and the
+    trained model (under FSDP, a plain copy holding the gathered weights on every process)."""
+    _check_parallelism(accelerator)
     set_seed(cfg.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
@@ -237,12 +188,14 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps,
                                                                        cfg.max_steps))
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "global_batch": global_batch}
+    skeleton = _skeleton(model) if accelerator.is_fsdp2 else None
+    model, optimizer = accelerator.prepare(model, optimizer)
     if resume:
         found = checkpoint.latest(run.checkpoints)
         if found is None:
             raise LmlabError(f"{run.path}: no complete checkpoint to resume from.",
                              hint="a run saves every --save-every steps; start it again without --resume")
-        saved = checkpoint.load(found, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        saved = checkpoint.load(found, accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
         if saved["global_batch"] != global_batch:
             raise LmlabError(f"{found}: saved with global batch {saved['global_batch']}, now {global_batch}.",
                              hint="resume with the same --batch-size × --grad-accum × processes")
@@ -250,19 +203,19 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
         log(f"resumed from {found} at step {state['step']}")
         if run.main:
             _truncate_metrics(run.metrics, state["step"])
-    model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    stop, progress, sink = _Stop(), _Progress(cfg.max_steps, state["step"]), _MetricsSink(run)
+    stop, sink = _Stop(), _MetricsSink(run)
+    progress = Progress("train", cfg.max_steps, completed=state["step"], every=cfg.log_every,
+                        line="step {completed}/{total} {info}")
     epoch_batches: list[list[int]] = []
     record: dict[str, float] = {}
     started = time.perf_counter()
     first_step = state["step"]
 
     def save() -> Path:
-        return checkpoint.save(run.checkpoints, model=unwrapped, optimizer=optimizer, scheduler=scheduler,
-                               state=dict(state), rank=rank, main=run.main,
-                               barrier=accelerator.wait_for_everyone, keep=cfg.keep_checkpoints)
+        return checkpoint.save(run.checkpoints, accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                               state=dict(state), keep=cfg.keep_checkpoints)
 
     model.train()
     with stop.installed():
@@ -296,7 +249,8 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 record.update(step=state["step"], epoch=state["epoch"], lr=scheduler.get_last_lr()[0],
                               step_time=elapsed, examples_per_s=global_batch / elapsed)
                 sink.write(record)
-                progress.update(state["step"], record, state["step"] % cfg.log_every == 0)
+                progress.update(state["step"], f"loss {record['loss']:.4f} · {record['examples_per_s']:.1f} ex/s · "
+                                                f"lr {record['lr']:.3g}")
                 if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     save()
                 if stop.signal is not None:
@@ -310,7 +264,41 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     steps = state["step"] - first_step
     return {"steps": state["step"], "epochs": state["epoch"] + 1, "train_seconds": round(seconds, 3),
             "examples_per_s": round(steps * global_batch / seconds, 3) if steps else None,
-            "last": record, "model": unwrapped, "config": asdict(cfg)}
+            "last": record, "model": unwrapped if skeleton is None else _whole(model, skeleton, accelerator.device),
+            "config": asdict(cfg)}
+
+
+def _check_parallelism(accelerator: Accelerator) -> None:
+    """Single process, DDP and FSDP2 only: DeepSpeed applies the update inside `backward` (past the NaN guard)
+    and keeps pickled checkpoints; FSDP1 swaps in flat parameters behind the optimizer built before it."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise LmlabError("DeepSpeed is not supported by the lmlab training loop.",
+                         hint="shard with FSDP instead: `accelerate config` → FSDP with fsdp_version 2")
+    if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise LmlabError("FSDP version 1 is not supported by the lmlab training loop.",
+                         hint="set fsdp_version: 2 in the accelerate config (or FSDP_VERSION=2)")
+
+
+def _skeleton(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose parameters sit on the meta device (no memory; ties kept), to take the weights
+    gathered at the end of an FSDP run."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
+
+
+def _whole(model: torch.nn.Module, skeleton: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The FSDP-trained weights gathered whole on every process into `skeleton`: FSDP's module holds only this
+    process's shards, which `save_pretrained` or an evaluation on one process cannot use."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    for name, param in skeleton.named_parameters():
+        torch.utils.swap_tensors(param, torch.nn.Parameter(full[name], requires_grad=param.requires_grad))
+    for name, buffer in skeleton.named_buffers():
+        if name in full:
+            buffer.copy_(full[name])
+    return skeleton.to(device)
 
 
 def _step(model: torch.nn.Module, task: TrainTask, accelerator: Accelerator, optimizer: Any,

@@ -1,21 +1,29 @@
-"""Pre-training's part of `lmlab demo`: MHA vs MLRA on Tiny Shakespeare, TEV plotted, a sample generated."""
+"""Pre-training's part of `lmlab demo`: MHA vs MLRA on Tiny Shakespeare, both runs' losses and TEV on one
+figure, a sample generated."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from lmlab.core.console import err
-from lmlab.plugins.pretrain.sample import generate_text
-from lmlab.plugins.pretrain.train import PretrainOptions, run_pretrain
+from lmlab.core.generation import generate_text
+from lmlab.core.report import plot_runs
+from lmlab.plugins.pretrain.options import PretrainOptions
+from lmlab.plugins.pretrain.train import PretrainTrainer
 
 
 def run_demo(output_dir: str, quick: bool) -> None:
+    metrics: dict[str, Path] = {}
     for attn in ("mha", "mlra"):
-        summary = run_pretrain(PretrainOptions(attn=attn, output_dir=Path(output_dir) / f"pretrain-{attn}",
-                                               max_steps=100, eval_every=50))
+        summary = PretrainTrainer(PretrainOptions(attn=attn, output_dir=Path(output_dir) / f"pretrain-{attn}",
+                                                  max_steps=100, eval_every=50)).run()
         final = summary["final"]
         err.print(f"{attn}: {summary['parameters']:,} params · val ppl {summary['val_ppl']:.1f} · "
                   f"TEV μ {final.get('tev_mean', float('nan')):.4f} σ {final.get('tev_std', float('nan')):.4f} · "
                   f"{summary['tokens_per_s']} tok/s → [bold]{summary['run_dir']}[/bold]")
+        metrics[attn.upper()] = Path(summary["run_dir"]) / "metrics.jsonl"
+    figure = Path(output_dir) / "pretrain-mha-vs-mlra.png"
+    if plot_runs(metrics, ("val_loss", "loss", "tev_mean"), figure, "pre-training on Tiny Shakespeare: MHA vs MLRA"):
+        err.print(f"MHA vs MLRA (validation loss, training loss, TEV): [bold]{figure}[/bold]")
     sample = generate_text(Path(summary["model_dir"]), "ROMEO:", max_new_tokens=40, temperature=0.8, top_k=50, seed=0)
     err.print(f"[dim]sample (mlra):[/dim] ROMEO:{sample}")
