@@ -13,6 +13,8 @@ installed, its own tokenisation (plain and chat-templated rows) and loss are che
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model
 from lmlab.plugins.orpo.data import build_examples
 from lmlab.plugins.orpo.task import OrpoTask
-from tests.conftest import PREFERENCES
+from tests.conftest import PREFERENCES, run_cli, write_jsonl
 
 BETA = 0.1
 MAX_LENGTH = 128
@@ -187,3 +189,19 @@ def test_always_gives_trls_ids_on_conversational_rows(model_and_tokenizer: tuple
     assert theirs["rejected_input_ids"] == ours.prompt + ours.rejected
     assert theirs["chosen_labels"].count(-100) == len(ours.prompt)
     assert ours.chosen[-1] == tokenizer.eos_token_id != examples(tokenizer, "auto", rows)[0].chosen[-1]
+
+
+def test_train_orpo_bos_always_gives_trls_first_step_loss(model_and_tokenizer: tuple, tmp_path: Path) -> None:
+    """Through the command a user runs: the first step's logged loss is TRL's on the same initial weights."""
+    lm, tokenizer = model_and_tokenizer
+    data = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    run = tmp_path / "run"
+    result = run_cli("train-orpo", "--bos", "always", "--data", str(data), "--batch-size", str(len(ROWS)),
+                     "--max-steps", "1", "--max-length", str(MAX_LENGTH), "--beta", str(BETA), "--seed", "0",
+                     "--precision", "fp32", "-o", str(run), "--quiet")
+    assert result.returncode == 0, result.stderr
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    with torch.no_grad():
+        reference = float(trl_loss(lm, tokenizer, ROWS))
+    assert abs(logged / reference - 1) < 1e-5
+    assert json.loads((run / "config.json").read_text())["options"]["bos"] == "always"
