@@ -9,7 +9,14 @@ import torch
 
 from lmlab.core.bench import parse_systems
 from lmlab.core.errors import LmlabError
-from lmlab.plugins.pretrain.bench import SYSTEMS, _build_gpt, _hf_model, _model_flops_per_token, _ratios
+from lmlab.plugins.pretrain.bench import (
+    SYSTEMS,
+    _build_gpt,
+    _hf_model,
+    _model_flops_per_token,
+    _ratios,
+    _shared_gemm_peaks,
+)
 from tests.conftest import run_cli
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 64, "seed": 3}
@@ -85,3 +92,15 @@ def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
     for r in report["results"].values():
         if "skipped" not in r:
             assert r["gemm_peak_gflops"] > 0 and r["mfu"] > 0
+
+
+def test_mfu_holds_every_system_of_a_precision_to_the_best_gemm_peak() -> None:
+    def system(peak: float) -> dict:
+        return {"gemm_peak_gflops": peak, "model_flops_per_token": 1e6, "tokens_per_s": 100.0, "mfu": 0.0}
+
+    measured = {"hf-gpt2": system(200.0), "lmlab-mha": system(250.0), "lmlab-mha-bf16": system(1000.0)}
+    _shared_gemm_peaks(measured)
+    assert [r["gemm_peak_gflops"] for r in measured.values()] == [250.0, 250.0, 1000.0]
+    assert measured["hf-gpt2"]["gemm_peak_gflops_worker"] == 200.0
+    assert measured["hf-gpt2"]["mfu"] == measured["lmlab-mha"]["mfu"] == 1e8 / 250e9
+    assert measured["lmlab-mha-bf16"]["mfu"] == 1e8 / 1000e9
