@@ -14,7 +14,7 @@ from lmlab.core.console import print_json
 def generate(
     model_dir: Annotated[Path, typer.Argument(help="A run directory of `lmlab pretrain` (any registered "
                                               "architecture) or its model/ folder.")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "\n",
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.", show_default="a newline")] = "\n",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 200,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 means greedy.")] = 0.8,
     top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens.",

@@ -166,12 +166,12 @@ def resume_callback(ctx: typer.Context, value: Path | None) -> Path | None:
 EAGER_CALLBACKS = {"resume": resume_callback}
 CONFIG = typer.Option("--config", help="YAML/TOML/JSON file whose keys are option names; command-line flags win.",
                       is_eager=True, callback=config_callback, show_default=False, rich_help_panel=RUN_AND_OUTPUT)
-JSON = typer.Option("--json", help="Print the summary as JSON on stdout (logs go to stderr).", metavar="",
-                    rich_help_panel=RUN_AND_OUTPUT)
-QUIET = typer.Option("--quiet", "-q", help="Only errors and the final summary.", metavar="",
-                     rich_help_panel=RUN_AND_OUTPUT)
+JSON_HELP = "Print the summary as JSON on stdout (logs go to stderr)."
+QUIET_HELP = "Only errors and the final summary."
+JSON = typer.Option("--json", help=JSON_HELP, metavar="", rich_help_panel=RUN_AND_OUTPUT)
+QUIET = typer.Option("--quiet", "-q", help=QUIET_HELP, metavar="", rich_help_panel=RUN_AND_OUTPUT)
 # For commands whose options are a plain Typer signature (benchmarks, small tools).
-JsonOpt = Annotated[bool, JSON]
-QuietOpt = Annotated[bool, QUIET]
+JsonOpt = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 OutputDirOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", show_default=False,
                                                   help="Run directory (default: runs/<command>-<timestamp>).")]
