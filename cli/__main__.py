@@ -1,5 +1,5 @@
 """`python -m lmlab.cli …` (what torchrun launches for multi-process training)."""
 
-from lmlab.cli.app import main
+from lmlab.cli.entry import main
 
 main()

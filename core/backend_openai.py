@@ -23,6 +23,7 @@ BACKOFF_S = 0.5  # first retry waits about this long, doubled for each further r
 MAX_RETRY_AFTER_S = 30.0
 APIS = ("auto", "completions", "chat")
 NO_LOGPROBS = (400, 404, 422, 501)
+BASE_URL_HINT = "e.g. --base-url http://127.0.0.1:8000/v1"
 NO_LOGPROBS_HINT = "use --mode generate, or a server that supports echo with logprobs (e.g. vLLM)"
 
 T = TypeVar("T")
@@ -38,6 +39,17 @@ class HTTPStatusError(LmlabError):
         self.url, self.status, self.detail = url, status, detail
 
 
+def checked_base_url(url: str) -> str:
+    """`url` without a trailing slash, or LmlabError unless it is an http(s) URL with a host (not worth retrying)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise LmlabError(f"--base-url '{url}' is not a valid URL ({exc}).", hint=BASE_URL_HINT) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise LmlabError(f"--base-url '{url}' is not an http:// or https:// URL with a host.", hint=BASE_URL_HINT)
+    return url.rstrip("/")
+
+
 class OpenAIBackend:
     """Backend for an OpenAI-compatible server at `options.base_url` serving `options.model`."""
 
@@ -45,7 +57,7 @@ class OpenAIBackend:
         if options.api not in APIS:
             raise LmlabError(f"Unknown API '{options.api}'.", hint=f"choose one of: {', '.join(APIS)}")
         self.options = options
-        self.base_url = options.base_url.rstrip("/")
+        self.base_url = checked_base_url(options.base_url)
         self.identity = f"openai:{self.base_url}:{options.model}"
         self._api = options.api
         key = options.api_key or os.environ.get("LMLAB_API_KEY") or os.environ.get("OPENAI_API_KEY")

@@ -54,3 +54,14 @@ class Interrupted(LmlabError):
     """SIGINT/SIGTERM arrived; state was saved. Exit code 130."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class CheckpointWriteFailed(LmlabError):
+    """A checkpoint could not be written; its temp folder was removed and the previous checkpoint is intact.
+    Exit code 1."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class DiskFull(CheckpointWriteFailed):
+    """The disk filled up while a checkpoint was written; names the path and the space left. Exit code 1."""

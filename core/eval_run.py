@@ -1,13 +1,16 @@
 """One evaluation run: load a benchmark, score it through a backend with the request cache, write the run
 directory (config.json, results.json, samples.jsonl, accuracy.png, cache.sqlite) and return the summary.
 
-Rerunning with the same --output-dir (or `--resume RUN`) reuses every answer already in the run's cache.
+Rerunning with the same --output-dir (or `--resume RUN`) reuses every answer already in the run's cache; a folder
+made by another command is refused, and a new folder is removed again when the backend fails before answering
+anything (an unreachable server leaves no run folder behind).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -23,7 +26,7 @@ from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
 from lmlab.core.progress import Progress
 from lmlab.core.report import accuracy_table, plot_accuracy
 from lmlab.core.request_cache import RequestCache
-from lmlab.core.runs import RunDir, new_run_path, write_json_atomic
+from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
 
 
 @dataclass
@@ -75,9 +78,14 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     log(f"{spec.name}: {len(loaded.items)} items from {loaded.source or data}{skipped}")
     items = limit_items(loaded.items, opts.limit)
 
+    command = f"eval {spec.name}"
+    if opts.resume is None and opts.output_dir is not None:
+        check_run_folder(opts.output_dir, command, reusable=True)
     backend = load_backend(opts.backend, opts.model)  # before the run directory: a bad model leaves none behind
-    run = RunDir(new_run_path(f"eval-{spec.name}", opts.resume or opts.output_dir), checkpoints=False)
-    run.write_config(f"eval {spec.name}", {**replace(opts, options=options).flat(), "data": str(data)})
+    run_path = new_run_path(f"eval-{spec.name}", opts.resume or opts.output_dir)
+    fresh = not run_path.exists()
+    run = RunDir(run_path, checkpoints=False)
+    run.write_config(command, {**replace(opts, options=options).flat(), "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
     judges: dict[tuple[str, str], Any] = {}
 
@@ -95,6 +103,11 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     except KeyboardInterrupt as exc:
         raise Interrupted(f"Interrupted; {cache.computed} new answers are saved in {cache.path}.",
                           hint=f"rerun with --resume {run.path} to continue where it stopped") from exc
+    except LmlabError:
+        if fresh and cache.computed == 0:  # e.g. an unreachable server: the run never started, leave no folder
+            cache.close()
+            shutil.rmtree(run.path)
+        raise
     finally:
         cache.close()
     seconds = time.perf_counter() - started

@@ -38,6 +38,7 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write(tmp)
+        honour_umask(tmp)
         if target.exists():  # another process finished first; theirs is as good as ours
             shutil.rmtree(tmp)
         else:
@@ -46,6 +47,23 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask asks for (0755 / 0644 under umask 022): mkdtemp
+    makes folders 0700 and safetensors writes its files 0600, which would leave outputs private."""
+    mask = current_umask()
+    folder.chmod(0o777 & ~mask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:

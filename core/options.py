@@ -98,6 +98,8 @@ class TrainOptions:
     seed: int = option(42, "Random seed (data order, init, sampling).", panel=RUN_AND_OUTPUT)
     resume: Path | None = option(None, "Continue a run from its latest checkpoint (the run directory); options "
                                  "default to the run's.", panel=RUN_AND_OUTPUT)
+    overwrite: bool = option(False, "Replace what an earlier run left in --output-dir (without it, a folder that "
+                             "is not empty is refused).", negatable=False, panel=RUN_AND_OUTPUT)
 
     def train_config(self, **overrides: Any) -> TrainConfig:
         """The loop's TrainConfig from these options (`overrides`: the method's fixed settings, e.g. Adam β2)."""
@@ -120,7 +122,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     """Read YAML, TOML or JSON whose keys are option names (`max-steps` or `max_steps`)."""
     if not path.is_file():
         raise LmlabError(f"{path}: config file not found.", hint="pass a YAML, TOML or JSON file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise LmlabError(f"{path}: config file is not UTF-8 text (line {line} has a byte that cannot be decoded).",
+                         hint="save it as UTF-8 YAML, TOML or JSON") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -129,9 +136,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
         else:
             data = yaml.safe_load(text) or {}
     except (ValueError, yaml.YAMLError) as exc:
-        raise LmlabError(f"{path}: cannot parse config file ({str(exc).splitlines()[0]}).",
-                         hint="check the syntax; keys are option names such as max-steps") from exc
+        raise LmlabError(f"{path}: cannot parse config file ({_parse_problem(exc)}).",
+                         hint="check the syntax; keys are option names such as max-steps") from None
     return _normalise(data, path)
+
+
+def _parse_problem(exc: Exception) -> str:
+    """What the parser objects to, with the line and column where it gives them (counted from 1)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    return str(exc).splitlines()[0]  # tomllib's message ends with "(at line L, column C)"
 
 
 def _merge(ctx: typer.Context, values: dict[str, Any], *, override: bool) -> None:
@@ -150,14 +167,35 @@ def config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
+def command_name(ctx: typer.Context) -> str:
+    """The command as typed after `lmlab` (e.g. "train-orpo", "eval click")."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 def resume_callback(ctx: typer.Context, value: Path | None) -> Path | None:
     if value is not None:
         config = Path(value) / "config.json"
         if not config.is_file():
             raise LmlabError(f"{value}: not a run directory (no config.json).",
                              hint="pass the run folder printed at the end of the run, e.g. runs/train-orpo-...")
-        options = json.loads(config.read_text()).get("options", {})
-        skip = {"resume", "config", "output_dir", "json_output", "quiet"}
+        try:
+            recorded = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LmlabError(f"{config}: the run's config.json is damaged ({exc}).",
+                             hint="it is written once when the run starts; restore it or start a new run") from exc
+        if not isinstance(recorded, dict):
+            raise LmlabError(f"{config}: the run's config.json is not an lmlab run config.",
+                             hint="pass the run folder printed at the end of the run")
+        made_by, name = recorded.get("cli_command"), command_name(ctx)
+        if made_by is not None and made_by != name:
+            raise LmlabError(f"{value} is a run of `lmlab {made_by}`, not of `lmlab {name}`.",
+                             hint=f"lmlab {made_by} --resume {value}")
+        options = recorded.get("options", {})
+        skip = {"resume", "config", "output_dir", "overwrite", "json_output", "quiet"}
         known = {p.name for p in ctx.command.params}
         _merge(ctx, {k: v for k, v in options.items() if k in known and k not in skip}, override=False)
     return value

@@ -1,7 +1,7 @@
 """The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
 
-`LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none); the core's own presets
-(`lmlab.core.presets`) are always loaded.
+`LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none; a name that matches no installed
+plugin is warned about); the core's own presets (`lmlab.core.presets`) are always loaded.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def load_plugins() -> pluggy.PluginManager:
         pm.register(module, name="core")
         _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
     wanted = _selected()
-    for ep in md.entry_points(group=hookspecs.PROJECT):
+    entry_points = md.entry_points(group=hookspecs.PROJECT)
+    _warn_unknown(wanted, sorted(entry_points.names))
+    for ep in entry_points:
         if wanted is not None and ep.name not in wanted:
             continue
         dist = ep.dist.name if ep.dist else None
@@ -85,6 +87,13 @@ def load_plugins() -> pluggy.PluginManager:
         if plugin is not None:
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return pm
+
+
+def _warn_unknown(wanted: set[str] | None, installed: list[str]) -> None:
+    """A yellow warning for each LMLAB_PLUGINS name that no installed plugin has (a typo loads nothing)."""
+    for name in sorted((wanted or set()) - set(installed) - {"core"}):
+        message = f"LMLAB_PLUGINS names '{name}', which is not an installed plugin; installed: {', '.join(installed)}"
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def _version(dist: str) -> str | None:

@@ -11,6 +11,8 @@ the options dataclass (`lmlab.core.options`), the trainer class is imported only
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
@@ -50,14 +52,23 @@ class Trainer(ABC):
     def check(self) -> None:
         """Validate options that need nothing loaded, before anything slow happens (extend, then call super)."""
         check_schedule(self.opts.schedule)
+        opts = self.opts
+        if not (math.isfinite(opts.lr) and opts.lr > 0):
+            raise LmlabError(f"--lr must be a finite number above 0, got {opts.lr}.", hint="e.g. --lr 1e-5")
+        for flag, value, example_value in (("--max-grad-norm", opts.max_grad_norm, "1.0"),
+                                           ("--weight-decay", opts.weight_decay, "0.01")):
+            if not math.isfinite(value):
+                raise LmlabError(f"{flag} must be a finite number, got {value}.", hint=f"e.g. {flag} {example_value}")
 
     @abstractmethod
     def setup(self, accelerator: Accelerator) -> tuple[torch.nn.Module, TrainTask]:
         """Load the data and the model; return the module the loop trains and the method's task."""
 
     def recorded_options(self) -> dict[str, Any]:
-        """What config.json records: every option, with the data path resolved."""
-        return {**asdict(self.opts), "data": self.data}
+        """What config.json records: every option, with the data path resolved (and made absolute when it is
+        a file or folder, whatever it looks like; `RunDir.write_config` makes the other paths absolute)."""
+        data = os.path.abspath(self.data) if Path(self.data).exists() else self.data
+        return {**asdict(self.opts), "data": data}
 
     def before_training(self, run: RunDir, model: torch.nn.Module,  # noqa: B027 (an optional hook)
                         accelerator: Accelerator) -> None:
@@ -92,18 +103,25 @@ class Trainer(ABC):
 
     def run(self) -> dict[str, Any]:
         """Train and write the run directory; returns the summary."""
-        from lmlab.core.runs import RunDir, new_run_path
+        from lmlab.core.runs import RunDir, check_run_folder, clear_run_folder, new_run_path
         from lmlab.core.training import finish_run, make_accelerator, shared_run_path, train
 
         opts = self.opts
         self.check()
+        if opts.resume is not None and opts.overwrite:
+            raise LmlabError("--overwrite replaces an --output-dir; it cannot be combined with --resume.",
+                             hint=f"drop --overwrite to continue {opts.resume}")
+        if opts.resume is None and opts.output_dir is not None:
+            check_run_folder(opts.output_dir, self.command, overwrite=opts.overwrite)
         accelerator = make_accelerator(opts.precision)
         run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
                                    new_run_path(self.run_name(), opts.output_dir))
+        if opts.overwrite and opts.output_dir is not None and accelerator.is_main_process:
+            clear_run_folder(run_path)
         model, task = self.setup(accelerator)
         run = RunDir(run_path, main=accelerator.is_main_process)
         if not opts.resume:
-            run.write_config(self.run_name(), self.recorded_options())
+            run.write_config(self.run_name(), self.recorded_options(), cli_command=self.command)
         self.before_training(run, model, accelerator)
         result = train(model, task, self.train_config(), run, accelerator, resume=opts.resume is not None)
         summary = {"command": self.command, "run_dir": str(run.path), "steps": result["steps"],

@@ -14,6 +14,7 @@ import copy
 import importlib.util
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from rich.markup import escape
 
 from lmlab.core import checkpoint
 from lmlab.core.console import log, set_quiet
@@ -191,10 +193,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     skeleton = _skeleton(model) if accelerator.is_fsdp2 else None
     model, optimizer = accelerator.prepare(model, optimizer)
     if resume:
-        found = checkpoint.latest(run.checkpoints)
-        if found is None:
-            raise LmlabError(f"{run.path}: no complete checkpoint to resume from.",
-                             hint="a run saves every --save-every steps; start it again without --resume")
+        found = checkpoint.resume_point(run.checkpoints, accelerator)
         saved = checkpoint.load(found, accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
         if saved["global_batch"] != global_batch:
             raise LmlabError(f"{found}: saved with global batch {saved['global_batch']}, now {global_batch}.",
@@ -339,12 +338,30 @@ def _grad_norm(params: list[torch.nn.Parameter]) -> float:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from, so no step appears twice."""
+    """Drop metric lines written after the checkpoint we resume from, so no step appears twice, and any line
+    that does not parse (the last one, torn by a crash mid-write) with a warning; the file is replaced
+    atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep, torn = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn.append(number)
+            continue
+        if record["step"] <= step:
+            keep.append(line)
+    if torn:
+        log(f"[yellow]warning:[/yellow] {escape(str(path))}: dropped unreadable line(s) "
+            f"{', '.join(map(str, torn))} (torn by a crash mid-write)")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
+    with tmp.open("w") as fh:
+        fh.write("".join(line + "\n" for line in keep))
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
 
 

@@ -11,7 +11,7 @@ from lmlab.plugins.mapo.train import MapoTrainer
 
 def run_demo(output_dir: str, quick: bool) -> None:
     summary = MapoTrainer(MapoOptions(output_dir=Path(output_dir) / "mapo-tiny-sdxl", max_steps=40, lr=1e-3,
-                                      samples=3, sample_steps=10)).run()
+                                      overwrite=True, samples=3, sample_steps=10)).run()
     held = summary["heldout"]
     err.print(f"{summary['steps']} steps · held-out mse_w − mse_l {held['before']['gap']:+.5f} → "
               f"{held['after']['gap']:+.5f} · winner lower {held['before']['winner_lower']:.2f} → "

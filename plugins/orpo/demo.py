@@ -17,11 +17,12 @@ def _report(summary: dict) -> None:
 
 
 def run_demo(output_dir: str, quick: bool) -> None:
-    _report(OrpoTrainer(OrpoOptions(model="tiny-llama", output_dir=Path(output_dir) / "orpo-tiny-llama",
+    _report(OrpoTrainer(OrpoOptions(model="tiny-llama", output_dir=Path(output_dir) / "orpo-tiny-llama", overwrite=True,
                                     max_steps=40, batch_size=8, lr=1e-3, warmup_steps=5, schedule="cosine",
                                     max_length=256)).run())
 
 
 def run_demo_smollm2(output_dir: str, quick: bool) -> None:
     _report(OrpoTrainer(OrpoOptions(model="smollm2-135m", output_dir=Path(output_dir) / "orpo-smollm2-135m",
-                                    max_steps=4, batch_size=2, lr=5e-6, warmup_steps=0, max_length=192)).run())
+                                    overwrite=True, max_steps=4, batch_size=2, lr=5e-6, warmup_steps=0,
+                                    max_length=192)).run())

@@ -17,7 +17,7 @@ def run_demo(output_dir: str, quick: bool) -> None:
     steps = 60 if quick else 100  # --quick keeps the whole demo near a minute
     for attn in ("mha", "mlra"):
         summary = PretrainTrainer(PretrainOptions(attn=attn, output_dir=Path(output_dir) / f"pretrain-{attn}",
-                                                  max_steps=steps, eval_every=steps // 2)).run()
+                                                  overwrite=True, max_steps=steps, eval_every=steps // 2)).run()
         final = summary["final"]
         err.print(f"{attn}: {summary['parameters']:,} params · val ppl {summary['val_ppl']:.1f} · "
                   f"TEV μ {final.get('tev_mean', float('nan')):.4f} σ {final.get('tev_std', float('nan')):.4f} · "

@@ -23,8 +23,8 @@ class PretrainOptions(TrainOptions):
     tokenizer: str | None = option(None, "Tokenizer folder or model alias (default: train a byte-level BPE on the "
                                    "corpus, cached).", panel=MODEL_AND_DATA)
     vocab_size: int = option(4096, "Vocabulary of a trained tokenizer.", min=260, panel=MODEL_AND_DATA)
-    val_fraction: float = option(0.1, "Share of tokens held out for validation.", min=0.0, max=0.5,
-                                 panel=MODEL_AND_DATA)
+    val_fraction: float = option(0.1, "Share of tokens held out for validation (at least 0.01: perplexity and "
+                                 "TEV need held-out windows).", min=0.01, max=0.5, panel=MODEL_AND_DATA)
     arch: str = option("gpt", "Architecture (from register_architectures): gpt, …", panel=MODEL_AND_DATA)
     arch_opt: list[str] = option([], "Architecture option KEY=VALUE, repeatable (`lmlab plugins` lists the "
                                  "architectures; each names its keys in its error on a wrong one).",
