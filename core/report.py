@@ -18,32 +18,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_metrics(metrics: Path, keys: Sequence[str], out: Path, title: str) -> Path | None:
     """One panel per metric against the step; returns the PNG path, or None when there is nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics)
-    keys = [k for k in keys if any(k in r for r in rows)]
-    if not rows or not keys:
-        return None
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys)), sharex=True, squeeze=False)
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
-        ax.set_ylabel(key, fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return out if plot_runs({"": metrics}, keys, out, title) else None
 
 
 def plot_runs(runs: Mapping[str, Path], keys: Sequence[str], out: Path, title: str) -> list[str]:
     """Several runs' metrics.jsonl on one figure: one panel per metric against the step, one line per run, named
-    by its key in `runs`. Returns the legend's labels (empty, and no file written, when there is nothing to plot)."""
+    by its key in `runs` (a single unnamed run, key "", gets no legend). Returns the runs' labels as the legend
+    shows them (empty, and no file written, when there is nothing to plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,7 +34,8 @@ def plot_runs(runs: Mapping[str, Path], keys: Sequence[str], out: Path, title: s
     keys = [k for k in keys if any(k in r for run in rows.values() for r in run)]
     if not keys:
         return []
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys) + 0.6), sharex=True, squeeze=False,
+    legend_room = 0.6 if any(runs) else 0.0
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.4 * len(keys) + legend_room), sharex=True, squeeze=False,
                              layout="constrained")
     lines: dict[str, Any] = {}
     for ax, key in zip(axes[:, 0], keys, strict=True):
@@ -66,11 +48,13 @@ def plot_runs(runs: Mapping[str, Path], keys: Sequence[str], out: Path, title: s
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
-    names = [name for name in rows if name in lines]
-    legend = fig.legend([lines[n] for n in names], names, loc="outside lower center", ncols=len(names))
+    labels = [name for name in rows if name in lines]
+    if any(labels):
+        legend = fig.legend([lines[n] for n in labels], labels, loc="outside lower center", ncols=len(labels))
+        labels = [text.get_text() for text in legend.get_texts()]
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [text.get_text() for text in legend.get_texts()]
+    return labels
 
 
 def summary_table(title: str, values: dict[str, Any]) -> Table:

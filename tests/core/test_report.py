@@ -1,4 +1,4 @@
-"""Plots shared by every command: several runs overlaid on one figure."""
+"""Plots shared by every command: a run's training curves, several runs overlaid on one figure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lmlab.core.report import plot_runs
+from lmlab.core.report import plot_metrics, plot_runs
 
 
 def metrics(path: Path, losses: list[float], val_every: int = 2) -> Path:
@@ -33,4 +33,13 @@ def test_a_run_without_metrics_is_left_out_and_nothing_to_plot_writes_nothing(tm
     runs = {"MHA": metrics(tmp_path / "mha.jsonl", [3.0, 2.5]), "missing": tmp_path / "none.jsonl"}
     assert plot_runs(runs, ("loss",), tmp_path / "one.png", "t") == ["MHA"]
     assert plot_runs(runs, ("not_logged",), tmp_path / "none.png", "t") == []
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_one_runs_training_plot_has_no_legend_and_nothing_to_plot_gives_none(tmp_path: Path) -> None:
+    run = metrics(tmp_path / "run.jsonl", [3.0, 2.5, 2.2])
+    assert plot_runs({"": run}, ("loss",), tmp_path / "legendless.png", "t") == [""]
+    assert plot_metrics(run, ("loss", "tev_mean"), tmp_path / "training.png", "t") == tmp_path / "training.png"
+    assert Image.open(tmp_path / "training.png").size[1] > 0
+    assert plot_metrics(run, ("not_logged",), tmp_path / "none.png", "t") is None
     assert not (tmp_path / "none.png").exists()
