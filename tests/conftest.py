@@ -52,14 +52,16 @@ def preferences(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "prefs.jsonl", PREFERENCES)
 
 
-def kill_after_checkpoint(args: tuple[str, ...], run_dir: Path, step: int) -> None:
-    """Start `lmlab ARGS -o run_dir`, SIGKILL it as soon as checkpoint `step` is complete, and check that the
-    kill came before the run finished (otherwise a resume test would prove nothing)."""
+def kill_after_checkpoint(args: tuple[str, ...], run_dir: Path, step: int, cwd: Path | None = None) -> None:
+    """Start `lmlab ARGS -o run_dir` (in `cwd`, against which a relative run_dir is then taken), SIGKILL it as
+    soon as checkpoint `step` is complete, and check that the kill came before the run finished (otherwise a
+    resume test would prove nothing)."""
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *args, "-o", str(run_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *args, "-o", str(run_dir)], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = (cwd or Path()) / run_dir
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / f"step-{step:06d}" / "state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import kill_after_checkpoint, run_cli
 from tests.plugins.click.test_click import write_click
 
 SMALL = ("--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "32", "--batch-size", "8",
@@ -89,16 +87,8 @@ def test_resume_from_another_working_directory_reaches_the_same_weights(tmp_path
     straight = lmlab(*common, "-o", str(tmp_path / "a"), cwd=first_cwd)
     assert straight.returncode == 0, straight.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *common, "-o", "b"], cwd=first_cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after_checkpoint(common, Path("b"), 4, cwd=first_cwd)  # -o b, relative to the first folder
     killed = first_cwd / "b"
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-000004" / "state.json").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "the kill came after the run finished"
     options = json.loads((killed / "config.json").read_text())["options"]
     assert Path(options["data"]).resolve() == (first_cwd / "data" / "small.txt").resolve()
     assert Path(options["output_dir"]).resolve() == killed.resolve()
