@@ -89,10 +89,15 @@ def _tokenizer_name(tokenizer: Any) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
-def _check_bos(tokenizer: Any, bos: str) -> None:
+def check_bos_mode(bos: str) -> None:
+    """Refuse an unknown --bos value (before any model is loaded)."""
     if bos not in BOS_MODES:
         raise LmlabError(f"--bos {bos!r} is not a BOS convention.",
                          hint="--bos auto (the tokenizer's own), always (TRL's: BOS first) or never")
+
+
+def _check_bos(tokenizer: Any, bos: str) -> None:
+    check_bos_mode(bos)
     if bos == "always" and tokenizer.bos_token_id is None:
         raise LmlabError(f"--bos always needs a BOS token, and the tokenizer of '{_tokenizer_name(tokenizer)}' "
                          "has none.", hint="use --bos never (TRL adds no BOS either with such a tokenizer)")

@@ -11,7 +11,7 @@ from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model, replace_dir
 from lmlab.core.trainer import Trainer
-from lmlab.plugins.orpo.data import build_examples
+from lmlab.plugins.orpo.data import build_examples, check_bos_mode
 from lmlab.plugins.orpo.options import OrpoOptions
 from lmlab.plugins.orpo.task import OrpoTask
 
@@ -30,6 +30,10 @@ class OrpoTrainer(Trainer):
     plotted = ("loss", "nll", "log_odds_ratio", "rewards/accuracies", "rewards/margins")
     default_data = "orpo/preferences.jsonl"
     opts: OrpoOptions
+
+    def check(self) -> None:
+        super().check()
+        check_bos_mode(self.opts.bos)
 
     def setup(self, accelerator: Any) -> tuple[Any, OrpoTask]:
         opts = self.opts

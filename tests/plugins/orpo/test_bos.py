@@ -205,3 +205,10 @@ def test_train_orpo_bos_always_gives_trls_first_step_loss(model_and_tokenizer: t
         reference = float(trl_loss(lm, tokenizer, ROWS))
     assert abs(logged / reference - 1) < 1e-5
     assert json.loads((run / "config.json").read_text())["options"]["bos"] == "always"
+
+
+def test_train_orpo_refuses_an_unknown_bos_before_loading_anything(tmp_path: Path) -> None:
+    result = run_cli("train-orpo", "--bos", "sometimes", "-o", str(tmp_path / "run"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--bos 'sometimes' is not a BOS convention" in result.stderr
+    assert not (tmp_path / "run").exists()
