@@ -1,53 +1,237 @@
-"""Text generation for any registered architecture (`lmlab generate`, the demo).
+"""Text generation for any registered architecture: one interface, used by `lmlab generate`, the demo, the
+benchmarks and (later) the server.
 
-`generate` samples through the model's forward, recomputing the context for every new token; an architecture
-with a faster way (a cache, block-wise decoding) gives its model a `generate` method with the same signature
-and meaning, and `generate` hands the work to it.
+An architecture generates fast by giving its model two methods (the generation interface):
+
+    prefill(idx, real) -> (logits, state)
+        idx [B, T] left-padded prompts, real [B, T] bool (False: padding). Runs the prompts once, filling the
+        model's KV caches; logits [B, V] predict each sequence's next token.
+    decode(tokens, state) -> logits
+        tokens [B]: one new token per sequence; one cached step; logits [B, V] predict the token after it.
+
+and the state it returns has `full()` (decode cannot take another token: the context is full), `keep(rows)`
+(only these sequences go on; finished ones leave the batch) and `kv_bytes_per_sequence()` (what the caches hold
+now). A model without them still generates, by recomputing the whole context for every token (`Recompute`).
+
+`generate_tokens` drives either: batched prompts of any lengths (left-padded), per-sequence sampling (greedy or
+temperature / top-k / top-p with its own seed), stop strings, EOS and a per-sequence token budget. When the
+context is full it starts again from the last half of each sequence (a new prefill), so generation may run past
+the model's context length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
 from lmlab.core.architectures import LanguageModel, find_model_folder, load_model_folder
-from lmlab.core.errors import ModelError
+from lmlab.core.errors import LmlabError, ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+PAD_ID = 0  # the token left padding uses; architectures that embed padding (block) train with the same id
 
 
-def sample_next(logits: Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """Next token ids [B, 1] from last-position logits [B, V]: argmax when temperature is 0, else a draw from
-    softmax(logits / temperature) restricted to the top_k likeliest tokens (all when None)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
-    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)
+@dataclass
+class Sampling:
+    """How one sequence is generated. temperature 0: greedy; otherwise a draw from softmax(logits / temperature)
+    over the top_k likeliest tokens (None: all) and the smallest set whose probability reaches top_p."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass
+class Completion:
+    """tokens: the generated ids (the EOS or the token completing a stop string included); finish_reason:
+    "eos", "stop" or "length"; text: the decoded completion, cut before a stop string (when a tokenizer was
+    given); kv_bytes: the most KV-cache bytes the sequence held."""
+
+    tokens: list[int]
+    finish_reason: str
+    text: str | None = None
+    kv_bytes: int = 0
+
+
+class DecodeState(Protocol):
+    def full(self) -> bool: ...
+
+    def keep(self, rows: Tensor) -> None: ...
+
+    def kv_bytes_per_sequence(self) -> int: ...
+
+
+def sample_tokens(logits: Tensor, params: Sequence[Sampling],
+                  generators: Sequence[torch.Generator | None]) -> Tensor:
+    """One next token per row of logits [B, V], each row by its own Sampling and generator."""
+    out = logits.argmax(dim=-1)
+    rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not rows:
+        return out
+    x = logits[rows].float() / torch.tensor([[params[i].temperature] for i in rows], device=logits.device)
+    V = x.size(-1)
+    top_k = torch.tensor([min(params[i].top_k or V, V) for i in rows], device=x.device)
+    top_p = torch.tensor([params[i].top_p for i in rows], device=x.device)
+    if bool((top_k < V).any()) or bool((top_p < 1).any()):
+        ordered, order = x.sort(dim=-1, descending=True)
+        ranks = torch.arange(V, device=x.device)
+        probs = ordered.softmax(dim=-1)
+        drop = (ranks >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs >= top_p[:, None])
+        x = torch.empty_like(x).scatter_(1, order, ordered.masked_fill(drop, -float("inf")))  # the top one is kept
+    probs = x.softmax(dim=-1)
+    for j, i in enumerate(rows):
+        out[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+    return out
+
+
+def left_pad(sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu",
+             pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
+    """(idx, real): the sequences left-padded to the longest, [B, T] int64 and bool."""
+    T = max(len(s) for s in sequences)
+    idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    real = torch.zeros(len(sequences), T, dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        if seq:
+            idx[row, T - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            real[row, T - len(seq):] = True
+    return idx.to(device), real.to(device)
+
+
+class _RecomputeState:
+    def __init__(self, contexts: list[Tensor]) -> None:
+        self.contexts = contexts
+
+    def full(self) -> bool:
+        return False
+
+    def keep(self, rows: Tensor) -> None:
+        self.contexts = [self.contexts[int(r)] for r in rows]
+
+    def kv_bytes_per_sequence(self) -> int:
+        return 0
+
+
+class Recompute:
+    """The generation interface for a model without one: every step runs forward over each sequence's context
+    (cropped to the model's block_size)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+
+    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, _RecomputeState]:
+        state = _RecomputeState([row[mask] for row, mask in zip(idx, real, strict=True)])
+        return self._next(state), state
+
+    def decode(self, tokens: Tensor, state: _RecomputeState) -> Tensor:
+        state.contexts = [torch.cat((c, t.view(1))) for c, t in zip(state.contexts, tokens, strict=True)]
+        return self._next(state)
+
+    def _next(self, state: _RecomputeState) -> Tensor:
+        block = self.model.config.block_size
+        windows = [c[-block:] for c in state.contexts]
+        if len({len(w) for w in windows}) == 1:
+            return self.model(torch.stack(windows))[0][:, -1]
+        return torch.cat([self.model(w[None])[0][:, -1] for w in windows])
+
+
+def decoder_of(model: LanguageModel) -> Any:
+    """The model itself when it implements the generation interface, else its recomputing stand-in."""
+    if callable(getattr(model, "prefill", None)) and callable(getattr(model, "decode", None)):
+        return model
+    return Recompute(model)
+
+
+def _stopped(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string starts in `text`, or None."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
 
 
 @torch.no_grad()
-def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """idx [B, T] followed by max_new_tokens sampled tokens, [B, T + max_new_tokens]; the context the model sees
-    is cropped to its block_size."""
-    own = getattr(model, "generate", None)
-    if callable(own):
-        return own(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
+                    *, eos_id: int | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> list[Completion]:
+    """Generate a completion for every prompt (token ids, any lengths) in one batch; see the module docstring."""
+    params = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
+    if len(params) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(params)} Sampling settings")
+    if any(not p for p in prompts):
+        raise LmlabError("A prompt of no tokens cannot be continued.", hint="give at least one token (e.g. EOS)")
+    if tokenizer is None and any(p.stop for p in params):
+        raise ValueError("stop strings need the tokenizer")
+    decoder, device = decoder_of(model), next(model.parameters()).device
+    generators = [torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None for p in params]
+    contexts = [list(p) for p in prompts]
+    done: list[Completion | None] = [None] * len(prompts)
+    out: list[list[int]] = [[] for _ in prompts]
+    peak = [0] * len(prompts)
+    for i, p in enumerate(params):
+        if p.max_tokens <= 0:
+            done[i] = Completion([], "length", "" if tokenizer is not None else None)
+    live = [i for i in range(len(prompts)) if done[i] is None]
+    if not live:
+        return done  # type: ignore[return-value]
     block_size = model.config.block_size
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -block_size:])
-        idx = torch.cat((idx, sample_next(logits[:, -1, :], temperature, top_k, generator)), dim=1)
-    return idx
+    logits, state = decoder.prefill(*left_pad([contexts[i][-block_size:] for i in live], device))
+    while True:
+        kv = state.kv_bytes_per_sequence()
+        tokens = sample_tokens(logits, [params[i] for i in live], [generators[i] for i in live])
+        still = []
+        for j, i in enumerate(live):
+            token, p = int(tokens[j]), params[i]
+            out[i].append(token)
+            contexts[i].append(token)
+            peak[i] = max(peak[i], kv)
+            text, reason = None, None
+            if eos_id is not None and token == eos_id and not p.ignore_eos:
+                reason = "eos"
+            elif p.stop:
+                text = tokenizer.decode(out[i])
+                cut = _stopped(text, p.stop)
+                if cut is not None:
+                    text, reason = text[:cut], "stop"
+            if reason is None and len(out[i]) >= p.max_tokens:
+                reason = "length"
+            if reason is None:
+                still.append(j)
+                continue
+            if tokenizer is not None and text is None:
+                text = tokenizer.decode(out[i][:-1] if reason == "eos" else out[i])
+            done[i] = Completion(out[i], reason, text, peak[i])
+        if not still:
+            return done  # type: ignore[return-value]
+        if len(still) < len(live):
+            rows = torch.tensor(still, device=device)
+            state.keep(rows)
+            tokens, live = tokens[rows], [live[j] for j in still]
+        if state.full():  # start again from the last half of every context
+            logits, state = decoder.prefill(*left_pad([contexts[i][-max(1, block_size // 2):] for i in live], device))
+        else:
+            logits = decoder.decode(tokens, state)
 
 
-def generate_text(path: str | Path, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
-                  seed: int) -> str:
-    """The continuation of `prompt` by the model saved in `path` (a model folder or a run directory holding
-    model/), decoded with the tokenizer saved beside it."""
+def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float = 1.0, seed: int | None = None) -> Tensor:
+    """idx [B, T] followed by max_new_tokens tokens, [B, T + max_new_tokens] (no EOS stop)."""
+    params = [Sampling(max_new_tokens, temperature, top_p, top_k, None if seed is None else seed + row)
+              for row in range(idx.size(0))]
+    done = generate_tokens(model, idx.tolist(), params)
+    return torch.cat((idx, torch.tensor([c.tokens for c in done], dtype=idx.dtype, device=idx.device)), dim=1)
+
+
+def load_generator(path: str | Path) -> tuple[LanguageModel, PreTrainedTokenizerBase]:
+    """The model saved in `path` (a model folder or a run directory holding model/), in eval mode, and the
+    tokenizer saved beside it."""
     from transformers import AutoTokenizer
 
     folder = find_model_folder(path)
@@ -57,7 +241,14 @@ def generate_text(path: str | Path, prompt: str, *, max_new_tokens: int, tempera
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: no tokenizer saved with the model ({str(exc).strip().splitlines()[0]}).",
                          hint="a run of `lmlab pretrain` saves its tokenizer in model/") from None
+    return model, tokenizer
+
+
+def generate_text(path: str | Path, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
+                  seed: int, top_p: float = 1.0, stop: Sequence[str] = (), ignore_eos: bool = False) -> Completion:
+    """The continuation of `prompt` by the model saved in `path`, stopping at EOS (unless ignore_eos), a stop
+    string or max_new_tokens."""
+    model, tokenizer = load_generator(path)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-    out = generate(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,
-                   generator=torch.Generator().manual_seed(seed))
-    return tokenizer.decode(out[0, len(ids):].tolist())
+    sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop), ignore_eos)
+    return generate_tokens(model, [ids], sampling, eos_id=tokenizer.eos_token_id, tokenizer=tokenizer)[0]

@@ -21,7 +21,9 @@ concatenated z_h is one Linear(H·r, d). That is the mirror image of q, k, v, wi
 and the Linear holding every B_o,h, the last factor, is `c_proj`, so nanoGPT's residual-scaled init applies to it.
 
 Efficient form: all A_h of the factorised q, k, v are one fused Linear(d, n·H·r); their B_h are one parameter
-[n, H, r, d_h] applied with einsum; the dense ones share one fused Linear like MHA's c_attn.
+[n, H, r, d_h] applied with einsum; the dense ones share one fused Linear like MHA's c_attn. `qkv` and `project`
+are core's attention protocol (lmlab.core.transformer), so MLRA also generates with a KV cache and serves as the
+Block Transformer's attention.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.core.attention import AttentionConfig
 from lmlab.core.errors import LmlabError
+from lmlab.core.transformer import CAUSAL, attend
 
 TARGETS = ("q", "k", "v", "o")
 DEFAULT_TARGETS = "q,k,v"
@@ -97,11 +99,11 @@ class MLRAttention(nn.Module):
             parts.update(zip(self.dense, y.unbind(2), strict=True))
         return parts["q"], parts["k"], parts["v"]
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        q, k, v = (t.transpose(1, 2) for t in self.qkv(x))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        y = y.transpose(1, 2)  # [B, T, H, d_h]
+    def project(self, y: Tensor) -> Tensor:
+        """The heads' outputs y [B, T, H, d_h] → [B, T, d]."""
         if self.o_a is not None:
             y = torch.einsum("bthd,hdr->bthr", y, self.o_a)  # o_h A_o,h; c_proj then applies every B_o,h
-        return self.resid_dropout(self.c_proj(y.reshape(B, T, -1)))
+        return self.resid_dropout(self.c_proj(y.flatten(2)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return attend(self, x, CAUSAL)  # core's causal SDPA over qkv(x), then project

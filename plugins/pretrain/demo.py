@@ -26,5 +26,6 @@ def run_demo(output_dir: str, quick: bool) -> None:
     figure = Path(output_dir) / "pretrain-mha-vs-mlra.png"
     if plot_runs(metrics, ("val_loss", "loss", "tev_mean"), figure, "pre-training on Tiny Shakespeare: MHA vs MLRA"):
         err.print(f"MHA vs MLRA (validation loss, training loss, TEV): [bold]{figure}[/bold]")
-    sample = generate_text(Path(summary["model_dir"]), "ROMEO:", max_new_tokens=40, temperature=0.8, top_k=50, seed=0)
+    sample = generate_text(Path(summary["model_dir"]), "ROMEO:", max_new_tokens=40, temperature=0.8, top_k=50,
+                           seed=0).text
     err.print(f"[dim]sample (mlra):[/dim] ROMEO:{sample}")

@@ -3,7 +3,8 @@
 METHODS §3's conventions: learned positional embeddings, SDPA attention, lm_head tied to the token
 embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at 0.02/√(2·n_layer).
 Registered as `--arch gpt`; it follows core's LanguageModel protocol, so core's `load_model_folder` rebuilds a
-saved one and core's `generate` samples from it.
+saved one, and core's generation interface (prefill / decode with a KV cache) so `lmlab generate` runs it
+cached. Its layers, MHA among them, are core's (`lmlab.core.transformer`).
 """
 
 from __future__ import annotations
@@ -16,57 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.core.architectures import ArchConfig, ArchitectureSpec, save_model_folder
-from lmlab.core.attention import AttentionConfig, AttentionSpec
+from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
+from lmlab.core.kv_cache import CacheState, KVCache
+from lmlab.core.transformer import MHA_SPEC, Layer, Step
 
 INIT_STD = 0.02
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head attention: one fused q, k, v projection, causal SDPA, output projection `c_proj`."""
-
-    def __init__(self, cfg: AttentionConfig) -> None:
-        super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.dropout
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
-
-
-MHA_SPEC = AttentionSpec("mha", "multi-head attention (GPT-2)", build=CausalSelfAttention)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ArchConfig) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LN: x + attn(LN(x)), then x + mlp(LN(x))."""
-
-    def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = attention.build(config.attention_config())
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -79,7 +35,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config, attention) for _ in range(config.n_layer)),
+            h=nn.ModuleList(Layer(config.attention_config(), attention) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -125,9 +81,36 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
         return logits if return_logits else None, loss.view_as(targets) if reduction == "none" else loss
 
+    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, CacheState]:
+        """Generation interface (lmlab.core.generation): left-padded prompts [B, T] (real: not padding) through
+        the stack once, keys and values kept; each sequence's positions count from its first real token."""
+        attn = self.transformer.h[0].attn
+        cache = KVCache(self.config.n_layer, idx.size(0), attn.n_head, self.config.n_embd // attn.n_head,
+                        self.config.block_size, dtype=self.lm_head.weight.dtype, device=idx.device)
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        state = CacheState(cache, positions[:, -1] + 1)
+        return self._cached(idx, positions, real, cache), state
+
+    def decode(self, tokens: Tensor, state: CacheState) -> Tensor:
+        """One cached step: tokens [B] → logits [B, V] of the token after each."""
+        logits = self._cached(tokens[:, None], state.next_position[:, None], None, state.cache)
+        state.next_position = state.next_position + 1
+        return logits
+
+    def _cached(self, idx: Tensor, positions: Tensor, real: Tensor | None, cache: KVCache) -> Tensor:
+        mask, is_causal = cache.begin(idx.size(1), real)
+        step = Step(None, mask, is_causal, cache)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, step, i)
+        cache.end()
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
+
     def save(self, folder: str | Path) -> None:
         """config.json + model.safetensors (the tied embedding stored once)."""
         save_model_folder(self, folder)
 
+
+__all__ = ["GPT", "GPT_ARCH", "MHA_SPEC"]
 
 GPT_ARCH = ArchitectureSpec("gpt", "GPT-2 (pre-LN, learned positions, tied embeddings)", build=GPT)

@@ -25,7 +25,7 @@ class PretrainOptions(TrainOptions):
     vocab_size: int = option(4096, "Vocabulary of a trained tokenizer.", min=260, panel=MODEL_AND_DATA)
     val_fraction: float = option(0.1, "Share of tokens held out for validation (at least 0.01: perplexity and "
                                  "TEV need held-out windows).", min=0.01, max=0.5, panel=MODEL_AND_DATA)
-    arch: str = option("gpt", "Architecture (from register_architectures): gpt, …", panel=MODEL_AND_DATA)
+    arch: str = option("gpt", "Architecture (from register_architectures): gpt, block, …", panel=MODEL_AND_DATA)
     arch_opt: list[str] = option([], "Architecture option KEY=VALUE, repeatable (`lmlab plugins` lists the "
                                  "architectures; each names its keys in its error on a wrong one).",
                                  panel=MODEL_AND_DATA)

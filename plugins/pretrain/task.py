@@ -1,10 +1,17 @@
 """Language-model pre-training as a TrainTask: next-token windows of a memory-mapped token stream (core's
 TokenWindows), TEV every `tev_every` steps, the expensive embedding-gradient variance every `grad_var_every`
-steps, and validation loss / perplexity every `eval_every` steps."""
+steps, and validation loss / perplexity every `eval_every` steps.
+
+An architecture that trains on something other than plain windows gives its model `prepare_batch(batch,
+generator)` (lmlab.core.architectures): training batches pass through it with a generator seeded by the batch's
+window indices (so a resumed run sees the same batches), validation batches without one. Losses are averaged
+over the targets that are not -1, so an architecture that predicts fewer tokens (block: not block 0) is
+averaged over what it predicts."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,20 +24,30 @@ from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 class PretrainTask:
     def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, *, block_size: int, seed: int,
                  tev_every: int = 1, grad_var_every: int = 0, grad_var_batches: int = 4, eval_every: int = 0,
-                 eval_batches: int = 8, batch_size: int = 8) -> None:
+                 eval_batches: int = 8, batch_size: int = 8,
+                 prepare: Callable[[dict[str, torch.Tensor], torch.Generator | None], dict[str, torch.Tensor]]
+                 | None = None) -> None:
         self.train, self.val = TokenWindows(train_tokens, block_size), TokenWindows(val_tokens, block_size)
         self.seed, self.batch_size = seed, batch_size
         self.tev_every, self.grad_var_every, self.grad_var_batches = tev_every, grad_var_every, grad_var_batches
         self.eval_every, self.eval_batches = eval_every, eval_batches
+        self.prepare = prepare
+
+    def _batch(self, windows: TokenWindows, indices: list[int], train: bool) -> dict[str, torch.Tensor]:
+        batch = windows.batch(indices)
+        if self.prepare is None:
+            return batch
+        generator = torch.Generator().manual_seed(hash((self.seed, *indices)) & 0xFFFF_FFFF) if train else None
+        return self.prepare(batch, generator)
 
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
         return self.train.epoch_batches(epoch, global_batch, self.seed)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return self.train.batch(indices)
+        return self._batch(self.train, indices, train=True)
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        return {"tokens": float(batch["targets"].numel())}
+        return {"tokens": float((batch["targets"] >= 0).sum())}
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -46,9 +63,9 @@ class PretrainTask:
         model.eval()
         total, count = 0.0, 0
         for start in range(0, len(picks), self.batch_size):
-            batch = self.val.batch(picks[start:start + self.batch_size])
+            batch = self._batch(self.val, picks[start:start + self.batch_size], train=False)
             _, loss_sum = model(batch["input_ids"].to(device), batch["targets"].to(device), reduction="sum")
-            total, count = total + float(loss_sum), count + batch["targets"].numel()
+            total, count = total + float(loss_sum), count + int((batch["targets"] >= 0).sum())
         model.train(was_training)
         return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
 
@@ -60,7 +77,7 @@ class PretrainTask:
         grads = []
         with no_sync():
             for _ in range(self.grad_var_batches):
-                batch = self.train.batch(self.train.sample(self.batch_size, generator))
+                batch = self._batch(self.train, self.train.sample(self.batch_size, generator), train=True)
                 _, loss = model(batch["input_ids"].to(device), batch["targets"].to(device))
                 grad, = torch.autograd.grad(loss, embedding)  # not accumulated into .grad
                 grads.append(grad.detach().float())

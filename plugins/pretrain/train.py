@@ -24,7 +24,8 @@ class PretrainTrainer(Trainer):
     opts: PretrainOptions
 
     def run_name(self) -> str:
-        return f"pretrain-{self.opts.attn}"
+        arch = "" if self.opts.arch == "gpt" else f"{self.opts.arch}-"
+        return f"pretrain-{arch}{self.opts.attn}"
 
     def _shape(self) -> dict[str, Any]:
         opts = self.opts
@@ -54,7 +55,8 @@ class PretrainTrainer(Trainer):
         log(f"{opts.arch} · {opts.attn} · {opts.n_layer} layers × {opts.n_embd} · {model.num_params():,} parameters")
         self.task = PretrainTask(train_tokens, val_tokens, block_size=opts.block_size, seed=opts.seed,
                                  tev_every=opts.tev_every, grad_var_every=opts.grad_var_every,
-                                 eval_every=opts.eval_every, batch_size=opts.batch_size)
+                                 eval_every=opts.eval_every, batch_size=opts.batch_size,
+                                 prepare=getattr(model, "prepare_batch", None))
         return model, self.task
 
     def train_config(self) -> Any:
@@ -76,7 +78,7 @@ class PretrainTrainer(Trainer):
         replace_dir(run.path / "model", write)
 
     def title(self) -> str:
-        return f"pretrain · {self.opts.attn}"
+        return f"pretrain · {self.opts.arch} · {self.opts.attn}"
 
     def notes(self, summary: dict[str, Any]) -> list[str]:
         return [f"try: lmlab generate {summary['model_dir']}"]

@@ -1,6 +1,6 @@
 """The architecture protocol (lmlab.core.architectures) and generation (lmlab.core.generation), exercised with a
 toy architecture that a test-only plugin registers: choices and options validated, save → load by config.json's
-"arch", sampling through forward or the model's own generate, and `lmlab generate` on it."""
+"arch", sampling through forward or the model's own generation interface, and `lmlab generate` on it."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from lmlab.core.architectures import (
 from lmlab.core.attention import AttentionConfig, AttentionSpec
 from lmlab.core.corpus import train_tokenizer
 from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.generation import generate, sample_next
+from lmlab.core.generation import Sampling, generate, sample_tokens
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.plugins import load_plugins, pm
 
@@ -61,15 +61,29 @@ class Bigram(nn.Module):
         save_model_folder(self, folder)
 
 
+class CountingState:
+    def full(self) -> bool:
+        return False
+
+    def keep(self, rows: Tensor) -> None:
+        pass
+
+    def kv_bytes_per_sequence(self) -> int:
+        return 0
+
+
 class CountingBigram(Bigram):
-    """A Bigram with its own generate: always token 1, one call counted."""
+    """A Bigram with its own generation interface: always token 1, calls counted."""
 
     calls = 0
 
-    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
+    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, CountingState]:
         CountingBigram.calls += 1
-        return torch.cat((idx, torch.ones(idx.size(0), max_new_tokens, dtype=idx.dtype)), dim=1)
+        return self.decode(idx[:, -1], CountingState()), CountingState()
+
+    def decode(self, tokens: Tensor, state: CountingState) -> Tensor:
+        CountingBigram.calls += 1
+        return F.one_hot(torch.ones_like(tokens), self.config.vocab_size).float()
 
 
 def parse_scale(raw: dict[str, str], shape: AttentionConfig) -> dict[str, Any]:
@@ -185,22 +199,23 @@ def test_generate_samples_through_forward_past_the_block_size() -> None:
     assert greedy.shape == (2, 11) and torch.equal(greedy[:, :2], prompt)
     for row in greedy:  # a bigram's greedy choice depends on the previous token only
         assert all(int(b) == int(model(a.view(1, 1))[0].argmax()) for a, b in zip(row[1:-1], row[2:], strict=True))
-    sampled = generate(model, prompt, 9, top_k=3, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(sampled, generate(model, prompt, 9, top_k=3, generator=torch.Generator().manual_seed(1)))
+    sampled = generate(model, prompt, 9, top_k=3, seed=1)
+    assert torch.equal(sampled, generate(model, prompt, 9, top_k=3, seed=1))
 
 
-def test_generate_hands_over_to_the_models_own_generate() -> None:
+def test_generate_hands_over_to_the_models_own_generation_interface() -> None:
     model = bigram("counting")
     before = CountingBigram.calls
     out = generate(model, torch.tensor([[3, 5]]), 4, temperature=0)
-    assert out.tolist() == [[3, 5, 1, 1, 1, 1]] and CountingBigram.calls == before + 1
+    assert out.tolist() == [[3, 5, 1, 1, 1, 1]]
+    assert CountingBigram.calls == before + 1 + 1 + 3  # prefill (its own first decode), then 3 decode steps
 
 
-def test_sample_next_is_greedy_at_zero_and_keeps_to_the_top_k() -> None:
+def test_sample_tokens_is_greedy_at_zero_and_keeps_to_the_top_k() -> None:
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
-    assert sample_next(logits, 0, None).tolist() == [[1]]
+    assert sample_tokens(logits, [Sampling(temperature=0)], [None]).tolist() == [1]
     generator = torch.Generator().manual_seed(0)
-    draws = {int(sample_next(logits, 5.0, 2, generator)) for _ in range(200)}
+    draws = {int(sample_tokens(logits, [Sampling(temperature=5.0, top_k=2)], [generator])) for _ in range(200)}
     assert draws == {1, 3}
 
 
@@ -220,13 +235,14 @@ def test_lmlab_generate_runs_a_registered_architecture(tmp_path: Path, capsys: p
     out = json.loads(capsys.readouterr().out)
     ids = tokenizer("the king", add_special_tokens=False)["input_ids"]
     expected = generate(model, torch.tensor([ids]), 6, temperature=0)[0, len(ids):]
-    assert out == {"prompt": "the king", "completion": tokenizer.decode(expected.tolist())}
+    assert out == {"prompt": "the king", "completion": tokenizer.decode(expected.tolist()), "finish_reason": "length",
+                   "tokens": 6}
 
 
 def test_lmlab_generate_on_an_uninstalled_architecture_is_exit_2(tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    folder = write_config(tmp_path / "m", arch="block", attn="mha")
+    folder = write_config(tmp_path / "m", arch="retnet", attn="mha")
     assert run_main("generate", str(folder), "--max-new-tokens", "3") == 2
     err = capsys.readouterr().err
-    assert "architecture 'block' is not installed" in err and "install the plugin" in err
+    assert "architecture 'retnet' is not installed" in err and "install the plugin" in err
     assert "Traceback" not in err

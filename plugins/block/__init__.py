@@ -1,0 +1,27 @@
+"""The Block Transformer (Ho et al., NeurIPS 2024): `lmlab pretrain --arch block` (global block decoder, local
+token decoder), generated with core's KV-cached interface by `lmlab generate`, and `lmlab bench block`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmlab.core.architectures import ArchitectureSpec
+from lmlab.core.hookspecs import hookimpl
+
+
+def _build(config: Any, attention: Any) -> Any:
+    from lmlab.plugins.block.model import BlockTransformer
+
+    return BlockTransformer(config, attention)
+
+
+def _parse(raw: dict[str, str], shape: Any) -> dict[str, Any]:
+    from lmlab.plugins.block.options import parse_options
+
+    return parse_options(raw, shape)
+
+
+@hookimpl
+def register_architectures(register: Any) -> None:
+    register(ArchitectureSpec("block", "Block Transformer: block decoder + token decoder (options: block_len, "
+                                       "prefix, split)", build=_build, parse_options=_parse))

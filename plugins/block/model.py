@@ -1,0 +1,228 @@
+"""The Block Transformer (Ho, Bae, Kim et al., NeurIPS 2024; METHODS §4): global-to-local language modelling.
+
+A sequence is cut into blocks of L_B tokens. Three parts, each a GPT-NeoX stack from core (pre-LN, parallel
+residual, rotary positions on 25 % of each head's dimensions, final LayerNorm) around the registered attention:
+
+    embedder       e_n = [E_b(x_{n,1}); …; E_b(x_{n,L_B})]          E_b: vocab × D/L_B, concatenated to width D
+    block decoder  h_0 … h_{N-1} = BlockDecoder(e_0 … e_{N-1})      causal over blocks, rotary over block index,
+                                                                     all-pad blocks masked as keys, no LM head
+    prefix         [p_1 … p_r] = Linear(D, r·D)(h_n)                 r = `prefix` vectors, with bias
+    token decoder  for block n+1: TokenDecoder([p_1 … p_r, x_{n+1,1} … x_{n+1,L_B-1}]) at rotary positions
+                   0 … r+L_B-2, causal, never leaving the block; outputs r-1 … r+L_B-2 → untied head →
+                   x_{n+1,1} … x_{n+1,L_B}
+
+Loss: mean token cross-entropy over blocks 1 … N-1 (block 0 has no context and is never predicted), padding
+and blocks after an all-pad block skipped. Training data (`prepare_batch`): each window is shifted right by
+0 … L_B-1 pad tokens, so the first block is left-padded as a prompt is at generation time (the simpler variant
+METHODS §4 allows: only the first block of a window is padded; windows run across document boundaries).
+
+Generation (core's interface): `prefill` left-pads the prompts to a block boundary and runs the block decoder
+once, keeping a global KV cache of one entry per block; then per block the prefix of the last block-decoder
+output seeds a local KV cache of at most r + L_B - 1 entries that the token decoder decodes L_B tokens with,
+dropped after the block; the finished block is embedded and takes one cached block-decoder step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmlab.core.architectures import ArchConfig, save_model_folder
+from lmlab.core.attention import AttentionSpec
+from lmlab.core.errors import LmlabError, ModelError
+from lmlab.core.generation import PAD_ID
+from lmlab.core.kv_cache import KVCache
+from lmlab.core.transformer import Stack, Step, padded_causal_mask
+from lmlab.plugins.block.options import parse_options
+
+INIT_STD = 0.02
+
+
+class BlockState:
+    """Decode state: the global cache (one entry per block), the local cache of the block being decoded, each
+    sequence's next block position, the block's tokens so far and how many there are."""
+
+    def __init__(self, global_cache: KVCache, local_cache: KVCache, next_block: Tensor, block_len: int) -> None:
+        self.global_cache, self.local_cache, self.next_block = global_cache, local_cache, next_block
+        self.tokens = torch.zeros(next_block.size(0), block_len, dtype=torch.long, device=next_block.device)
+        self.filled = 0
+
+    def full(self) -> bool:
+        """The next token completes a block, and the global cache has no room for it."""
+        return self.filled == self.tokens.size(1) - 1 and self.global_cache.room == 0
+
+    def keep(self, rows: Tensor) -> None:
+        self.global_cache.keep(rows)
+        self.local_cache.keep(rows)
+        self.next_block, self.tokens = self.next_block[rows], self.tokens[rows]
+
+    def kv_bytes_per_sequence(self) -> int:
+        return self.global_cache.nbytes_per_sequence() + self.local_cache.nbytes_per_sequence()
+
+
+class BlockTransformer(nn.Module):
+    def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
+        super().__init__()
+        if attention.name != config.attn:
+            raise ModelError(f"config.attn is '{config.attn}' but the attention given is '{attention.name}'.")
+        shape = config.attention_config()
+        options = parse_options({k: str(v) for k, v in config.arch_options.items()}, shape)
+        self.config = replace(config, arch_options=options)
+        self.block_len, self.n_prefix, split = options["block_len"], options["prefix"], options["split"]
+        D, V = config.n_embd, config.vocab_size
+        self.embedder = nn.Embedding(V, D // self.block_len)
+        self.block_decoder = Stack(replace(shape, n_layer=split), attention)
+        self.prefix = nn.Linear(D, self.n_prefix * D, bias=True)
+        self.wte = nn.Embedding(V, D)
+        self.token_decoder = Stack(replace(shape, n_layer=config.n_layer - split), attention)
+        self.lm_head = nn.Linear(D, V, bias=False)
+        self.apply(self._init_weights)
+        for stack in (self.block_decoder, self.token_decoder):
+            for name, p in stack.named_parameters():
+                if name.endswith("c_proj.weight"):  # GPT-2's residual scaling, by the stack's depth
+                    nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * len(stack.h)))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token decoder's embedding (vocab × D, as a vanilla model's): what TEV is computed from."""
+        return self.wte
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, folder: str | Path) -> None:
+        save_model_folder(self, folder)
+
+    # ---- the three parts --------------------------------------------------------------------------------------
+
+    def encode_blocks(self, blocks: Tensor, real: Tensor | None = None) -> Tensor:
+        """Block decoder outputs h [B, N, D] of blocks [B, N, L_B] (`real` [B, N]: False for an all-pad block,
+        masked as a key; positions count the real blocks)."""
+        x = self.embedder(blocks).flatten(2)  # e_n: the block's L_B token vectors concatenated
+        if real is None:
+            return self.block_decoder(x, Step(torch.arange(blocks.size(1), device=x.device)[None]))
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        return self.block_decoder(x, Step(positions, padded_causal_mask(real), False))
+
+    def decode_blocks(self, h: Tensor, inputs: Tensor) -> Tensor:
+        """Logits [B, N, L_B, V]: entry n predicts the L_B tokens of the block after the one h[:, n] encodes, from
+        that block's prefix and its first L_B - 1 tokens `inputs` [B, N, L_B - 1] alone."""
+        B, N, D = h.shape
+        r, L = self.n_prefix, self.block_len
+        prefix = self.prefix(h).view(B, N, r, D)
+        x = torch.cat((prefix, self.wte(inputs)), dim=2).view(B * N, r + L - 1, D)
+        out = self.token_decoder(x, Step(torch.arange(r + L - 1, device=x.device)[None]))
+        return self.lm_head(out[:, r - 1:]).view(B, N, L, -1)
+
+    # ---- the LanguageModel protocol -----------------------------------------------------------------------------
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
+                return_logits: bool = True, attention_mask: Tensor | None = None
+                ) -> tuple[Tensor | None, Tensor | None]:
+        """Logits at position t predict token t+1 (as every architecture's); positions 0 … L_B-2 predict tokens
+        of block 0, which this model never predicts: their logits are 0 and their targets ignored. With targets
+        [B, T] (T a multiple of L_B; -1 ignored): (logits [B, T, V] or None, cross-entropy over the predicted
+        targets). Without: the last position's logits [B, 1, V] (a sequence shorter than a block is left-padded
+        to one). `attention_mask` [B, T] (0: padding) masks all-pad blocks and skips the targets they leave
+        without context."""
+        B, T = idx.shape
+        L = self.block_len
+        if T > self.config.block_size:
+            raise LmlabError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}.",
+                             hint="crop the input or build the model with a larger block_size")
+        if targets is None and T < L:
+            idx = F.pad(idx, (L - T, 0), value=PAD_ID)
+            attention_mask = None if attention_mask is None else F.pad(attention_mask, (L - T, 0), value=1)
+            T = L
+        if targets is not None and T % L:
+            raise LmlabError(f"training sequences must be whole blocks: length {T} is not a multiple of "
+                             f"block_len {L}.", hint=f"use a --block-size that is a multiple of {L}")
+        n = T // L  # complete blocks: the context of target blocks 1 … n
+        real = None if attention_mask is None else attention_mask[:, :n * L].bool().view(B, n, L).any(-1)
+        h = self.encode_blocks(idx[:, :n * L].view(B, n, L), real)
+        inputs = F.pad(idx, (0, (n + 1) * L - T), value=PAD_ID).view(B, n + 1, L)[:, 1:, :L - 1]
+        logits = self.decode_blocks(h, inputs).flatten(1, 2)[:, :T - L + 1]  # positions L_B-1 … T-1
+        if targets is None:
+            return logits[:, -1:], None
+        wanted = targets[:, L - 1:]
+        if attention_mask is not None:
+            context = real.repeat_interleave(L, dim=1)[:, :T - L + 1]  # the previous block is real
+            token = F.pad(attention_mask[:, L:].bool(), (0, 1), value=True)  # the predicted token is not padding
+            wanted = wanted.masked_fill(~(context & token), -1)
+        loss = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-1, reduction=reduction)
+        if reduction == "none":
+            loss = F.pad(loss.view(B, -1), (L - 1, 0))
+        if not return_logits:
+            return None, loss
+        return F.pad(logits, (0, 0, L - 1, 0)), loss
+
+    def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
+                      ) -> dict[str, Tensor]:
+        """A training batch of next-token windows as this model trains on them: with a generator (training),
+        each window shifted right by 0 … L_B-1 pad tokens (their targets ignored), as prompts are left-padded at
+        generation time; always the targets of block 0 (positions 0 … L_B-2) marked ignored, so that counting
+        the targets that are not -1 counts what the loss averages over."""
+        idx, targets, L = batch["input_ids"], batch["targets"].clone(), self.block_len
+        if generator is not None and L > 1:
+            B, T = idx.shape
+            source = torch.arange(T)[None] - torch.randint(0, L, (B, 1), generator=generator)
+            kept = source >= 0
+            idx = torch.where(kept, idx.gather(1, source.clamp(min=0)), PAD_ID)
+            targets = torch.where(kept, targets.gather(1, source.clamp(min=0)), -1)
+        targets[:, :L - 1] = -1
+        return {**batch, "input_ids": idx, "targets": targets}
+
+    # ---- the generation interface (lmlab.core.generation) -------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, BlockState]:
+        """Left-padded prompts [B, T] → left-padded again to a block boundary, one block-decoder pass into the
+        global cache, the first token's logits [B, V] from the last block's prefix."""
+        L = self.block_len
+        extra = (-idx.size(1)) % L
+        idx, real = F.pad(idx, (extra, 0), value=PAD_ID), F.pad(real, (extra, 0), value=False)
+        B, n = idx.size(0), idx.size(1) // L
+        real_blocks = real.view(B, n, L).any(-1)
+        x = self.embedder(idx.view(B, n, L)).flatten(2)
+        global_cache = self.block_decoder.new_cache(B, self.config.block_size // L, x)
+        positions = (real_blocks.long().cumsum(1) - 1).clamp(min=0)
+        h = self.block_decoder.run(x, positions, global_cache, real_blocks)[:, -1]
+        local_cache = self.token_decoder.new_cache(B, self.n_prefix + L - 1, x)
+        state = BlockState(global_cache, local_cache, positions[:, -1] + 1, L)
+        return self._start_block(h, state), state
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor, state: BlockState) -> Tensor:
+        """tokens [B] → logits [B, V] of the next token: a token-decoder step inside the block, or, when the
+        token completes the block, one block-decoder step and the next block's first logits."""
+        j = state.filled
+        state.tokens[:, j] = tokens
+        if j < self.block_len - 1:
+            position = torch.full((1, 1), self.n_prefix + j, device=tokens.device)
+            out = self.token_decoder.run(self.wte(tokens)[:, None], position, state.local_cache)
+            state.filled = j + 1
+            return self.lm_head(out[:, -1])
+        block = self.embedder(state.tokens).flatten(1)[:, None]
+        h = self.block_decoder.run(block, state.next_block[:, None], state.global_cache)[:, -1]
+        state.next_block = state.next_block + 1
+        return self._start_block(h, state)
+
+    def _start_block(self, h: Tensor, state: BlockState) -> Tensor:
+        """A fresh local cache seeded with the prefix of h [B, D]; logits of the block's first token."""
+        B, D = h.shape
+        state.local_cache.reset()
+        state.filled = 0
+        positions = torch.arange(self.n_prefix, device=h.device)[None]
+        out = self.token_decoder.run(self.prefix(h).view(B, self.n_prefix, D), positions, state.local_cache)
+        return self.lm_head(out[:, -1])
