@@ -25,3 +25,10 @@ def _parse(raw: dict[str, str], shape: Any) -> dict[str, Any]:
 def register_architectures(register: Any) -> None:
     register(ArchitectureSpec("block", "Block Transformer: block decoder + token decoder (options: block_len, "
                                        "prefix, split)", build=_build, parse_options=_parse))
+
+
+@hookimpl
+def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.plugins.block.bench import bench_block
+
+    bench.command("block")(bench_block)

@@ -120,3 +120,23 @@ def test_a_tiny_model_overfits_one_batch() -> None:
     idx = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
     losses = fit_one_batch(model, idx)
     assert losses[-1] < 0.1 * losses[0]
+
+
+@pytest.mark.parametrize("attn", ["mha", "mlra"])
+def test_cached_generation_equals_the_full_forward_for_prompts_of_different_lengths(attn: str) -> None:
+    from lmlab.core.architectures import build_model
+    from lmlab.core.generation import Sampling, generate_tokens
+    from lmlab.core.plugins import load_plugins
+
+    load_plugins()
+    torch.manual_seed(0)
+    model = build_model("gpt", attn, vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)[0].double().eval()
+    prompts, budgets = [[1, 2, 3, 4, 5], [7], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]], [12, 4, 8]
+    done = generate_tokens(model, prompts, [Sampling(max_tokens=n, temperature=0) for n in budgets])
+    for prompt, budget, completion in zip(prompts, budgets, done, strict=True):
+        seq = list(prompt)
+        for _ in range(budget):  # the uncached forward over the whole sequence, one prompt at a time
+            seq.append(int(model(torch.tensor([seq]))[0][0, -1].argmax()))
+        assert completion.tokens == seq[len(prompt):]
+    # layers · keys and values · width · float64 · the 11-token padded prompts plus the 11 tokens fed back
+    assert done[0].kv_bytes == 2 * 2 * 32 * 8 * (11 + 11)
