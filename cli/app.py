@@ -52,7 +52,8 @@ def root(
     version: Annotated[bool, typer.Option("--version", help="Print versions and exit.", is_eager=True,
                                           callback=_version)] = False,
 ) -> None:
-    """lmlab: ORPO and MaPO preference training, TEV/MLRA pre-training, and the CLIcK, BEnQA and holism evaluations."""
+    """lmlab: ORPO and MaPO preference training, TEV/MLRA pre-training, the Block Transformer, and the CLIcK, BEnQA and
+    holism evaluations."""
     if debug:
         os.environ["LMLAB_DEBUG"] = "1"
 

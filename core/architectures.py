@@ -4,7 +4,7 @@ A plugin adds an architecture with the `register_architectures` hook:
 
     @hookimpl
     def register_architectures(register):
-        register(ArchitectureSpec("block", "Block Transformer", build=BlockLM, parse_options=parse_block_options))
+        register(ArchitectureSpec("block", "Block Transformer", build=BlockTransformer, parse_options=parse_options))
 
 Config. Every model is built from one `ArchConfig`: the shape all architectures share (vocab_size, block_size,
 n_layer, n_head, n_embd, dropout, bias), the names `arch` and `attn` (from `register_attention`), and the
@@ -26,9 +26,13 @@ Model. `build(config, attention)` returns a `LanguageModel`: an `nn.Module` that
     get_input_embeddings() -> nn.Embedding       the token embedding (what TEV monitors)
     save(folder)                                 config.json + model.safetensors; `save_model_folder` does it
 
-and may have `generate(idx, max_new_tokens, temperature=1.0, top_k=None, generator=None) -> [B, T + new]` with
-the meaning of `lmlab.core.generation.generate`, which calls it when present and otherwise samples through
-forward. `load(folder, config, attention)` rebuilds a saved model; without one, `load_model_folder` builds the
+and may have
+    prefill(idx, real) / decode(tokens, state)  the generation interface (lmlab.core.generation): KV-cached
+                                                 generation; without it generation recomputes every context
+    prepare_batch(batch, generator) -> batch     a training batch of next-token windows rewritten (e.g. padded)
+                                                 before the loss; targets it does not predict set to -1
+
+`load(folder, config, attention)` rebuilds a saved model; without one, `load_model_folder` builds the
 model from config.json and reads model.safetensors into it (`load_weights`; safetensors only, nothing unpickled).
 `load_model_folder` dispatches on config.json's "arch", so `lmlab generate` runs any registered architecture.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.core.architectures import ArchitectureSpec
+from lmlab.core.demo import DemoStep
 from lmlab.core.hookspecs import hookimpl
 
 
@@ -32,3 +33,15 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.block.bench import bench_block
 
     bench.command("block")(bench_block)
+
+
+def _demo(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.block.demo import run_demo
+
+    run_demo(output_dir, quick)
+
+
+@hookimpl
+def register_demo_steps(register: Any) -> None:
+    register(DemoStep("block", "Block Transformer · a block model and its vanilla twin, samples and decode speed", 35,
+                      _demo))
