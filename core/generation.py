@@ -158,7 +158,7 @@ def _stopped(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
                     *, eos_id: int | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> list[Completion]:
     """Generate a completion for every prompt (token ids, any lengths) in one batch; see the module docstring."""
@@ -187,8 +187,8 @@ def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], samp
         kv = state.kv_bytes_per_sequence()
         tokens = sample_tokens(logits, [params[i] for i in live], [generators[i] for i in live])
         still = []
-        for j, i in enumerate(live):
-            token, p = int(tokens[j]), params[i]
+        for j, (i, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
+            p = params[i]
             out[i].append(token)
             contexts[i].append(token)
             peak[i] = max(peak[i], kv)

@@ -19,11 +19,15 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / base ** (torch.arange(0, self.dim, 2, dtype=torch.float64) / self.dim)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x [B, H, T, d_h] rotated by positions [B, T] (or [1, T]: the same for every sequence)."""
+    def angles(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(cos, sin), each [B, 1, T, d_rot], for positions [B, T] (or [1, T]: the same for every sequence):
+        computed once per forward and shared by every layer."""
         angles = positions[:, None, :, None].to(self.inv_freq.dtype) * self.inv_freq  # [B, 1, T, d_rot/2]
         angles = torch.cat((angles, angles), dim=-1)
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x [B, H, T, d_h] with its first d_rot dimensions rotated by `angles`' (cos, sin)."""
         rot, rest = x[..., :self.dim], x[..., self.dim:]
         half = self.dim // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)

@@ -12,6 +12,7 @@ and generates through the recomputing path of `lmlab.core.generation`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,15 @@ from lmlab.core.rotary import Rotary
 class Step:
     """What every layer's attention needs for one forward over a stack. The default is plain causal attention.
 
-    positions [B, T] or [1, T]: rotary positions (used only by a stack with a Rotary); mask [B, 1, T, S] (True:
-    may attend) or None with `is_causal`; cache: the stack's KVCache, whose `begin` made the mask."""
+    positions [B, T] or [1, T]: rotary positions (used only by a stack with a Rotary, which fills `rotation`, their
+    cos and sin, once for all its layers); mask [B, 1, T, S] (True: may attend) or None with `is_causal`; cache:
+    the stack's KVCache, whose `begin` made the mask."""
 
     positions: Tensor | None = None
     mask: Tensor | None = None
     is_causal: bool = True
     cache: KVCache | None = None
+    rotation: tuple[Tensor, Tensor] | None = None
 
 
 def padded_causal_mask(real: Tensor) -> Tensor:
@@ -54,7 +57,8 @@ def attend(attn: nn.Module, x: Tensor, step: Step, layer: int = 0, rotary: Rotar
     its KV cache (layer `layer` of it)."""
     q, k, v = (t.transpose(1, 2) for t in attn.qkv(x))  # [B, H, T, d_h]
     if rotary is not None:
-        q, k = rotary(q, step.positions), rotary(k, step.positions)
+        cos, sin = step.rotation if step.rotation is not None else rotary.angles(step.positions, q.dtype)
+        q, k = rotary(q, cos, sin), rotary(k, cos, sin)
     if step.cache is not None:
         k, v = step.cache.update(layer, k, v)
     dropout = getattr(attn, "dropout", 0.0) if attn.training else 0.0
@@ -64,6 +68,26 @@ def attend(attn: nn.Module, x: Tensor, step: Step, layer: int = 0, rotary: Rotar
 
 
 CAUSAL = Step()
+INIT_STD = 0.02
+
+
+def _normal(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def init_normal(model: nn.Module) -> None:
+    """nanoGPT's init: every Linear and Embedding weight N(0, 0.02), every Linear bias 0 (in `apply`'s order)."""
+    model.apply(_normal)
+
+
+def scale_residual(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's residual scaling: every residual projection (`*c_proj.weight`) N(0, 0.02/√(2·n_layer))."""
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * n_layer))
 
 
 class CausalSelfAttention(nn.Module):
@@ -144,6 +168,7 @@ class Stack(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
 
     def forward(self, x: Tensor, step: Step) -> Tensor:
+        step.rotation = self.rotary.angles(step.positions, x.dtype)
         for i, layer in enumerate(self.h):
             x = layer(x, step, i)
         return self.ln_f(x)

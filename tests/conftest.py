@@ -52,6 +52,16 @@ def preferences(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "prefs.jsonl", PREFERENCES)
 
 
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small repetitive text corpus for pre-training runs."""
+    path = tmp_path / "corpus.txt"
+    lines = [f"The {w} of the {v} is {n} and the night is long." for w in ("king", "queen", "fool", "knight")
+             for v in ("castle", "forest", "river", "field", "town") for n in ("bright", "dark", "quiet")]
+    path.write_text("\n".join(lines * 8))
+    return path
+
+
 def kill_after_checkpoint(args: tuple[str, ...], run_dir: Path, step: int, cwd: Path | None = None) -> None:
     """Start `lmlab ARGS -o run_dir` (in `cwd`, against which a relative run_dir is then taken), SIGKILL it as
     soon as checkpoint `step` is complete, and check that the kill came before the run finished (otherwise a

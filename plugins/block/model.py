@@ -24,7 +24,6 @@ dropped after the block; the finished block is embedded and takes one cached blo
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,10 +36,8 @@ from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
 from lmlab.core.generation import PAD_ID
 from lmlab.core.kv_cache import KVCache
-from lmlab.core.transformer import Stack, Step, padded_causal_mask
+from lmlab.core.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.plugins.block.options import parse_options
-
-INIT_STD = 0.02
 
 
 class BlockState:
@@ -81,18 +78,9 @@ class BlockTransformer(nn.Module):
         self.wte = nn.Embedding(V, D)
         self.token_decoder = Stack(replace(shape, n_layer=config.n_layer - split), attention)
         self.lm_head = nn.Linear(D, V, bias=False)
-        self.apply(self._init_weights)
+        init_normal(self)  # N(0, 0.02) as METHODS §4's embedder; residual projections scaled by each stack's depth
         for stack in (self.block_decoder, self.token_decoder):
-            for name, p in stack.named_parameters():
-                if name.endswith("c_proj.weight"):  # GPT-2's residual scaling, by the stack's depth
-                    nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * len(stack.h)))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+            scale_residual(stack, len(stack.h))
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token decoder's embedding (vocab × D, as a vanilla model's): what TEV is computed from."""
@@ -185,7 +173,6 @@ class BlockTransformer(nn.Module):
 
     # ---- the generation interface (lmlab.core.generation) -------------------------------------------------------
 
-    @torch.no_grad()
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, BlockState]:
         """Left-padded prompts [B, T] → left-padded again to a block boundary, one block-decoder pass into the
         global cache, the first token's logits [B, V] from the last block's prefix."""
@@ -202,7 +189,6 @@ class BlockTransformer(nn.Module):
         state = BlockState(global_cache, local_cache, positions[:, -1] + 1, L)
         return self._start_block(h, state), state
 
-    @torch.no_grad()
     def decode(self, tokens: Tensor, state: BlockState) -> Tensor:
         """tokens [B] → logits [B, V] of the next token: a token-decoder step inside the block, or, when the
         token completes the block, one block-decoder step and the next block's first logits."""

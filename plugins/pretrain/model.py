@@ -9,7 +9,6 @@ cached. Its layers, MHA among them, are core's (`lmlab.core.transformer`).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -20,9 +19,7 @@ from lmlab.core.architectures import ArchConfig, ArchitectureSpec, save_model_fo
 from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
 from lmlab.core.kv_cache import CacheState, KVCache
-from lmlab.core.transformer import MHA_SPEC, Layer, Step
-
-INIT_STD = 0.02
+from lmlab.core.transformer import MHA_SPEC, Layer, Step, init_normal, scale_residual
 
 
 class GPT(nn.Module):
@@ -40,17 +37,8 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):  # GPT-2's residual scaling: std 0.02/√(2·n_layer)
-                nn.init.normal_(p, mean=0.0, std=INIT_STD / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        init_normal(self)
+        scale_residual(self, config.n_layer)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding (tied to the LM head): what TEV is computed from."""

@@ -15,15 +15,6 @@ SMALL = ("--arch", "block", "--n-layer", "2", "--n-embd", "64", "--n-head", "2",
          "--batch-size", "8", "--vocab-size", "512", "--eval-every", "3")
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    lines = [f"The {w} of the {v} is {n} and the night is long." for w in ("king", "queen", "fool", "knight")
-             for v in ("castle", "forest", "river", "field", "town") for n in ("bright", "dark", "quiet")]
-    path.write_text("\n".join(lines * 8))
-    return path
-
-
 @pytest.mark.parametrize(("args", "message", "hint"), [
     (("--arch-opt", "block_len=3"), "block_len must be one of 1, 2, 4, 8, got 3", "block_len=4"),
     (("--arch-opt", "block_len=8", "--block-size", "100"), "block_len=8 does not divide the context (--block-size "

@@ -14,15 +14,6 @@ SMALL = ("--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "3
          "--vocab-size", "512", "--eval-every", "5")
 
 
-@pytest.fixture
-def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    lines = [f"The {w} of the {v} is {n} and the night is long." for w in ("king", "queen", "fool", "knight")
-             for v in ("castle", "forest", "river", "field", "town") for n in ("bright", "dark", "quiet")]
-    path.write_text("\n".join(lines * 8))
-    return path
-
-
 def test_default_pretrain_writes_loss_perplexity_and_tev(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_cli("pretrain", "-o", str(out), "--json")
