@@ -19,8 +19,9 @@ from torch import Tensor
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, capacity: int, *,
                  dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
-        self.k = torch.zeros(n_layer, batch, n_head, capacity, head_dim, dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
+        # empty, not zeros: only the filled slots are ever read, and untouched pages cost no memory
+        self.k = torch.empty(n_layer, batch, n_head, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
         self.real = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.capacity, self.length, self.padded, self._pending = capacity, 0, False, 0
 
