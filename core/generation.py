@@ -10,10 +10,13 @@ An architecture generates fast by giving its model two methods (the generation i
         tokens [B]: one new token per sequence; one cached step; logits [B, V] predict the token after it.
 
 and the state it returns has `full()` (decode cannot take another token: the context is full), `keep(rows)`
-(only these sequences go on; finished ones leave the batch) and `kv_bytes_per_sequence()` (what the caches hold
-now). A model without them still generates, by recomputing the whole context for every token (`Recompute`).
+(only these sequences go on; finished ones leave the batch), `kv_bytes_per_sequence()` (what the caches hold
+now) and `merge(other)` (another prefill's sequences join the batch; a state that allows it only at some steps,
+as the Block Transformer's between blocks, says so with `joinable()`). A model without them still generates, by
+recomputing the whole context for every token (`Recompute`).
 
-`generate_tokens` drives either: batched prompts of any lengths (left-padded), per-sequence sampling (greedy or
+`RunningBatch` drives either, one token per step, with sequences joining and leaving (what a server needs);
+`generate_tokens` runs one to the end: batched prompts of any lengths (left-padded), per-sequence sampling (greedy or
 temperature / top-k / top-p with its own seed), stop strings, EOS and a per-sequence token budget. When the
 context is full it starts again from the last half of each sequence (a new prefill), so generation may run past
 the model's context length.
@@ -71,6 +74,8 @@ class DecodeState(Protocol):
 
     def kv_bytes_per_sequence(self) -> int: ...
 
+    def merge(self, other: DecodeState) -> None: ...
+
 
 def sample_tokens(logits: Tensor, params: Sequence[Sampling],
                   generators: Sequence[torch.Generator | None]) -> Tensor:
@@ -121,6 +126,9 @@ class _RecomputeState:
     def kv_bytes_per_sequence(self) -> int:
         return 0
 
+    def merge(self, other: _RecomputeState) -> None:
+        self.contexts += other.contexts
+
 
 class Recompute:
     """The generation interface for a model without one: every step runs forward over each sequence's context
@@ -158,6 +166,109 @@ def _stopped(text: str, stops: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
+class LiveSequence:
+    """One sequence of a RunningBatch: its prompt and settings, what it has generated, its own generator."""
+
+    def __init__(self, tag: Any, prompt: Sequence[int], sampling: Sampling, device: torch.device) -> None:
+        self.tag, self.sampling, self.context, self.tokens = tag, sampling, list(prompt), []
+        self.generator = torch.Generator(device).manual_seed(sampling.seed) if sampling.seed is not None else None
+        self.kv_bytes = 0
+
+
+class RunningBatch:
+    """Sequences generated together, one token each per `step`: they join with `add` (prefilled, then merged into
+    the running caches, at a point where the state allows it: `can_join`) and leave as they finish, so a server
+    batches requests continuously. `generate_tokens` is one batch run to the end."""
+
+    def __init__(self, model: LanguageModel, *, eos_id: int | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        self.model, self.decoder = model, decoder_of(model)
+        self.device = next(model.parameters()).device
+        self.eos_id, self.tokenizer = eos_id, tokenizer
+        self.live: list[LiveSequence] = []
+        self.logits: Tensor | None = None
+        self.state: Any = None
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def can_join(self) -> bool:
+        """Whether sequences may join now (the Block Transformer's only between blocks)."""
+        return self.state is None or getattr(self.state, "joinable", lambda: True)()
+
+    def add(self, prompts: Sequence[Sequence[int]], sampling: Sequence[Sampling], tags: Sequence[Any]) -> None:
+        """Prefill these prompts and merge them into the batch (call when `can_join()`)."""
+        if any(not p for p in prompts):
+            raise LmlabError("A prompt of no tokens cannot be continued.", hint="give at least one token (e.g. EOS)")
+        if self.tokenizer is None and any(p.stop for p in sampling):
+            raise ValueError("stop strings need the tokenizer")
+        joining = [LiveSequence(tag, p, s, self.device) for p, s, tag in zip(prompts, sampling, tags, strict=True)]
+        logits, state = self._prefill(joining)
+        if self.state is None:
+            self.live, self.logits, self.state = joining, logits, state
+        else:
+            self.state.merge(state)
+            self.live, self.logits = self.live + joining, torch.cat((self.logits, logits))
+
+    def _prefill(self, sequences: list[LiveSequence], keep: int | None = None) -> tuple[Tensor, Any]:
+        block_size = self.model.config.block_size
+        return self.decoder.prefill(*left_pad([s.context[-(keep or block_size):] for s in sequences], self.device))
+
+    def step(self) -> list[tuple[Any, int, Completion | None]]:
+        """One token for every live sequence: (tag, token, its Completion if it just finished, else None)."""
+        kv = self.state.kv_bytes_per_sequence()
+        tokens = sample_tokens(self.logits, [s.sampling for s in self.live], [s.generator for s in self.live])
+        events, still = [], []
+        for j, (seq, token) in enumerate(zip(self.live, tokens.tolist(), strict=True)):
+            seq.tokens.append(token)
+            seq.context.append(token)
+            seq.kv_bytes = max(seq.kv_bytes, kv)
+            done = self._finished(seq, token)
+            events.append((seq.tag, token, done))
+            if done is None:
+                still.append(j)
+        if not still:
+            self.live, self.logits, self.state = [], None, None
+        elif len(still) < len(self.live):
+            rows = torch.tensor(still, device=self.device)
+            self.state.keep(rows)
+            tokens, self.live = tokens[rows], [self.live[j] for j in still]
+        if self.live and self.state.full():  # start again from the last half of every context
+            self.logits, self.state = self._prefill(self.live, max(1, self.model.config.block_size // 2))
+        elif self.live:
+            self.logits = self.decoder.decode(tokens, self.state)
+        return events
+
+    def cancel(self, tag: Any) -> None:
+        """Drop a sequence (its client went away) before the next step."""
+        rows = [j for j, seq in enumerate(self.live) if seq.tag != tag]
+        if len(rows) == len(self.live):
+            return
+        if not rows:
+            self.live, self.logits, self.state = [], None, None
+            return
+        index = torch.tensor(rows, device=self.device)
+        self.state.keep(index)
+        self.live, self.logits = [self.live[j] for j in rows], self.logits[index]
+
+    def _finished(self, seq: LiveSequence, token: int) -> Completion | None:
+        p, text, reason = seq.sampling, None, None
+        if self.eos_id is not None and token == self.eos_id and not p.ignore_eos:
+            reason = "eos"
+        elif p.stop:
+            text = self.tokenizer.decode(seq.tokens)
+            cut = _stopped(text, p.stop)
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+        if reason is None and len(seq.tokens) >= p.max_tokens:
+            reason = "length"
+        if reason is None:
+            return None
+        if self.tokenizer is not None and text is None:
+            text = self.tokenizer.decode(seq.tokens[:-1] if reason == "eos" else seq.tokens)
+        return Completion(seq.tokens, reason, text, seq.kv_bytes)
+
+
 @torch.inference_mode()
 def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], sampling: Sampling | Sequence[Sampling],
                     *, eos_id: int | None = None, tokenizer: PreTrainedTokenizerBase | None = None) -> list[Completion]:
@@ -165,59 +276,19 @@ def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], samp
     params = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
     if len(params) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(params)} Sampling settings")
-    if any(not p for p in prompts):
-        raise LmlabError("A prompt of no tokens cannot be continued.", hint="give at least one token (e.g. EOS)")
-    if tokenizer is None and any(p.stop for p in params):
-        raise ValueError("stop strings need the tokenizer")
-    decoder, device = decoder_of(model), next(model.parameters()).device
-    generators = [torch.Generator(device).manual_seed(p.seed) if p.seed is not None else None for p in params]
-    contexts = [list(p) for p in prompts]
     done: list[Completion | None] = [None] * len(prompts)
-    out: list[list[int]] = [[] for _ in prompts]
-    peak = [0] * len(prompts)
     for i, p in enumerate(params):
         if p.max_tokens <= 0:
             done[i] = Completion([], "length", "" if tokenizer is not None else None)
+    batch = RunningBatch(model, eos_id=eos_id, tokenizer=tokenizer)
     live = [i for i in range(len(prompts)) if done[i] is None]
-    if not live:
-        return done  # type: ignore[return-value]
-    block_size = model.config.block_size
-    logits, state = decoder.prefill(*left_pad([contexts[i][-block_size:] for i in live], device))
-    while True:
-        kv = state.kv_bytes_per_sequence()
-        tokens = sample_tokens(logits, [params[i] for i in live], [generators[i] for i in live])
-        still = []
-        for j, (i, token) in enumerate(zip(live, tokens.tolist(), strict=True)):
-            p = params[i]
-            out[i].append(token)
-            contexts[i].append(token)
-            peak[i] = max(peak[i], kv)
-            text, reason = None, None
-            if eos_id is not None and token == eos_id and not p.ignore_eos:
-                reason = "eos"
-            elif p.stop:
-                text = tokenizer.decode(out[i])
-                cut = _stopped(text, p.stop)
-                if cut is not None:
-                    text, reason = text[:cut], "stop"
-            if reason is None and len(out[i]) >= p.max_tokens:
-                reason = "length"
-            if reason is None:
-                still.append(j)
-                continue
-            if tokenizer is not None and text is None:
-                text = tokenizer.decode(out[i][:-1] if reason == "eos" else out[i])
-            done[i] = Completion(out[i], reason, text, peak[i])
-        if not still:
-            return done  # type: ignore[return-value]
-        if len(still) < len(live):
-            rows = torch.tensor(still, device=device)
-            state.keep(rows)
-            tokens, live = tokens[rows], [live[j] for j in still]
-        if state.full():  # start again from the last half of every context
-            logits, state = decoder.prefill(*left_pad([contexts[i][-max(1, block_size // 2):] for i in live], device))
-        else:
-            logits = decoder.decode(tokens, state)
+    if live:
+        batch.add([prompts[i] for i in live], [params[i] for i in live], live)
+    while len(batch):
+        for i, _, completion in batch.step():
+            if completion is not None:
+                done[i] = completion
+    return done  # type: ignore[return-value]
 
 
 def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,

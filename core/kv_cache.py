@@ -76,6 +76,24 @@ class KVCache:
         self.real = self.real[rows]
         self.padded = self.padded and not bool(self.real[:, :self.length].all())
 
+    def merge(self, other: KVCache) -> None:
+        """Append other's sequences to this batch. Both are right-aligned to the longer length (the shorter one's
+        first slots become padding), so every sequence's next key lands in the same slot again."""
+        length = max(self.length, other.length)
+        if length > self.capacity or other.k.shape[0] != self.k.shape[0] or other.k.shape[2:] != self.k.shape[2:]:
+            raise ValueError("the caches to merge differ in shape or do not fit")
+        L, B, H, cap, d = self.k.shape
+        k = self.k.new_empty(L, B + other.k.size(1), H, cap, d)
+        v, real = torch.empty_like(k), self.real.new_zeros(k.size(1), cap)
+        for rows, cache in ((slice(0, B), self), (slice(B, None), other)):
+            start = length - cache.length
+            k[:, rows, :, start:length] = cache.k[:, :, :, :cache.length]
+            v[:, rows, :, start:length] = cache.v[:, :, :, :cache.length]
+            real[rows, start:length] = cache.real[:, :cache.length]
+        self.k, self.v, self.real = k, v, real
+        self.padded = self.padded or other.padded or self.length != other.length
+        self.length = length
+
     def nbytes_per_sequence(self) -> int:
         """Bytes of keys and values one sequence holds now (every layer, the filled slots)."""
         n_layer, _, n_head, _, head_dim = self.k.shape
@@ -98,3 +116,8 @@ class CacheState:
 
     def kv_bytes_per_sequence(self) -> int:
         return self.cache.nbytes_per_sequence()
+
+    def merge(self, other: CacheState) -> None:
+        """Sequences join the batch (continuous batching): `other` is a fresh prefill's state."""
+        self.cache.merge(other.cache)
+        self.next_position = torch.cat((self.next_position, other.next_position))

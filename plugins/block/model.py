@@ -61,6 +61,18 @@ class BlockState:
     def kv_bytes_per_sequence(self) -> int:
         return self.global_cache.nbytes_per_sequence() + self.local_cache.nbytes_per_sequence()
 
+    def joinable(self) -> bool:
+        """Sequences join between blocks, where every local cache holds just its prefix."""
+        return self.filled == 0
+
+    def merge(self, other: BlockState) -> None:
+        if not (self.joinable() and other.joinable()):
+            raise ValueError("block decode states merge only between blocks")
+        self.global_cache.merge(other.global_cache)
+        self.local_cache.merge(other.local_cache)
+        self.next_block = torch.cat((self.next_block, other.next_block))
+        self.tokens = torch.cat((self.tokens, other.tokens))
+
 
 class BlockTransformer(nn.Module):
     def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:

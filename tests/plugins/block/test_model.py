@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmlab.core.architectures import build_model, load_model_folder
-from lmlab.core.generation import PAD_ID, Sampling, generate, generate_tokens
+from lmlab.core.generation import PAD_ID, RunningBatch, Sampling, generate, generate_tokens
 from lmlab.core.plugins import load_plugins
 from lmlab.plugins.block.model import BlockTransformer
 from tests.conftest import fit_one_batch
@@ -132,3 +132,38 @@ def test_save_load_round_trip_and_a_tiny_model_overfits(tmp_path) -> None:
     batch = torch.randint(1, V, (4, 33), generator=torch.Generator().manual_seed(0))
     losses = fit_one_batch(model.float().train(), batch)
     assert losses[-1] < 0.2 * losses[0]
+
+
+def run_to_end(batch: RunningBatch, joining: dict[int, tuple[list[int], int]]) -> dict[str, list[int]]:
+    """Step `batch` to the end; before step n (once the batch lets it) the prompt joining[n] joins as tag str(n)."""
+    out: dict[str, list[int]] = {}
+    step, pending = 0, dict(joining)
+    while len(batch) or pending:
+        ready = [n for n in pending if n <= step]
+        if ready and batch.can_join():
+            for n in ready:
+                prompt, tokens = pending.pop(n)
+                batch.add([prompt], [Sampling(max_tokens=tokens, temperature=0)], [str(n)])
+        for tag, token, _ in batch.step() if len(batch) else ():
+            out.setdefault(tag, []).append(token)
+        step += 1
+    return out
+
+
+@pytest.mark.parametrize("arch", ["block", "gpt"])
+def test_sequences_that_join_a_running_batch_get_what_they_get_alone(arch: str) -> None:
+    """Continuous batching: the GPT takes new sequences at any step, the block model between blocks."""
+    model = block(4, block_size=64) if arch == "block" else tiny_gpt()
+    joining = {0: ([1, 2, 3, 4, 5], 12), 2: ([7], 9), 5: ([9, 8, 7, 6, 5, 4, 3, 2, 1], 7), 6: ([3] * 13, 10)}
+    with torch.inference_mode():
+        out = run_to_end(RunningBatch(model), joining)
+    for n, (prompt, tokens) in joining.items():
+        alone = generate_tokens(model, [prompt], Sampling(max_tokens=tokens, temperature=0))[0].tokens
+        assert out[str(n)] == alone, n
+
+
+def tiny_gpt() -> torch.nn.Module:
+    load_plugins()
+    torch.manual_seed(0)
+    model, _ = build_model("gpt", "mha", vocab_size=V, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    return model.double().eval()
