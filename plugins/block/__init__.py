@@ -1,5 +1,6 @@
 """The Block Transformer (Ho et al., NeurIPS 2024): `lmlab pretrain --arch block` (global block decoder, local
-token decoder), generated with core's KV-cached interface by `lmlab generate`, and `lmlab bench block`."""
+token decoder), generated with core's KV-cached interface by `lmlab generate`, served over the OpenAI HTTP API
+by `lmlab serve-block` (any architecture's run), and `lmlab bench block`."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def register_architectures(register: Any) -> None:
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.block.bench import bench_block
+    from lmlab.plugins.block.serve import serve_block
 
+    app.command("serve-block")(serve_block)
     bench.command("block")(bench_block)
 
 
