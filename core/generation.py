@@ -291,6 +291,20 @@ def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], samp
     return done  # type: ignore[return-value]
 
 
+@torch.inference_mode()
+def sequence_logprobs(model: LanguageModel, ids: Sequence[int]) -> Tensor:
+    """[T - 1, V] log-softmax rows: row i is the model's distribution for token i + 1 after ids[:i + 1] (a NaN row
+    where the architecture predicts nothing, as the Block Transformer for its first block). Architectures whose
+    forward does not give these directly provide `next_token_logprobs(idx)` with the same meaning."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(ids)], dtype=torch.long, device=device)[:, -model.config.block_size:]
+    own = getattr(model, "next_token_logprobs", None)
+    if callable(own):
+        return own(idx)
+    logits, _ = model(idx[:, :-1], idx[:, 1:])
+    return logits[0].float().log_softmax(dim=-1)
+
+
 def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float = 1.0, seed: int | None = None) -> Tensor:
     """idx [B, T] followed by max_new_tokens tokens, [B, T + max_new_tokens] (no EOS stop)."""

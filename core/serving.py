@@ -2,11 +2,14 @@
 `lmlab serve-block` runs, for a model of any registered architecture.
 
 Endpoints: POST /v1/completions (prompt as a string or a list, max_tokens, temperature, top_p, top_k, seed,
-stop, n, stream as server-sent events ending in `data: [DONE]`, usage counts), POST /v1/chat/completions (when
-the tokenizer has a chat template), GET /v1/models, GET /health, GET /metrics. Every request is validated and
-bounded (body size, prompt tokens, max_tokens, n, the engine's queue); failures are OpenAI-style JSON errors:
-400 bad request, 401 missing or wrong API key, 413 body too large, 422 wrong types, 429 queue full, 503 shutting
-down. Not supported yet: `echo` and `logprobs` (refused with a 400 naming them).
+stop, n, echo, logprobs, stream as server-sent events ending in `data: [DONE]`, usage counts), POST
+/v1/chat/completions (when the tokenizer has a chat template), GET /v1/models, GET /health, GET /metrics.
+
+Every request is validated and bounded (body size, prompt tokens, max_tokens, n, the engine's queue); failures
+are OpenAI-style JSON errors: 400 bad request, 401 missing or wrong API key, 413 body too large, 422 wrong
+types, 429 queue full, 503 shutting down. `echo` with `logprobs` scores a prompt (what `lmlab eval --backend
+openai` and lm-evaluation-harness's `local-completions` use): each token's log-probability under the model,
+from one forward pass.
 """
 
 from __future__ import annotations
@@ -14,17 +17,19 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lmlab.core.generation import Completion, Sampling
+from lmlab.core.generation import Completion, Sampling, sequence_logprobs
 from lmlab.core.serving_engine import Engine, QueueFull, Stopped, Ticket, metrics
 
 if TYPE_CHECKING:
@@ -37,6 +42,9 @@ class Limits:
     max_n: int = 8
     max_body_bytes: int = 1_000_000
     context: int = 256  # prompt tokens + max_tokens must fit the model's context
+
+
+MAX_TOP_LOGPROBS = 5
 
 
 class ApiError(Exception):
@@ -90,6 +98,7 @@ class Server:
         self.engine, self.tokenizer, self.model_name, self.limits = engine, tokenizer, model_name, limits
         self.api_key, self.log = api_key, log
         self.http_counts: dict[str, int] = {}
+        self.score_lock = threading.Lock()
         self.stopping = False
         self.app = self._build()
 
@@ -147,8 +156,10 @@ class Server:
             raise ApiError(422, f"Field '{where}': {first['msg']}.", param=where) from None
 
     def _sampling(self, body: _Common, prompts: list[list[int]]) -> list[Sampling]:
-        if body.echo or body.logprobs:
-            raise ApiError(400, "echo and logprobs are not supported by this server yet.", param="logprobs")
+        if body.logprobs is not None and (body.stream or isinstance(body, ChatRequest)):
+            raise ApiError(400, "logprobs are supported on /v1/completions without stream only.", param="logprobs")
+        if body.logprobs is not None and not 0 <= int(body.logprobs) <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"logprobs must be 0 to {MAX_TOP_LOGPROBS}.", param="logprobs")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         if max_tokens > self.limits.max_tokens:
             raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {self.limits.max_tokens}.",
@@ -184,22 +195,56 @@ class Server:
 
     async def _run(self, request: Request, prompts: list[list[int]], body: _Common, chat: bool) -> Any:
         sampling = self._sampling(body, prompts)
-        tickets, queues = self._submit(prompts, sampling)
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            return StreamingResponse(self._stream(ident, tickets, queues, chat), media_type="text/event-stream")
-        try:
-            done = [await _finish(q) for q in queues]
-        finally:
-            for ticket in tickets:
-                ticket.cancel()  # no-op for finished ones; frees the others if this handler is cancelled
-        choices = [self._choice(i, d.text, _finish_reason(d), chat) for i, d in enumerate(done)]
-        prompt_tokens = sum(len(t.prompt) for t in tickets) // max(1, body.n)
+        if sampling[0].max_tokens == 0:  # only the prompt (echo, scoring): nothing to generate
+            tickets, done = [], [Completion([], "length", "") for _ in sampling]
+        else:
+            tickets, queues = self._submit(prompts, sampling)
+            if body.stream:
+                return StreamingResponse(self._stream(ident, tickets, queues, chat), media_type="text/event-stream")
+            try:
+                done = [await _finish(q) for q in queues]
+            finally:
+                for ticket in tickets:
+                    ticket.cancel()  # no-op for finished ones; frees the others if this handler is cancelled
+        repeated = [ids for ids in prompts for _ in range(body.n)]
+        choices = []
+        for i, (ids, d) in enumerate(zip(repeated, done, strict=True)):
+            text = (self.tokenizer.decode(ids) if body.echo else "") + d.text
+            choice = self._choice(i, text, _finish_reason(d), chat)
+            if body.logprobs is not None:
+                choice["logprobs"] = await asyncio.to_thread(self._logprobs, ids, d, body.echo, int(body.logprobs))
+            choices.append(choice)
+        prompt_tokens = sum(len(ids) for ids in prompts)
         completion_tokens = sum(len(d.tokens) for d in done)
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": self.model_name, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
+
+    def _logprobs(self, prompt: list[int], done: Completion, echo: bool, top: int) -> dict[str, Any]:
+        """OpenAI's legacy logprobs object for the completion's tokens (and the prompt's, with echo): each token's
+        text, log-probability (None where the model predicts none: the first token), the `top` likeliest tokens,
+        and its character offset in the returned text."""
+        generated = [t for t in done.tokens if t != self.engine.eos_id or done.finish_reason != "eos"]
+        ids = prompt + generated
+        with self.score_lock:  # one scoring forward at a time, beside the engine thread's batch
+            rows = sequence_logprobs(self.engine.model, ids) if len(ids) > 1 else None
+        first = 0 if echo else len(prompt)
+        out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if top else None,
+                               "text_offset": []}
+        base = 0 if echo else len(self.tokenizer.decode(prompt))
+        for i in range(first, len(ids)):
+            row = rows[i - 1] if rows is not None and i > 0 else None
+            known = row is not None and not bool(torch.isnan(row).any())
+            out["tokens"].append(self.tokenizer.decode([ids[i]]))
+            out["token_logprobs"].append(float(row[ids[i]]) if known else None)
+            out["text_offset"].append(len(self.tokenizer.decode(ids[:i])) - base)
+            if top:
+                best = row.topk(top) if known else None
+                out["top_logprobs"].append(None if best is None else {
+                    self.tokenizer.decode([int(t)]): float(v) for v, t in zip(best.values, best.indices, strict=True)})
+        return out
 
     @staticmethod
     def _choice(index: int, text: str, finish: str | None, chat: bool, delta: bool = False) -> dict[str, Any]:

@@ -183,6 +183,17 @@ class BlockTransformer(nn.Module):
         targets[:, :L - 1] = -1
         return {**batch, "input_ids": idx, "targets": targets}
 
+    def next_token_logprobs(self, idx: Tensor) -> Tensor:
+        """[T - 1, V] log-probabilities of each next token of idx [1, T] (lmlab.core.generation.sequence_logprobs),
+        the sequence left-padded to a block boundary as a prompt is; NaN rows for the tokens of its first block."""
+        L, T = self.block_len, idx.size(1)
+        extra = (-T) % L
+        x = F.pad(idx, (extra, 0), value=PAD_ID)
+        logits, _ = self(x, torch.full_like(x, -1))
+        rows = logits[0, extra:extra + T - 1].float().log_softmax(dim=-1)
+        undefined = torch.arange(extra, extra + T - 1, device=idx.device) < L - 1
+        return rows.masked_fill(undefined[:, None], float("nan"))
+
     # ---- the generation interface (lmlab.core.generation) -------------------------------------------------------
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, BlockState]:

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = train_tokenizer(CORPUS_DOCS, 300, folder)
     load_plugins()
     torch.manual_seed(0)
-    model, _ = build_model("block", "mha", vocab_size=len(tokenizer), block_size=64, n_layer=2, n_head=2, n_embd=32)
+    model, _ = build_model("block", "mha", vocab_size=len(tokenizer), block_size=512, n_layer=2, n_head=2, n_embd=32)
     model.save(folder)
     return folder.parent
 
@@ -64,7 +64,7 @@ def start(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[str]:
-    proc, url = start(run_dir, "--api-key", KEY, "--max-tokens", "40", "--max-body-kb", "4", "--max-n", "3")
+    proc, url = start(run_dir, "--api-key", KEY, "--max-tokens", "40", "--max-body-kb", "16", "--max-n", "3")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -134,9 +134,10 @@ def test_sampling_with_a_seed_is_reproducible_and_n_gives_n_choices(server: str)
     ({"json": {"prompt": "x", "max_tokens": "many"}}, 422, "max_tokens"),
     ({"json": {"prompt": "x", "max_tokens": 41}}, 400, "limit of 40"),
     ({"json": {"prompt": "x", "n": 4}}, 400, "limit of 3"),
-    ({"json": {"prompt": "word " * 200, "max_tokens": 10}}, 400, "context"),
-    ({"json": {"prompt": "x" * 5000}}, 413, "body"),
-    ({"json": {"prompt": "x", "echo": True, "logprobs": 1}}, 400, "not supported"),
+    ({"json": {"prompt": "word " * 700, "max_tokens": 10}}, 400, "context"),
+    ({"json": {"prompt": "x" * 20_000}}, 413, "body"),
+    ({"json": {"prompt": "x", "logprobs": 9}}, 400, "logprobs must be 0 to 5"),
+    ({"json": {"prompt": "x", "logprobs": 1, "stream": True}}, 400, "without stream"),
     ({"json": {"messages": [{"role": "user", "content": "hi"}]}, "path": "/v1/chat/completions"}, 400,
      "chat template"),
 ])
@@ -149,6 +150,37 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_answering(server:
     error = response.json()["error"]
     assert words in error["message"] and error["type"]
     assert greedy(server, "No", 3)
+
+
+def test_echo_and_logprobs_are_the_models_own_log_probabilities(server: str, run_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from lmlab.core.generation import load_generator, sequence_logprobs
+
+    text = PROMPTS[2]
+    body = complete(server, prompt=text, max_tokens=0, echo=True, logprobs=2, temperature=0).json()
+    choice = body["choices"][0]
+    assert choice["text"] == text
+    model, _ = load_generator(run_dir)
+    ids = AutoTokenizer.from_pretrained(str(run_dir / "model"))(text, add_special_tokens=False)["input_ids"]
+    rows = sequence_logprobs(model, ids)
+    expected = [None] + [None if torch.isnan(rows[i - 1]).any() else float(rows[i - 1, ids[i]])
+                         for i in range(1, len(ids))]
+    got = choice["logprobs"]["token_logprobs"]
+    assert [g is None for g in got] == [e is None for e in expected]
+    assert all(abs(g - e) < 1e-4 for g, e in zip(got, expected, strict=True) if g is not None)
+    assert "".join(choice["logprobs"]["tokens"]) == text and choice["logprobs"]["text_offset"][0] == 0
+    assert all(1 <= len(top) <= 2 for top in choice["logprobs"]["top_logprobs"] if top is not None)  # keyed by text
+    generated = complete(server, prompt=text, max_tokens=5, logprobs=0, temperature=0).json()["choices"][0]
+    assert len(generated["logprobs"]["token_logprobs"]) == 5 and generated["logprobs"]["text_offset"][0] == 0
+
+
+def test_lmlab_eval_runs_against_the_server(server: str, tmp_path: Path) -> None:
+    done = run_cli("eval", "holism", "--backend", "openai", "--base-url", f"{server}/v1", "--model", "run",
+                   "--api-key", KEY, "--limit", "4", "--max-tokens", "32", "-o", str(tmp_path / "eval"), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["backend"] == "openai" and summary["new_answers"] >= 4 and summary["by"]
 
 
 def test_models_health_and_metrics(server: str) -> None:
