@@ -178,7 +178,8 @@ class Server:
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] or [self.tokenizer.eos_token_id]
 
-    def _submit(self, prompts: list[list[int]], sampling: list[Sampling]) -> tuple[list[Ticket], list[asyncio.Queue]]:
+    def _submit(self, prompts: list[list[int]], sampling: list[Sampling],
+                stream: bool) -> tuple[list[Ticket], list[asyncio.Queue]]:
         if self.stopping:
             raise ApiError(503, "The server is shutting down.", "server_error")
         loop = asyncio.get_running_loop()
@@ -186,7 +187,7 @@ class Server:
         sinks = [lambda event, q=q: loop.call_soon_threadsafe(q.put_nowait, event) for q in queues]
         repeated = [ids for ids in prompts for _ in range(len(sampling) // len(prompts))]
         try:
-            return self.engine.submit(repeated, sampling, sinks), queues
+            return self.engine.submit(repeated, sampling, sinks, stream=stream), queues
         except QueueFull:
             raise ApiError(429, f"The server's queue is full ({self.engine.max_queue} sequences); retry later.",
                            "rate_limit_error") from None
@@ -199,7 +200,7 @@ class Server:
         if sampling[0].max_tokens == 0:  # only the prompt (echo, scoring): nothing to generate
             tickets, done = [], [Completion([], "length", "") for _ in sampling]
         else:
-            tickets, queues = self._submit(prompts, sampling)
+            tickets, queues = self._submit(prompts, sampling, body.stream)
             if body.stream:
                 return StreamingResponse(self._stream(ident, tickets, queues, chat), media_type="text/event-stream")
             try:
@@ -381,3 +382,36 @@ def run_server(server: Server, host: str, port: int, *, drain_seconds: float = 3
     finally:
         server.stopping = True
         server.engine.stop(timeout=drain_seconds)
+
+
+class InThread:
+    """A Server run by uvicorn on a background thread (the demo, embedding in a script): `url`, and `stop()`,
+    which lets requests in flight finish, then stops the engine."""
+
+    def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        self.server, self.url = server, f"http://{host}:{port}"
+        config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off")
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="lmlab-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.stopping = True
+        self._uvicorn.should_exit = True
+        self._thread.join()
+        self.server.engine.stop()

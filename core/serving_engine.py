@@ -45,6 +45,7 @@ class Ticket:
     prompt: list[int]
     sampling: Sampling
     sink: Callable[[tuple[str, Any]], None] | None = None
+    stream: bool = True  # False: only the final ("done", ...) event (saves a hand-over per token)
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: bool = False
 
@@ -93,10 +94,12 @@ class Engine:
         return len(self._waiting) + len(self._running)
 
     def submit(self, prompts: Sequence[list[int]], sampling: Sequence[Sampling],
-               sinks: Sequence[Callable[[tuple[str, Any]], None]] | None = None) -> list[Ticket]:
-        """Queue these sequences (all or none: QueueFull when they do not fit, Stopped when shutting down)."""
+               sinks: Sequence[Callable[[tuple[str, Any]], None]] | None = None, *, stream: bool = True
+               ) -> list[Ticket]:
+        """Queue these sequences (all or none: QueueFull when they do not fit, Stopped when shutting down);
+        `stream`: whether each token is reported as it comes or only the finished Completion."""
         sinks = sinks or [None] * len(prompts)
-        tickets = [Ticket(list(p), s, sink) for p, s, sink in zip(prompts, sampling, sinks, strict=True)]
+        tickets = [Ticket(list(p), s, sink, stream) for p, s, sink in zip(prompts, sampling, sinks, strict=True)]
         with self._lock:
             if self._stopping:
                 raise Stopped()
@@ -174,7 +177,8 @@ class Engine:
         self.stats.steps += 1
         for tag, token, done in batch.step():
             ticket = self._running[tag]
-            ticket.put("token", token)
+            if ticket.stream:
+                ticket.put("token", token)
             self.stats.generated_tokens += 1
             if done is not None:
                 ticket.put("done", done)

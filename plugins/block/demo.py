@@ -1,6 +1,7 @@
 """The Block Transformer's part of `lmlab demo`: a tiny block model and its vanilla twin trained alike on Tiny
 Shakespeare by `lmlab pretrain` (the real command, in a subprocess: this plugin does not import pretrain), a
-sample from each, and their decode throughput side by side through core's cached generation."""
+sample from each, and their decode throughput side by side through core's cached generation; then the block
+model served over HTTP, concurrent requests answered with and without batching."""
 
 from __future__ import annotations
 
@@ -53,3 +54,49 @@ def run_demo(output_dir: str, quick: bool) -> None:
         err.print(f"[dim]sample ({arch}):[/dim] ROMEO:{sample}")
     err.print(f"block vs vanilla decode throughput (batch {BATCH}, {PROMPT}-token prompts, {NEW} new tokens, cached): "
               f"[bold]{rates['block'] / rates['gpt']:.2f}×[/bold]; `lmlab bench block` measures it at scale")
+
+
+SERVE_REQUESTS, SERVE_TOKENS = 16, 24
+
+
+def _serve_and_ask(model: object, tokenizer: object, max_batch_size: int) -> tuple[float, str, float]:
+    """(requests/s, one answer, mean batch size) of SERVE_REQUESTS concurrent requests to a loopback server."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from lmlab.core.serving import InThread, Limits, Server
+    from lmlab.core.serving_engine import Engine
+
+    engine = Engine(model, tokenizer, max_batch_size=max_batch_size, batch_window_ms=20).start()
+    served = InThread(Server(engine, tokenizer, model_name="demo-block",
+                             limits=Limits(max_tokens=SERVE_TOKENS, context=model.config.block_size)))
+    try:
+        def ask(i: int) -> str:
+            body = {"prompt": "ROMEO:", "max_tokens": SERVE_TOKENS, "temperature": 0.8, "seed": i}
+            response = httpx.post(f"{served.url}/v1/completions", json=body, timeout=120)
+            response.raise_for_status()
+            return response.json()["choices"][0]["text"]
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(SERVE_REQUESTS) as pool:
+            answers = list(pool.map(ask, range(SERVE_REQUESTS)))
+        rate = SERVE_REQUESTS / (time.perf_counter() - start)
+        mean_batch = httpx.get(f"{served.url}/metrics").json()["mean_batch_size"]
+    finally:
+        served.stop()
+    return rate, answers[0], mean_batch
+
+
+def run_serve_demo(output_dir: str, quick: bool) -> None:
+    folder = Path(output_dir) / "pretrain-block"
+    if not (folder / "model").is_dir():
+        raise LmlabError(f"{folder}: no block model to serve.", hint="the demo's block step makes it; run the whole "
+                         "`lmlab demo`")
+    model, tokenizer = load_generator(folder)
+    one, _, _ = _serve_and_ask(model, tokenizer, 1)
+    many, answer, mean_batch = _serve_and_ask(model, tokenizer, SERVE_REQUESTS)
+    err.print(f"served {folder} on 127.0.0.1; {SERVE_REQUESTS} concurrent requests of {SERVE_TOKENS} tokens: "
+              f"{one:.1f} req/s one at a time, {many:.1f} req/s batched (mean batch {mean_batch:.1f}): "
+              f"[bold]{many / one:.2f}×[/bold]; try `lmlab serve-block {folder}`")
+    err.print(f"[dim]answer:[/dim] ROMEO:{answer}")

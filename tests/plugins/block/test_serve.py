@@ -204,7 +204,7 @@ def test_a_client_dropping_mid_stream_does_not_stall_the_others(server: str) -> 
 
 
 def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir: Path) -> None:
-    proc, url = start(run_dir, "--batch-window-ms", "50")
+    proc, url = start(run_dir, "--batch-window-ms", "1000")  # the four requests wait together, then run
     answers: list[int] = []
 
     def ask() -> None:
@@ -215,10 +215,10 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir: Path) -> None:
     threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
         thread.start()
-    deadline = time.time() + 10
-    while not httpx.get(f"{url}/metrics").json()["in_flight"] and time.time() < deadline:
+    deadline = time.time() + 30
+    while httpx.get(f"{url}/metrics").json()["in_flight"] < 4 and time.time() < deadline:
         time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, signal.SIGTERM)  # all four are in flight (queued or running)
     for thread in threads:
         thread.join()
     assert proc.wait(timeout=60) == 0
