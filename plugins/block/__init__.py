@@ -44,7 +44,15 @@ def _demo(output_dir: str, quick: bool) -> None:
     run_demo(output_dir, quick)
 
 
+def _serve_demo(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.block.demo import run_serve_demo
+
+    run_serve_demo(output_dir, quick)
+
+
 @hookimpl
 def register_demo_steps(register: Any) -> None:
     register(DemoStep("block", "Block Transformer · a block model and its vanilla twin, samples and decode speed", 35,
                       _demo))
+    register(DemoStep("serve-block", "serve-block · the block model over the OpenAI HTTP API, batched", 36,
+                      _serve_demo))
