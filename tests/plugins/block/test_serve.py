@@ -155,7 +155,7 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_answering(server:
 def test_echo_and_logprobs_are_the_models_own_log_probabilities(server: str, run_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from lmlab.core.generation import load_generator, sequence_logprobs
+    from lmlab.core.generation import load_generator
 
     text = PROMPTS[2]
     body = complete(server, prompt=text, max_tokens=0, echo=True, logprobs=2, temperature=0).json()
@@ -163,8 +163,12 @@ def test_echo_and_logprobs_are_the_models_own_log_probabilities(server: str, run
     assert choice["text"] == text
     model, _ = load_generator(run_dir)
     ids = AutoTokenizer.from_pretrained(str(run_dir / "model"))(text, add_special_tokens=False)["input_ids"]
-    rows = sequence_logprobs(model, ids)
-    expected = [None] + [None if torch.isnan(rows[i - 1]).any() else float(rows[i - 1, ids[i]])
+    pad = (-len(ids)) % model.block_len  # scored as a prompt is generated from: left-padded to a block boundary
+    x = torch.tensor([[0] * pad + ids])
+    with torch.no_grad():  # the training loss, per token: -log p(token | what precedes it)
+        nll = model(x, torch.roll(x, -1, 1).masked_fill(torch.arange(x.size(1)) == x.size(1) - 1, -1),
+                    reduction="none")[1][0]
+    expected = [None] + [None if pad + i - 1 < model.block_len - 1 else -float(nll[pad + i - 1])
                          for i in range(1, len(ids))]
     got = choice["logprobs"]["token_logprobs"]
     assert [g is None for g in got] == [e is None for e in expected]
