@@ -207,8 +207,8 @@ def test_a_client_dropping_mid_stream_does_not_stall_the_others(server: str) -> 
     assert metrics["in_flight"] == 0 and metrics["cancelled"] >= 1  # its slot was freed, not decoded to the end
 
 
-def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir: Path) -> None:
-    proc, url = start(run_dir, "--batch-window-ms", "1000")  # the four requests wait together, then run
+def test_a_full_queue_is_429_and_sigterm_finishes_requests_in_flight_and_exits_0(run_dir: Path) -> None:
+    proc, url = start(run_dir, "--batch-window-ms", "1000", "--max-queue", "4")  # four wait together, then run
     answers: list[int] = []
 
     def ask() -> None:
@@ -222,6 +222,8 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(run_dir: Path) -> None:
     deadline = time.time() + 30
     while httpx.get(f"{url}/metrics").json()["in_flight"] < 4 and time.time() < deadline:
         time.sleep(0.01)
+    full = httpx.post(f"{url}/v1/completions", json={"prompt": "No", "max_tokens": 2}, timeout=60)
+    assert full.status_code == 429 and "queue is full" in full.json()["error"]["message"]
     os.kill(proc.pid, signal.SIGTERM)  # all four are in flight (queued or running)
     for thread in threads:
         thread.join()
