@@ -42,7 +42,7 @@ def _tokens_per_s(folder: Path) -> float:
 
 
 def run_demo(output_dir: str, quick: bool) -> None:
-    steps = 40 if quick else 150
+    steps = 20 if quick else 150
     rates = {}
     for arch in ("block", "gpt"):
         folder = Path(output_dir) / f"pretrain-{arch}"
