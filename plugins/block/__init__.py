@@ -32,10 +32,12 @@ def register_architectures(register: Any) -> None:
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.block.bench import bench_block
+    from lmlab.plugins.block.bench_serve import bench_serve
     from lmlab.plugins.block.serve import serve_block
 
     app.command("serve-block")(serve_block)
     bench.command("block")(bench_block)
+    bench.command("serve")(bench_serve)
 
 
 def _demo(output_dir: str, quick: bool) -> None:
