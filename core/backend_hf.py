@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
 from lmlab.core.errors import LmlabError
+from lmlab.core.generation import Sampling, sample_tokens
 from lmlab.core.logprobs import TokenLogprobModel, plain_head, token_logprobs
 from lmlab.core.models import load_model
 
@@ -162,31 +164,57 @@ class HFBackend:
         return out
 
     @torch.inference_mode()
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        """Every completion is one row of a batch: rows with the same budget and stop strings run together,
+        longest prompts first; sampled rows draw with their own seed (`RowSampler`), so a request's texts do
+        not depend on which other requests share its batch."""
         tok = self.tokenizer
         tok.padding_side, tok.truncation_side = "left", "left"
         prompts = [self._as_chat(r.prompt) for r in requests]
-        encoded = [self._encode(p) for p in prompts]
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_tokens, requests[i].stop,
-                                                            -len(encoded[i])))
-        texts: list[str] = [""] * len(requests)
-        for start in range(0, len(order), self.batch_size):
-            group = order[start:start + self.batch_size]
-            for key in dict.fromkeys((requests[i].max_tokens, requests[i].stop) for i in group):
-                part = [i for i in group if (requests[i].max_tokens, requests[i].stop) == key]
-                for i, text in zip(part, self._generate([prompts[i] for i in part], *key), strict=True):
-                    texts[i] = text
+        lengths = [len(self._encode(p)) for p in prompts]
+        rows = [(i, k) for i, r in enumerate(requests) for k in range(r.n)]
+        rows.sort(key=lambda row: (requests[row[0]].max_tokens, requests[row[0]].stop, -lengths[row[0]]))
+        texts: list[list[str]] = [[""] * r.n for r in requests]
+        for start in range(0, len(rows), self.batch_size):
+            group = rows[start:start + self.batch_size]
+            for key in dict.fromkeys((requests[i].max_tokens, requests[i].stop) for i, _ in group):
+                part = [(i, k) for i, k in group if (requests[i].max_tokens, requests[i].stop) == key]
+                sampler = RowSampler([requests[i] for i, _ in part], [k for _, k in part])
+                for (i, k), text in zip(part, self._generate([prompts[i] for i, _ in part], *key, sampler),
+                                        strict=True):
+                    texts[i][k] = text
         return texts
 
-    def _generate(self, prompts: list[str], max_tokens: int, stop: tuple[str, ...]) -> list[str]:
+    def _generate(self, prompts: list[str], max_tokens: int, stop: tuple[str, ...], sampler: RowSampler) -> list[str]:
         tok = self.tokenizer
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
                     max_length=max(1, self.max_length - max_tokens))
         extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
+        if sampler.samples:
+            extra["logits_processor"] = LogitsProcessorList([sampler])
         out = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False, temperature=None,
                                   top_p=None, top_k=None, pad_token_id=tok.pad_token_id, **extra)
         texts = tok.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
         return [cut_at_stop(text, stop) for text in texts]
+
+
+class RowSampler(LogitsProcessor):
+    """Per-row sampling inside transformers' greedy loop: each sampled row draws its next token with its own
+    generator (seeded seed + k for completion k) through `lmlab.core.generation.sample_tokens`, and every
+    other token of the row is masked, so greedy search picks the draw. transformers' own `do_sample` draws
+    the whole batch from one random state: a request's text would then depend on its batch-mates."""
+
+    def __init__(self, requests: Sequence[GenerateRequest], completions: Sequence[int]) -> None:
+        self.params = [Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p) for r in requests]
+        self.generators = [None if r.seed is None else torch.Generator().manual_seed(r.seed + k)
+                           for r, k in zip(requests, completions, strict=True)]
+        self.samples = any(p.temperature > 0 for p in self.params)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        drawn = sample_tokens(scores, self.params, self.generators)
+        rows = torch.tensor([p.temperature > 0 for p in self.params], device=scores.device)
+        only = torch.full_like(scores, -float("inf")).scatter_(1, drawn[:, None], 0.0)
+        return torch.where(rows[:, None], only, scores)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -75,7 +75,7 @@ class OpenAIBackend:
         scores = iter(self._map(lambda job: self._score(*job), jobs))
         return [[next(scores) for _ in r.continuations] for r in requests]
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
         return self._map(self._generate_one, list(requests))
 
     # ---- one request each -------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class OpenAIBackend:
             total += float(value)
         return total
 
-    def _generate_one(self, request: GenerateRequest) -> str:
+    def _generate_one(self, request: GenerateRequest) -> list[str]:
         if self._api != "chat":
             try:
                 return self._complete(request)
@@ -122,25 +122,39 @@ class OpenAIBackend:
                 self._api = "chat"  # "auto": remembered for the rest of the run
         return self._chat(request)
 
-    def _complete(self, request: GenerateRequest) -> str:
+    def _complete(self, request: GenerateRequest) -> list[str]:
         url = self.base_url + "/completions"
         data = self._post("/completions", {"model": self.options.model, "prompt": request.prompt,
                                            **self._sampling(request)})
-        return cut_at_stop(_text(_field(data, url, "choices", 0, "text"), url), request.stop)
+        return [cut_at_stop(_text(_field(choice, url, "text"), url), request.stop)
+                for choice in _choices(data, url, request.n)]
 
-    def _chat(self, request: GenerateRequest) -> str:
+    def _chat(self, request: GenerateRequest) -> list[str]:
         url = self.base_url + "/chat/completions"
         messages = [{"role": "user", "content": request.prompt}]
         data = self._post("/chat/completions", {"model": self.options.model, "messages": messages,
                                                 **self._sampling(request)})
-        message = _field(data, url, "choices", 0, "message")
-        content = (message.get("content") or "") if isinstance(message, dict) else None
-        return cut_at_stop(_text(content, url), request.stop)
+        texts = []
+        for choice in _choices(data, url, request.n):
+            message = _field(choice, url, "message")
+            content = (message.get("content") or "") if isinstance(message, dict) else None
+            texts.append(cut_at_stop(_text(content, url), request.stop))
+        return texts
 
     @staticmethod
     def _sampling(request: GenerateRequest) -> dict[str, Any]:
-        stop: dict[str, Any] = {"stop": list(request.stop)} if request.stop else {}
-        return {"max_tokens": request.max_tokens, "temperature": 0, **stop}
+        """The request's sampling in OpenAI's fields; `seed` is honoured by servers that support it (vLLM,
+        OpenAI) and ignored by the rest, so only there are seeded samples reproducible."""
+        body: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": request.temperature}
+        if request.temperature > 0 and request.top_p < 1:
+            body["top_p"] = request.top_p
+        if request.n > 1:
+            body["n"] = request.n
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        return body
 
     # ---- HTTP ---------------------------------------------------------------------------------------------
 
@@ -224,6 +238,16 @@ def _field(data: Any, url: str, *path: str | int) -> Any:
         except (KeyError, IndexError, TypeError) as exc:
             raise _malformed(url, f"no {'.'.join(map(str, path))}") from exc
     return data
+
+
+def _choices(data: dict[str, Any], url: str, n: int) -> list[Any]:
+    """The answer's `n` choices, in their `index` order."""
+    choices = _field(data, url, "choices")
+    if not isinstance(choices, list) or len(choices) < n:
+        raise _malformed(url, f"expected {n} choice{'s' if n > 1 else ''}, got "
+                              f"{len(choices) if isinstance(choices, list) else type(choices).__name__}")
+    ordered = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+    return ordered[:n]
 
 
 def _text(value: Any, url: str) -> str:

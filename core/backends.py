@@ -28,14 +28,26 @@ class ChoiceRequest:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """Greedy generation from `prompt`, cut at the first of `stop` (which is not included)."""
+    """`n` completions of `prompt`, each cut at the first of `stop` (which is not included). temperature 0 is
+    greedy; above 0, a draw from softmax(logits / temperature) restricted to the smallest set of tokens whose
+    probability reaches top_p. With a `seed`, the same request gives the same texts again (completion i is drawn
+    with seed + i); without one, sampling follows the process's random state."""
 
     prompt: str
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.max_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid GenerateRequest sampling: n={self.n}, max_tokens={self.max_tokens}, "
+                             f"temperature={self.temperature}, top_p={self.top_p}")
 
     def size(self) -> int:
-        return len(self.prompt)
+        return len(self.prompt) * self.n
 
 
 class Backend(Protocol):
@@ -48,8 +60,8 @@ class Backend(Protocol):
         """For each request, the log-likelihood of each continuation given the context."""
         ...
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        """For each request, the generated text (without the prompt)."""
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        """For each request, its `n` generated texts (without the prompt)."""
         ...
 
 

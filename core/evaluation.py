@@ -79,7 +79,9 @@ class EvalContext:
     progress: Callable[[int], None] | None = None
 
     def generate(self, backend: Backend, requests: Sequence[GenerateRequest]) -> list[str]:
-        return self.cache.run(backend.identity, "generate", requests, backend.generate, progress=self.progress)
+        """The first text of each request, through the request cache."""
+        texts = self.cache.run(backend.identity, "generate", requests, backend.generate, progress=self.progress)
+        return [choices[0] for choices in texts]
 
 
 @dataclass

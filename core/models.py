@@ -67,10 +67,16 @@ def honour_umask(folder: Path) -> None:
 
 
 def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
-    """Like atomic_dir, but the new folder replaces an existing one (a rerun's final model)."""
-    if target.exists():
-        shutil.rmtree(target)
-    return atomic_dir(target, write)
+    """Like atomic_dir, but the new folder replaces an existing one (a rerun's final model, a grown vector
+    store): the old folder stays whole until the new one is written, then is moved aside and removed."""
+    if not target.exists():
+        return atomic_dir(target, write)
+    staged = atomic_dir(target.with_name(f".{target.name}-new-{os.getpid()}"), write)
+    old = target.with_name(f".{target.name}-old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(staged, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def finish_tokenizer(tokenizer: Any) -> Any:

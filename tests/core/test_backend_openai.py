@@ -179,7 +179,7 @@ def test_loglik_with_empty_context_is_a_clear_error(server):
 def test_generate_via_completions_cuts_at_the_stop_string(server):
     texts = backend(server, api="completions").generate(
         [GenerateRequest("Q: sky?", max_tokens=16, stop=("STOP", "\n\n")), GenerateRequest("Q: again?")])
-    assert texts == [" B because the sky is blue ", GENERATED]
+    assert texts == [[" B because the sky is blue "], [GENERATED]]
     assert server.paths() == ["/v1/completions"] * 2
     first, second = sorted((r["body"] for r in server.requests), key=lambda b: b["prompt"] != "Q: sky?")
     assert first == {"model": "fake-model", "prompt": "Q: sky?", "max_tokens": 16, "temperature": 0,
@@ -188,7 +188,7 @@ def test_generate_via_completions_cuts_at_the_stop_string(server):
 
 
 def test_generate_via_chat(server):
-    assert backend(server, api="chat").generate([GenerateRequest("Which?", stop=("\n",))]) == [CHAT_ANSWER]
+    assert backend(server, api="chat").generate([GenerateRequest("Which?", stop=("\n",))]) == [[CHAT_ANSWER]]
     assert server.paths() == ["/v1/chat/completions"]
     assert server.requests[0]["body"]["messages"] == [{"role": "user", "content": "Which?"}]
 
@@ -196,12 +196,12 @@ def test_generate_via_chat(server):
 def test_auto_falls_back_to_chat_after_a_404_and_stays_there(server):
     server.status["/v1/completions"] = 404
     texts = backend(server, concurrency=1).generate([GenerateRequest(f"q{i}") for i in range(3)])
-    assert texts == [CHAT_ANSWER] * 3
+    assert texts == [[CHAT_ANSWER]] * 3
     assert server.paths() == ["/v1/completions"] + ["/v1/chat/completions"] * 3
 
 
 def test_auto_uses_completions_when_the_server_has_it(server):
-    assert backend(server).generate([GenerateRequest("q", stop=("STOP",))]) == [" B because the sky is blue "]
+    assert backend(server).generate([GenerateRequest("q", stop=("STOP",))]) == [[" B because the sky is blue "]]
     assert server.paths() == ["/v1/completions"]
 
 
@@ -234,7 +234,7 @@ def test_401_names_the_api_key_and_is_not_retried(server):
 
 def test_two_503s_then_success(server):
     server.failures = [(503, {}), (503, {})]
-    assert backend(server, api="chat").generate([GenerateRequest("q")]) == [CHAT_ANSWER]
+    assert backend(server, api="chat").generate([GenerateRequest("q")]) == [[CHAT_ANSWER]]
     assert len(server.requests) == 3
 
 
@@ -242,7 +242,7 @@ def test_retry_after_is_honoured_instead_of_the_backoff(server, monkeypatch):
     monkeypatch.setattr(backend_openai, "BACKOFF_S", 30.0)  # would be far too slow if used
     server.failures = [(429, {"Retry-After": "0"})]
     start = time.monotonic()
-    assert backend(server, api="chat").generate([GenerateRequest("q")]) == [CHAT_ANSWER]
+    assert backend(server, api="chat").generate([GenerateRequest("q")]) == [[CHAT_ANSWER]]
     assert time.monotonic() - start < 5 and len(server.requests) == 2
 
     server.failures = [(429, {"Retry-After": "0.3"})]
@@ -286,3 +286,18 @@ def test_malformed_json_is_a_clear_error(server):
 
 def test_identity_names_server_and_model(server):
     assert OpenAIBackend(BackendOptions(model="m", base_url=server.url + "/")).identity == f"openai:{server.url}:m"
+
+
+def test_sampling_fields_reach_the_server_and_every_choice_comes_back(server):
+    server.raw["/v1/completions"] = json.dumps({"choices": [
+        {"index": 1, "text": "second STOP x"}, {"index": 0, "text": "first"}]}).encode()
+    texts = backend(server, api="completions").generate(
+        [GenerateRequest("q", max_tokens=8, stop=("STOP",), temperature=0.7, top_p=0.9, n=2, seed=11)])
+    assert texts == [["first", "second "]]
+    assert server.requests[0]["body"] == {"model": "fake-model", "prompt": "q", "max_tokens": 8, "temperature": 0.7,
+                                          "top_p": 0.9, "n": 2, "seed": 11, "stop": ["STOP"]}
+
+
+def test_fewer_choices_than_asked_is_a_clear_error(server):
+    with pytest.raises(LmlabError, match="expected 3 choices, got 1"):
+        backend(server, api="completions").generate([GenerateRequest("q", temperature=1.0, n=3)])

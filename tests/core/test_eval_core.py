@@ -85,7 +85,7 @@ def test_hf_generate_batched_equals_one_by_one(tiny) -> None:
     batched = backend.generate([GenerateRequest(p, max_tokens=6) for p in prompts])
     single = HFBackend(BackendOptions("tiny-llama", batch_size=1), model, tokenizer)
     assert batched == [single.generate([GenerateRequest(p, max_tokens=6)])[0] for p in prompts]
-    assert all(isinstance(t, str) for t in batched)
+    assert all(len(texts) == 1 and isinstance(texts[0], str) for texts in batched)
     assert cut_at_stop("B because\n\nQuestion: next", ("\n\n",)) == "B because"
 
 
@@ -142,7 +142,7 @@ def test_generate_mode_sends_the_benchmarks_stop_strings_and_parses_answers(tmp_
 
         def generate(self, requests):
             self.seen.extend(requests)
-            return ["The answer is B." if r.prompt.startswith("Q1") else "hmm" for r in requests]
+            return [["The answer is B." if r.prompt.startswith("Q1") else "hmm"] for r in requests]
 
     spec = BenchmarkSpec("t", "", load=lambda *a: None, default_data=lambda: "", stop=("\n\nQuestion:",))
     items = [EvalItem("1", "Q1\nAnswer:", (" A", " B"), 1), EvalItem("2", "Q2\nAnswer:", (" A", " B"), 0)]

@@ -65,8 +65,8 @@ class Fake:
         return [[0.0 if n == pick else -5.0 for n in range(len(r.continuations))]
                 for r, pick in zip(requests, picks, strict=True)]
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
-        return [self.text(self.choose(self.by_prompt[r.prompt])) for r in requests]
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        return [[self.text(self.choose(self.by_prompt[r.prompt]))] for r in requests]
 
 
 def evaluate(spec: BenchmarkSpec, loaded: LoadedData, backend: Fake, tmp_path: Path,

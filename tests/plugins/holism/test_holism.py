@@ -36,9 +36,9 @@ class FakeBackend:
     def loglik(self, requests: Sequence[ChoiceRequest]) -> list[list[float]]:
         return [self.scores(r) for r in requests]
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[str]:
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
         self.generated += requests
-        return [self.answer(r) for r in requests]
+        return [[self.answer(r)] for r in requests]
 
 
 def spec() -> BenchmarkSpec:

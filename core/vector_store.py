@@ -1,0 +1,159 @@
+"""A vector store on faiss-cpu: unit vectors plus one metadata row each, saved to a folder, searched by inner
+product (the cosine similarity of normalised embeddings). Shared by `augment` and `retrieve`.
+
+Index kinds: `flat` (exact, the default: every query scans every vector), `ivf` (inverted lists over k-means
+cells, trained on the first vectors added; `nprobe` cells are scanned) and `hnsw` (a navigable small-world
+graph). The approximate kinds pay off from roughly 10^5 vectors; below that flat is exact and as fast.
+
+A store folder holds `index.faiss`, `items.jsonl` (the metadata rows, in vector order) and `store.json` (the
+embedder, dimension, index settings and count); it is written to a temporary sibling and renamed into place,
+so an interrupted save leaves the previous store whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmlab.core.errors import LmlabError
+from lmlab.core.models import replace_dir
+
+INDEX_KINDS = ("flat", "ivf", "hnsw")
+FORMAT = 1
+IVF_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means cell
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise LmlabError("Vector stores need faiss-cpu, which is not installed.",
+                         hint="pip install 'lmlab[embed]'") from exc
+    return faiss
+
+
+@dataclass
+class StoreInfo:
+    """What store.json records."""
+
+    embedder: str
+    dim: int
+    index: str = "flat"
+    nlist: int | None = None  # ivf: k-means cells (default: about 4·sqrt(N), at least 39 points per cell)
+    nprobe: int = 8  # ivf: cells scanned per query
+    hnsw_m: int = 32  # hnsw: graph neighbours per vector
+    ef_search: int = 64  # hnsw: candidates kept while searching
+    count: int = 0
+    format: int = FORMAT
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    position: int  # row in the store
+    item: dict[str, Any]
+
+
+class VectorStore:
+    """Vectors and their metadata rows; every row has a unique string `id`, and adding an id that is already
+    there does nothing (so re-indexing the same files adds only what is new)."""
+
+    def __init__(self, info: StoreInfo, index: Any = None, items: list[dict[str, Any]] | None = None) -> None:
+        if info.index not in INDEX_KINDS:
+            raise LmlabError(f"Unknown index kind '{info.index}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
+        self.info = info
+        self.items = items or []
+        self.ids = {str(item["id"]): n for n, item in enumerate(self.items)}
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _new_index(self, first: np.ndarray) -> Any:
+        faiss, info = _faiss(), self.info
+        if info.index == "hnsw":
+            index = faiss.IndexHNSWFlat(info.dim, info.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = info.ef_search
+            return index
+        if info.index == "ivf":
+            most = max(1, len(first) // IVF_POINTS_PER_CELL)
+            info.nlist = max(1, min(info.nlist or int(4 * math.sqrt(len(first))), most))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(info.dim), info.dim, info.nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(first)
+            index.nprobe = min(info.nprobe, info.nlist)
+            return index
+        return faiss.IndexFlatIP(info.dim)
+
+    def add(self, vectors: np.ndarray, items: Sequence[dict[str, Any]]) -> int:
+        """Add the rows whose id is new (and their vectors); returns how many were added."""
+        if len(vectors) != len(items):
+            raise ValueError(f"{len(vectors)} vectors for {len(items)} items")
+        keep = []
+        for n, item in enumerate(items):
+            key = str(item["id"])
+            if key not in self.ids:
+                self.ids[key] = len(self.items)
+                self.items.append(dict(item))
+                keep.append(n)
+        if not keep:
+            return 0
+        new = np.ascontiguousarray(vectors[keep], dtype=np.float32)
+        if new.shape[1] != self.info.dim:
+            raise LmlabError(f"The store holds {self.info.dim}-dimensional vectors; these have {new.shape[1]}.",
+                             hint=f"embed with the store's model, {self.info.embedder}")
+        if self.index is None:
+            self.index = self._new_index(new)
+        self.index.add(new)
+        self.info.count = len(self.items)
+        return len(keep)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The k rows nearest each query (best first); fewer when the store is smaller."""
+        if self.index is None or not len(self.items):
+            return [[] for _ in range(len(queries))]
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.items)))
+        return [[Hit(float(s), int(r), self.items[int(r)]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+                for srow, rrow in zip(scores, rows, strict=True)]
+
+    def save(self, folder: Path) -> None:
+        faiss = _faiss()
+
+        def write(tmp: Path) -> None:
+            if self.index is not None:
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
+            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
+                for item in self.items:
+                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
+            (tmp / "store.json").write_text(json.dumps(asdict(self.info), indent=2) + "\n", encoding="utf-8")
+
+        replace_dir(Path(folder), write)
+
+    @classmethod
+    def load(cls, folder: Path) -> VectorStore:
+        folder = Path(folder)
+        meta = folder / "store.json"
+        if not meta.is_file():
+            raise LmlabError(f"{folder}: not a vector store (no store.json).",
+                             hint="build one with `lmlab augment index --store FILES... --output STORE`")
+        try:
+            info = StoreInfo(**json.loads(meta.read_text(encoding="utf-8")))
+            with open(folder / "items.jsonl", encoding="utf-8") as f:
+                items = [json.loads(line) for line in f if line.strip()]
+            index = _faiss().read_index(str(folder / "index.faiss")) if items else None
+        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+            raise LmlabError(f"{folder}: the vector store is damaged ({str(exc).splitlines()[0][:160]}).",
+                             hint="rebuild it with `lmlab augment index`") from None
+        if index is not None and index.ntotal != len(items):
+            raise LmlabError(f"{folder}: index.faiss holds {index.ntotal} vectors but items.jsonl {len(items)} rows.",
+                             hint="rebuild it with `lmlab augment index`")
+        if info.index == "ivf" and index is not None:
+            index.nprobe = min(info.nprobe, info.nlist or 1)
+        if info.index == "hnsw" and index is not None:
+            index.hnsw.efSearch = info.ef_search
+        return cls(info, index, items)
