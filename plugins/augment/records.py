@@ -72,3 +72,14 @@ def load_instances(paths: str | Sequence[str], *, need_context: bool = False) ->
         raise DataError("has no rows", path=", ".join([paths] if isinstance(paths, str) else paths),
                         hint="add at least one instance")
     return found
+
+
+def embed_text(item: Instance) -> str:
+    """What is embedded for retrieval, for store rows and seeds alike: the input, then its context."""
+    return item.input if not item.context else f"{item.input}\n{item.context}"
+
+
+def from_row(row: dict[str, Any]) -> Instance:
+    """An Instance from a vector store's metadata row (written by `Instance.as_row`)."""
+    return Instance(id=str(row["id"]), input=row["input"], output=row["output"], context=row.get("context"),
+                    source=row.get("source"))

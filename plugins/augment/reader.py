@@ -1,0 +1,261 @@
+"""The extractive QA reader that `lmlab augment eval` trains to measure an augmented set, as RADA measures its
+data by the F1 of a reader trained on it (Seo et al. 2024). The paper's readers are T5-base generating the
+answer; ours is the BERT-style span reader (Devlin et al. 2019, §4.2): an encoder (`transformers.AutoModel`,
+the offline MiniLM by default) and one linear layer giving each token a start and an end logit, so an answer is
+always a span of the context and a small encoder trains on two CPU cores in a minute.
+
+    (question, context) → encoder → Linear(hidden, 2) → start/end logits → best span (start ≤ end, ≤ 30 tokens)
+
+Training rows whose answer is not in the context, or lies past the `max_length` window, are skipped and
+counted. Questions are cut to at most `max_question_tokens` (64, as BERT's run_squad.py `max_query_length`).
+Prediction reads a long context in overlapping windows (as run_squad.py's doc stride) and keeps the best span
+of any window, so every held-out question gets an answer from its whole context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.core.batching import length_grouped_batches
+from lmlab.core.data import SkipLog
+from lmlab.core.embeddings import embedder_path
+from lmlab.core.errors import ModelError
+from lmlab.plugins.augment.records import Instance
+
+HEAD_FILE = "span_head.safetensors"
+NOT_FOUND = "answer not found in its context"
+CUT_OFF = "answer past the --max-length window"
+
+
+@dataclass
+class ReaderConfig:
+    model: str = "all-minilm-l6-v2"  # an embedder alias, an HF encoder folder (or a saved reader), or a Hub id
+    max_length: int = 256  # tokens of question + context + special tokens
+    max_answer_tokens: int = 30  # longest predicted span (run_squad.py's max_answer_length)
+    max_question_tokens: int = 64  # longer questions are cut (run_squad.py's max_query_length)
+
+
+@dataclass
+class SpanFeature:
+    """One tokenised (question, context window); `start`/`end` are the answer's token positions (-1 if unknown)
+    and `offsets` the character span in the context of each token (meaningful for context tokens only)."""
+
+    row: int
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    offsets: list[tuple[int, int]]
+    context_first: int
+    context_last: int
+    start: int = -1
+    end: int = -1
+
+
+class SpanReader(nn.Module):
+    """An encoder and a span head: `forward` gives [B, T] start and end logits, padding masked out so a row's
+    logits do not depend on what it was batched with."""
+
+    def __init__(self, encoder: nn.Module, config: ReaderConfig) -> None:
+        super().__init__()
+        self.encoder, self.config = encoder, config
+        self.span = nn.Linear(encoder.config.hidden_size, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        logits = self.span(hidden).float().masked_fill((attention_mask == 0)[..., None], torch.finfo(torch.float32).min)
+        start, end = logits.unbind(-1)
+        return start, end
+
+    def save(self, folder: Path, tokenizer: Any) -> None:
+        """An HF encoder folder plus the span head: `load_reader` on it gives this reader back."""
+        from safetensors.torch import save_file
+
+        self.encoder.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.span.state_dict().items()}, folder / HEAD_FILE)
+
+
+def load_reader(config: ReaderConfig, *, seed: int) -> tuple[SpanReader, Any]:
+    """(reader, fast tokenizer) for `config.model`; the span head starts from `seed`, or from the folder's own
+    span head when it is a saved reader."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = embedder_path(config.model)
+    folder = Path(path).expanduser()
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise ModelError(f"{config.model}: the folder has no config.json, so it is not a Hugging Face model folder.",
+                         hint="pass an encoder folder written by save_pretrained, a Hub id, or all-minilm-l6-v2")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(seed)
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Could not load the reader's encoder '{config.model}' ({str(exc).splitlines()[0][:160]}).",
+                         hint="no network here? use the offline default all-minilm-l6-v2 or a local encoder "
+                              "folder") from None
+    if not tokenizer.is_fast:
+        raise ModelError(f"{config.model}: the reader needs a fast tokenizer (character offsets of tokens).",
+                         hint="use a model whose folder has a tokenizer.json")
+    reader = SpanReader(encoder, config)
+    if (folder / HEAD_FILE).is_file():
+        from safetensors.torch import load_file
+
+        reader.span.load_state_dict(load_file(folder / HEAD_FILE))
+    return reader, tokenizer
+
+
+def _question_budget(max_length: int, max_question_tokens: int) -> int:
+    return min(max_question_tokens, max_length // 2)
+
+
+def _cut_questions(tokenizer: Any, questions: Sequence[str], budget: int) -> list[str]:
+    """Each question cut after its `budget`-th token (at that token's last character)."""
+    encoded = tokenizer(list(questions), add_special_tokens=False, return_offsets_mapping=True)
+    return [q if len(spans) <= budget else q[:spans[budget - 1][1]]
+            for q, spans in zip(questions, encoded["offset_mapping"], strict=True)]
+
+
+def _encode(tokenizer: Any, examples: Sequence[Instance], config: ReaderConfig, *, windows: bool) -> list[SpanFeature]:
+    """Tokenise (question, context) pairs, truncating the context only: one window per row, or (`windows`) as
+    many overlapping windows as the context needs, half a window of overlap."""
+    budget = _question_budget(config.max_length, config.max_question_tokens)
+    questions = _cut_questions(tokenizer, [e.input for e in examples], budget)
+    room = config.max_length - budget - tokenizer.num_special_tokens_to_add(pair=True)
+    encoded = tokenizer(questions, [e.context for e in examples], truncation="only_second",
+                        max_length=config.max_length, return_offsets_mapping=True,
+                        return_overflowing_tokens=windows, stride=room // 2 if windows else 0)
+    rows = encoded["overflow_to_sample_mapping"] if windows else range(len(examples))
+    found = []
+    for k, row in enumerate(rows):
+        context = [t for t, s in enumerate(encoded.sequence_ids(k)) if s == 1]
+        if not context:
+            continue
+        found.append(SpanFeature(row=row, input_ids=encoded["input_ids"][k],
+                                 token_type_ids=encoded["token_type_ids"][k] if "token_type_ids" in encoded else None,
+                                 offsets=[tuple(span) for span in encoded["offset_mapping"][k]],
+                                 context_first=context[0], context_last=context[-1]))
+    return found
+
+
+def features(instances: Sequence[Instance], tokenizer: Any, *, max_length: int = 256,
+             skips: SkipLog | None = None, max_question_tokens: int = 64) -> list[SpanFeature]:
+    """Training features: each row's answer (its first occurrence, `context.find(answer)`) mapped from
+    characters to the first and last context tokens it overlaps; rows whose answer is missing from the context
+    or cut off by the window are skipped and counted in `skips`."""
+    config = ReaderConfig(max_length=max_length, max_question_tokens=max_question_tokens)
+    skips = skips if skips is not None else SkipLog()
+    encoded = {f.row: f for f in _encode(tokenizer, instances, config, windows=False)}
+    found = []
+    for row, item in enumerate(instances):
+        first_char = item.context.find(item.output)
+        feature = encoded.get(row)
+        if first_char < 0 or feature is None:
+            skips.add(NOT_FOUND)
+            continue
+        last_char = first_char + len(item.output)
+        offsets, ctx = feature.offsets, range(feature.context_first, feature.context_last + 1)
+        window_end = offsets[feature.context_last][1]
+        if last_char > window_end and item.context[window_end:].strip():
+            skips.add(CUT_OFF)
+            continue
+        starts = [t for t in ctx if offsets[t][1] > first_char]
+        ends = [t for t in ctx if offsets[t][0] < last_char]
+        if not starts or not ends or starts[0] > ends[-1]:
+            skips.add(NOT_FOUND)
+            continue
+        feature.start, feature.end = starts[0], ends[-1]
+        found.append(feature)
+    return found
+
+
+def collate(feats: Sequence[SpanFeature], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask (/ token_type_ids) and the start/end targets."""
+    width = max(len(f.input_ids) for f in feats)
+    batch = {"input_ids": torch.full((len(feats), width), pad_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(feats), width), dtype=torch.long)}
+    if feats[0].token_type_ids is not None:
+        batch["token_type_ids"] = torch.zeros((len(feats), width), dtype=torch.long)
+    for i, f in enumerate(feats):
+        batch["input_ids"][i, :len(f.input_ids)] = torch.tensor(f.input_ids)
+        batch["attention_mask"][i, :len(f.input_ids)] = 1
+        if f.token_type_ids is not None:
+            batch["token_type_ids"][i, :len(f.token_type_ids)] = torch.tensor(f.token_type_ids)
+    batch["start"] = torch.tensor([f.start for f in feats], dtype=torch.long)
+    batch["end"] = torch.tensor([f.end for f in feats], dtype=torch.long)
+    return batch
+
+
+def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start: torch.Tensor,
+              end: torch.Tensor) -> torch.Tensor:
+    """BERT's SQuAD objective summed over the batch: Σ_examples (CE(start) + CE(end)) / 2."""
+    starts = F.cross_entropy(start_logits, start, reduction="sum")
+    return (starts + F.cross_entropy(end_logits, end, reduction="sum")) / 2
+
+
+class SpanTask:
+    """The reader as a TrainTask for the shared loop: length-grouped batches; the loss is the summed span loss
+    divided by the global batch's example count, so micro-batches and processes add up to the global mean."""
+
+    def __init__(self, feats: list[SpanFeature], *, pad_id: int, seed: int) -> None:
+        self.feats, self.pad_id, self.seed = feats, pad_id, seed
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        return length_grouped_batches([len(f.input_ids) for f in self.feats], global_batch, seed=self.seed,
+                                      epoch=epoch)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate([self.feats[i] for i in indices], self.pad_id)
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"examples": float(batch["start"].shape[0])}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        start_logits, end_logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        loss = span_loss(start_logits, end_logits, batch["start"], batch["end"]) / totals["examples"]
+        hit = (start_logits.argmax(-1) == batch["start"]) & (end_logits.argmax(-1) == batch["end"])
+        return loss, {"span_accuracy": hit.float().sum() / totals["examples"]}
+
+
+def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, first: int, last: int,
+              max_tokens: int) -> tuple[float, int, int]:
+    """(score, i, j) maximising start[i] + end[j] over context tokens first ≤ i ≤ j ≤ last, j - i < max_tokens."""
+    start, end = start_logits[first:last + 1], end_logits[first:last + 1]
+    scores = start[:, None] + end[None, :]
+    span = torch.arange(len(start))
+    allowed = (span[None, :] >= span[:, None]) & (span[None, :] - span[:, None] < max_tokens)
+    flat = int(scores.masked_fill(~allowed, float("-inf")).argmax())
+    i, j = divmod(flat, len(start))
+    return float(scores[i, j]), first + i, first + j
+
+
+@torch.inference_mode()
+def predict(model: SpanReader, tokenizer: Any, examples: Sequence[Instance], batch_size: int = 32) -> list[str]:
+    """The best answer span of each example's context, as text cut from the original context by the token
+    offsets; the model's `config` gives the window length and the longest span."""
+    config = model.config
+    windows = _encode(tokenizer, examples, config, windows=True)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    best: dict[int, tuple[float, str]] = {}
+    order = sorted(range(len(windows)), key=lambda k: len(windows[k].input_ids))
+    was_training = model.training
+    model.eval()
+    for begin in range(0, len(order), batch_size):
+        chunk = [windows[k] for k in order[begin:begin + batch_size]]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        start, end = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        for f, s, e in zip(chunk, start.cpu(), end.cpu(), strict=True):
+            score, i, j = best_span(s, e, f.context_first, f.context_last, config.max_answer_tokens)
+            if f.row not in best or score > best[f.row][0]:
+                best[f.row] = (score, examples[f.row].context[f.offsets[i][0]:f.offsets[j][1]])
+    model.train(was_training)
+    return [best[row][1] if row in best else "" for row in range(len(examples))]

@@ -1,0 +1,188 @@
+"""`lmlab augment`: plan the work items, generate them chunk by chunk through a backend, parse, filter and
+dedupe each generation, and append what is kept, resumably (see journal.py), then write report.json."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.backends import Backend, GenerateRequest, load_backend
+from lmlab.core.console import log
+from lmlab.core.errors import Interrupted, LmlabError
+from lmlab.core.paths import example
+from lmlab.core.progress import Progress
+from lmlab.core.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config, write_json_atomic
+from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
+from lmlab.plugins.augment.journal import Journal
+from lmlab.plugins.augment.options import AugmentOptions
+from lmlab.plugins.augment.plan import WorkItem, plan
+from lmlab.plugins.augment.records import Instance, embed_text, load_instances
+from lmlab.plugins.augment.templates import Template, load_template
+
+COMMAND = "augment"
+# Options that decide what the items are: a folder made with other values cannot be continued.
+PLAN_OPTIONS = ("seeds", "store", "retrieval", "template", "multiplier", "demos", "pool", "temperature", "top_p",
+                "max_new_tokens", "filter", "dedupe", "dedupe_threshold", "limit", "seed", "model", "backend")
+
+
+def flat_options(opts: AugmentOptions) -> dict[str, Any]:
+    """Every option by its command-line name (config.json; `--resume` reads it back); no API key."""
+    own = {k: v for k, v in asdict(opts).items() if k != "model"}
+    return {**own, **{k: v for k, v in asdict(opts.model).items() if k != "api_key"}}
+
+
+def _check_same_plan(folder: Path, options: dict[str, Any]) -> None:
+    recorded = (run_config(folder) or {}).get("options", {})
+    changed = [k for k in PLAN_OPTIONS if k in recorded and recorded[k] != options.get(k)]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {recorded[k]!r} → {options.get(k)!r}" for k in changed[:3])
+        raise LmlabError(f"{folder} holds a run made with other settings ({shown}).",
+                         hint=f"`--resume {folder}` continues it with its own settings; or choose another --output-dir")
+
+
+def _store(opts: AugmentOptions, run: RunDir) -> Any:
+    """The vector store: a store folder as given, or instance files indexed into the run folder (once)."""
+    from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
+    from lmlab.core.vector_store import VectorStore
+    from lmlab.plugins.augment.index import add_instances, open_store
+
+    source = Path(opts.store or example("augment/store.jsonl"))
+    if (source / "store.json").is_file():
+        store = VectorStore.load(source)
+        return store, Embedder(store.info.embedder)
+    folder = run.path / "store"
+    store = open_store(folder, DEFAULT_EMBEDDER, "flat")
+    embedder = Embedder(store.info.embedder)
+    added = add_instances(store, folder, load_instances(str(source)), embedder, save_every=2048)
+    if added:
+        log(f"indexed {added} store rows from {source} into {folder}")
+    return store, embedder
+
+
+def judge(item: WorkItem, text: str, template: Template, opts: AugmentOptions,
+          deduper: Deduper) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(status, kept row or None, reason) for one generation."""
+    fields = template.parse(text)
+    if fields is None:
+        return "malformed", None, "does not read as the template's demonstration"
+    question, answer = fields["input"], fields["output"]
+    if opts.filter and template.check == "span":
+        span = answer_span(answer, item.context or "")
+        if span is None:
+            return "filtered", None, "the answer does not occur in the context"
+        answer = span
+    if opts.filter and template.check == "choice":
+        letter = choice_answer(answer, question)
+        if letter is None:
+            return "filtered", None, "the answer is not one of the question's option letters"
+        answer = letter
+    if opts.dedupe and deduper.duplicate(question, answer):
+        return "duplicate", None, "a near-duplicate of a seed or a kept row"
+    deduper.add(question, answer)
+    row = {"id": item.id, "input": question, "output": answer, "context": item.context, "seed": item.seed.id,
+           "sample": item.sample, "retrieval": opts.retrieval, "demos": [d.id for d in item.demos],
+           "context_id": item.context_id, "template": template.name, "raw": text}
+    return "kept", row, None
+
+
+def _generate_chunk(backend: Backend, chunk: list[WorkItem], requests: list[GenerateRequest]
+                    ) -> list[tuple[str | None, str | None]]:
+    """(text, error) per item: the chunk in one call; if the backend fails, item by item, so that one
+    failing request costs only its own item."""
+    try:
+        return [(texts[0], None) for texts in backend.generate(requests)]
+    except LmlabError:
+        pass
+    out: list[tuple[str | None, str | None]] = []
+    for request in requests:
+        try:
+            out.append((backend.generate([request])[0][0], None))
+        except LmlabError as exc:
+            out.append((None, str(exc)))
+    return out
+
+
+def run_augment(opts: AugmentOptions) -> dict[str, Any]:
+    template = load_template(opts.template)
+    seeds = load_instances(opts.seeds or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
+    seeds = seeds[:opts.limit] if opts.limit else seeds
+    options = {**flat_options(opts), "seeds": opts.seeds or str(example("augment/seeds.jsonl")),
+               "store": opts.store or str(example("augment/store.jsonl"))}
+    if opts.resume is None and opts.output_dir is not None:
+        check_run_folder(opts.output_dir, COMMAND, reusable=True)
+    folder = new_run_path(COMMAND, opts.resume or opts.output_dir)
+    if folder.exists():
+        _check_same_plan(folder, absolute_paths(options))
+    backend = load_backend(opts.backend, opts.model)  # before the run folder: a bad model leaves none behind
+    run = RunDir(folder, checkpoints=False)
+    run.write_config(COMMAND, options)
+    store = embedder = vectors = None
+    if opts.retrieval != "none":
+        store, embedder = _store(opts, run)
+        vectors = embedder.encode([embed_text(s) for s in seeds])
+    items = plan(seeds, vectors, store, template, mode=opts.retrieval, multiplier=opts.multiplier, demos=opts.demos,
+                 pool=opts.pool, run_seed=opts.model.seed)
+    journal = Journal(run.path)
+    deduper = Deduper(opts.dedupe_threshold)
+    for seed in seeds:
+        deduper.add(seed.input, seed.output)
+    for row in journal.kept:
+        deduper.add(row["input"], row["output"])
+    todo = [item for item in items if not journal.done(item.id)]
+    if journal.resumed:
+        log(f"{run.path}: {len(items) - len(todo)} of {len(items)} items already done; generating {len(todo)}")
+    started, failures = time.perf_counter(), 0
+    chunk_size = max(1, opts.model.batch_size) * 4
+    try:
+        with Progress("augment", len(items), completed=len(items) - len(todo),
+                      line="{label}: {completed}/{total} items {info}") as progress:
+            for start in range(0, len(todo), chunk_size):
+                chunk = todo[start:start + chunk_size]
+                requests = [GenerateRequest(item.prompt, opts.max_new_tokens, template.stop, opts.temperature,
+                                            opts.top_p, 1, item.request_seed) for item in chunk]
+                for item, (text, error) in zip(chunk, _generate_chunk(backend, chunk, requests), strict=True):
+                    if text is None:
+                        failures += 1
+                        journal.record({"id": item.id, "status": "error", "error": error}, None)
+                        continue
+                    failures = 0
+                    status, kept, reason = judge(item, text, template, opts, deduper)
+                    journal.record({"id": item.id, "status": status, **({"reason": reason} if reason else {}),
+                                    "raw": text}, kept)
+                journal.flush()
+                counts = journal.counts()
+                progress.update(len(items) - sum(1 for i in todo if not journal.done(i.id)),
+                                f"kept {counts['kept']}")
+                if failures >= opts.max_failures:
+                    raise LmlabError(f"The backend failed on {failures} items in a row (last: "
+                                     f"{journal.errors[chunk[-1].id]}); {counts['kept']} rows are kept so far.",
+                                     hint=f"fix the backend, then rerun with --resume {run.path}")
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"Interrupted; {len(journal.kept)} kept rows are saved in {journal.augmented_path}.",
+                          hint=f"rerun with --resume {run.path} to continue where it stopped") from exc
+    finally:
+        journal.close()
+    seconds = time.perf_counter() - started
+    return report(run, journal, items, seeds, opts, template, seconds, len(todo))
+
+
+def report(run: RunDir, journal: Journal, items: list[WorkItem], seeds: list[Instance], opts: AugmentOptions,
+           template: Template, seconds: float, generated: int) -> dict[str, Any]:
+    counts = journal.counts()
+    kept = [row["input"] for row in journal.kept]
+    summary: dict[str, Any] = {
+        "retrieval": opts.retrieval, "template": template.name, "model": opts.model.model, "backend": opts.backend,
+        "seeds": len(seeds), "planned": len(items), **counts,
+        "pending": sum(1 for i in items if not journal.done(i.id)) - counts["error"],
+        "diversity": {"augmented": diversity(kept), "seeds": diversity([s.input for s in seeds])},
+        "generated_now": generated, "seconds": round(seconds, 2),
+        "items_per_s": round(generated / seconds, 3) if seconds and generated else None,
+        "augmented": str(journal.augmented_path), "run_dir": str(run.path)}
+    if opts.baseline:
+        baseline = load_instances(opts.baseline)
+        summary["diversity"]["baseline"] = {**diversity([b.input for b in baseline]), "rows": len(baseline),
+                                            "file": opts.baseline}
+    write_json_atomic(run.path / "report.json", summary)
+    return summary

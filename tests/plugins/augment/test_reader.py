@@ -1,0 +1,203 @@
+"""The span reader and `lmlab augment eval`'s comparison, on a tiny random BERT (MiniLM's tokenizer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.core.data import SkipLog
+from lmlab.core.embeddings import embedder_path
+from lmlab.core.errors import DataError, LmlabError
+from lmlab.plugins.augment.eval_options import AugmentEvalOptions
+from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report
+from lmlab.plugins.augment.reader import (
+    CUT_OFF,
+    NOT_FOUND,
+    ReaderConfig,
+    SpanTask,
+    best_span,
+    features,
+    load_reader,
+    predict,
+)
+from lmlab.plugins.augment.records import Instance
+from lmlab.plugins.augment.squad import squad_scores
+from tests.conftest import write_jsonl
+
+TOWER = "The Eiffel Tower is in Paris, France. It was completed in 1889 by Gustave Eiffel's company."
+PEOPLE = [("Alice Moreau", "Lyon", "1921", "chemistry"), ("Bram Visser", "Utrecht", "1934", "geology"),
+          ("Chen Wei", "Chengdu", "1948", "botany"), ("Dara Okafor", "Lagos", "1957", "astronomy"),
+          ("Elif Yilmaz", "Izmir", "1962", "economics"), ("Farid Haddad", "Beirut", "1975", "linguistics")]
+
+
+def _bio(name: str, city: str, year: str, field: str) -> str:
+    return f"{name} was born in {city} in {year} and studied {field} at the university."
+
+
+def qa_rows(people: list[tuple[str, str, str, str]], prefix: str) -> list[dict]:
+    """Two questions per person: where born, what studied."""
+    rows = []
+    for k, (name, city, year, field) in enumerate(people):
+        context = _bio(name, city, year, field)
+        rows.append({"id": f"{prefix}{k}a", "question": f"Where was {name} born?", "answer": city, "context": context})
+        rows.append({"id": f"{prefix}{k}b", "question": f"What did {name} study?", "answer": field,
+                     "context": context})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedder_path("all-minilm-l6-v2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
+    """A 2-layer, 32-wide random BERT saved as an encoder folder, to pass as --model."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=256)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_features_map_answer_characters_to_their_tokens(tokenizer) -> None:
+    answers = ["Paris", "1889", "Gustave Eiffel's company", "The Eiffel Tower", "France."]
+    items = [Instance(str(k), "What?", answer, TOWER) for k, answer in enumerate(answers)]
+    skips = SkipLog()
+    feats = features(items, tokenizer, skips=skips)
+    assert skips.total == 0 and [f.row for f in feats] == list(range(len(answers)))
+    for f, answer in zip(feats, answers, strict=True):
+        assert f.context_first <= f.start <= f.end <= f.context_last
+        assert TOWER[f.offsets[f.start][0]:f.offsets[f.end][1]] == answer
+    for f in feats[:2]:  # the uncased tokenizer decodes a plain word back to itself, lower-cased
+        assert tokenizer.decode(f.input_ids[f.start:f.end + 1]) == items[f.row].output.lower()
+
+
+def test_rows_with_the_answer_missing_or_past_the_window_are_skipped_and_counted(tokenizer) -> None:
+    long_context = "Filler words fill the page. " * 20 + "The treasure is buried under the old oak."
+    items = [Instance("kept", "Where is the tower?", "Paris", TOWER),
+             Instance("missing", "Where is the tower?", "Berlin", TOWER),
+             Instance("cut", "Where is the treasure?", "the old oak", long_context),
+             Instance("long question", "why " * 200 + "?", "Paris", TOWER)]
+    skips = SkipLog()
+    feats = features(items, tokenizer, max_length=48, skips=skips)
+    assert [items[f.row].id for f in feats] == ["kept", "long question"]  # a long question is cut, not fatal
+    assert all(len(f.input_ids) <= 48 for f in feats)
+    assert skips.as_dict() == {NOT_FOUND: 1, CUT_OFF: 1}
+
+
+def test_best_span_keeps_start_before_end_within_the_context_and_length() -> None:
+    start = torch.tensor([9.0, 1.0, 0.0, 0.0, 4.0, 0.0])
+    end = torch.tensor([9.0, 0.0, 5.0, 0.0, 0.0, 0.0])
+    # token 0 is not context; the best pair of maxima (start 4, end 2) ends before it starts: (1, 2) scores 1 + 5
+    assert best_span(start, end, 1, 5, max_tokens=30) == (6.0, 1, 2)
+    assert best_span(start, end, 1, 5, max_tokens=1) == (5.0, 2, 2)
+    assert best_span(start, end, 3, 5, max_tokens=30) == (4.0, 4, 4)
+
+
+def test_predict_answers_each_question_with_a_span_of_its_context(tiny_bert: Path, tokenizer) -> None:
+    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=32, max_answer_tokens=3), seed=0)
+    long_context = " ".join(f"word{k}" for k in range(60)) + " The end."
+    items = [Instance("a", "Where?", "Paris", TOWER), Instance("b", "Which word?", "word7", long_context),
+             Instance("c", "When?", "1889", TOWER)]
+    predictions = predict(reader, tok, items, batch_size=2)
+    assert len(predictions) == 3
+    for item, prediction in zip(items, predictions, strict=True):
+        assert prediction and prediction in item.context
+        assert len(tokenizer(prediction, add_special_tokens=False)["input_ids"]) <= 3
+    assert predictions == predict(reader, tok, items, batch_size=1)  # batching and padding change nothing
+
+
+def test_loss_is_the_hand_computed_cross_entropy(tiny_bert: Path, tokenizer) -> None:
+    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert)), seed=0)
+    items = [Instance("a", "Where is it?", "Paris", TOWER), Instance("b", "Who built it?", "Gustave", "Built by Gustave.")]
+    feats = features(items, tok)
+    task = SpanTask(feats, pad_id=tok.pad_token_id, seed=0)
+    batch = task.collate([0, 1])
+    assert task.counts(batch) == {"examples": 2.0}
+    loss, metrics = task.loss(reader, batch, {"examples": 2.0})
+    by_hand = []
+    for f in feats:  # each row alone, unpadded: -log softmax at the target, start and end averaged
+        ids = torch.tensor([f.input_ids])
+        start, end = reader(ids, torch.ones_like(ids), torch.tensor([f.token_type_ids]))
+        ce_start = torch.logsumexp(start[0], 0) - start[0, f.start]
+        ce_end = torch.logsumexp(end[0], 0) - end[0, f.end]
+        by_hand.append((ce_start + ce_end) / 2)
+    assert loss.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
+    half, _ = task.loss(reader, batch, {"examples": 4.0})  # normalised by the global count, not the local one
+    assert half.item() == pytest.approx(loss.item() / 2, rel=1e-6)
+    assert 0.0 <= metrics["span_accuracy"].item() <= 1.0
+
+
+def _options(tmp_path: Path, model: Path, **values) -> AugmentEvalOptions:
+    settings = {"model": str(model), "max_length": 64, "batch_size": 4, "lr": 3e-3, "schedule": "constant",
+                "warmup_steps": 0, "output_dir": tmp_path / "eval", **values}
+    return AugmentEvalOptions(**settings)
+
+
+def test_training_memorises_a_small_set(tmp_path: Path, tiny_bert: Path) -> None:
+    rows = qa_rows(PEOPLE, "m")
+    memorise = write_jsonl(tmp_path / "memorise.jsonl", rows)
+    untrained, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=64), seed=42)
+    items = [Instance(r["id"], r["question"], r["answer"], r["context"]) for r in rows]
+    before = squad_scores(predict(untrained, tok, items), [[r["answer"]] for r in rows])["f1"]
+    report = run_eval(_options(tmp_path, tiny_bert, train=str(memorise), test=str(memorise), max_steps=40))
+    after = report["systems"]["seeds"]["f1"]
+    assert after >= 80.0 and after >= before + 50.0, (before, after)
+
+
+def test_run_eval_compares_seeds_with_each_augmented_file(tmp_path: Path, tiny_bert: Path, capsys) -> None:
+    seeds = qa_rows(PEOPLE[:2], "s")
+    extra = qa_rows(PEOPLE[2:4], "x") + [seeds[0], {"id": "bad", "question": "Where?", "answer": "Mars",
+                                                    "context": "Nobody was born on the Moon."}]
+    train = write_jsonl(tmp_path / "seeds.jsonl", seeds)
+    augmented = write_jsonl(tmp_path / "augmented-rada.jsonl", extra)
+    test = write_jsonl(tmp_path / "heldout.jsonl", qa_rows(PEOPLE[4:], "t"))
+    opts = _options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test), max_steps=2)
+    report = run_eval(opts)
+    eval_dir = tmp_path / "eval"
+    assert json.loads((eval_dir / "report.json").read_text()) == json.loads(json.dumps(report))
+    systems = report["systems"]
+    assert list(systems) == ["seeds", "augmented-rada"]
+    assert systems["seeds"]["n_train"] == 4 and systems["seeds"]["skipped"] == {}
+    assert systems["augmented-rada"]["n_train"] == 8  # 4 seeds + 4 new rows
+    assert systems["augmented-rada"]["skipped"] == {DUPLICATE: 1, NOT_FOUND: 1}
+    assert report["n_test"] == 4
+    for name, result in systems.items():
+        assert 0.0 <= result["exact_match"] <= result["f1"] <= 100.0
+        assert result["f1_delta"] == pytest.approx(result["f1"] - systems["seeds"]["f1"])
+        run = eval_dir / name
+        assert (run / "model" / "span_head.safetensors").is_file()
+        assert len((run / "predictions.jsonl").read_text().splitlines()) == 4
+        assert json.loads((run / "summary.json").read_text())["f1"] == result["f1"]
+    show_report(report)
+    shown = capsys.readouterr().err
+    assert "augmented-rada" in shown and "ΔF1 vs seeds" in shown
+
+    weights = eval_dir / "seeds" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    resumed = run_eval(_options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test),
+                                max_steps=2, output_dir=None, resume=eval_dir))
+    assert resumed["systems"] == report["systems"] and weights.stat().st_mtime_ns == stamp  # nothing retrained
+    with pytest.raises(LmlabError, match="max_steps"):
+        run_eval(_options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test),
+                          max_steps=3, output_dir=None, resume=eval_dir))
+
+
+def test_bad_input_fails_before_any_training(tmp_path: Path, tiny_bert: Path) -> None:
+    train = write_jsonl(tmp_path / "seeds.jsonl", qa_rows(PEOPLE[:1], "s"))
+    no_context = write_jsonl(tmp_path / "aug.jsonl", [{"question": "Where?", "answer": "Lyon"}])
+    with pytest.raises(DataError, match=r"aug\.jsonl:1: field 'context'"):
+        run_eval(_options(tmp_path, tiny_bert, train=str(train), test=str(train), augmented=[str(no_context)]))
+    with pytest.raises(LmlabError, match="'seeds' is already taken"):
+        run_eval(_options(tmp_path, tiny_bert, train=str(train), test=str(train), augmented=[str(train)]))
+    assert not (tmp_path / "eval").exists()
