@@ -1,7 +1,7 @@
 """A vector store on faiss-cpu: unit vectors plus one metadata row each, saved to a folder, searched by inner
 product (the cosine similarity of normalised embeddings). Shared by `augment` and `retrieve`.
 
-Index kinds: `flat` (exact, the default: every query scans every vector), `ivf` (inverted lists over k-means
+Index kinds: `flat` (exact, the default: every query is scored against every vector), `ivf` (inverted lists over k-means
 cells, trained on the first vectors added; `nprobe` cells are scanned) and `hnsw` (a navigable small-world
 graph). The approximate kinds pay off from roughly 10^5 vectors; below that flat is exact and as fast.
 
@@ -27,6 +27,7 @@ from lmlab.core.models import replace_dir
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 FORMAT = 1
 IVF_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means cell
+MAX_SCORES = 1 << 24  # flat search: scores computed at once (64 MiB of float32)
 
 
 def _faiss() -> Any:
@@ -71,6 +72,7 @@ class VectorStore:
         self.items = items or []
         self.ids = {str(item["id"]): n for n, item in enumerate(self.items)}
         self.index = index
+        self._matrix: np.ndarray | None = None  # flat: the vectors, read back from the index once
 
     def __len__(self) -> int:
         return len(self.items)
@@ -110,6 +112,7 @@ class VectorStore:
         if self.index is None:
             self.index = self._new_index(new)
         self.index.add(new)
+        self._matrix = None
         self.info.count = len(self.items)
         return len(keep)
 
@@ -117,9 +120,30 @@ class VectorStore:
         """The k rows nearest each query (best first); fewer when the store is smaller."""
         if self.index is None or not len(self.items):
             return [[] for _ in range(len(queries))]
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.items)))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, len(self.items))
+        scores, rows = self._exact(queries, k) if self.info.index == "flat" else self.index.search(queries, k)
         return [[Hit(float(s), int(r), self.items[int(r)]) for s, r in zip(srow, rrow, strict=True) if r >= 0]
                 for srow, rrow in zip(scores, rows, strict=True)]
+
+    def _exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by one matrix product per block of queries and argpartition. The faiss index still holds
+        and saves the vectors, but its own flat search measured 7x slower than this on the CPUs we run on
+        (faiss-cpu 1.15, 100k x 384 vectors, 200 queries: 3.6 s vs 0.50 s; `lmlab bench augment`)."""
+        if self._matrix is None:
+            self._matrix = self.index.reconstruct_n(0, self.index.ntotal)
+        matrix = self._matrix
+        block = max(1, MAX_SCORES // len(matrix))
+        all_scores, all_rows = [], []
+        for start in range(0, len(queries), block):
+            scores = queries[start:start + block] @ matrix.T
+            rows = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(matrix) else \
+                np.broadcast_to(np.arange(len(matrix)), scores.shape)
+            picked = np.take_along_axis(scores, rows, axis=1)
+            order = np.argsort(-picked, axis=1, kind="stable")
+            all_scores.append(np.take_along_axis(picked, order, axis=1))
+            all_rows.append(np.take_along_axis(rows, order, axis=1))
+        return np.concatenate(all_scores), np.concatenate(all_rows)
 
     def save(self, folder: Path) -> None:
         faiss = _faiss()

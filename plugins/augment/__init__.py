@@ -13,3 +13,6 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.augment.command import augment_app
 
     app.add_typer(augment_app(), name="augment")
+    from lmlab.plugins.augment.bench import bench_augment
+
+    bench.command("augment")(bench_augment)
