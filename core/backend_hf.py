@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
 from lmlab.core.errors import LmlabError
@@ -189,13 +189,31 @@ class HFBackend:
         tok = self.tokenizer
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
                     max_length=max(1, self.max_length - max_tokens))
-        extra: dict[str, Any] = {"stop_strings": list(stop), "tokenizer": tok} if stop else {}
+        extra: dict[str, Any] = {}
+        if stop:
+            extra["stopping_criteria"] = StoppingCriteriaList([StopOnText(tok, batch.input_ids.shape[1], stop)])
         if sampler.samples:
             extra["logits_processor"] = LogitsProcessorList([sampler])
         out = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False, temperature=None,
                                   top_p=None, top_k=None, pad_token_id=tok.pad_token_id, **extra)
         texts = tok.batch_decode(out[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
         return [cut_at_stop(text, stop) for text in texts]
+
+
+class StopOnText(StoppingCriteria):
+    """A row is done once the text it generated holds a stop string. transformers' own `stop_strings` builds
+    tables over the whole vocabulary for every generate call: with SmolLM2's 49k tokens it made an augmentation
+    batch 3.6x slower (195 s vs 53 s for 6 prompts × 40 tokens). Decoding each row's last few tokens per step
+    costs next to nothing: a stop string of c characters lies within the last c + 2 tokens."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int, stop: Sequence[str]) -> None:
+        self.tokenizer, self.start, self.stop = tokenizer, prompt_length, tuple(stop)
+        self.window = max(len(s) for s in stop) + 2
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.start, input_ids.shape[1] - self.window):].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
 
 
 class RowSampler(LogitsProcessor):

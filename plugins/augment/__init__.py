@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmlab.core.demo import DemoStep
 from lmlab.core.hookspecs import hookimpl
 
 
@@ -16,3 +17,15 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.augment.bench import bench_augment
 
     bench.command("augment")(bench_augment)
+
+
+def _demo(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.augment.demo import run_demo
+
+    run_demo(output_dir, quick)
+
+
+@hookimpl
+def register_demo_steps(register: Any) -> None:
+    register(DemoStep("augment", "RADA · smollm2-135m augments bundled QA seeds with and without retrieval", 50,
+                      _demo, quick=False))

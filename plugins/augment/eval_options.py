@@ -19,7 +19,7 @@ QA_ROWS = "QA rows with input (or question), output (or answer) and context (or 
 
 @dataclass
 class AugmentEvalOptions(TrainOptions):
-    data: str | None = option(None, "Unused: the data are --train, --augmented and --test.", cli=False)
+    data: str | None = option(None, "The --train file (set by the command).", cli=False)
     train: str | None = option(None, f"Seed {QA_ROWS}: JSONL/JSON/CSV/Parquet, a saved HF dataset, or a Hub id "
                                f"(default: bundled examples/{DEFAULT_TRAIN}).", flags=("--train",),
                                panel=MODEL_AND_DATA)

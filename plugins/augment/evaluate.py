@@ -36,12 +36,13 @@ from lmlab.core.runs import (
 )
 from lmlab.core.trainer import Trainer
 from lmlab.plugins.augment.eval_options import DEFAULT_TEST, DEFAULT_TRAIN, AugmentEvalOptions
-from lmlab.plugins.augment.reader import ReaderConfig, SpanTask, features, load_reader, predict
+from lmlab.plugins.augment.reader import ReaderConfig, SpanTask, features, load_reader, load_tokenizer, predict
 from lmlab.plugins.augment.records import Instance, load_instances
 from lmlab.plugins.augment.squad import exact_match, f1, squad_scores
 
 BASELINE = "seeds"
-COMMAND = "augment eval"  # as typed after `lmlab`; the run folders' prefix is ReaderTrainer.command
+COMMAND = "augment eval"  # as typed after `lmlab` (config.json's cli_command, which --resume checks)
+RUN_NAME = "augment-eval"  # the default eval folder's prefix and config.json's command
 DUPLICATE = "duplicate of a training row"
 #: Options that do not change what a system learns: a resumed eval may differ from the recorded ones in these.
 UNRECORDED = ("resume", "output_dir", "overwrite")
@@ -50,7 +51,7 @@ UNRECORDED = ("resume", "output_dir", "overwrite")
 class ReaderTrainer(Trainer):
     """Trains one span reader on `train` and scores it on `test` (summary: EM, F1, rows used and skipped)."""
 
-    command = "augment-eval"
+    command = COMMAND
     plotted = ("loss", "span_accuracy")
     default_data = DEFAULT_TRAIN
     opts: AugmentEvalOptions
@@ -59,6 +60,9 @@ class ReaderTrainer(Trainer):
                  files: list[str], skips: SkipLog) -> None:
         super().__init__(opts)
         self.train, self.test, self.system, self.files, self.skips = train, test, system, files, skips
+
+    def run_name(self) -> str:
+        return RUN_NAME
 
     def check(self) -> None:
         super().check()
@@ -128,7 +132,7 @@ def combine(seeds: list[Instance], extra: list[Instance], skips: SkipLog) -> lis
 
 def system_names(augmented: list[str]) -> list[str]:
     """Each augmented file's stem ("augmented-rada"), checked unique and distinct from the baseline's name."""
-    names = [Path(path).stem if Path(path).suffix else Path(path).name for path in augmented]
+    names = [Path(path).stem for path in augmented]
     for index, name in enumerate(names):
         if name == BASELINE or name in names[:index]:
             raise LmlabError(f"--augmented {augmented[index]}: the system name '{name}' is already taken "
@@ -152,11 +156,10 @@ def _eval_dir(opts: AugmentEvalOptions, recorded: dict[str, Any], main: bool) ->
     options must match these (a finished system trained with other settings would make an unfair table)."""
     if opts.resume is None:
         if opts.output_dir is not None:
-            check_run_folder(opts.output_dir, ReaderTrainer.command, overwrite=opts.overwrite)
+            check_run_folder(opts.output_dir, COMMAND, overwrite=opts.overwrite)
             if opts.overwrite and main:
                 clear_run_folder(opts.output_dir)
-        path = new_run_path(ReaderTrainer.command, opts.output_dir)
-        return path
+        return new_run_path(RUN_NAME, opts.output_dir)
     if opts.overwrite:
         raise LmlabError("--overwrite replaces an --output-dir; it cannot be combined with --resume.",
                          hint=f"drop --overwrite to continue {opts.resume}")
@@ -165,6 +168,9 @@ def _eval_dir(opts: AugmentEvalOptions, recorded: dict[str, Any], main: bool) ->
         raise LmlabError(f"{opts.resume}: not an eval folder of `lmlab {COMMAND}` (no matching config.json).",
                          hint="pass the eval folder printed at the end of the run, e.g. runs/augment-eval-...")
     saved = config.get("options", {})
+    if "system" in saved:
+        raise LmlabError(f"{opts.resume} is the run of one system ({saved['system']}) of an eval.",
+                         hint=f"resume the whole eval: lmlab {COMMAND} --resume {Path(opts.resume).parent}")
     now = json.loads(json.dumps(absolute_paths(recorded), default=str))
     changed = sorted(k for k in now if k not in UNRECORDED and saved.get(k) != now[k])
     if changed:
@@ -193,7 +199,11 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
 
     train = opts.train or str(example(DEFAULT_TRAIN))
     test = opts.test or str(example(DEFAULT_TEST))
+    opts = dataclasses.replace(opts, data=train)
     names = system_names(opts.augmented)
+    checker = ReaderTrainer(opts, [], [], system=BASELINE, files=[], skips=SkipLog())
+    checker.check()  # options and --model before anything is written
+    load_tokenizer(checker.reader_config())
     seeds = load_instances(train, need_context=True)
     held_out = load_instances(test, need_context=True)
     systems = [(BASELINE, [train], []), *((name, [train, path], load_instances(path, need_context=True))
@@ -203,7 +213,7 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
     eval_dir = shared_run_path(accelerator, _eval_dir(opts, recorded, accelerator.is_main_process))
     if opts.resume is None:
         RunDir(eval_dir, main=accelerator.is_main_process, checkpoints=False).write_config(
-            ReaderTrainer.command, recorded, cli_command=COMMAND)
+            RUN_NAME, recorded, cli_command=COMMAND)
     test_keys = {(item.input.strip(), item.context) for item in held_out}
     results: dict[str, dict[str, Any]] = {}
     for name, files, extra in systems:

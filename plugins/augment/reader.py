@@ -83,32 +83,55 @@ class SpanReader(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.span.state_dict().items()}, folder / HEAD_FILE)
 
 
-def load_reader(config: ReaderConfig, *, seed: int) -> tuple[SpanReader, Any]:
-    """(reader, fast tokenizer) for `config.model`; the span head starts from `seed`, or from the folder's own
-    span head when it is a saved reader."""
-    from transformers import AutoModel, AutoTokenizer
-
+def _located(config: ReaderConfig) -> tuple[str, bool]:
+    """(where the model is, whether only the local Hugging Face cache may serve it)."""
     path = embedder_path(config.model)
     folder = Path(path).expanduser()
     if folder.exists() and not (folder / "config.json").is_file():
         raise ModelError(f"{config.model}: the folder has no config.json, so it is not a Hugging Face model folder.",
                          hint="pass an encoder folder written by save_pretrained, a Hub id, or all-minilm-l6-v2")
+    return str(folder) if folder.exists() else path, not folder.is_dir()
+
+
+def _load_error(config: ReaderConfig, exc: Exception) -> ModelError:
+    return ModelError(f"Could not load the reader's encoder '{config.model}' ({str(exc).splitlines()[0][:160]}).",
+                      hint="use the offline default all-minilm-l6-v2, a local encoder folder, or a Hub id already in "
+                           "the Hugging Face cache")
+
+
+def load_tokenizer(config: ReaderConfig) -> Any:
+    """The reader's fast tokenizer (offsets map tokens to characters); cheap, so a command can check --model
+    before it writes anything. As lmlab.core.embeddings, a Hub id is read from the local cache only."""
+    from transformers import AutoTokenizer
+
+    path, offline = _located(config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        torch.manual_seed(seed)
-        encoder = AutoModel.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=offline)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"Could not load the reader's encoder '{config.model}' ({str(exc).splitlines()[0][:160]}).",
-                         hint="no network here? use the offline default all-minilm-l6-v2 or a local encoder "
-                              "folder") from None
+        raise _load_error(config, exc) from None
     if not tokenizer.is_fast:
         raise ModelError(f"{config.model}: the reader needs a fast tokenizer (character offsets of tokens).",
                          hint="use a model whose folder has a tokenizer.json")
+    return tokenizer
+
+
+def load_reader(config: ReaderConfig, *, seed: int) -> tuple[SpanReader, Any]:
+    """(reader, fast tokenizer) for `config.model`; the span head starts from `seed`, or from the folder's own
+    span head when it is a saved reader."""
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(config)
+    path, offline = _located(config)
+    torch.manual_seed(seed)
+    try:
+        encoder = AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=offline)
+    except (OSError, ValueError) as exc:
+        raise _load_error(config, exc) from None
     reader = SpanReader(encoder, config)
-    if (folder / HEAD_FILE).is_file():
+    if (Path(path) / HEAD_FILE).is_file():
         from safetensors.torch import load_file
 
-        reader.span.load_state_dict(load_file(folder / HEAD_FILE))
+        reader.span.load_state_dict(load_file(Path(path) / HEAD_FILE))
     return reader, tokenizer
 
 
@@ -126,6 +149,8 @@ def _cut_questions(tokenizer: Any, questions: Sequence[str], budget: int) -> lis
 def _encode(tokenizer: Any, examples: Sequence[Instance], config: ReaderConfig, *, windows: bool) -> list[SpanFeature]:
     """Tokenise (question, context) pairs, truncating the context only: one window per row, or (`windows`) as
     many overlapping windows as the context needs, half a window of overlap."""
+    if not examples:
+        return []
     budget = _question_budget(config.max_length, config.max_question_tokens)
     questions = _cut_questions(tokenizer, [e.input for e in examples], budget)
     room = config.max_length - budget - tokenizer.num_special_tokens_to_add(pair=True)

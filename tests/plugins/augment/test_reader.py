@@ -38,14 +38,22 @@ def _bio(name: str, city: str, year: str, field: str) -> str:
 
 
 def qa_rows(people: list[tuple[str, str, str, str]], prefix: str) -> list[dict]:
-    """Two questions per person: where born, what studied."""
+    """One question per person, alternately where they were born and what they studied."""
     rows = []
     for k, (name, city, year, field) in enumerate(people):
-        context = _bio(name, city, year, field)
-        rows.append({"id": f"{prefix}{k}a", "question": f"Where was {name} born?", "answer": city, "context": context})
-        rows.append({"id": f"{prefix}{k}b", "question": f"What did {name} study?", "answer": field,
-                     "context": context})
+        question, answer = (f"Where was {name} born?", city) if k % 2 == 0 else (f"What did {name} study?", field)
+        rows.append({"id": f"{prefix}{k}", "question": question, "answer": answer,
+                     "context": _bio(name, city, year, field)})
     return rows
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models need no intra-op parallelism; one thread keeps them quick on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +127,8 @@ def test_predict_answers_each_question_with_a_span_of_its_context(tiny_bert: Pat
 
 def test_loss_is_the_hand_computed_cross_entropy(tiny_bert: Path, tokenizer) -> None:
     reader, tok = load_reader(ReaderConfig(model=str(tiny_bert)), seed=0)
-    items = [Instance("a", "Where is it?", "Paris", TOWER), Instance("b", "Who built it?", "Gustave", "Built by Gustave.")]
+    items = [Instance("a", "Where is it?", "Paris", TOWER),
+             Instance("b", "Who built it?", "Gustave", "Built by Gustave.")]
     feats = features(items, tok)
     task = SpanTask(feats, pad_id=tok.pad_token_id, seed=0)
     batch = task.collate([0, 1])
@@ -150,7 +159,8 @@ def test_training_memorises_a_small_set(tmp_path: Path, tiny_bert: Path) -> None
     untrained, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=64), seed=42)
     items = [Instance(r["id"], r["question"], r["answer"], r["context"]) for r in rows]
     before = squad_scores(predict(untrained, tok, items), [[r["answer"]] for r in rows])["f1"]
-    report = run_eval(_options(tmp_path, tiny_bert, train=str(memorise), test=str(memorise), max_steps=40))
+    report = run_eval(_options(tmp_path, tiny_bert, train=str(memorise), test=str(memorise), max_steps=30,
+                                     batch_size=3))
     after = report["systems"]["seeds"]["f1"]
     assert after >= 80.0 and after >= before + 50.0, (before, after)
 
@@ -168,16 +178,16 @@ def test_run_eval_compares_seeds_with_each_augmented_file(tmp_path: Path, tiny_b
     assert json.loads((eval_dir / "report.json").read_text()) == json.loads(json.dumps(report))
     systems = report["systems"]
     assert list(systems) == ["seeds", "augmented-rada"]
-    assert systems["seeds"]["n_train"] == 4 and systems["seeds"]["skipped"] == {}
-    assert systems["augmented-rada"]["n_train"] == 8  # 4 seeds + 4 new rows
+    assert systems["seeds"]["n_train"] == 2 and systems["seeds"]["skipped"] == {}
+    assert systems["augmented-rada"]["n_train"] == 4  # 2 seeds + 2 new rows
     assert systems["augmented-rada"]["skipped"] == {DUPLICATE: 1, NOT_FOUND: 1}
-    assert report["n_test"] == 4
+    assert report["n_test"] == 2
     for name, result in systems.items():
         assert 0.0 <= result["exact_match"] <= result["f1"] <= 100.0
         assert result["f1_delta"] == pytest.approx(result["f1"] - systems["seeds"]["f1"])
         run = eval_dir / name
         assert (run / "model" / "span_head.safetensors").is_file()
-        assert len((run / "predictions.jsonl").read_text().splitlines()) == 4
+        assert len((run / "predictions.jsonl").read_text().splitlines()) == 2
         assert json.loads((run / "summary.json").read_text())["f1"] == result["f1"]
     show_report(report)
     shown = capsys.readouterr().err
