@@ -6,6 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     """Run `lmlab ARGS` in a fresh process, as a user would."""
     return subprocess.run([sys.executable, "-m", "lmlab.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler], fake: object) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with `handler` (which reads `self.server.fake`); yields
+    its OpenAI-style base URL, http://127.0.0.1:PORT/v1."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.fake = fake
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -19,6 +19,7 @@ from lmlab.core import backend_openai
 from lmlab.core.backend_openai import OpenAIBackend
 from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest
 from lmlab.core.errors import LmlabError
+from tests.conftest import loopback_server
 
 TOKEN = re.compile(r"\S+|\s+")
 GENERATED = " B because the sky is blue STOP more text"
@@ -109,15 +110,10 @@ def completion(body: dict, no_logprobs: bool) -> dict:
 @pytest.fixture
 def server():
     fake = FakeServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.fake = fake
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield fake
-    fake.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(Handler, fake) as url:
+        fake.url = url
+        yield fake
+        fake.release.set()
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_jsonl
+from tests.conftest import loopback_server, write_jsonl
 
 SEEDS = [{"id": f"s{i}", "context": f"The {name} router keeps its settings in slot {i} of the admin page.",
           "input": f"Where does the {name} router keep its settings?", "output": f"slot {i}"}
@@ -62,14 +62,9 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def qa_server():
     fake = QAServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.fake = fake
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield fake
-    httpd.shutdown()
-    httpd.server_close()
+    with loopback_server(Handler, fake) as url:
+        fake.url = url
+        yield fake
 
 
 @pytest.fixture
