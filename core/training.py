@@ -15,9 +15,8 @@ import importlib.util
 import json
 import math
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +33,7 @@ from lmlab.core.progress import Progress
 from lmlab.core.report import plot_metrics
 from lmlab.core.runs import RunDir
 from lmlab.core.schedules import lr_lambda
+from lmlab.core.signals import StopRequest
 
 
 @dataclass
@@ -131,25 +131,6 @@ def make_optimizer(model: torch.nn.Module, weight_decay: float, lr: float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
-class _Stop:
-    """Turns SIGINT/SIGTERM into a flag checked after each step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-
 class _MetricsSink:
     """metrics.jsonl always (main process), TensorBoard too when it is installed."""
 
@@ -204,7 +185,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
             _truncate_metrics(run.metrics, state["step"])
     unwrapped = accelerator.unwrap_model(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    stop, sink = _Stop(), _MetricsSink(run)
+    stop, sink = StopRequest(), _MetricsSink(run)
     progress = Progress("train", cfg.max_steps, completed=state["step"], every=cfg.log_every,
                         line="step {completed}/{total} {info}")
     epoch_batches: list[list[int]] = []

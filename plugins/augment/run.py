@@ -14,6 +14,7 @@ from lmlab.core.errors import Interrupted, LmlabError
 from lmlab.core.paths import example
 from lmlab.core.progress import Progress
 from lmlab.core.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config, write_json_atomic
+from lmlab.core.signals import StopRequest
 from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
 from lmlab.plugins.augment.journal import Journal
 from lmlab.plugins.augment.options import AugmentOptions
@@ -133,12 +134,14 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     todo = [item for item in items if not journal.done(item.id)]
     if journal.resumed:
         log(f"{run.path}: {len(items) - len(todo)} of {len(items)} items already done; generating {len(todo)}")
-    started, failures = time.perf_counter(), 0
-    chunk_size = max(1, opts.model.batch_size) * 4
+    started, failures, stop = time.perf_counter(), 0, StopRequest()
+    chunk_size = max(opts.model.batch_size, opts.model.concurrency)  # one backend call each, then saved
     try:
-        with Progress("augment", len(items), completed=len(items) - len(todo),
-                      line="{label}: {completed}/{total} items {info}") as progress:
+        with stop.installed(), Progress("augment", len(items), completed=len(items) - len(todo),
+                                        line="{label}: {completed}/{total} items {info}") as progress:
             for start in range(0, len(todo), chunk_size):
+                if stop.signal is not None:
+                    raise KeyboardInterrupt
                 chunk = todo[start:start + chunk_size]
                 requests = [GenerateRequest(item.prompt, opts.max_new_tokens, template.stop, opts.temperature,
                                             opts.top_p, 1, item.request_seed) for item in chunk]

@@ -81,7 +81,8 @@ def test_a_backend_that_keeps_failing_stops_the_run_with_a_hint(qa_server, seeds
     assert rows(tmp_path / "run" / "journal.jsonl")[0]["status"] == "error"
 
 
-def test_a_run_killed_mid_way_and_rerun_makes_each_item_exactly_once(qa_server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_mid_way_and_rerun_makes_each_item_exactly_once(qa_server, tmp_path: Path, sig: int) -> None:
     many = write_jsonl(tmp_path / "many.jsonl", [{**SEEDS[i % 3], "id": f"s{i}"} for i in range(30)])
     out = tmp_path / "run"
     args = served(qa_server, many, out, "--multiplier", "4", "--batch-size", "1", "--dedupe-threshold", "1.0")
@@ -92,8 +93,8 @@ def test_a_run_killed_mid_way_and_rerun_makes_each_item_exactly_once(qa_server, 
     while not (journal.exists() and journal.read_text().count("\n") >= 10):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
         time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, sig)
+    assert proc.wait() == (130 if sig == signal.SIGTERM else -signal.SIGKILL)  # SIGTERM: saved, then exit 130
     done_before = journal.read_text().count("\n")
     assert done_before < 120 and not (out / "report.json").exists()
     rerun = run_cli(*args, "--json")
