@@ -83,8 +83,10 @@ class KVCache:
         if length > self.capacity or other.k.shape[0] != self.k.shape[0] or other.k.shape[2:] != self.k.shape[2:]:
             raise ValueError("the caches to merge differ in shape or do not fit")
         L, B, H, cap, d = self.k.shape
-        k = self.k.new_empty(L, B + other.k.size(1), H, cap, d)
-        v, real = torch.empty_like(k), self.real.new_zeros(k.size(1), cap)
+        # zeros, not empty: the shorter cache's new padding slots are masked, but attention still multiplies their
+        # values by a weight of 0, and 0 · NaN (whatever uninitialised memory held) is NaN
+        k = self.k.new_zeros(L, B + other.k.size(1), H, cap, d)
+        v, real = torch.zeros_like(k), self.real.new_zeros(k.size(1), cap)
         for rows, cache in ((slice(0, B), self), (slice(B, None), other)):
             start = length - cache.length
             k[:, rows, :, start:length] = cache.k[:, :, :, :cache.length]
