@@ -43,23 +43,27 @@ def _check_same_plan(folder: Path, options: dict[str, Any]) -> None:
                          hint=f"`--resume {folder}` continues it with its own settings; or choose another --output-dir")
 
 
-def _store(opts: AugmentOptions, run: RunDir) -> Any:
-    """The vector store: a store folder as given, or instance files indexed into the run folder (once)."""
-    from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
+def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
+    """A store folder, loaded; or the instance files to index (read now, so bad rows stop the run before its
+    folder exists)."""
     from lmlab.core.vector_store import VectorStore
+
+    if (source / "store.json").is_file():
+        return VectorStore.load(source), None
+    return None, load_instances(str(source))
+
+
+def _index_into_run(rows: list[Instance], source: Path, run: RunDir) -> Any:
+    """The instance files indexed into the run folder's store/ (once: a rerun finds them there)."""
+    from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
     from lmlab.plugins.augment.index import add_instances, open_store
 
-    source = Path(opts.store or example("augment/store.jsonl"))
-    if (source / "store.json").is_file():
-        store = VectorStore.load(source)
-        return store, Embedder(store.info.embedder)
     folder = run.path / "store"
     store = open_store(folder, DEFAULT_EMBEDDER, "flat")
-    embedder = Embedder(store.info.embedder)
-    added = add_instances(store, folder, load_instances(str(source)), embedder, save_every=2048)
+    added = add_instances(store, folder, rows, Embedder(store.info.embedder), save_every=2048)
     if added:
         log(f"indexed {added} store rows from {source} into {folder}")
-    return store, embedder
+    return store
 
 
 def judge(item: WorkItem, text: str, template: Template, opts: AugmentOptions,
@@ -116,13 +120,17 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     folder = new_run_path(COMMAND, opts.resume or opts.output_dir)
     if folder.exists():
         _check_same_plan(folder, absolute_paths(options))
+    source = Path(opts.store or example("augment/store.jsonl"))
+    store, rows = _open_store(source) if opts.retrieval != "none" else (None, None)
     backend = load_backend(opts.backend, opts.model)  # before the run folder: a bad model leaves none behind
     run = RunDir(folder, checkpoints=False)
     run.write_config(COMMAND, options)
-    store = embedder = vectors = None
+    vectors = None
     if opts.retrieval != "none":
-        store, embedder = _store(opts, run)
-        vectors = embedder.encode([embed_text(s) for s in seeds])
+        from lmlab.core.embeddings import Embedder
+
+        store = store if rows is None else _index_into_run(rows, source, run)
+        vectors = Embedder(store.info.embedder).encode([embed_text(s) for s in seeds])
     items = plan(seeds, vectors, store, template, mode=opts.retrieval, multiplier=opts.multiplier, demos=opts.demos,
                  pool=opts.pool, run_seed=opts.model.seed)
     journal = Journal(run.path)

@@ -136,6 +136,16 @@ def test_malformed_seed_rows_are_one_clear_error(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_store_row_stops_augment_before_its_run_folder_exists(seeds: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    store = write_jsonl(tmp_path / "store.jsonl", [{"id": "x", "input": "q?", "output": ["a"], "context": "c"}])
+    with pytest.raises(SystemExit) as info:
+        main(["augment", "--seeds", str(seeds), "--store", str(store), "-o", str(tmp_path / "run")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2 and "store.jsonl:1: field 'output': expected str, got list" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_index_builds_a_store_grows_it_and_names_bad_rows(store_file: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     store = tmp_path / "store"
