@@ -51,8 +51,10 @@ def run_index(opts: IndexOptions) -> dict[str, Any]:
     store = open_store(folder, opts.embedder, opts.index, opts.nlist)
     before = len(store)
     started = time.perf_counter()
-    embedder = Embedder(opts.embedder, batch_size=opts.batch_size)
-    added = add_instances(store, folder, items, embedder, save_every=opts.save_every)
+    added = 0
+    if any(item.id not in store.ids for item in items):  # the model loads only when there is something to embed
+        added = add_instances(store, folder, items, Embedder(opts.embedder, batch_size=opts.batch_size),
+                              save_every=opts.save_every)
     seconds = time.perf_counter() - started
     if not added:
         log(f"{folder}: already holds all {len(items)} rows")
