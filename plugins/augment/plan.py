@@ -60,14 +60,19 @@ def _contexts(items: list[Instance]) -> list[tuple[str, str]]:
     return list(found.items())
 
 
-def plan(seeds: list[Instance], vectors: np.ndarray | None, store: VectorStore | None, template: Template, *,
-         mode: str, multiplier: int, demos: int, pool: int, run_seed: int) -> list[WorkItem]:
-    """The run's work items, seed by seed; `vectors` are the seeds' embeddings (unused for mode none)."""
+def check_mode(mode: str, template: Template) -> None:
+    """LmlabError unless `mode` is a retrieval mode the template can use (checked before any work starts)."""
     if mode not in MODES:
         raise LmlabError(f"Unknown --retrieval '{mode}'.", hint=f"use one of: {', '.join(MODES)}")
     if mode in ("context", "both") and not template.needs_context:
         raise LmlabError(f"--retrieval {mode} retrieves target contexts, but the template '{template.name}' has no "
                          "{context} in its target.", hint="use --retrieval demos or none with this template")
+
+
+def plan(seeds: list[Instance], vectors: np.ndarray | None, store: VectorStore | None, template: Template, *,
+         mode: str, multiplier: int, demos: int, pool: int, run_seed: int) -> list[WorkItem]:
+    """The run's work items, seed by seed; `vectors` are the seeds' embeddings (unused for mode none)."""
+    check_mode(mode, template)
     if template.needs_context:
         for seed in seeds:
             if not seed.context:

@@ -18,7 +18,7 @@ from lmlab.core.signals import StopRequest
 from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
 from lmlab.plugins.augment.journal import Journal
 from lmlab.plugins.augment.options import AugmentOptions
-from lmlab.plugins.augment.plan import WorkItem, plan
+from lmlab.plugins.augment.plan import WorkItem, check_mode, plan
 from lmlab.plugins.augment.records import Instance, embed_text, load_instances
 from lmlab.plugins.augment.templates import Template, load_template
 
@@ -111,6 +111,7 @@ def _generate_chunk(backend: Backend, chunk: list[WorkItem], requests: list[Gene
 
 def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     template = load_template(opts.template)
+    check_mode(opts.retrieval, template)
     seeds = load_instances(opts.seeds or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
     seeds = seeds[:opts.limit] if opts.limit else seeds
     options = {**flat_options(opts), "seeds": opts.seeds or str(example("augment/seeds.jsonl")),

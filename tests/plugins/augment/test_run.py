@@ -136,6 +136,21 @@ def test_malformed_seed_rows_are_one_clear_error(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (("--retrieval", "nearest"), "Unknown --retrieval 'nearest'. hint: use one of: demos, context, both, none"),
+    (("--template", "multiple-choice"), "--retrieval both retrieves target contexts, but the template "
+     "'multiple-choice' has no {context} in its target"),
+    (("--template", "nope.toml"), "Unknown template 'nope.toml'"),
+])
+def test_bad_options_are_refused_before_anything_is_written(seeds: Path, tmp_path: Path, args: tuple[str, ...],
+                                                            message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["augment", "--seeds", str(seeds), *args, "-o", str(tmp_path / "run")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_bad_store_row_stops_augment_before_its_run_folder_exists(seeds: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     store = write_jsonl(tmp_path / "store.jsonl", [{"id": "x", "input": "q?", "output": ["a"], "context": "c"}])
