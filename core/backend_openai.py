@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
@@ -159,12 +159,38 @@ class OpenAIBackend:
     # ---- HTTP ---------------------------------------------------------------------------------------------
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
-        """`fn` over `items`, `options.concurrency` at a time, in order; the first error cancels the rest."""
-        pool = ThreadPoolExecutor(max_workers=max(1, self.options.concurrency))
+        """`fn` over `items`, `options.concurrency` at a time, in order; the first error stops the rest.
+
+        Daemon threads rather than a ThreadPoolExecutor, whose workers the interpreter joins at exit: with one,
+        Ctrl-C would wait for the requests in flight (up to --timeout per attempt) before the run could exit."""
+        results: dict[int, R] = {}
+        stop: list[BaseException] = []
+        todo = iter(enumerate(items))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while not stop:
+                with lock:
+                    job = next(todo, None)
+                if job is None:
+                    return
+                try:
+                    results[job[0]] = fn(job[1])
+                except BaseException as exc:  # handed to the caller's thread below
+                    stop.append(exc)
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, self.options.concurrency))]
+        for thread in threads:
+            thread.start()
         try:
-            return list(pool.map(fn, items))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for thread in threads:
+                thread.join()
+        except BaseException as exc:  # Ctrl-C: no new requests start; the ones in flight die with the process
+            stop.append(exc)
+            raise
+        if stop:
+            raise stop[0]
+        return [results[i] for i in range(len(items))]
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = self.base_url + path

@@ -1,4 +1,5 @@
-"""Ctrl-C during `lmlab eval` saves what is done, exits 130, and `--resume` finishes without redoing it."""
+"""Ctrl-C during `lmlab eval` saves what is done, exits 130 at once even while a request hangs, and `--resume`
+finishes without redoing it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ from tests.plugins.click.test_click import write_click
 
 
 class Slow(BaseHTTPRequestHandler):
-    """An OpenAI-compatible /v1/completions (echo + logprobs) that takes 20 ms per request."""
+    """An OpenAI-compatible /v1/completions (echo + logprobs) that takes 20 ms per request, except request
+    number `stall_at`, which it never answers (a server that hangs; the client's --timeout is 120 s)."""
 
     seen = 0
+    stall_at = 150
+    stalled = threading.Event()
 
     def log_message(self, *args) -> None:
         pass
@@ -28,6 +32,9 @@ class Slow(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).seen += 1
+        if type(self).seen == self.stall_at:
+            self.stalled.set()
+            time.sleep(600)
         time.sleep(0.02)
         prompt = body["prompt"]
         payload = json.dumps({"choices": [{"text": prompt, "logprobs": {
@@ -60,11 +67,13 @@ def test_interrupted_eval_resumes_without_redoing_answers(tmp_path: Path) -> Non
         proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120
-        while cached_answers(run / "cache.sqlite") == 0:
+        while not Slow.stalled.wait(0.05):
             assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
-            time.sleep(0.02)
+        assert cached_answers(run / "cache.sqlite") > 0  # the first chunks are committed
         os.kill(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        interrupted = time.time()
+        _, stderr = proc.communicate(timeout=100)
+        assert time.time() - interrupted < 30, "Ctrl-C waited for the request in flight"
         assert proc.returncode == 130, stderr
         assert "--resume" in stderr and "Traceback" not in stderr
         done = cached_answers(run / "cache.sqlite")
