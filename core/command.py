@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.console import print_json, set_quiet
+from lmlab.core.console import print_json, set_json, set_quiet
 
 CLI_ONLY = ("config", "json_output", "quiet")
 
@@ -109,6 +109,7 @@ def options_command(cls: type, run: Callable[[Any], dict[str, Any]], *, doc: str
     def command(**values: Any) -> None:
         set_quiet(values["quiet"])
         json_output = values["json_output"]
+        set_json(json_output)
         summary = run(build_options(cls, {k: v for k, v in values.items() if k not in CLI_ONLY}, fixed))
         if json_output:
             print_json(summary)

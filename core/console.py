@@ -10,11 +10,22 @@ from rich.console import Console
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _quiet = False
+_json = False
 
 
 def set_quiet(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
+
+
+def set_json(json_output: bool) -> None:
+    global _json
+    _json = json_output
+
+
+def json_stdout() -> bool:
+    """Whether stdout is reserved for the --json summary (a command that prints results there puts them in it)."""
+    return _json
 
 
 def is_quiet() -> bool:

@@ -45,3 +45,8 @@ def register_backends(register: Any) -> None:
 @hookspec
 def register_benchmarks(register: Any) -> None:
     """Register what `lmlab eval NAME` offers: register(BenchmarkSpec(...)) (see lmlab.core.evaluation)."""
+
+
+@hookspec
+def register_retrievers(register: Any) -> None:
+    """Register retrievers for `lmlab retrieve`: register(RetrieverSpec(...)) (see lmlab.core.retrievers)."""

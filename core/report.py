@@ -98,6 +98,29 @@ def plot_accuracy(by: dict[str, dict[str, dict[str, Any]]], out: Path, title: st
     return out
 
 
+def plot_lines(series: Mapping[str, Mapping[float, float]], out: Path, title: str, *, xlabel: str,
+               ylabel: str) -> Path:
+    """One line per named series of (x, y) points, e.g. recall@k against k for each retriever."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, points in series.items():
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker="o", markersize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def accuracy_table(title: str, summary: dict[str, Any]) -> Table:
     """Overall accuracy, then one section per breakdown."""
     table = Table(title=title, title_justify="left")

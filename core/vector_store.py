@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from lmlab.core.errors import LmlabError
 from lmlab.core.models import replace_dir
+
+if TYPE_CHECKING:
+    from lmlab.core.embeddings import Embedder
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 FORMAT = 1
@@ -182,3 +185,30 @@ class VectorStore:
         if info.index == "hnsw" and index is not None:
             index.hnsw.efSearch = info.ef_search
         return cls(info, index, items)
+
+
+def open_store(folder: Path, embedder: str, kind: str, nlist: int | None = None) -> VectorStore:
+    """The store in `folder`, or a new empty one; an existing store must have been made by `embedder`."""
+    if (folder / "store.json").is_file():
+        store = VectorStore.load(folder)
+        if store.info.embedder != embedder:
+            raise LmlabError(f"{folder} was built with the embedder '{store.info.embedder}', not '{embedder}'.",
+                             hint=f"pass --embedder {store.info.embedder}, or index into a new --output")
+        return store
+    if kind not in INDEX_KINDS:
+        raise LmlabError(f"Unknown --index '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
+    return VectorStore(StoreInfo(embedder=embedder, dim=0, index=kind, nlist=nlist))
+
+
+def add_missing(store: VectorStore, folder: Path, rows: Sequence[dict[str, Any]], texts: Sequence[str],
+                embedder: Embedder, *, save_every: int, progress: Callable[[int], None] | None = None) -> int:
+    """Embed `texts[i]` and add `rows[i]` for the rows whose id the store does not hold yet, saving the store
+    after every `save_every` of them (an interrupted indexing resumes); returns how many were added."""
+    todo = [n for n, row in enumerate(rows) if str(row["id"]) not in store.ids]
+    store.info.dim = store.info.dim or embedder.dim
+    for start in range(0, len(todo), save_every):
+        chunk = todo[start:start + save_every]
+        vectors = embedder.encode([texts[n] for n in chunk], progress=progress)
+        store.add(vectors, [rows[n] for n in chunk])
+        store.save(folder)
+    return len(todo)

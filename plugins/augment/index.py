@@ -9,39 +9,20 @@ from typing import Any
 
 from lmlab.core.console import log
 from lmlab.core.embeddings import Embedder
-from lmlab.core.errors import LmlabError
 from lmlab.core.paths import example
 from lmlab.core.progress import Progress
-from lmlab.core.vector_store import INDEX_KINDS, StoreInfo, VectorStore
+from lmlab.core.vector_store import VectorStore, add_missing, open_store
 from lmlab.plugins.augment.options import IndexOptions
 from lmlab.plugins.augment.records import Instance, embed_text, load_instances
-
-
-def open_store(folder: Path, embedder: str, kind: str, nlist: int | None = None) -> VectorStore:
-    """The store in `folder`, or a new empty one; an existing store must have been made by `embedder`."""
-    if (folder / "store.json").is_file():
-        store = VectorStore.load(folder)
-        if store.info.embedder != embedder:
-            raise LmlabError(f"{folder} was built with the embedder '{store.info.embedder}', not '{embedder}'.",
-                             hint=f"pass --embedder {store.info.embedder}, or index into a new --output")
-        return store
-    if kind not in INDEX_KINDS:
-        raise LmlabError(f"Unknown --index '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
-    return VectorStore(StoreInfo(embedder=embedder, dim=0, index=kind, nlist=nlist))
 
 
 def add_instances(store: VectorStore, folder: Path, items: list[Instance], embedder: Embedder, *,
                   save_every: int) -> int:
     """Embed and add the items the store does not hold yet, saving after every `save_every`; returns how many."""
     todo = [item for item in items if item.id not in store.ids]
-    store.info.dim = store.info.dim or embedder.dim
     with Progress("index", len(todo), line="{label}: {completed}/{total} rows embedded") as progress:
-        for start in range(0, len(todo), save_every):
-            chunk = todo[start:start + save_every]
-            vectors = embedder.encode([embed_text(item) for item in chunk], progress=progress.advance)
-            store.add(vectors, [item.as_row() for item in chunk])
-            store.save(folder)
-    return len(todo)
+        return add_missing(store, folder, [item.as_row() for item in todo], [embed_text(item) for item in todo],
+                           embedder, save_every=save_every, progress=progress.advance)
 
 
 def run_index(opts: IndexOptions) -> dict[str, Any]:

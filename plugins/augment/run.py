@@ -56,7 +56,8 @@ def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
 def _index_into_run(rows: list[Instance], source: Path, run: RunDir) -> Any:
     """The instance files indexed into the run folder's store/ (once: a rerun finds them there)."""
     from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
-    from lmlab.plugins.augment.index import add_instances, open_store
+    from lmlab.core.vector_store import open_store
+    from lmlab.plugins.augment.index import add_instances
 
     folder = run.path / "store"
     store = open_store(folder, DEFAULT_EMBEDDER, "flat")

@@ -1,0 +1,97 @@
+"""The `lmlab retrieve` group: index, search, eval, train and questions; each imports its module when it runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from lmlab.core.command import options_command
+from lmlab.core.console import err
+from lmlab.core.trainer import trainer_command
+from lmlab.plugins.retrieve.options import (
+    EvalOptions,
+    IndexOptions,
+    QuestionOptions,
+    RetrieveTrainOptions,
+    SearchOptions,
+)
+
+
+def _run_index(opts: IndexOptions) -> dict[str, Any]:
+    from lmlab.plugins.retrieve.index import run_index
+
+    return run_index(opts)
+
+
+def _run_search(opts: SearchOptions) -> dict[str, Any]:
+    from lmlab.plugins.retrieve.search import run_search
+
+    return run_search(opts)
+
+
+def _run_eval(opts: EvalOptions) -> dict[str, Any]:
+    from lmlab.plugins.retrieve.evaluate import run_eval
+
+    return run_eval(opts)
+
+
+def _run_questions(opts: QuestionOptions) -> dict[str, Any]:
+    from lmlab.plugins.retrieve.questions import run_questions
+
+    return run_questions(opts)
+
+
+def show_index(summary: dict[str, Any]) -> None:
+    built = ", ".join(f"{name} ({settings['seconds']} s)" for name, settings in summary["built"].items())
+    err.print(f"{summary['index']}: {summary['documents']} documents from {summary['corpus']}; built {built}; "
+              f"holds {', '.join(summary['retrievers'])}")
+
+
+def show_search(summary: dict[str, Any]) -> None:
+    err.print(f"{summary['retriever']}: {summary['queries']} queries, top {summary['top_k']} → {summary['output']} "
+              f"({summary['queries_per_s']} queries/s)")
+
+
+def show_eval(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    ks = summary["ks"]
+    table = Table(title=f"retrieve eval · {summary['queries']} queries · KILT page-level metrics")
+    table.add_column("retriever")
+    for name in ("R-prec", *(f"recall@{k}" for k in ks), "MRR", "queries/s"):
+        table.add_column(name, justify="right")
+    for name, values in summary["results"].items():
+        style = "bold" if name == summary["best"] else None
+        table.add_row(name, f"{values['r_precision']:.3f}", *(f"{values[f'recall@{k}']:.3f}" for k in ks),
+                      f"{values['mrr']:.3f}", str(values["queries_per_s"]), style=style)
+    err.print(table)
+    err.print(f"recall@k plot: {summary['chart']}")
+    err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+
+
+def show_questions(summary: dict[str, Any]) -> None:
+    err.print(f"{summary['output']}: {summary['written']} questions written for {summary['documents']} documents "
+              f"({summary['already_done']} done before, {summary['malformed']} malformed generations dropped)")
+
+
+def retrieve_app() -> typer.Typer:
+    app = typer.Typer(no_args_is_help=True, help="Sparse, dense and generative retrieval (Re3val) with KILT metrics: "
+                      "index a corpus, search it, train the title generator, evaluate.")
+    app.command("index")(options_command(
+        IndexOptions, _run_index, show=show_index,
+        doc="Index a corpus {id, title, text} for BM25, dense and generative retrieval, into one folder."))
+    app.command("search")(options_command(
+        SearchOptions, _run_search, show=show_search,
+        doc="Rank the index's documents for queries (JSONL or TSV on stdout, or --output)."))
+    app.command("eval")(options_command(
+        EvalOptions, _run_eval, show=show_eval,
+        doc="KILT retrieval metrics (R-precision, recall@k, MRR) of each retriever and their fusion."))
+    app.command("train")(trainer_command(
+        RetrieveTrainOptions, "lmlab.plugins.retrieve.train:RetrieveTrainer",
+        doc="Train the title generator of generative retrieval (title-gen), or fine-tune it with REINFORCE on "
+            "titles decoded under the trie (reinforce)."))
+    app.command("questions")(options_command(
+        QuestionOptions, _run_questions, show=show_questions,
+        doc="Write questions about the index's documents with an LLM, as extra training pairs for `retrieve train`."))
+    return app

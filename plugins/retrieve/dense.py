@@ -1,0 +1,45 @@
+"""The dense retriever: documents embedded once into the core vector store (sentence-transformers + faiss),
+queries embedded at search time and matched by cosine similarity (Karpukhin et al. 2020's bi-encoder setting
+with an off-the-shelf sentence encoder)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
+from lmlab.core.progress import Progress
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.core.vector_store import VectorStore, add_missing, open_store
+
+
+def document_text(title: str, text: str) -> str:
+    return f"{title}: {text}"
+
+
+def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Embed the documents the store in `folder` does not hold yet (an interrupted build resumes)."""
+    embedder_name = options.get("embedder", DEFAULT_EMBEDDER)
+    store = open_store(folder, embedder_name, options.get("index", "flat"))
+    if any(d.id not in store.ids for d in corpus.documents):  # the model loads only when there is work
+        embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)))
+        todo = [d for d in corpus.documents if d.id not in store.ids]
+        with Progress("dense", len(todo), line="{label}: {completed}/{total} documents embedded") as progress:
+            add_missing(store, folder, [{"id": d.id} for d in todo], [document_text(d.title, d.text) for d in todo],
+                        embedder, save_every=4096, progress=progress.advance)
+    return {"embedder": store.info.embedder, "dim": store.info.dim, "index": store.info.index}
+
+
+class DenseRetriever:
+    def __init__(self, index: RetrievalIndex, batch_size: int) -> None:
+        self.store = VectorStore.load(index.folder / "dense")
+        self.embedder = Embedder(self.store.info.embedder, batch_size=batch_size)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        hits = self.store.search(self.embedder.encode(list(queries)), k)
+        return [[Ranked(str(hit.item["id"]), hit.score) for hit in row] for row in hits]
+
+
+def open_dense(index: RetrievalIndex, options: dict[str, Any]) -> DenseRetriever:
+    return DenseRetriever(index, int(options.get("batch_size", 32)))

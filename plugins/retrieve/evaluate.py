@@ -1,0 +1,76 @@
+"""`lmlab retrieve eval`: KILT's page-level retrieval metrics (R-precision, recall@k, success@k, MRR; see
+lmlab.core.kilt) for each retriever and the fused pipeline on KILT-format queries, with results.json,
+rankings.jsonl and a recall@k plot in a run directory."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from lmlab.core.console import log
+from lmlab.core.kilt import load_kilt, recall_at_k, retrieval_metrics
+from lmlab.core.paths import example
+from lmlab.core.report import plot_lines
+from lmlab.core.retrievers import RetrievalIndex, retriever_spec
+from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.plugins.retrieve.fused import default_members
+from lmlab.plugins.retrieve.options import EvalOptions
+
+
+def evaluated(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any]) -> list[str]:
+    """The retrievers to evaluate: those named, else every usable one built plus fused."""
+    if opts.retriever:
+        for name in opts.retriever:
+            retriever_spec(name)
+        return list(dict.fromkeys(opts.retriever))
+    members = default_members(index, options)
+    return members + (["fused"] if len(members) > 1 else [])
+
+
+def run_eval(opts: EvalOptions) -> dict[str, Any]:
+    data = opts.data or str(example("retrieve/dev.jsonl"))
+    queries = load_kilt(data)[:opts.limit]
+    index = RetrievalIndex.load(opts.search.index)
+    options = asdict(opts.search)
+    names = evaluated(index, opts, options)
+    if opts.output_dir is not None:
+        check_run_folder(opts.output_dir, "retrieve eval", reusable=True)
+    depth = max([*opts.ks, *(len(s) for q in queries for s in q.evidence)])
+    texts = [q.input for q in queries]
+    results: dict[str, dict[str, Any]] = {}
+    rankings: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        retriever = index.open(name, options)
+        started = time.perf_counter()
+        ranked = retriever.search(texts, depth)
+        seconds = time.perf_counter() - started
+        rankings[name] = {q.id: [hit.id for hit in hits] for q, hits in zip(queries, ranked, strict=True)}
+        results[name] = {**retrieval_metrics(rankings[name], queries, opts.ks),
+                         "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}
+        log(f"{name}: R-precision {results[name]['r_precision']:.3f}, "
+            + ", ".join(f"recall@{k} {results[name][f'recall@{k}']:.3f}" for k in opts.ks))
+    run = RunDir(new_run_path("retrieve-eval", opts.output_dir), checkpoints=False)
+    run.write_config("retrieve eval", {**asdict(opts), "data": data})
+    _write_rankings(run, queries, rankings)
+    curves = {name: {k: sum(recall_at_k(rankings[name][q.id], q.evidence, k) for q in queries) / len(queries)
+                     for k in range(1, depth + 1)} for name in names}
+    chart = plot_lines(curves, run.path / "recall.png", f"recall@k · {len(queries)} queries · {index.folder.name}",
+                       xlabel="k", ylabel="recall@k")
+    summary = {"data": data, "index": str(index.folder), "queries": len(queries), "ks": opts.ks,
+               "results": results, "best": max(results, key=lambda n: results[n][f"recall@{opts.ks[0]}"]),
+               "chart": str(chart), "run_dir": str(run.path)}
+    write_json_atomic(run.path / "results.json", summary)
+    return summary
+
+
+def _write_rankings(run: RunDir, queries: list[Any], rankings: dict[str, dict[str, list[str]]]) -> None:
+    path = run.path / "rankings.jsonl"
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for q in queries:
+            out.write(json.dumps({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
+                                  **{name: ranked[q.id] for name, ranked in rankings.items()}},
+                                 ensure_ascii=False) + "\n")
+    tmp.replace(path)

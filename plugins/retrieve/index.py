@@ -1,0 +1,28 @@
+"""`lmlab retrieve index`: the corpus and every retriever's files in one index folder, settings recorded."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from lmlab.core.console import log
+from lmlab.core.paths import example
+from lmlab.core.retrievers import Corpus, RetrievalIndex, retriever_spec
+from lmlab.plugins.retrieve.options import IndexOptions
+
+
+def run_index(opts: IndexOptions) -> dict[str, Any]:
+    names = list(dict.fromkeys(opts.retriever))
+    for name in names:  # unknown names are refused before anything is read or written
+        retriever_spec(name)
+    corpus = Corpus.load(opts.corpus or example("retrieve/corpus.jsonl"))
+    started = time.perf_counter()
+    index = RetrievalIndex.create(opts.output, corpus)
+    options = asdict(opts)
+    for name in names:
+        settings = index.build(name, options)
+        log(f"{name}: built in {settings['seconds']} s")
+    return {"index": str(index.folder), "corpus": corpus.source, "documents": len(corpus),
+            "built": {name: index.built[name] for name in names}, "retrievers": sorted(index.built),
+            "seconds": round(time.perf_counter() - started, 2)}

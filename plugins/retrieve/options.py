@@ -1,0 +1,128 @@
+"""Options of the `lmlab retrieve` commands, one field per flag (light imports: `--help` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmlab.core.backends import BackendOptions
+from lmlab.core.embeddings import DEFAULT_EMBEDDER
+from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+
+DEFAULT_INDEX = Path("runs/retrieve-index")
+DEFAULT_GENERATOR = "smollm2-135m"
+BUILT_BY_DEFAULT = ["bm25", "dense", "generative"]
+RETRIEVE = "Retrieval"
+
+
+@dataclass
+class IndexOptions:
+    corpus: str | None = option(None, "Documents {id, title, text} (JSONL/JSON/CSV/Parquet/saved dataset; default: "
+                                "the bundled examples/retrieve/corpus.jsonl).", panel=MODEL_AND_DATA)
+    output: Path = option(DEFAULT_INDEX, "The index folder; building into one that indexes the same corpus "
+                          "replaces only the retrievers named.", flags=("--output", "-o"), panel=RUN_AND_OUTPUT)
+    retriever: list[str] = option(BUILT_BY_DEFAULT, "Retrievers to build (repeatable): bm25, dense, generative "
+                                  "(the title trie), or one a plugin adds.", flags=("--retriever", "-r"))
+    embedder: str = option(DEFAULT_EMBEDDER, "dense: sentence-transformers model (the packaged all-minilm-l6-v2, a "
+                           "folder, or a cached Hub name).", panel=MODEL_AND_DATA)
+    index: str = option("flat", "dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents or more).")
+    batch_size: int = option(32, "dense: texts per embedding batch.", min=1)
+    k1: float = option(1.5, "bm25: term-frequency saturation k1.", min=0.0)
+    b: float = option(0.75, "bm25: length normalisation b.", min=0.0, max=1.0)
+    bm25_method: str = option("lucene", "bm25: scoring variant of bm25s (lucene, robertson, atire, bm25l, bm25+).")
+    stem: bool = option(True, "bm25: English Snowball stemming of documents and queries.")
+    generator_model: str = option(DEFAULT_GENERATOR, "generative: the model whose tokenizer the title trie uses "
+                                  "(that of the generator you will train).", panel=MODEL_AND_DATA)
+
+
+@dataclass
+class SearchSettings:
+    """What every command that searches an index shares."""
+
+    index: Path = option(DEFAULT_INDEX, "The index folder (`lmlab retrieve index`).", panel=MODEL_AND_DATA)
+    generator: str | None = option(None, "generative: the trained title generator (a `retrieve train` run or "
+                                   "model folder; default: the one last trained on this index).",
+                                   panel=MODEL_AND_DATA)
+    num_beams: int = option(10, "generative: beams of the trie-constrained beam search (it returns at most this "
+                            "many titles).", min=1, panel=RETRIEVE)
+    fuse: list[str] = option([], "fused: the retrievers to fuse (repeatable; default: every one built, generative "
+                             "when a generator is known).", panel=RETRIEVE)
+    fusion: str = option("rrf", "fused: rrf (reciprocal rank fusion) or weighted (a weighted sum of min-max "
+                         "normalised scores).", panel=RETRIEVE)
+    weights: list[float] = option([], "fused: one weight per fused retriever, in --fuse order (default: equal).",
+                                  panel=RETRIEVE)
+    rrf_k: float = option(60.0, "fused: the k of RRF, score = sum of w / (k + rank).", min=0.0, panel=RETRIEVE)
+    depth: int = option(100, "fused: candidates taken from each retriever before fusing.", min=1, panel=RETRIEVE)
+    batch_size: int = option(16, "Queries per batch (embedding, beam search).", min=1, panel=RETRIEVE)
+
+
+@dataclass
+class SearchOptions:
+    query: list[str] = option([], "A query (repeatable); or use --queries.", flags=("--query", "-q"),
+                              panel=MODEL_AND_DATA)
+    queries: str | None = option(None, "Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text "
+                                 "file with one query per line.", panel=MODEL_AND_DATA)
+    search: SearchSettings = group(SearchSettings)
+    retriever: str = option("fused", "bm25, dense, generative, fused, or one a plugin adds.",
+                            flags=("--retriever", "-r"), panel=RETRIEVE)
+    top_k: int = option(10, "Documents per query.", min=1, panel=RETRIEVE)
+    format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
+                         "title).", panel=RUN_AND_OUTPUT)
+    output: Path | None = option(None, "Write the results here instead of stdout.", flags=("--output", "-o"),
+                                 panel=RUN_AND_OUTPUT)
+
+
+@dataclass
+class EvalOptions:
+    data: str | None = option(None, "KILT-format queries {id, input, output: [{answer, provenance: [{wikipedia_id, "
+                              "title}]}]} (default: the bundled examples/retrieve/dev.jsonl).", flags=("--data", "-d"),
+                              panel=MODEL_AND_DATA)
+    search: SearchSettings = group(SearchSettings)
+    retriever: list[str] = option([], "Retrievers to evaluate (repeatable; default: every one built, and fused).",
+                                  flags=("--retriever", "-r"), panel=RETRIEVE)
+    ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), panel=RETRIEVE)
+    output_dir: Path | None = option(None, "Run directory for results.json, rankings.jsonl and recall.png "
+                                     "(default: runs/retrieve-eval-<timestamp>).", flags=("--output-dir", "-o"),
+                                     panel=RUN_AND_OUTPUT)
+    limit: int | None = option(None, "Use only the first N queries.", min=1, panel=MODEL_AND_DATA)
+
+
+@dataclass
+class RetrieveTrainOptions(TrainOptions):
+    """Options of `lmlab retrieve train` (the shared training options plus these)."""
+
+    model: str = option(DEFAULT_GENERATOR, "Causal LM to train as the title generator: alias (smollm2-135m, "
+                        "tiny-llama), local HF folder or Hub id.", flags=("--model", "-m"), panel=MODEL_AND_DATA)
+    index: Path = option(DEFAULT_INDEX, "The index folder (its corpus gives the titles, its trie the constraint); "
+                         "the trained generator is recorded there for search and eval.", panel=MODEL_AND_DATA)
+    method: str = option("title-gen", "title-gen: learn to write the gold title of a query (cross-entropy); "
+                         "reinforce: REINFORCE on titles decoded under the trie, from a trained generator.")
+    questions: list[str] = option([], "Extra (query, title) pairs from `lmlab retrieve questions` (repeatable).",
+                                  panel=MODEL_AND_DATA)
+    max_length: int = option(96, "Longest prompt + title in tokens (longer queries lose their start).", min=8,
+                             panel=MODEL_AND_DATA)
+    num_beams: int = option(4, "reinforce: titles decoded per query (the sampled set).", min=1)
+    reward: str = option("match", "reinforce: match (1 if the title is in a gold evidence set, else 0) or rank "
+                         "(1 / beam rank of a gold title, 0 otherwise).")
+    baseline: str = option("mean", "reinforce: mean (the mean reward of the query's decoded titles), ema (a moving "
+                           "average over steps) or none.")
+    ema: float = option(0.9, "reinforce: decay of the ema baseline.", min=0.0, max=1.0)
+    max_steps: int = option(60, "Optimizer steps to train.", min=1, panel=TRAINING)
+    batch_size: int = option(8, "Examples per micro-batch per process.", min=1, panel=TRAINING)
+    lr: float = option(3e-4, "Peak learning rate.", min=0.0, panel=TRAINING)
+
+
+@dataclass
+class QuestionOptions:
+    model: BackendOptions = group(lambda: BackendOptions(batch_size=8))
+    backend: str = option("hf", "hf (local transformers) or openai (an OpenAI-compatible server).",
+                          panel=MODEL_AND_DATA)
+    index: Path = option(DEFAULT_INDEX, "The index folder whose documents get questions.", panel=MODEL_AND_DATA)
+    per_document: int = option(2, "Questions to write per document.", min=1)
+    temperature: float = option(0.8, "Sampling temperature (0: greedy, then only one distinct question).",
+                                min=0.0, panel=BACKEND)
+    max_new_tokens: int = option(40, "Tokens per question.", min=1, panel=BACKEND)
+    output: Path = option(Path("runs/retrieve-questions.jsonl"), "Pairs {input, title, wikipedia_id} to train on "
+                          "(appended to; a rerun skips documents already done).", flags=("--output", "-o"),
+                          panel=RUN_AND_OUTPUT)
+    limit: int | None = option(None, "Only the first N documents.", min=1, panel=MODEL_AND_DATA)

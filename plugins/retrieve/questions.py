@@ -1,0 +1,70 @@
+"""`lmlab retrieve questions`: Re3val's question generation, which covers pages the training queries never ask
+about (the epistemic-uncertainty and domain-gap argument of the paper): an LLM writes questions about each
+document through any backend, and the (question, title) pairs become extra `retrieve train --questions` data.
+
+Rows are appended and flushed per chunk of documents, so an interrupted run loses at most one chunk, and a rerun
+skips the documents already in the output file."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmlab.core.backends import GenerateRequest, load_backend
+from lmlab.core.console import log
+from lmlab.core.data import load_records
+from lmlab.core.progress import Progress
+from lmlab.core.retrievers import Document, RetrievalIndex
+from lmlab.plugins.retrieve.options import QuestionOptions
+
+PROMPT = ("Write one question that the passage below answers. Ask about a fact in it; do not copy a sentence.\n\n"
+          "Title: {title}\nPassage: {text}\nQuestion:")
+MAX_PASSAGE_CHARS = 1200
+CHUNK = 16  # documents per backend call and per flush
+
+
+def question_request(doc: Document, opts: QuestionOptions) -> GenerateRequest:
+    return GenerateRequest(PROMPT.format(title=doc.title, text=doc.text[:MAX_PASSAGE_CHARS]),
+                           max_tokens=opts.max_new_tokens, stop=("\n",), temperature=opts.temperature,
+                           top_p=0.95, n=opts.per_document, seed=opts.model.seed)
+
+
+def parse_question(text: str) -> str | None:
+    """The first line, if it reads as a question (three words or more, ending with '?'); else None."""
+    line = text.strip().split("\n", 1)[0].strip().strip('"')
+    return line if len(line.split()) >= 3 and line.endswith("?") else None
+
+
+def _done(opts: QuestionOptions) -> set[str]:
+    if not opts.output.is_file() or opts.output.stat().st_size == 0:
+        return set()
+    return {str(r.data.get("wikipedia_id")) for r in load_records(str(opts.output), required=("wikipedia_id",))}
+
+
+def run_questions(opts: QuestionOptions) -> dict[str, Any]:
+    index = RetrievalIndex.load(opts.index)
+    documents = index.corpus.documents[:opts.limit]
+    done = _done(opts)
+    todo = [d for d in documents if d.id not in done]
+    written = malformed = 0
+    if todo:
+        backend = load_backend(opts.backend, opts.model)
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        with opts.output.open("a", encoding="utf-8") as out, \
+                Progress("questions", len(todo), line="{label}: {completed}/{total} documents") as progress:
+            for start in range(0, len(todo), CHUNK):
+                chunk = todo[start:start + CHUNK]
+                for doc, texts in zip(chunk, backend.generate([question_request(d, opts) for d in chunk]),
+                                      strict=True):
+                    parsed = [parse_question(t) for t in texts]
+                    malformed += parsed.count(None)
+                    for n, question in enumerate(dict.fromkeys(q for q in parsed if q)):
+                        row = {"id": f"{doc.id}-q{n}", "input": question, "title": doc.title, "wikipedia_id": doc.id}
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        written += 1
+                out.flush()
+                progress.advance(len(chunk))
+    else:
+        log(f"{opts.output}: every document already has questions")
+    return {"output": str(opts.output), "documents": len(documents), "already_done": len(documents) - len(todo),
+            "written": written, "malformed": malformed}

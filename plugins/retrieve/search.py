@@ -1,0 +1,61 @@
+"""`lmlab retrieve search`: rank the index's documents for queries, as JSONL (one object per query) or TSV."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from lmlab.core.console import json_stdout
+from lmlab.core.errors import LmlabError
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.plugins.retrieve.options import SearchOptions
+from lmlab.plugins.retrieve.queries import read_queries
+
+FORMATS = ("jsonl", "tsv")
+
+
+def result_rows(queries: list[tuple[str, str]], ranked: list[list[Ranked]], corpus: Corpus) -> list[dict[str, Any]]:
+    return [{"id": qid, "input": text,
+             "results": [{"rank": rank, "id": hit.id, "title": corpus.by_id[hit.id].title,
+                          "score": round(hit.score, 6)} for rank, hit in enumerate(hits, 1)]}
+            for (qid, text), hits in zip(queries, ranked, strict=True)]
+
+
+def write_results(out: TextIO, fmt: str, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        if fmt == "jsonl":
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            continue
+        for hit in row["results"]:
+            title = hit["title"].replace("\t", " ")
+            out.write(f"{row['id']}\t{hit['rank']}\t{hit['id']}\t{hit['score']:.6g}\t{title}\n")
+
+
+def run_search(opts: SearchOptions) -> dict[str, Any]:
+    if opts.format not in FORMATS:
+        raise LmlabError(f"Unknown --format '{opts.format}'.", hint=f"use one of: {', '.join(FORMATS)}")
+    queries = read_queries(opts.query, opts.queries)
+    index = RetrievalIndex.load(opts.search.index)
+    retriever = index.open(opts.retriever, asdict(opts.search))
+    started = time.perf_counter()
+    ranked = retriever.search([text for _, text in queries], opts.top_k)
+    seconds = time.perf_counter() - started
+    rows = result_rows(queries, ranked, index.corpus)
+    summary: dict[str, Any] = {}
+    if opts.output is not None:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = opts.output.with_name(opts.output.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            write_results(out, opts.format, rows)
+        tmp.replace(opts.output)
+    elif json_stdout():  # stdout carries the --json summary: the results go in it
+        summary["results"] = rows
+    else:
+        write_results(sys.stdout, opts.format, rows)
+        sys.stdout.flush()
+    return {**summary, "retriever": opts.retriever, "queries": len(queries), "top_k": opts.top_k,
+            "output": str(opts.output) if opts.output else "stdout", "seconds": round(seconds, 3),
+            "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}

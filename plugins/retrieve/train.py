@@ -1,0 +1,262 @@
+"""`lmlab retrieve train`: the title generator of generative retrieval, on the shared training loop.
+
+- `--method title-gen`: cross-entropy on the gold title's tokens (and EOS) after the query prompt, GENRE's
+  objective; every page of every gold evidence set is a target, plus pairs from `retrieve questions`.
+- `--method reinforce`: Re3val's REINFORCE step, ∇J = E[(R(ŷ) − b) ∇ log p(ŷ|x)], over the titles ŷ that
+  trie-constrained beam search decodes for the query with the current model. METHODS.md marks the reward and
+  the baseline unconfirmed, so both are options: R = `match` (1 if ŷ is a gold page, else 0) or `rank`
+  (1/rank of ŷ in the beam if gold, else 0); b = `mean` (the mean reward of the query's decoded titles, the
+  usual self-critical choice), `ema` (a moving average of the batch's mean reward) or `none`.
+
+The trained model is written to the run's model/ and recorded in the index, so `retrieve search` and
+`retrieve eval` use it without --generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.core.batching import length_grouped_batches
+from lmlab.core.console import log
+from lmlab.core.data import SkipLog, load_records
+from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.kilt import KiltQuery, load_kilt
+from lmlab.core.logprobs import TokenLogprobModel
+from lmlab.core.models import load_model, replace_dir
+from lmlab.core.retrievers import Corpus, RetrievalIndex
+from lmlab.core.trainer import Trainer
+from lmlab.plugins.retrieve.generative import TRIE_FILE, build_trie, record_generator
+from lmlab.plugins.retrieve.options import RetrieveTrainOptions
+from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids, tokenizer_fingerprint
+from lmlab.plugins.retrieve.trie import TitleTrie
+
+METHODS = ("title-gen", "reinforce")
+REWARDS = ("match", "rank")
+BASELINES = ("mean", "ema", "none")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training query: its prompt tokens, the gold title tokens (with EOS) and the gold page ids."""
+
+    prompt: tuple[int, ...]
+    title: tuple[int, ...]
+    gold: frozenset[str]
+
+
+def kilt_targets(queries: list[KiltQuery], corpus: Corpus, skips: SkipLog) -> list[tuple[str, str, frozenset[str]]]:
+    """(query, gold page id, every gold page id) for each distinct gold page of each query."""
+    out = []
+    for query in queries:
+        gold = frozenset(page for pages in query.evidence for page in pages)
+        known = [page for page in dict.fromkeys(p for pages in query.evidence for p in pages) if page in corpus.by_id]
+        if not query.evidence:
+            skips.add("no provenance")
+        elif not known:
+            skips.add("provenance not in the index's corpus")
+        out += [(query.input, page, gold) for page in known]
+    return out
+
+
+def question_targets(path: str, corpus: Corpus) -> list[tuple[str, str, frozenset[str]]]:
+    """Pairs from `retrieve questions` (or any rows with `input` and a `title` or `wikipedia_id` of the corpus)."""
+    out = []
+    for record in load_records(path, required=("input",)):
+        if record.data.get("wikipedia_id") is not None:
+            page = str(record.get("wikipedia_id", (str, int)))
+            if page not in corpus.by_id:
+                raise DataError(f"'{page}' is not a page of the index's corpus", path=record.path, line=record.line,
+                                field="wikipedia_id", hint="generate the questions from this index")
+        else:
+            title = record.get("title", str)
+            if title not in corpus.by_title:
+                raise DataError(f"'{title}' is not a title of the index's corpus", path=record.path,
+                                line=record.line, field="title", hint="generate the questions from this index")
+            page = corpus.by_title[title].id
+        out.append((record.get("input", str), page, frozenset([page])))
+    return out
+
+
+class TitleGenTask:
+    """Cross-entropy of the title tokens given the prompt, averaged over title tokens."""
+
+    def __init__(self, pairs: list[Pair], *, pad_id: int, seed: int) -> None:
+        self.pairs, self.pad_id, self.seed = pairs, pad_id, seed
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        return length_grouped_batches([len(p.prompt) + len(p.title) for p in self.pairs], global_batch,
+                                      seed=self.seed, epoch=epoch)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return sequences_batch([(self.pairs[i].prompt, self.pairs[i].title) for i in indices], self.pad_id)
+
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"tokens": float(batch["targets"].numel()), "examples": float(batch["input_ids"].shape[0])}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp = model(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])
+        loss = -logp.sum() / totals["tokens"]
+        return loss, {"loss": loss.detach()}
+
+
+def sequences_batch(rows: list[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + title rows, with the flat positions that predict each title token."""
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    positions, targets, seq_id = [], [], []
+    for row, (prompt, title) in enumerate(rows):
+        seq = torch.tensor(prompt + title, dtype=torch.long)
+        input_ids[row, :len(seq)] = seq
+        attention[row, :len(seq)] = 1
+        pos = torch.arange(len(prompt) - 1, len(seq) - 1)
+        positions.append(row * width + pos)
+        targets.append(seq[pos + 1])
+        seq_id.append(torch.full_like(pos, row))
+    return {"input_ids": input_ids, "attention_mask": attention, "positions": torch.cat(positions),
+            "targets": torch.cat(targets), "seq_id": torch.cat(seq_id)}
+
+
+class ReinforceTask:
+    """REINFORCE over the titles the current model decodes under the trie (see the module docstring)."""
+
+    def __init__(self, pairs: list[Pair], trie: TitleTrie, page_of: dict[tuple[int, ...], str], *, pad_id: int,
+                 eos_id: int, num_beams: int, reward: str, baseline: str, ema: float, seed: int) -> None:
+        self.pairs, self.trie, self.page_of = pairs, trie, page_of
+        self.pad_id, self.eos_id, self.num_beams, self.seed = pad_id, eos_id, num_beams, seed
+        self.reward, self.baseline, self.ema = reward, baseline, ema
+        self.running: float | None = None  # the ema baseline
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        queries = sorted({p.prompt: i for i, p in enumerate(self.pairs)}.values())  # each query once
+        order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        shuffled = [queries[i] for i in order]
+        shuffled += shuffled[:(-len(shuffled)) % global_batch]
+        return [shuffled[i:i + global_batch] for i in range(0, len(shuffled), global_batch)]
+
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        return {"index": torch.tensor(indices)}
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"examples": float(batch["index"].numel())}
+
+    def rewards(self, titles: list[tuple[int, ...]], gold: frozenset[str]) -> list[float]:
+        hits = [self.page_of.get(t) in gold for t in titles]
+        if self.reward == "match":
+            return [float(h) for h in hits]
+        return [1.0 / rank if h else 0.0 for rank, h in enumerate(hits, 1)]
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from lmlab.plugins.retrieve.beam import constrained_beam_search
+
+        pairs = [self.pairs[int(i)] for i in batch["index"]]
+        lm = getattr(model, "module", model).lm
+        with torch.no_grad():
+            decoded = constrained_beam_search(lm, [list(p.prompt) for p in pairs], self.trie,
+                                              num_beams=self.num_beams, eos_token_id=self.eos_id,
+                                              pad_token_id=self.pad_id)
+        rows, advantages, rewards = [], [], []
+        for pair, hyps in zip(pairs, decoded, strict=True):
+            titles = [h.tokens for h in hyps]
+            reward = self.rewards(titles, pair.gold)
+            rewards += reward
+            base = self._baseline(reward)
+            rows += [(pair.prompt, t + (self.eos_id,)) for t in titles]
+            advantages += [r - base for r in reward]
+        mean_reward = sum(rewards) / len(rewards)
+        if self.baseline == "ema":
+            previous = mean_reward if self.running is None else self.running
+            self.running = self.ema * previous + (1 - self.ema) * mean_reward
+        tensors = sequences_batch(rows, self.pad_id)
+        logp = model(tensors["input_ids"], tensors["attention_mask"], tensors["positions"], tensors["targets"])
+        sequence_logp = torch.zeros(len(rows)).index_add(0, tensors["seq_id"], logp)
+        weight = torch.tensor(advantages) / len(hyps)  # mean over a query's titles
+        loss = -(weight * sequence_logp).sum() / totals["examples"]
+        return loss, {"loss": loss.detach(), "reward": torch.tensor(mean_reward * len(pairs) / totals["examples"])}
+
+    def _baseline(self, reward: list[float]) -> float:
+        if self.baseline == "mean":
+            return sum(reward) / len(reward)
+        if self.baseline == "ema":
+            return self.running if self.running is not None else sum(reward) / len(reward)
+        return 0.0
+
+
+class RetrieveTrainer(Trainer):
+    command = "retrieve-train"
+    plotted = ("loss",)
+    default_data = "retrieve/train.jsonl"
+    opts: RetrieveTrainOptions
+
+    def check(self) -> None:
+        super().check()
+        for flag, value, allowed in (("--method", self.opts.method, METHODS), ("--reward", self.opts.reward, REWARDS),
+                                     ("--baseline", self.opts.baseline, BASELINES)):
+            if value not in allowed:
+                raise LmlabError(f"Unknown {flag} '{value}'.", hint=f"use one of: {', '.join(allowed)}")
+        if self.opts.method == "reinforce":
+            type(self).plotted = ("loss", "reward")
+
+    def setup(self, accelerator: Any) -> tuple[Any, Any]:
+        opts = self.opts
+        self.index = RetrievalIndex.load(opts.index)
+        corpus = self.index.corpus
+        self.skips = SkipLog()
+        targets = kilt_targets(load_kilt(self.data), corpus, self.skips)
+        for path in opts.questions:
+            targets += question_targets(path, corpus)
+        if self.skips.total:
+            log(f"[yellow]{self.skips.summary()}[/yellow]")
+        if not targets:
+            raise DataError("no query has a gold page in the index's corpus.", path=self.data,
+                            hint="train on queries whose provenance wikipedia_id is a document id of the index")
+        with accelerator.main_process_first():
+            lm, self.tokenizer = load_model(opts.model, seed=opts.seed, trust_remote_code=False)
+        titles = title_ids(self.tokenizer, [corpus.by_id[page].title for _, page, _ in targets])
+        longest = max(len(t) for t in titles)
+        if longest >= opts.max_length:
+            raise LmlabError(f"--max-length {opts.max_length} leaves no room for the prompt: a title takes "
+                             f"{longest} tokens.", hint=f"e.g. --max-length {longest + 64}")
+        prompts = [prompt_ids(self.tokenizer, [q], opts.max_length - len(t))[0]
+                   for (q, _, _), t in zip(targets, titles, strict=True)]
+        pairs = [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
+        self.examples = len(pairs)
+        log(f"{len(pairs)} (query, title) pairs for {len({p.prompt for p in pairs})} queries over {len(corpus)} titles")
+        if opts.method == "title-gen":
+            return TokenLogprobModel(lm), TitleGenTask(pairs, pad_id=self.tokenizer.pad_token_id, seed=opts.seed)
+        trie = self._trie()
+        page_of = {tuple(ids[:-1]): d.id for ids, d in
+                   zip(title_ids(self.tokenizer, [d.title for d in corpus.documents]), corpus.documents, strict=True)}
+        task = ReinforceTask(pairs, trie, page_of, pad_id=self.tokenizer.pad_token_id,
+                             eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward,
+                             baseline=opts.baseline, ema=opts.ema, seed=opts.seed)
+        return TokenLogprobModel(lm), task
+
+    def _trie(self) -> TitleTrie:
+        built = self.index.built.get("generative", {})
+        if built.get("tokenizer") == tokenizer_fingerprint(self.tokenizer):
+            return TitleTrie.load(self.index.folder / "generative" / TRIE_FILE)
+        return build_trie(self.tokenizer, [d.title for d in self.index.corpus.documents])
+
+    def summarize(self, result: dict[str, Any], run: Any) -> dict[str, Any]:
+        return {"method": self.opts.method, "model_dir": str(run.path / "model"), "index": str(self.index.folder),
+                "pairs": self.examples, "skipped": self.skips.as_dict(), "examples_per_s": result["examples_per_s"]}
+
+    def save(self, result: dict[str, Any], run: Any, summary: dict[str, Any]) -> None:
+        trained = result["model"].lm
+
+        def write(tmp: Path) -> None:
+            trained.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        replace_dir(run.path / "model", write)
+        record_generator(self.index, run.path / "model")
+
+    def title(self) -> str:
+        return f"retrieve train · {self.opts.method} · {self.opts.model}"
