@@ -57,19 +57,27 @@ def cli_fields(cls: type, instance: Any | None = None, path: tuple[str, ...] = (
 
 
 def build_options(cls: type, values: dict[str, Any], fixed: dict[str, Any] | None = None) -> Any:
-    """The options dataclass from flat command-line values (groups rebuilt; repeatable options None → [])."""
+    """The options dataclass from flat command-line values (groups rebuilt; a repeatable option not given keeps
+    its dataclass default)."""
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = dict(fixed or {})
     for field in dataclasses.fields(cls):
         meta = o.field_metadata(cls, field.name)
         if meta.get("group"):
             base = _default(field, None)
-            nested = {f.name: values[f.name] for f in cli_fields(hints[field.name], base) if f.name in values}
+            nested = {f.name: _given(f.annotation, values[f.name], f.default)
+                      for f in cli_fields(hints[field.name], base) if f.name in values}
             kwargs[field.name] = dataclasses.replace(base, **nested)
         elif field.name in values:
-            value = values[field.name]
-            kwargs[field.name] = list(value or []) if _is_list(hints[field.name]) else value
+            kwargs[field.name] = _given(hints[field.name], values[field.name], _default(field, None))
     return cls(**kwargs)
+
+
+def _given(annotation: Any, value: Any, default: Any) -> Any:
+    """A repeatable option that was not given (None or empty) keeps its default; other values pass through."""
+    if _is_list(annotation):
+        return list(value) if value else list(default)
+    return value
 
 
 def _is_list(annotation: Any) -> bool:
@@ -86,10 +94,10 @@ def _parameter(field: CliField) -> inspect.Parameter:
         if meta["negatable"] and not meta["flags"]:
             decls = [f"{flag}/--no-{flag[2:]}"]
     if _is_list(annotation):
+        extra["show_default"] = ", ".join(map(str, default)) if default else False
         annotation, default = annotation | None, None
-        extra["show_default"] = False
     if default is None:
-        extra["show_default"] = False
+        extra.setdefault("show_default", False)
     info = typer.Option(*decls, help=meta["help"], min=meta["min"], max=meta["max"], envvar=meta["envvar"],
                         rich_help_panel=meta["panel"], callback=o.EAGER_CALLBACKS.get(field.name),
                         is_eager=field.name in o.EAGER_CALLBACKS, **extra)

@@ -133,6 +133,7 @@ class RetrievalIndex:
 
     def __init__(self, folder: Path, corpus: Corpus, info: dict[str, Any]) -> None:
         self.folder, self.corpus, self.info = folder, corpus, info
+        self._opened: dict[str, Retriever] = {}
 
     @property
     def built(self) -> dict[str, dict[str, Any]]:
@@ -189,8 +190,12 @@ class RetrievalIndex:
         return self.built[name]
 
     def open(self, name: str, options: dict[str, Any]) -> Retriever:
-        spec = retriever_spec(name)
-        if spec.build is not None and name not in self.built:
-            raise LmlabError(f"{self.folder} has no '{name}' index.",
-                             hint=f"build it with `lmlab retrieve index --retriever {name} -o {self.folder}`")
-        return spec.open(self, options)
+        """Retriever `name`, loaded once per index object (a fusion and its members share the loaded models;
+        `options` are the command's, the same for every call)."""
+        if name not in self._opened:
+            spec = retriever_spec(name)
+            if spec.build is not None and name not in self.built:
+                raise LmlabError(f"{self.folder} has no '{name}' index.",
+                                 hint=f"build it with `lmlab retrieve index --retriever {name} -o {self.folder}`")
+            self._opened[name] = spec.open(self, options)
+        return self._opened[name]

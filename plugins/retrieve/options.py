@@ -58,8 +58,7 @@ class SearchSettings:
 
 @dataclass
 class SearchOptions:
-    query: list[str] = option([], "A query (repeatable); or use --queries.", flags=("--query", "-q"),
-                              panel=MODEL_AND_DATA)
+    query: list[str] = option([], "A query (repeatable); or use --queries.", panel=MODEL_AND_DATA)
     queries: str | None = option(None, "Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text "
                                  "file with one query per line.", panel=MODEL_AND_DATA)
     search: SearchSettings = group(SearchSettings)
