@@ -15,7 +15,7 @@ from lmlab.core import plugins
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.kilt import load_kilt, retrieval_metrics
 from lmlab.core.plugins import load_plugins, pm
-from lmlab.core.retrievers import Corpus, RetrievalIndex, Ranked, RetrieverSpec
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, RetrieverSpec
 from tests.conftest import write_jsonl
 from tests.plugins.retrieve.conftest import DOCS
 
@@ -81,7 +81,7 @@ def test_search_prints_jsonl_and_tsv_and_puts_results_in_the_json_summary(built_
     lmlab([*base, "-r", "bm25"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["id"] for r in rows] == ["q1", "q2"] and rows[0]["results"][0]["title"] == "Mercury"
-    assert rows[1]["results"][0]["title"] == "Java" and len(rows[0]["results"]) == 2
+    assert rows[1]["results"][0]["title"] == "Java"
     lmlab([*base, "-r", "bm25", "--format", "tsv"])
     first = capsys.readouterr().out.splitlines()[0].split("\t")
     assert first[:3] == ["q1", "1", "101"] and first[4] == "Mercury"
