@@ -1,0 +1,95 @@
+"""`lmlab retrieve train`: title-gen learns the gold titles and makes generative retrieval work end to end;
+a REINFORCE step raises the log-probability of a rewarded title."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmlab.cli.app import main
+from lmlab.core.logprobs import TokenLogprobModel
+from lmlab.core.models import load_model
+from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids
+from lmlab.plugins.retrieve.train import Pair, ReinforceTask, sequences_batch
+from lmlab.plugins.retrieve.trie import TitleTrie
+from tests.conftest import write_jsonl
+from tests.plugins.retrieve.conftest import DOCS, QUERIES, kilt_rows
+
+
+def lmlab(args: list[str], code: int = 0) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == code
+
+
+@pytest.fixture
+def own_index(built_index: Path, tmp_path: Path) -> Path:
+    """A copy of the session's index, so that recording a generator in it changes no other test."""
+    return Path(shutil.copytree(built_index, tmp_path / "index"))
+
+
+def test_title_gen_learns_the_titles_and_generative_retrieval_returns_them(own_index: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", kilt_rows([q for q in QUERIES if q[2] and len(q[2]) == 1
+                                                             and len(q[2][0]) == 1]))
+    run = tmp_path / "run"
+    lmlab(["retrieve", "train", "--index", str(own_index), "--data", str(train), "--model", "tiny-llama",
+           "--max-steps", "40", "--lr", "3e-3", "--batch-size", "7", "-o", str(run), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert summary["pairs"] == 7 and losses[-1] < 0.2 * losses[0]
+    recorded = json.loads((own_index / "index.json").read_text())["retrievers"]["generative"]["generator"]
+    assert Path(recorded) == (run / "model").resolve()
+
+    lmlab(["retrieve", "search", "--index", str(own_index), "-r", "generative", "--num-beams", "4", "--top-k", "4",
+           "--query", QUERIES[0][1], "--query", QUERIES[3][1], "--query", "something never asked"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    titles = {t for _, t, _ in DOCS}
+    assert all(len(r["results"]) == 4 and {h["title"] for h in r["results"]} <= titles for r in rows)
+    assert rows[0]["results"][0]["title"] == "Mercury"  # a title that is a prefix of another
+    assert rows[1]["results"][0]["title"] == "Java (programming language)"
+
+    lmlab(["retrieve", "eval", "--index", str(own_index), "--data", str(train), "-o", str(tmp_path / "eval"),
+           "--json"])
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert set(results) == {"bm25", "dense", "generative", "fused"}
+    assert results["generative"]["recall@1"] == 1.0  # it learnt its training queries
+
+
+def test_a_reinforce_step_raises_the_log_probability_of_the_rewarded_title() -> None:
+    lm, tokenizer = load_model("tiny-llama", seed=3)
+    titles = [t for _, t, _ in DOCS]
+    sequences = title_ids(tokenizer, titles)
+    trie = TitleTrie.build(sequences)
+    page_of = {tuple(s[:-1]): i for s, (i, _, _) in zip(sequences, DOCS, strict=True)}
+    prompt = tuple(prompt_ids(tokenizer, ["closest planet to the sun"], 64)[0])
+    gold = tuple(sequences[1])
+    task = ReinforceTask([Pair(prompt, gold, frozenset(["102"]))], trie, page_of, pad_id=tokenizer.pad_token_id,
+                         eos_id=tokenizer.eos_token_id, num_beams=len(titles), reward="match", baseline="mean",
+                         ema=0.9, seed=0)
+    model = TokenLogprobModel(lm)
+
+    def logp(title: tuple[int, ...]) -> float:
+        batch = sequences_batch([(prompt, title)], tokenizer.pad_token_id)
+        with torch.no_grad():
+            return float(model(batch["input_ids"], batch["attention_mask"], batch["positions"],
+                               batch["targets"]).sum())
+
+    others = [tuple(s) for s in sequences if tuple(s) != gold]
+    before, before_others = logp(gold), [logp(t) for t in others]
+    batch = task.collate(task.batches(0, 1)[0])
+    loss, metrics = task.loss(model, batch, task.counts(batch))
+    assert 0 < float(metrics["reward"]) < 1  # the gold title is one of the decoded ones
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.05 * p.grad
+    after = logp(gold)
+    assert after > before + 0.1
+    share = torch.tensor([before, *before_others]).log_softmax(0)[0]  # its probability among all the titles
+    assert torch.tensor([after, *(logp(t) for t in others)]).log_softmax(0)[0] > share
