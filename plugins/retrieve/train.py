@@ -6,7 +6,8 @@
   trie-constrained beam search decodes for the query with the current model. METHODS.md marks the reward and
   the baseline unconfirmed, so both are options: R = `match` (1 if ŷ is a gold page, else 0) or `rank`
   (1/rank of ŷ in the beam if gold, else 0); b = `mean` (the mean reward of the query's decoded titles, the
-  usual self-critical choice), `ema` (a moving average of the batch's mean reward) or `none`.
+  usual self-critical choice), `ema` (a moving average of the batch's mean reward; it is not checkpointed, so
+  after --resume it restarts from the next batch's mean) or `none`.
 
 The trained model is written to the run's model/ and recorded in the index, so `retrieve search` and
 `retrieve eval` use it without --generator.
@@ -201,7 +202,7 @@ class RetrieveTrainer(Trainer):
             if value not in allowed:
                 raise LmlabError(f"Unknown {flag} '{value}'.", hint=f"use one of: {', '.join(allowed)}")
         if self.opts.method == "reinforce":
-            type(self).plotted = ("loss", "reward")
+            self.plotted = ("loss", "reward")
 
     def setup(self, accelerator: Any) -> tuple[Any, Any]:
         opts = self.opts
