@@ -28,6 +28,8 @@ def register_retrievers(register: Any) -> None:
                            _open("dense", "open_dense"), _open("dense", "build")))
     register(RetrieverSpec("generative", "a causal LM decoding titles under the title trie",
                            _open("generative", "open_generative"), _open("generative", "build")))
+    register(RetrieverSpec("generative-rerank", "generative candidates rescored given dense contexts (Re3val)",
+                           _open("generative", "open_reranked")))
     register(RetrieverSpec("fused", "reciprocal-rank or weighted-sum fusion of the others",
                            _open("fused", "open_fused")))
 

@@ -14,11 +14,15 @@ FUSIONS = ("rrf", "weighted")
 
 
 def default_members(index: RetrievalIndex, options: dict[str, Any]) -> list[str]:
-    """Every retriever built into the index; generative only when a trained generator is known."""
+    """Every retriever built into the index; generative only when a trained generator is known, reranked by
+    contexts when it was trained with them (then in place of the plain one)."""
     members = []
     for name, settings in index.built.items():
-        if name == "generative" and not (options.get("generator") or settings.get("generator")):
-            continue
+        if name == "generative":
+            if not (options.get("generator") or settings.get("generator")):
+                continue
+            if options.get("rerank_contexts") or settings.get("contexts"):
+                name = "generative-rerank"
         members.append(name)
     return members
 

@@ -1,6 +1,10 @@
 """Generative retrieval (GENRE, De Cao et al. 2021; Re3val, Song et al. 2024): a causal LM writes the title of
 the page that answers a query, decoded by beam search constrained to a prefix trie of the corpus's titles, so
-that every output names a real page. `retrieve index` builds the trie; `retrieve train` teaches the model."""
+that every output names a real page. `retrieve index` builds the trie; `retrieve train` teaches the model.
+
+`generative-rerank` is Re3val's generative reranking: the decoded titles are rescored by the same generator given
+the query's top dense-retrieved contexts before it (query + DPR contexts + candidate title), log p(title |
+contexts, query); the generator learns that prompt too when trained with `--contexts N`."""
 
 from __future__ import annotations
 
@@ -10,9 +14,9 @@ from typing import Any
 
 from lmlab.core.errors import LmlabError
 from lmlab.core.models import load_model, replace_dir
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, Retriever
 from lmlab.plugins.retrieve.options import DEFAULT_GENERATOR
-from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids, tokenizer_fingerprint
+from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
 from lmlab.plugins.retrieve.trie import TitleTrie
 
 TRIE_FILE = "trie.safetensors"
@@ -51,8 +55,9 @@ class GenerativeRetriever:
             self.trie = TitleTrie.load(index.folder / "generative" / TRIE_FILE)
         else:  # a generator with another tokenizer: the trie is cheap to rebuild for it
             self.trie = build_trie(self.tokenizer, titles)
-        self.by_tokens = {tuple(ids[:-1]): index.corpus.by_title[t].id
-                          for ids, t in zip(title_ids(self.tokenizer, titles), titles, strict=True)}
+        self.title_tokens = {index.corpus.by_title[t].id: tuple(ids) for ids, t in
+                             zip(title_ids(self.tokenizer, titles), titles, strict=True)}
+        self.by_tokens = {ids[:-1]: page for page, ids in self.title_tokens.items()}
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         """At most `num_beams` titles per query, by the beam search's score (the sum of token log-probabilities
@@ -65,6 +70,40 @@ class GenerativeRetriever:
                                             eos_token_id=self.tokenizer.eos_token_id,
                                             pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size)
         return [[Ranked(self.by_tokens[h.tokens], h.score) for h in hyps[:k]] for hyps in found]
+
+
+class RerankedGenerative:
+    """Generative retrieval's candidates, reordered by log p(title | dense contexts, query)."""
+
+    def __init__(self, generative: GenerativeRetriever, dense: Retriever, index: RetrievalIndex, contexts: int,
+                 batch_size: int) -> None:
+        from lmlab.core.logprobs import TokenLogprobModel
+
+        self.generative, self.dense, self.corpus = generative, dense, index.corpus
+        self.contexts, self.batch_size = contexts, batch_size
+        self.scorer = TokenLogprobModel(generative.model)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        from lmlab.plugins.retrieve.scoring import sequence_logprobs
+
+        candidates = self.generative.search(queries, k)
+        found = self.dense.search(queries, self.contexts)
+        contexts = [[(self.corpus.by_id[h.id].title, self.corpus.by_id[h.id].text) for h in hits] for hits in found]
+        tokenizer = self.generative.tokenizer
+        prompts = context_prompt_ids(tokenizer, queries, contexts, MAX_PROMPT_TOKENS)
+        rows = [(tuple(prompt), self.generative.title_tokens[hit.id])
+                for prompt, hits in zip(prompts, candidates, strict=True) for hit in hits]
+        scores: list[float] = []
+        with self.generative.torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                scores += sequence_logprobs(self.scorer, rows[start:start + self.batch_size],
+                                            tokenizer.pad_token_id).tolist()
+        out, at = [], 0
+        for hits in candidates:
+            rescored = [Ranked(hit.id, score) for hit, score in zip(hits, scores[at:at + len(hits)], strict=True)]
+            at += len(hits)
+            out.append(sorted(rescored, key=lambda r: -r.score))
+        return out
 
 
 def known_generator(index: RetrievalIndex, options: dict[str, Any]) -> str | None:
@@ -80,8 +119,23 @@ def open_generative(index: RetrievalIndex, options: dict[str, Any]) -> Generativ
                                int(options.get("batch_size", 16)))
 
 
-def record_generator(index: RetrievalIndex, model_dir: Path) -> None:
-    """Note a trained generator in index.json, so that search and eval use it by default."""
-    index.built.setdefault("generative", {})["generator"] = str(Path(model_dir).resolve())
+def trained_contexts(index: RetrievalIndex, options: dict[str, Any]) -> int:
+    """Contexts per reranking prompt: --rerank-contexts, else what the generator was trained with."""
+    return int(options.get("rerank_contexts") or index.built.get("generative", {}).get("contexts") or 0)
+
+
+def open_reranked(index: RetrievalIndex, options: dict[str, Any]) -> RerankedGenerative:
+    contexts = trained_contexts(index, options)
+    if contexts < 1:
+        raise LmlabError("generative-rerank needs a generator trained with contexts, or --rerank-contexts N.",
+                         hint=f"train with `lmlab retrieve train --contexts 3 --index {index.folder}`")
+    return RerankedGenerative(index.open("generative", options), index.open("dense", options), index, contexts,
+                              int(options.get("batch_size", 16)))
+
+
+def record_generator(index: RetrievalIndex, model_dir: Path, contexts: int) -> None:
+    """Note a trained generator (and the contexts per reranking prompt it learnt) in index.json, so that search
+    and eval use it by default."""
+    index.built.setdefault("generative", {}).update(generator=str(Path(model_dir).resolve()), contexts=contexts)
     index.write_info()
 

@@ -45,6 +45,8 @@ class SearchSettings:
                                    panel=MODEL_AND_DATA)
     num_beams: int = option(10, "generative: beams of the trie-constrained beam search (it returns at most this "
                             "many titles).", min=1, panel=RETRIEVE)
+    rerank_contexts: int = option(0, "generative-rerank: dense contexts per reranking prompt (default: what the "
+                                  "generator was trained with, --contexts).", min=0, panel=RETRIEVE)
     fuse: list[str] = option([], "fused: the retrievers to fuse (repeatable; default: every one built, generative "
                              "when a generator is known).", panel=RETRIEVE)
     fusion: str = option("rrf", "fused: rrf (reciprocal rank fusion) or weighted (a weighted sum of min-max "
@@ -100,6 +102,8 @@ class RetrieveTrainOptions(TrainOptions):
                                   panel=MODEL_AND_DATA)
     max_length: int = option(96, "Longest prompt + title in tokens (longer queries lose their start).", min=8,
                              panel=MODEL_AND_DATA)
+    contexts: int = option(0, "title-gen: also learn each title after the query's top N dense-retrieved contexts "
+                           "(Re3val's generative reranking prompt, used by -r generative-rerank).", min=0)
     num_beams: int = option(4, "reinforce: titles decoded per query (the sampled set).", min=1)
     reward: str = option("match", "reinforce: match (1 if the title is in a gold evidence set, else 0) or rank "
                          "(1 / beam rank of a gold title, 0 otherwise).")

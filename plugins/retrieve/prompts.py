@@ -1,5 +1,6 @@
 """How a query and a title become tokens, the same for training the generator and for decoding with it: the
-prompt `Question: <query>\nTitle:` is followed by ` <title>` and the end-of-sequence token."""
+prompt `Question: <query>\nTitle:` is followed by ` <title>` and the end-of-sequence token. Generative reranking
+puts the query's dense-retrieved contexts before it, one `Context: <title>: <text>` line each."""
 
 from __future__ import annotations
 
@@ -10,6 +11,21 @@ from typing import Any
 
 def query_prompt(query: str) -> str:
     return f"Question: {' '.join(query.split())}\nTitle:"
+
+
+CONTEXT_CHARS = 300  # of each context's text in a reranking prompt
+
+
+def context_prompt(query: str, contexts: Sequence[tuple[str, str]]) -> str:
+    lines = [f"Context: {title}: {' '.join(text.split())[:CONTEXT_CHARS]}" for title, text in contexts]
+    return "\n".join([*lines, query_prompt(query)])
+
+
+def context_prompt_ids(tokenizer: Any, queries: Sequence[str], contexts: Sequence[Sequence[tuple[str, str]]],
+                       max_tokens: int) -> list[list[int]]:
+    """Reranking prompts' token ids, each cut to its last `max_tokens` (the first contexts go first)."""
+    texts = [context_prompt(q, c) for q, c in zip(queries, contexts, strict=True)]
+    return [ids[-max_tokens:] for ids in tokenizer(texts).input_ids]
 
 
 def prompt_ids(tokenizer: Any, queries: Sequence[str], max_tokens: int) -> list[list[int]]:

@@ -30,9 +30,10 @@ from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model, replace_dir
 from lmlab.core.retrievers import Corpus, RetrievalIndex
 from lmlab.core.trainer import Trainer
-from lmlab.plugins.retrieve.generative import TRIE_FILE, build_trie, record_generator
+from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS, TRIE_FILE, build_trie, record_generator
 from lmlab.plugins.retrieve.options import RetrieveTrainOptions
-from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids, tokenizer_fingerprint
+from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
+from lmlab.plugins.retrieve.scoring import sequence_logprobs, sequences_batch
 from lmlab.plugins.retrieve.trie import TitleTrie
 
 METHODS = ("title-gen", "reinforce")
@@ -105,24 +106,6 @@ class TitleGenTask:
         return loss, {"loss": loss.detach()}
 
 
-def sequences_batch(rows: list[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded prompt + title rows, with the flat positions that predict each title token."""
-    width = max(len(p) + len(t) for p, t in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    positions, targets, seq_id = [], [], []
-    for row, (prompt, title) in enumerate(rows):
-        seq = torch.tensor(prompt + title, dtype=torch.long)
-        input_ids[row, :len(seq)] = seq
-        attention[row, :len(seq)] = 1
-        pos = torch.arange(len(prompt) - 1, len(seq) - 1)
-        positions.append(row * width + pos)
-        targets.append(seq[pos + 1])
-        seq_id.append(torch.full_like(pos, row))
-    return {"input_ids": input_ids, "attention_mask": attention, "positions": torch.cat(positions),
-            "targets": torch.cat(targets), "seq_id": torch.cat(seq_id)}
-
-
 class ReinforceTask:
     """REINFORCE over the titles the current model decodes under the trie (see the module docstring)."""
 
@@ -174,9 +157,7 @@ class ReinforceTask:
         if self.baseline == "ema":
             previous = mean_reward if self.running is None else self.running
             self.running = self.ema * previous + (1 - self.ema) * mean_reward
-        tensors = sequences_batch(rows, self.pad_id)
-        logp = model(tensors["input_ids"], tensors["attention_mask"], tensors["positions"], tensors["targets"])
-        sequence_logp = torch.zeros(len(rows)).index_add(0, tensors["seq_id"], logp)
+        sequence_logp = sequence_logprobs(model, rows, self.pad_id)
         weight = torch.tensor(advantages) / len(hyps)  # mean over a query's titles
         loss = -(weight * sequence_logp).sum() / totals["examples"]
         return loss, {"loss": loss.detach(), "reward": torch.tensor(mean_reward * len(pairs) / totals["examples"])}
@@ -227,10 +208,13 @@ class RetrieveTrainer(Trainer):
         prompts = [prompt_ids(self.tokenizer, [q], opts.max_length - len(t))[0]
                    for (q, _, _), t in zip(targets, titles, strict=True)]
         pairs = [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
-        self.examples = len(pairs)
         log(f"{len(pairs)} (query, title) pairs for {len({p.prompt for p in pairs})} queries over {len(corpus)} titles")
         if opts.method == "title-gen":
+            if opts.contexts:
+                pairs += self._context_pairs(targets, titles)
+            self.examples = len(pairs)
             return TokenLogprobModel(lm), TitleGenTask(pairs, pad_id=self.tokenizer.pad_token_id, seed=opts.seed)
+        self.examples = len(pairs)
         trie = self._trie()
         page_of = {tuple(ids[:-1]): d.id for ids, d in
                    zip(title_ids(self.tokenizer, [d.title for d in corpus.documents]), corpus.documents, strict=True)}
@@ -238,6 +222,17 @@ class RetrieveTrainer(Trainer):
                              eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward,
                              baseline=opts.baseline, ema=opts.ema, seed=opts.seed)
         return TokenLogprobModel(lm), task
+
+    def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]],
+                       titles: list[list[int]]) -> list[Pair]:
+        """The same targets after the query's top `--contexts` dense-retrieved contexts (the reranking prompt)."""
+        queries = list(dict.fromkeys(q for q, _, _ in targets))
+        found = dict(zip(queries, self.index.open("dense", {}).search(queries, self.opts.contexts), strict=True))
+        corpus = self.index.corpus
+        contexts = [[(corpus.by_id[h.id].title, corpus.by_id[h.id].text) for h in found[q]] for q, _, _ in targets]
+        prompts = context_prompt_ids(self.tokenizer, [q for q, _, _ in targets], contexts, MAX_PROMPT_TOKENS)
+        log(f"{len(prompts)} more pairs with {self.opts.contexts} dense contexts before the query")
+        return [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
 
     def _trie(self) -> TitleTrie:
         built = self.index.built.get("generative", {})
@@ -257,7 +252,8 @@ class RetrieveTrainer(Trainer):
             self.tokenizer.save_pretrained(tmp)
 
         replace_dir(run.path / "model", write)
-        record_generator(self.index, run.path / "model")
+        record_generator(self.index, run.path / "model", self.opts.contexts if self.opts.method == "title-gen" else
+                         self.index.built.get("generative", {}).get("contexts", 0))
 
     def title(self) -> str:
         return f"retrieve train · {self.opts.method} · {self.opts.model}"

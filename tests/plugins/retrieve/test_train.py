@@ -1,5 +1,5 @@
-"""`lmlab retrieve train`: title-gen learns the gold titles and makes generative retrieval work end to end;
-a REINFORCE step raises the log-probability of a rewarded title."""
+"""`lmlab retrieve train`: title-gen learns the gold titles and makes generative retrieval (and its reranking
+given dense contexts) work end to end; a REINFORCE step raises the log-probability of a rewarded title."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import torch
 from lmlab.cli.app import main
 from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model
-from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids
-from lmlab.plugins.retrieve.train import Pair, ReinforceTask, sequences_batch
+from lmlab.core.retrievers import RetrievalIndex
+from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids
+from lmlab.plugins.retrieve.scoring import sequence_logprobs
+from lmlab.plugins.retrieve.train import Pair, ReinforceTask
 from lmlab.plugins.retrieve.trie import TitleTrie
 from tests.conftest import write_jsonl
 from tests.plugins.retrieve.conftest import DOCS, QUERIES, kilt_rows
@@ -38,13 +40,13 @@ def test_title_gen_learns_the_titles_and_generative_retrieval_returns_them(own_i
                                                              and len(q[2][0]) == 1]))
     run = tmp_path / "run"
     lmlab(["retrieve", "train", "--index", str(own_index), "--data", str(train), "--model", "tiny-llama",
-           "--max-steps", "40", "--lr", "3e-3", "--batch-size", "7", "-o", str(run), "--json"])
+           "--max-steps", "40", "--lr", "3e-3", "--batch-size", "7", "--contexts", "2", "-o", str(run), "--json"])
     summary = json.loads(capsys.readouterr().out)
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
-    assert summary["pairs"] == 7 and losses[-1] < 0.2 * losses[0]
-    recorded = json.loads((own_index / "index.json").read_text())["retrievers"]["generative"]["generator"]
-    assert Path(recorded) == (run / "model").resolve()
+    assert summary["pairs"] == 14 and losses[-1] < 0.2 * losses[0]  # 7 plain pairs and 7 with contexts
+    recorded = json.loads((own_index / "index.json").read_text())["retrievers"]["generative"]
+    assert Path(recorded["generator"]) == (run / "model").resolve() and recorded["contexts"] == 2
 
     lmlab(["retrieve", "search", "--index", str(own_index), "-r", "generative", "--num-beams", "4", "--top-k", "4",
            "--query", QUERIES[0][1], "--query", QUERIES[3][1], "--query", "something never asked"])
@@ -54,11 +56,30 @@ def test_title_gen_learns_the_titles_and_generative_retrieval_returns_them(own_i
     assert rows[0]["results"][0]["title"] == "Mercury"  # a title that is a prefix of another
     assert rows[1]["results"][0]["title"] == "Java (programming language)"
 
+    lmlab(["retrieve", "search", "--index", str(own_index), "-r", "generative-rerank", "--num-beams", "4",
+           "--top-k", "4", "--query", QUERIES[1][1], "--json"])
+    reranked = json.loads(capsys.readouterr().out)["results"][0]["results"]
+    lmlab(["retrieve", "search", "--index", str(own_index), "-r", "generative", "--num-beams", "4",
+           "--top-k", "4", "--query", QUERIES[1][1], "--json"])
+    decoded = json.loads(capsys.readouterr().out)["results"][0]["results"]
+    assert sorted(h["id"] for h in reranked) == sorted(h["id"] for h in decoded)  # the same candidates, rescored
+    lm, tokenizer = load_model(str(run / "model"))
+    dense = RetrievalIndex.load(own_index).open("dense", {}).search([QUERIES[1][1]], 2)[0]
+    by_id = {i: (t, x) for i, t, x in DOCS}
+    prompt = context_prompt_ids(tokenizer, [QUERIES[1][1]], [[by_id[h.id] for h in dense]], 256)[0]
+    top = reranked[0]
+    with torch.no_grad():
+        expected = sequence_logprobs(TokenLogprobModel(lm), [(tuple(prompt), tuple(title_ids(tokenizer,
+                                                                                         [top["title"]])[0]))],
+                                     tokenizer.pad_token_id)
+    assert abs(float(expected[0]) - top["score"]) < 1e-3
+    assert all(a["score"] >= b["score"] for a, b in zip(reranked, reranked[1:], strict=False))
+
     lmlab(["retrieve", "eval", "--index", str(own_index), "--data", str(train), "-o", str(tmp_path / "eval"),
-           "--json"])
+           "-r", "generative", "-r", "generative-rerank", "-r", "bm25", "--json"])
     results = json.loads(capsys.readouterr().out)["results"]
-    assert set(results) == {"bm25", "dense", "generative", "fused"}
     assert results["generative"]["recall@1"] == 1.0  # it learnt its training queries
+    assert results["generative-rerank"]["recall@10"] == results["generative"]["recall@10"]
 
 
 def test_a_reinforce_step_raises_the_log_probability_of_the_rewarded_title() -> None:
@@ -75,10 +96,8 @@ def test_a_reinforce_step_raises_the_log_probability_of_the_rewarded_title() -> 
     model = TokenLogprobModel(lm)
 
     def logp(title: tuple[int, ...]) -> float:
-        batch = sequences_batch([(prompt, title)], tokenizer.pad_token_id)
         with torch.no_grad():
-            return float(model(batch["input_ids"], batch["attention_mask"], batch["positions"],
-                               batch["targets"]).sum())
+            return float(sequence_logprobs(model, [(prompt, title)], tokenizer.pad_token_id)[0])
 
     others = [tuple(s) for s in sequences if tuple(s) != gold]
     before, before_others = logp(gold), [logp(t) for t in others]
