@@ -26,7 +26,7 @@ ROOT = 1
 class TitleTrie:
     def __init__(self, parents: torch.Tensor, tokens: torch.Tensor, children: torch.Tensor, depth: int,
                  titles: int) -> None:
-        """Edges sorted by (parent, token); `depth` is the longest sequence (title + EOS), `titles` the leaves."""
+        """Edges sorted by (parent, token); `depth` is the longest sequence (title + EOS), `titles` their number."""
         self.parents, self.tokens, self.children = parents, tokens, children
         self.depth, self.titles = depth, titles
         nodes = max(ROOT, int(children.max()) if len(children) else 0) + 1
