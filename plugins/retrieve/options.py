@@ -62,7 +62,8 @@ class SearchSettings:
 class SearchOptions:
     query: list[str] = option([], "A query (repeatable); or use --queries.", panel=MODEL_AND_DATA)
     queries: str | None = option(None, "Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text "
-                                 "file with one query per line.", panel=MODEL_AND_DATA)
+                                 "file with one query per line (default: the bundled examples/retrieve/dev.jsonl).",
+                                 panel=MODEL_AND_DATA)
     search: SearchSettings = group(SearchSettings)
     retriever: str = option("fused", "bm25, dense, generative, fused, or one a plugin adds.",
                             flags=("--retriever", "-r"), panel=RETRIEVE)

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmlab.core.console import log
 from lmlab.core.data import FILE_FORMATS, HF_MARKERS, load_records
 from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.paths import example
 
 
 def read_queries(inline: list[str], path: str | None) -> list[tuple[str, str]]:
-    """(id, text) pairs; inline queries are numbered q1, q2, ..."""
+    """(id, text) pairs; inline queries are numbered q1, q2, ...; neither given: the bundled held-out queries."""
     if inline and path:
         raise LmlabError("Give queries with --query or with --queries, not both.", hint="use one of them")
     if inline:
         return [(f"q{n}", q) for n, q in enumerate(inline, 1)]
     if path is None:
-        raise LmlabError("No queries given.", hint='pass --query "..." (repeatable) or --queries FILE')
+        path = str(example("retrieve/dev.jsonl"))
+        log(f"no --query or --queries: searching the bundled {path}")
     source = Path(path)
     if source.is_file() and source.suffix.lower() not in FILE_FORMATS:
         lines = source.read_text(encoding="utf-8").splitlines()
