@@ -79,6 +79,15 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+def save_model(target: Path, model: Any, tokenizer: Any) -> Path:
+    """A model and its tokenizer as one HF folder (safetensors), replacing `target` only once it is written."""
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return replace_dir(target, write)
+
+
 def finish_tokenizer(tokenizer: Any) -> Any:
     """Make sure padding works: fall back to EOS as the pad token."""
     if tokenizer.pad_token is None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from lmlab.core.console import log
 from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model, replace_dir
+from lmlab.core.models import load_model, save_model
 from lmlab.core.trainer import Trainer
 from lmlab.plugins.orpo.data import build_examples, check_bos_mode
 from lmlab.plugins.orpo.options import OrpoOptions
@@ -63,13 +62,7 @@ class OrpoTrainer(Trainer):
                 "pairs": self.pairs, "skipped": self.skips.as_dict(), **self.cut}
 
     def save(self, result: dict[str, Any], run: Any, summary: dict[str, Any]) -> None:
-        trained = result["model"].lm
-
-        def write(tmp: Path) -> None:
-            trained.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-
-        replace_dir(run.path / "model", write)
+        save_model(run.path / "model", result["model"].lm, self.tokenizer)
 
     def title(self) -> str:
         return f"ORPO · {self.opts.model}"

@@ -89,6 +89,11 @@ KNOWN_FOR: list[Pair] = [
     ("letters", ("correspondence",)), ("inventions", ("new devices",)), ("gardens", ("flower beds",)),
     ("charity", ("helping the poor",)), ("diaries", ("private journals",)), ("chess", ("board games",)),
     ("mountaineering", ("climbing peaks",))]
+WORKPLACES: list[Pair] = [
+    ("a hospital", ("a medical clinic",)), ("a museum", ("a gallery of antiquities",)), ("a newspaper", ("the press",)),
+    ("a bank", ("a lender of money",)), ("a school", ("a classroom",)), ("a shipyard", ("a dockyard",)),
+    ("an embassy", ("a consulate",)), ("a circus", ("a travelling show",)), ("a laboratory", ("a research lab",)),
+    ("a vineyard", ("a winery",)), ("a railway", ("a train operator",)), ("a prison", ("a jail",))]
 GROUPS = [("bird", ("feathered animal",), "plumage"), ("fish", ("aquatic animal with fins",), "scales"),
           ("moth", ("night-flying insect",), "wings"), ("beetle", ("hard-shelled insect",), "wing cases"),
           ("frog", ("amphibian",), "skin"), ("fern", ("spore-bearing plant",), "fronds"),
@@ -112,6 +117,7 @@ KIND_WORDS: dict[str, Pair] = {"town": ("town", ("settlement", "municipality")),
                                "company": ("company", ("firm", "business"))}
 KINDS = (("town", 0.22), ("river", 0.12), ("company", 0.18), ("species", 0.18), ("person", 0.30))
 ASK_NAME = 2 / 3  # the share of queries asking for an entity's name (the others: one attribute of a named one)
+REGION_SHARE = 0.5  # the share of those that name the entity's region
 
 
 @dataclass
@@ -208,7 +214,7 @@ def _entities(documents: int, rng: random.Random) -> list[Entity]:
         return Entity("person", name if name not in titles else f"{name} ({occupation[0]})", name, {
             "born": rng.randrange(1800, 1995), "occupation": occupation, "hometown": home.name,
             "region": home.facts["region"], "studied": f"University of {rng.choice(towns).name}",
-            "known_for": rng.choice(KNOWN_FOR), "pronoun": "She" if given in FEMALE else "He"})
+            "known_for": rng.choice(KNOWN_FOR), "workplace": rng.choice(WORKPLACES), "pronoun": "She" if given in FEMALE else "He"})
 
     make("river", river)
     for entity in entities:
@@ -265,8 +271,8 @@ def _person_text(e: Entity, rng: random.Random) -> str:
     f = e.facts
     their = "her" if f["pronoun"] == "She" else "his"
     return (f"{e.name} (born {f['born']}) is {_article(f['occupation'][0])} from {f['hometown']}, a town in the "
-            f"{f['region']} region. {f['pronoun']} studied at the {f['studied']} and is known for {their} "
-            f"{f['known_for'][0]}.")
+            f"{f['region']} region. {f['pronoun']} worked for years at {f['workplace'][0]} and is known for {their} "
+            f"{f['known_for'][0]}. {f['pronoun']} studied at the {f['studied']}.")
 
 
 TEXTS = {"town": _town_text, "river": _river_text, "company": _company_text, "species": _species_text,
@@ -287,11 +293,14 @@ class _Cues:
 
 
 def _which(rng: random.Random, kind: str, region: str, described: list[str], where: str = "is in") -> str:
-    """'Which <kind> <clause> and <clause>?': the region and one descriptive clause, or two descriptive ones."""
-    clauses = [f"{where} the {region} region", rng.choice(described)] if rng.random() < 0.8 or len(described) < 2 \
-        else rng.sample(described, 2)
+    """'Which <kind> <clause>, <clause> and <clause>?': its region (an invented name) and two descriptive
+    clauses, or (in half the queries) only descriptive ones, in random order."""
+    if rng.random() < REGION_SHARE:
+        clauses = [f"{where} the {region} region", *rng.sample(described, 2)]
+    else:
+        clauses = rng.sample(described, min(3, len(described)))
     rng.shuffle(clauses)
-    return f"Which {kind} {' and '.join(clauses)}?"
+    return f"Which {kind} {', '.join(clauses[:-1])} and {clauses[-1]}?"
 
 
 def _question(e: Entity, rng: random.Random, p: float) -> tuple[str, str]:
@@ -344,7 +353,7 @@ def _question(e: Entity, rng: random.Random, p: float) -> tuple[str, str]:
     if ask_name:
         return _which(rng, occupation, f["region"], [
             f"is {cue('known for', ('famous for',))} {cue.pair(f['known_for'])}",
-            f"{cue('was born in', ('came into the world in',))} {f['born']}"], "comes from"), e.name
+            f"{cue('worked', ('was employed',))} for years at {cue.pair(f['workplace'])}"], "comes from"), e.name
     if rng.random() < 0.5:
         return f"Which town is the {occupation} {e.name} {cue('from', ('a native of',))}?", f["hometown"]
     return f"Where did the {occupation} {e.name} {cue('study', ('get an education', 'train'))}?", f["studied"]

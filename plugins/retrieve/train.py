@@ -16,7 +16,6 @@ The trained model is written to the run's model/ and recorded in the index, so `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.kilt import KiltQuery, load_kilt
 from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model, replace_dir
+from lmlab.core.models import load_model, save_model
 from lmlab.core.retrievers import Corpus, RetrievalIndex
 from lmlab.core.trainer import Trainer
 from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS, TRIE_FILE, build_trie, record_generator
@@ -245,13 +244,7 @@ class RetrieveTrainer(Trainer):
                 "pairs": self.examples, "skipped": self.skips.as_dict(), "examples_per_s": result["examples_per_s"]}
 
     def save(self, result: dict[str, Any], run: Any, summary: dict[str, Any]) -> None:
-        trained = result["model"].lm
-
-        def write(tmp: Path) -> None:
-            trained.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-
-        replace_dir(run.path / "model", write)
+        save_model(run.path / "model", result["model"].lm, self.tokenizer)
         record_generator(self.index, run.path / "model", self.opts.contexts if self.opts.method == "title-gen" else
                          self.index.built.get("generative", {}).get("contexts", 0))
 
