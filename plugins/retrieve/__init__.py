@@ -36,9 +36,11 @@ def register_retrievers(register: Any) -> None:
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.plugins.retrieve.bench import bench_retrieve
     from lmlab.plugins.retrieve.command import retrieve_app
 
     app.add_typer(retrieve_app(), name="retrieve")
+    bench.command("retrieve")(bench_retrieve)
 
 
 def _demo(output_dir: str, quick: bool) -> None:

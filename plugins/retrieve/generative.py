@@ -77,32 +77,25 @@ class RerankedGenerative:
 
     def __init__(self, generative: GenerativeRetriever, dense: Retriever, index: RetrievalIndex, contexts: int,
                  batch_size: int) -> None:
-        from lmlab.core.logprobs import TokenLogprobModel
-
         self.generative, self.dense, self.corpus = generative, dense, index.corpus
         self.contexts, self.batch_size = contexts, batch_size
-        self.scorer = TokenLogprobModel(generative.model)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
-        from lmlab.plugins.retrieve.scoring import sequence_logprobs
+        from lmlab.plugins.retrieve.scoring import shared_prompt_logprobs
 
         candidates = self.generative.search(queries, k)
         found = self.dense.search(queries, self.contexts)
         contexts = [[(self.corpus.by_id[h.id].title, self.corpus.by_id[h.id].text) for h in hits] for hits in found]
         tokenizer = self.generative.tokenizer
         prompts = context_prompt_ids(tokenizer, queries, contexts, MAX_PROMPT_TOKENS)
-        rows = [(tuple(prompt), self.generative.title_tokens[hit.id])
-                for prompt, hits in zip(prompts, candidates, strict=True) for hit in hits]
-        scores: list[float] = []
-        with self.generative.torch.inference_mode():
-            for start in range(0, len(rows), self.batch_size):
-                scores += sequence_logprobs(self.scorer, rows[start:start + self.batch_size],
-                                            tokenizer.pad_token_id).tolist()
-        out, at = [], 0
-        for hits in candidates:
-            rescored = [Ranked(hit.id, score) for hit, score in zip(hits, scores[at:at + len(hits)], strict=True)]
-            at += len(hits)
-            out.append(sorted(rescored, key=lambda r: -r.score))
+        out = []
+        for start in range(0, len(queries), self.batch_size):
+            part = candidates[start:start + self.batch_size]
+            scores = shared_prompt_logprobs(self.generative.model, prompts[start:start + self.batch_size],
+                                            [[self.generative.title_tokens[h.id] for h in hits] for hits in part],
+                                            tokenizer.pad_token_id)
+            out += [sorted((Ranked(h.id, s) for h, s in zip(hits, row, strict=True)), key=lambda r: -r.score)
+                    for hits, row in zip(part, scores, strict=True)]
         return out
 
 

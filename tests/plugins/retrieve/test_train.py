@@ -15,7 +15,7 @@ from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model
 from lmlab.core.retrievers import RetrievalIndex
 from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids
-from lmlab.plugins.retrieve.scoring import sequence_logprobs
+from lmlab.plugins.retrieve.scoring import sequence_logprobs, shared_prompt_logprobs
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask
 from lmlab.plugins.retrieve.trie import TitleTrie
 from tests.conftest import write_jsonl
@@ -112,3 +112,16 @@ def test_a_reinforce_step_raises_the_log_probability_of_the_rewarded_title() -> 
     assert after > before + 0.1
     share = torch.tensor([before, *before_others]).log_softmax(0)[0]  # its probability among all the titles
     assert torch.tensor([after, *(logp(t) for t in others)]).log_softmax(0)[0] > share
+
+
+def test_scoring_titles_on_a_shared_prompt_cache_equals_scoring_each_row_alone() -> None:
+    lm, tokenizer = load_model("tiny-llama", seed=1)
+    prompts = [[5, 6, 7, 8, 9], [11, 12], [3] * 30]
+    candidates = [[(1, 2, 2), (4, 2)], [(7, 8, 9, 2)], [(1, 2), (5, 5, 5, 5, 2), (9, 2)]]
+    shared = shared_prompt_logprobs(lm, prompts, candidates, tokenizer.pad_token_id)
+    model = TokenLogprobModel(lm)
+    with torch.no_grad():
+        alone = [sequence_logprobs(model, [(tuple(p), c) for c in titles], tokenizer.pad_token_id).tolist()
+                 for p, titles in zip(prompts, candidates, strict=True)]
+    assert [len(row) for row in shared] == [2, 1, 3]
+    assert torch.allclose(torch.tensor(sum(shared, [])), torch.tensor(sum(alone, [])), atol=1e-4)
