@@ -141,7 +141,24 @@ def _rank_bm25(settings: dict[str, Any]) -> dict[str, Any]:
     seconds, found = _timed(lambda: search(model), settings["repeats"])
     return {**_figures(seconds, queries, [[doc for doc, _ in hits] for hits in found]),
             "index_seconds": round(index_seconds, 2), "top10": found,
-            "top10_default_epsilon": search(default)}
+            "top10_default_epsilon": search(default), "all_scores_max_gap": _score_gap(model, queries, settings)}
+
+
+def _score_gap(anchor: Any, queries: list[Any], settings: dict[str, Any]) -> float:
+    """Every document's score for every query, ours (the bm25s index the `bm25` system searches, × (k1 + 1)) against
+    rank-bm25's: the largest difference relative to the query's best score (not timed)."""
+    import bm25s
+    import numpy as np
+
+    from lmlab.plugins.retrieve.bm25 import tokenize
+
+    ours, gap = bm25s.BM25.load(Path(settings["index"]) / "bm25", show_progress=False), 0.0
+    for tokens in tokenize([q.input for q in queries], settings["stem"], ids=False):
+        known = [t for t in tokens if t in ours.vocab_dict]
+        theirs = anchor.get_scores(tokens)
+        mine = ours.get_scores(known) * (settings["k1"] + 1) if known else np.zeros_like(theirs)
+        gap = max(gap, float(np.max(np.abs(mine - theirs)) / max(float(np.max(theirs)), 1e-9)))
+    return float(f"{gap:.3g}")
 
 
 def _fused(settings: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +229,8 @@ def _generative(settings: dict[str, Any]) -> dict[str, Any]:
     index.build("generative", {"generator_model": generator})
     options = {"generator": generator, "num_beams": settings["generative_beams"], "batch_size": 16}
     start = time.perf_counter()
-    generated = index.open("generative", options).search(texts, DEPTH)  # one pass: a real LM is slow on a CPU
+    # one pass (a real LM is slow on a CPU), every title the beams find, as the fused pipeline takes them
+    generated = index.open("generative", options).search(texts, max(DEPTH, settings["generative_beams"]))
     seconds = time.perf_counter() - start
     depth = 100  # fused.py's default number of candidates from each member
     members = [index.open(name, options).search(texts, depth) for name in ("bm25", "dense")] + [generated]
@@ -263,6 +281,7 @@ def _ranking_checks(results: dict[str, dict[str, Any]], k1: float) -> dict[str, 
     """How far our BM25 ranking agrees with rank-bm25's; the top-10 lists are dropped from the results."""
     ours, anchor = results.get("bm25", {}).pop("top10", None), results.get("rank-bm25", {}).pop("top10", None)
     default = results.get("rank-bm25", {}).pop("top10_default_epsilon", None)
+    all_scores = results.get("rank-bm25", {}).pop("all_scores_max_gap", None)
     if ours is None or anchor is None:
         return {}
     scale = k1 + 1  # bm25s's robertson variant leaves out BM25Okapi's constant factor (k1 + 1)
@@ -270,13 +289,18 @@ def _ranking_checks(results: dict[str, dict[str, Any]], k1: float) -> dict[str, 
     count = len(ours)
     gaps = [abs(a[1] * scale - b[1]) / max(abs(b[1]), 1e-9)
             for mine, theirs in zip(ours, anchor, strict=True) for a, b in zip(mine, theirs, strict=False)]
+    tied = [any(abs(x[1] - y[1]) <= 1e-5 * abs(y[1]) for x, y in zip(top, top[1:], strict=False)) for top in anchor]
+    untied = [ids(a) == ids(b) for a, b, t in zip(ours, anchor, tied, strict=True) if not t]
     return {"bm25_identical_top10_share": round(sum(ids(a) == ids(b) for a, b in zip(ours, anchor, strict=True))
                                                  / count, 4),
+            "bm25_queries_with_tied_scores_in_top10_share": round(sum(tied) / count, 4),
+            "bm25_identical_top10_share_without_ties": round(sum(untied) / len(untied), 4) if untied else None,
             "bm25_same_ranking_up_to_ties_share": round(sum(_same_up_to_ties(a, b, scale)
                                                             for a, b in zip(ours, anchor, strict=True)) / count, 4),
             "bm25_max_relative_score_gap": float(f"{max(gaps, default=0.0):.3g}"),
-            "bm25_identical_top10_share_rank_bm25_default_epsilon": round(
-                sum(ids(a) == ids(b) for a, b in zip(ours, default, strict=True)) / count, 4)}
+            "bm25_all_scores_max_relative_gap": all_scores,
+            "bm25_same_ranking_up_to_ties_share_rank_bm25_default_epsilon": round(
+                sum(_same_up_to_ties(a, b, scale) for a, b in zip(ours, default, strict=True)) / count, 4)}
 
 
 def _flatten(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -325,11 +349,17 @@ def _lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"recall@1: fused (RRF) {results['fused-rrf']['recall@1']:.3f} vs the best single retriever "
                      f"({best}) {singles[best]:.3f}: {results['fused-rrf']['recall@1'] - singles[best]:+.3f}")
     if "bm25_identical_top10_share" in checks:
-        lines.append(f"bm25 vs rank-bm25 (epsilon 0): identical top 10 for {checks['bm25_identical_top10_share']:.1%} "
-                     f"of queries, the same ranking up to tied scores for "
-                     f"{checks['bm25_same_ranking_up_to_ties_share']:.1%}; largest score gap "
-                     f"{checks['bm25_max_relative_score_gap']:.2g} (relative); at rank-bm25's default epsilon 0.25: "
-                     f"identical top 10 for {checks['bm25_identical_top10_share_rank_bm25_default_epsilon']:.1%}")
+        untied, tied = checks["bm25_identical_top10_share_without_ties"], checks[
+            "bm25_queries_with_tied_scores_in_top10_share"]
+        lines.append(f"bm25 vs rank-bm25 (epsilon 0): the same ranking up to the order of tied scores for "
+                     f"{checks['bm25_same_ranking_up_to_ties_share']:.1%} of queries; identical top 10 for "
+                     f"{checks['bm25_identical_top10_share']:.1%} ({tied:.1%} "
+                     f"have tied scores in their top 10, which the two order differently; without ties: "
+                     f"{'-' if untied is None else f'{untied:.1%}'}); every page's score agrees to "
+                     f"{checks['bm25_all_scores_max_relative_gap']:.2g} of the query's best; at rank-bm25's default "
+                     f"epsilon 0.25, "
+                     f"the same ranking up to ties for "
+                     f"{checks['bm25_same_ranking_up_to_ties_share_rank_bm25_default_epsilon']:.1%}")
     if "decode_identical" in checks:
         lines.append(f"trie-beam vs hf-callback: {'identical' if checks['decode_identical'] else 'DIFFERENT'} "
                      "titles and scores")
@@ -407,10 +437,13 @@ def bench_retrieve(
                                                     help="Queries for generative recall (the first N).")] = 100,
     generative_beams: Annotated[int, typer.Option("--generative-beams", min=1,
                                                   help="Beams of generative retrieval.")] = 10,
-    export: Annotated[Path | None, typer.Option("--export", help="Also write the corpus, the queries and 2000 "
-                                                                 "training queries (corpus.jsonl, queries.jsonl, "
-                                                                 "train.jsonl) into this folder, to train a "
-                                                                 "generator for --generator.")] = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Also write the corpus, the queries and ~2000 "
+                                                                 "others (corpus.jsonl, queries.jsonl, train.jsonl) "
+                                                                 "into this folder, to train a generator for "
+                                                                 "--generator: `lmlab retrieve index --corpus "
+                                                                 "DIR/corpus.jsonl -o IDX -r generative`, then "
+                                                                 "`lmlab retrieve train --index IDX --data "
+                                                                 "DIR/train.jsonl`.")] = None,
     systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: "
                                                            f"{', '.join(SYSTEMS)}.")] = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
@@ -423,9 +456,7 @@ def bench_retrieve(
         raise LmlabError(f"Unknown --bm25-method '{bm25_method}'.", hint=f"use one of: {', '.join(METHODS)}")
     chosen = parse_systems(systems, list(SYSTEMS))
     known = {**SYSTEMS, "generative": System(precondition=lambda: None if generator else
-                                              "no --generator given (train one on this corpus: --export DIR, then "
-                                              "`lmlab retrieve index --corpus DIR/corpus.jsonl -o IDX -r generative` "
-                                              "and `lmlab retrieve train --index IDX --data DIR/train.jsonl`)")}
+                                              "no --generator (one trained on this corpus: see --export)")}
     threads = cpu_count()
     settings: dict[str, Any] = {
         "documents": documents, "queries": queries, "seed": seed, "lexical_share": lexical_share,

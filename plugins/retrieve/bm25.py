@@ -76,9 +76,13 @@ class BM25Retriever:
         k = min(k, len(self.ids))
         tokens = tokenize(queries, self.settings["stem"], ids=False)
         rows, scores = self.model.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        return [[Ranked(self.ids[int(r)], float(s)) for r, s in zip(row, score, strict=True) if s > 0]
-                for row, score in zip(rows, scores, strict=True)]
+        return [self._ranked(row, score) for row, score in zip(rows, scores, strict=True)]
 
+    def _ranked(self, rows: Any, scores: Any) -> list[Ranked]:
+        """Matching documents best first, equal scores in corpus order (bm25s leaves the order of ties to its
+        top-k selection, so a rerun or another k could reorder them)."""
+        found = sorted((-float(s), int(r)) for r, s in zip(rows, scores, strict=True) if s > 0)
+        return [Ranked(self.ids[r], -negated) for negated, r in found]
 
 def open_bm25(index: RetrievalIndex, options: dict[str, Any]) -> BM25Retriever:
     return BM25Retriever(index)

@@ -66,6 +66,7 @@ def test_bench_retrieve_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert "top10" not in results["bm25"] and "top10" not in results["rank-bm25"]
     checks = settings["checks"]
     assert checks["bm25_same_ranking_up_to_ties_share"] == 1.0 and checks["bm25_max_relative_score_gap"] < 1e-4
+    assert checks["bm25_all_scores_max_relative_gap"] < 1e-4  # every page's score, not only the top 10
     assert 0.0 <= checks["bm25_identical_top10_share"] <= 1.0
     assert checks["decode_identical"] is True
     assert results["trie-beam"]["identical"] and results["trie-beam"]["queries"] == 3
