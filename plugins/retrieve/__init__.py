@@ -51,6 +51,5 @@ def _demo(output_dir: str, quick: bool) -> None:
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    register(DemoStep("retrieve", "Re3val · index a bundled corpus, train a title generator, evaluate with KILT "
-                      "metrics", 60, _demo))
+    register(DemoStep("retrieve", "Re3val · sparse, dense and generative retrieval, KILT metrics", 60, _demo))
 
