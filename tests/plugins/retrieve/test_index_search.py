@@ -165,3 +165,13 @@ def test_malformed_queries_and_bad_options_exit_2_with_a_hint(built_index: Path,
     assert "not a retrieval index" in capsys.readouterr().err
     lmlab(["retrieve", "search", "--index", str(built_index), "--query", "x", "-r", "nope"], code=2)
     assert "available: bm25, dense, fused, generative" in capsys.readouterr().err
+
+
+def test_the_quick_demo_step_indexes_and_evaluates_the_bundled_example(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    from lmlab.plugins.retrieve.demo import run_demo
+
+    run_demo(str(tmp_path), quick=True)
+    results = json.loads((tmp_path / "retrieve-eval" / "results.json").read_text())
+    assert results["queries"] == 50 and results["results"]["bm25"]["recall@10"] > 0.8
+    assert "held-out queries (50" in capsys.readouterr().err
