@@ -11,6 +11,8 @@ core.bench_report (the report's shape, ratios, targets and table).
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import util
@@ -72,3 +74,14 @@ def run_systems(benchmark: str, systems: Mapping[str, System], chosen: Sequence[
                                      retry_hint=f"rerun with --systems {name} and LMLAB_DEBUG=1 for the worker's "
                                                 "trace")
     return results
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
+    """Median wall-clock seconds of `repeats` calls of `fn` after one warm-up call, and the last call's result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out

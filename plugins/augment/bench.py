@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
 import time
 from dataclasses import replace
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ import numpy as np
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, median_seconds, parse_systems, run_systems, systems_option
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
 from lmlab.core.machine import cpu_count, machine
 
@@ -109,17 +108,6 @@ def _synthetic(settings: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return unit(vectors).astype(np.float32), unit(queries).astype(np.float32)
 
 
-def _timed(fn: Any, repeats: int = 3) -> tuple[float, Any]:
-    """Median seconds of `repeats` calls (after one warm-up) and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 def _numpy_search(matrix: np.ndarray, queries: np.ndarray, k: int) -> list[list[int]]:
     """The plain loop: one dot product per query, then the top k by argpartition."""
     found = []
@@ -139,10 +127,10 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         from lmlab.core.embeddings import embedder_path
 
         model = SentenceTransformer(embedder_path("all-minilm-l6-v2"), device="cpu")
-        seconds, embedded = _timed(lambda: model.encode(texts, normalize_embeddings=True), 1)
+        seconds, embedded = median_seconds(lambda: model.encode(texts, normalize_embeddings=True), 1)
         q = embedded[:settings["queries"]]
-        bundled, _ = _timed(lambda: _numpy_search(embedded, q, k))
-        synthetic, _ = _timed(lambda: _numpy_search(vectors, queries, k))
+        bundled, _ = median_seconds(lambda: _numpy_search(embedded, q, k))
+        synthetic, _ = median_seconds(lambda: _numpy_search(vectors, queries, k))
         return {"texts_per_s": round(len(texts) / seconds, 1),
                 "queries_per_s": {"bundled": round(len(q) / bundled, 1), "synthetic": round(len(queries) / synthetic,
                                                                                             1)}}
@@ -150,12 +138,12 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.core.vector_store import StoreInfo, VectorStore
 
     embedder = Embedder()
-    seconds, embedded = _timed(lambda: embedder.encode(texts), 1)
+    seconds, embedded = median_seconds(lambda: embedder.encode(texts), 1)
     out: dict[str, Any] = {"texts_per_s": round(len(texts) / seconds, 1), "queries_per_s": {}, "recall_at_k": {}}
     store = VectorStore(StoreInfo("all-minilm-l6-v2", 384))
     store.add(embedded, [{"id": str(i)} for i in range(len(texts))])
     q = embedded[:settings["queries"]]
-    bundled, _ = _timed(lambda: store.search(q, k))
+    bundled, _ = median_seconds(lambda: store.search(q, k))
     out["queries_per_s"]["bundled"] = round(len(q) / bundled, 1)
     exact = [{int(i) for i in row} for row in _numpy_search(vectors, queries, k)]
     for kind in ("flat", "ivf", "hnsw"):
@@ -163,7 +151,7 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         index = VectorStore(StoreInfo("synthetic", 384, index=kind))
         index.add(vectors, [{"id": str(i)} for i in range(len(vectors))])
         build_s = time.perf_counter() - built
-        seconds, hits = _timed(lambda index=index: index.search(queries, k))
+        seconds, hits = median_seconds(lambda index=index: index.search(queries, k))
         name = "synthetic" if kind == "flat" else f"synthetic_{kind}"
         out["queries_per_s"][name] = round(len(queries) / seconds, 1)
         out["recall_at_k"][kind] = round(float(np.mean([len({h.position for h in row} & truth) / k

@@ -46,7 +46,7 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems
+from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine
@@ -76,17 +76,6 @@ def _corpus(settings: dict[str, Any]) -> tuple[list[Any], list[Any]]:
                         lexical_share=settings["lexical_share"])
 
 
-def _timed(run: Any, repeats: int) -> tuple[float, Any]:
-    """Median seconds of `repeats` calls after one warm-up call, and the warm-up's result."""
-    out = run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 def _recall(rankings: list[list[str]], queries: list[Any]) -> dict[str, float]:
     from lmlab.core.kilt import retrieval_metrics
 
@@ -106,7 +95,7 @@ def _index(settings: dict[str, Any]) -> Any:
 
 
 def _search(retriever: Any, texts: list[str], repeats: int, depth: int = DEPTH) -> tuple[float, list[list[Any]]]:
-    return _timed(lambda: retriever.search(texts, depth), repeats)
+    return median_seconds(lambda: retriever.search(texts, depth), repeats)
 
 
 def _bm25(settings: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +127,7 @@ def _rank_bm25(settings: dict[str, Any]) -> dict[str, Any]:
             out.append([(ids[i], float(scores[i])) for i in top if scores[i] > 0])
         return out
 
-    seconds, found = _timed(lambda: search(model), settings["repeats"])
+    seconds, found = median_seconds(lambda: search(model), settings["repeats"])
     return {**_figures(seconds, queries, [[doc for doc, _ in hits] for hits in found]),
             "index_seconds": round(index_seconds, 2), "top10": found,
             "top10_default_epsilon": search(default), "all_scores_max_gap": _score_gap(model, queries, settings)}

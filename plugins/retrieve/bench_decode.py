@@ -4,25 +4,13 @@ prompts, titles and batches; the median of a few timed runs after a warm-up, and
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
+from lmlab.core.bench import median_seconds
 from lmlab.plugins.retrieve.beam import Hypothesis, constrained_beam_search, hf_constrained_generate
 from lmlab.plugins.retrieve.trie import DictTrie, TitleTrie
 
 OURS, ANCHOR = "trie_beam_search", "hf_prefix_allowed_tokens_fn"
-
-
-def median_seconds(run: Callable[[], list[list[Hypothesis]]], repeats: int) -> tuple[float, list[list[Hypothesis]]]:
-    found = run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), found
 
 
 def same_hypotheses(ours: list[list[Hypothesis]], anchor: list[list[Hypothesis]], tolerance: float = 1e-4) -> bool:
