@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from lmlab.core.errors import LmlabError
+from lmlab.core.extras import require
 from lmlab.core.models import replace_dir
 
 if TYPE_CHECKING:
@@ -34,12 +35,7 @@ MAX_SCORES = 1 << 24  # flat search: scores computed at once (64 MiB of float32)
 
 
 def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise LmlabError("Vector stores need faiss-cpu, which is not installed.",
-                         hint="pip install 'lmlab[embed]'") from exc
-    return faiss
+    return require("faiss", "Vector stores", "embed", package="faiss-cpu")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import torch
 from lmlab.core.console import log
 from lmlab.core.data import SkipLog, load_records
 from lmlab.core.errors import LmlabError
+from lmlab.core.extras import require
 from lmlab.core.models import replace_dir
 from lmlab.core.paths import example
 from lmlab.core.trainer import Trainer
@@ -30,13 +31,10 @@ def _load_pairs(data: str, skips: SkipLog) -> list[ImagePair]:
 
 
 def _add_lora(unet: torch.nn.Module, r: int, alpha: int) -> None:
-    try:
-        from peft import LoraConfig
-    except ImportError as exc:
-        raise LmlabError("--lora needs peft, which is not installed.", hint="pip install 'lmlab[lora]'") from exc
+    peft = require("peft", "--lora", "lora")
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian",
-                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.add_adapter(peft.LoraConfig(r=r, lora_alpha=alpha, init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
 
 
 def _save_unet(parts: DiffusionParts, unet: torch.nn.Module, lora: bool, target: Path) -> None:

@@ -6,7 +6,8 @@ from typing import Any
 
 from lmlab.core.console import log
 from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.errors import DataError
+from lmlab.core.extras import require
 from lmlab.core.logprobs import TokenLogprobModel
 from lmlab.core.models import load_model, save_model
 from lmlab.core.trainer import Trainer
@@ -16,12 +17,9 @@ from lmlab.plugins.orpo.task import OrpoTask
 
 
 def _lora(model: Any, r: int, alpha: int) -> Any:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise LmlabError("--lora needs peft, which is not installed.", hint="pip install 'lmlab[lora]'") from exc
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
-                                            task_type="CAUSAL_LM"))
+    peft = require("peft", "--lora", "lora")
+    return peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
+                                                      task_type="CAUSAL_LM"))
 
 
 class OrpoTrainer(Trainer):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.errors import LmlabError
+from lmlab.core.extras import require
 from lmlab.core.models import replace_dir
 from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
 
@@ -17,23 +18,14 @@ SETTINGS_FILE = "lmlab.json"
 
 
 def _bm25s() -> Any:
-    try:
-        import bm25s
-    except ImportError as exc:
-        raise LmlabError("The bm25 retriever needs bm25s, which is not installed.",
-                         hint="pip install 'lmlab[retrieve]'") from exc
-    return bm25s
+    return require("bm25s", "The bm25 retriever", "retrieve")
 
 
 def _stemmer(stem: bool) -> Any:
     if not stem:
         return None
-    try:
-        import Stemmer
-    except ImportError as exc:
-        raise LmlabError("BM25 stemming needs PyStemmer, which is not installed.",
-                         hint="pip install 'lmlab[retrieve]', or pass --no-stem") from exc
-    return Stemmer.Stemmer("english")
+    return require("Stemmer", "BM25 stemming", "retrieve", package="PyStemmer",
+                   hint="pip install 'lmlab[retrieve]', or pass --no-stem").Stemmer("english")
 
 
 def document_text(title: str, text: str) -> str:
