@@ -128,6 +128,26 @@ def retriever_spec(name: str) -> RetrieverSpec:
     return found[name]
 
 
+class _Remembered:
+    """A retriever that keeps its last answer: the same queries again at the same or a smaller k (a fusion of
+    rankings just evaluated one by one) are answered from it, truncated, instead of searched twice."""
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+        self.last: tuple[tuple[str, ...], int, list[list[Ranked]]] | None = None
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        key = tuple(queries)
+        if self.last is not None and self.last[0] == key and k <= self.last[1]:
+            return [ranked[:k] for ranked in self.last[2]]
+        found = self.retriever.search(queries, k)
+        self.last = (key, k, found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped retriever's own attributes (its model, settings, ...)
+        return getattr(self.retriever, name)
+
+
 class RetrievalIndex:
     """An index folder: the corpus plus what each retriever built, as recorded in index.json."""
 
@@ -190,12 +210,12 @@ class RetrievalIndex:
         return self.built[name]
 
     def open(self, name: str, options: dict[str, Any]) -> Retriever:
-        """Retriever `name`, loaded once per index object (a fusion and its members share the loaded models;
-        `options` are the command's, the same for every call)."""
+        """Retriever `name`, loaded once per index object (a fusion and its members share the loaded models, and
+        the members' last rankings; `options` are the command's, the same for every call)."""
         if name not in self._opened:
             spec = retriever_spec(name)
             if spec.build is not None and name not in self.built:
                 raise LmlabError(f"{self.folder} has no '{name}' index.",
                                  hint=f"build it with `lmlab retrieve index --retriever {name} -o {self.folder}`")
-            self._opened[name] = spec.open(self, options)
+            self._opened[name] = _Remembered(spec.open(self, options))
         return self._opened[name]

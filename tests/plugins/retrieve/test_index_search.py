@@ -109,14 +109,21 @@ def test_eval_reports_kilt_metrics_that_match_its_rankings(built_index: Path, tm
 
 
 class ReversedTitles:
-    """A third-party retriever: documents in reverse title order, whatever the query."""
+    """A third-party retriever: documents in reverse title order, whatever the query; counts its searches."""
+
+    def __init__(self) -> None:
+        self.searches = 0
 
     @hookimpl
     def register_retrievers(self, register: object) -> None:
         def open_(index: RetrievalIndex, options: dict) -> SimpleNamespace:
             docs = sorted(index.corpus.documents, key=lambda d: d.title, reverse=True)
-            return SimpleNamespace(search=lambda queries, k: [[Ranked(d.id, 1.0 / (n + 1)) for n, d in
-                                                               enumerate(docs[:k])] for _ in queries])
+
+            def search(queries: list[str], k: int) -> list[list[Ranked]]:
+                self.searches += 1
+                return [[Ranked(d.id, 1.0 / (n + 1)) for n, d in enumerate(docs[:k])] for _ in queries]
+
+            return SimpleNamespace(search=search)
 
         register(RetrieverSpec("reversed-titles", "test plugin", open_))
 
@@ -130,9 +137,13 @@ def test_a_plugin_retriever_is_searched_and_evaluated_by_name(built_index: Path,
         lmlab(["retrieve", "search", "--index", str(built_index), "--query", "anything", "-r", "reversed-titles",
                "--top-k", "1", "--format", "tsv"])
         assert capsys.readouterr().out.split("\t")[4].strip() == "Volcano"
+        plugin.searches = 0
         lmlab(["retrieve", "eval", "--index", str(built_index), "--data", str(retrieval_files["queries"]),
-               "-r", "reversed-titles", "-r", "bm25", "-o", str(tmp_path / "e"), "--json"])
-        assert set(json.loads(capsys.readouterr().out)["results"]) == {"reversed-titles", "bm25"}
+               "-r", "reversed-titles", "-r", "bm25", "-r", "fused", "--fuse", "reversed-titles", "--fuse", "bm25",
+               "-o", str(tmp_path / "e"), "--json"])
+        results = json.loads(capsys.readouterr().out)["results"]
+        assert set(results) == {"reversed-titles", "bm25", "fused"}
+        assert plugin.searches == 1  # the fusion reused the ranking the member was just evaluated on
     finally:
         pm.unregister(plugin)
         plugins._infos.pop("reversed-titles-plugin", None)
