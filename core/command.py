@@ -95,6 +95,7 @@ def _parameter(field: CliField) -> inspect.Parameter:
             decls = [f"{flag}/--no-{flag[2:]}"]
     if _is_list(annotation):
         extra["show_default"] = ", ".join(map(str, default)) if default else False
+        extra["metavar"] = f"<{typing.get_args(annotation)[0].__name__}>"  # repeatable: not "<list[str]>"
         annotation, default = annotation | None, None
     if default is None:
         extra.setdefault("show_default", False)
