@@ -166,7 +166,8 @@ class RetrievalIndex:
         path = folder / INDEX_FILE
         if not path.is_file():
             raise LmlabError(f"{folder} is not a retrieval index (no {INDEX_FILE}).",
-                             hint="build one with `lmlab retrieve index --corpus FILE -o FOLDER`")
+                             hint=f"build it with `lmlab retrieve index -o {folder}` (the bundled corpus, or "
+                                 "--corpus FILE)")
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
