@@ -151,14 +151,13 @@ class ReinforceTask:
             rewards += reward
             base = self._baseline(reward)
             rows += [(pair.prompt, t + (self.eos_id,)) for t in titles]
-            advantages += [r - base for r in reward]
+            advantages += [(r - base) / len(titles) for r in reward]  # a mean over the query's titles
         mean_reward = sum(rewards) / len(rewards)
         if self.baseline == "ema":
             previous = mean_reward if self.running is None else self.running
             self.running = self.ema * previous + (1 - self.ema) * mean_reward
         sequence_logp = sequence_logprobs(model, rows, self.pad_id)
-        weight = torch.tensor(advantages) / len(hyps)  # mean over a query's titles
-        loss = -(weight * sequence_logp).sum() / totals["examples"]
+        loss = -(torch.tensor(advantages) * sequence_logp).sum() / totals["examples"]
         return loss, {"loss": loss.detach(), "reward": torch.tensor(mean_reward * len(pairs) / totals["examples"])}
 
     def _baseline(self, reward: list[float]) -> float:
