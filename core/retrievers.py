@@ -108,13 +108,15 @@ class Retriever(Protocol):
 @dataclass(frozen=True)
 class RetrieverSpec:
     """A retriever kind. `build(corpus, folder, options)` writes its files into `folder` and returns the settings
-    to record (None: nothing to build, e.g. a fusion of others); `open(index, options)` returns a Retriever.
+    to record (None: nothing to build, e.g. a fusion of others); `open(index, options)` returns a Retriever;
+    `check(options)` raises LmlabError for options it cannot build with, before any retriever is built.
     `options` is the command's options as a dict; each retriever reads the keys it knows."""
 
     name: str
     help: str
     open: Callable[[RetrievalIndex, dict[str, Any]], Retriever]
     build: Callable[[Corpus, Path, dict[str, Any]], dict[str, Any]] | None = None
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 def retrievers() -> dict[str, RetrieverSpec]:

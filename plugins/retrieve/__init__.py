@@ -23,9 +23,9 @@ def _open(module: str, function: str) -> Any:
 @hookimpl
 def register_retrievers(register: Any) -> None:
     register(RetrieverSpec("bm25", "BM25 over title and text (bm25s)", _open("bm25", "open_bm25"),
-                           _open("bm25", "build")))
+                           _open("bm25", "build"), _open("bm25", "check")))
     register(RetrieverSpec("dense", "cosine similarity of sentence embeddings (core vector store)",
-                           _open("dense", "open_dense"), _open("dense", "build")))
+                           _open("dense", "open_dense"), _open("dense", "build"), _open("dense", "check")))
     register(RetrieverSpec("generative", "a causal LM decoding titles under the title trie",
                            _open("generative", "open_generative"), _open("generative", "build")))
     register(RetrieverSpec("generative-rerank", "generative candidates rescored given dense contexts (Re3val)",

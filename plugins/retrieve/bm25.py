@@ -37,10 +37,15 @@ def tokenize(texts: Sequence[str], stem: bool, *, ids: bool) -> Any:
     return _bm25s().tokenize(list(texts), stemmer=_stemmer(stem), return_ids=ids, show_progress=False)
 
 
-def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
+def check(options: dict[str, Any]) -> None:
     method = options.get("bm25_method", "lucene")
     if method not in METHODS:
         raise LmlabError(f"Unknown --bm25-method '{method}'.", hint=f"use one of: {', '.join(METHODS)}")
+
+
+def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
+    check(options)
+    method = options.get("bm25_method", "lucene")
     settings = {"k1": float(options.get("k1", 1.5)), "b": float(options.get("b", 0.75)), "method": method,
                 "stem": bool(options.get("stem", True))}
     bm25s = _bm25s()

@@ -9,13 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
+from lmlab.core.errors import LmlabError
 from lmlab.core.progress import Progress
 from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
-from lmlab.core.vector_store import VectorStore, add_missing, open_store
+from lmlab.core.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store
 
 
 def document_text(title: str, text: str) -> str:
     return f"{title}: {text}"
+
+
+def check(options: dict[str, Any]) -> None:
+    kind = options.get("index", "flat")
+    if kind not in INDEX_KINDS:
+        raise LmlabError(f"Unknown --index '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
 
 
 def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:

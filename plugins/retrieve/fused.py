@@ -3,6 +3,7 @@ ranking, by reciprocal rank fusion (Cormack et al. 2009) or a weighted sum of no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,9 @@ def open_fused(index: RetrievalIndex, options: dict[str, Any]) -> FusedRetriever
         raise LmlabError(f"fused needs two or more other retrievers, got: {', '.join(names) or 'none'}.",
                          hint="build more with `lmlab retrieve index`, or name them with --fuse bm25 --fuse dense")
     weights = list(options.get("weights") or [1.0] * len(names))
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        raise LmlabError(f"--weights must be non-negative numbers, not all 0; got {', '.join(map(str, weights))}.",
+                         hint="e.g. --weights 1 --weights 0.5")
     if len(weights) != len(names):
         raise LmlabError(f"--weights gives {len(weights)} weights for {len(names)} fused retrievers "
                          f"({', '.join(names)}).", hint="give one --weights per --fuse, in the same order")

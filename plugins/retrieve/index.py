@@ -14,12 +14,14 @@ from lmlab.plugins.retrieve.options import IndexOptions
 
 def run_index(opts: IndexOptions) -> dict[str, Any]:
     names = list(dict.fromkeys(opts.retriever))
-    for name in names:  # unknown names are refused before anything is read or written
-        retriever_spec(name)
+    options = asdict(opts)
+    for name in names:  # unknown names and bad options are refused before anything is read or written
+        spec = retriever_spec(name)
+        if spec.check is not None:
+            spec.check(options)
     corpus = Corpus.load(opts.corpus or example("retrieve/corpus.jsonl"))
     started = time.perf_counter()
     index = RetrievalIndex.create(opts.output, corpus)
-    options = asdict(opts)
     for name in names:
         settings = index.build(name, options)
         log(f"{name}: built in {settings['seconds']} s")

@@ -82,7 +82,7 @@ class EvalOptions:
     search: SearchSettings = group(SearchSettings)
     retriever: list[str] = option([], "Retrievers to evaluate (repeatable; default: every one built, and fused).",
                                   flags=("--retriever", "-r"), panel=RETRIEVE)
-    ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), panel=RETRIEVE)
+    ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), min=1, panel=RETRIEVE)
     output_dir: Path | None = option(None, "Run directory for results.json, rankings.jsonl and recall.png "
                                      "(default: runs/retrieve-eval-<timestamp>).", flags=("--output-dir", "-o"),
                                      panel=RUN_AND_OUTPUT)

@@ -176,6 +176,20 @@ def test_malformed_queries_and_bad_options_exit_2_with_a_hint(built_index: Path,
     assert "not a retrieval index" in capsys.readouterr().err
     lmlab(["retrieve", "search", "--index", str(built_index), "--query", "x", "-r", "nope"], code=2)
     assert "available: bm25, dense, fused, generative" in capsys.readouterr().err
+    lmlab(["retrieve", "search", "--index", str(built_index), "--query", "x", "-r", "fused", "--fuse", "bm25",
+           "--fuse", "dense", "--weights", "-1", "--weights", "1"], code=2)
+    assert "--weights must be non-negative" in capsys.readouterr().err
+    lmlab(["retrieve", "eval", "--index", str(built_index), "--k", "0", "-o", str(tmp_path / "k0")], code=2)
+    assert not (tmp_path / "k0").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--index", "nope"), ("--bm25-method", "okapi")])
+def test_bad_build_options_are_refused_before_anything_is_built(tmp_path: Path, retrieval_files: dict[str, Path],
+                                                                flag: str, value: str,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    lmlab(["retrieve", "index", "--corpus", str(retrieval_files["corpus"]), "-o", str(tmp_path / "index"), flag,
+           value], code=2)
+    assert f"Unknown {flag} '{value}'" in capsys.readouterr().err and not (tmp_path / "index").exists()
 
 
 def test_the_quick_demo_step_indexes_and_evaluates_the_bundled_example(tmp_path: Path,
