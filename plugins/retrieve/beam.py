@@ -58,15 +58,19 @@ def found(sequences: torch.Tensor, scores: torch.Tensor, eos_token_id: int) -> l
             for seqs, row in zip(sequences.tolist(), scores.tolist(), strict=True)]
 
 
+def _in_batches(search: Any, prompts: list[list[int]], batch_size: int) -> list[list[Hypothesis]]:
+    """`search` over consecutive batches of `batch_size` prompts, results in prompt order."""
+    return [hyps for start in range(0, len(prompts), batch_size) for hyps in search(prompts[start:start + batch_size])]
+
+
 def constrained_beam_search(model: Any, prompts: list[list[int]], trie: TitleTrie, *, num_beams: int,
                             eos_token_id: int, pad_token_id: int, batch_size: int = 8) -> list[list[Hypothesis]]:
     """For each prompt, at most `num_beams` titles of `trie` (tokens without EOS) with their scores, best first."""
     if not len(trie):
         return [[] for _ in prompts]
     trie = trie.to(model.device)
-    return [hyps for start in range(0, len(prompts), batch_size)
-            for hyps in search_batch(model, prompts[start:start + batch_size], trie, num_beams, eos_token_id,
-                                     pad_token_id)]
+    return _in_batches(lambda part: search_batch(model, part, trie, num_beams, eos_token_id, pad_token_id), prompts,
+                       batch_size)
 
 
 @torch.inference_mode()
@@ -143,9 +147,8 @@ def search_batch(model: Any, prompts: list[list[int]], trie: TitleTrie, beams: i
 def hf_constrained_generate(model: Any, prompts: list[list[int]], dict_trie: DictTrie, *, num_beams: int,
                             eos_token_id: int, pad_token_id: int, batch_size: int = 8) -> list[list[Hypothesis]]:
     """The anchor: `model.generate` with GENRE's `prefix_allowed_tokens_fn` over nested dicts, same batches."""
-    return [hyps for start in range(0, len(prompts), batch_size)
-            for hyps in generate_batch(model, prompts[start:start + batch_size], dict_trie, num_beams, eos_token_id,
-                                       pad_token_id)]
+    return _in_batches(lambda part: generate_batch(model, part, dict_trie, num_beams, eos_token_id, pad_token_id),
+                       prompts, batch_size)
 
 
 @torch.inference_mode()

@@ -208,8 +208,9 @@ def _decode(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _generative(settings: dict[str, Any]) -> dict[str, Any]:
-    from lmlab.core.fusion import reciprocal_rank_fusion
+    from lmlab.plugins.retrieve.fused import open_fused
     from lmlab.plugins.retrieve.generative import generator_folder
+    from lmlab.plugins.retrieve.options import SearchSettings
 
     _, queries = _corpus(settings)
     queries = queries[:settings["generative_queries"]]
@@ -217,17 +218,17 @@ def _generative(settings: dict[str, Any]) -> dict[str, Any]:
     generator = generator_folder(settings["generator"])
     index.build("generative", {"generator_model": generator})
     options = {"generator": generator, "num_beams": settings["generative_beams"], "batch_size": 16}
+    depth = SearchSettings().depth  # what the fused pipeline takes from each member
     start = time.perf_counter()
-    # one pass (a real LM is slow on a CPU), every title the beams find, as the fused pipeline takes them
-    generated = index.open("generative", options).search(texts, max(DEPTH, settings["generative_beams"]))
+    # one pass (a real LM is slow on a CPU), as deep as the fusions below ask: they reuse it (RetrievalIndex.open)
+    generated = index.open("generative", options).search(texts, depth)
     seconds = time.perf_counter() - start
-    depth = 100  # fused.py's default number of candidates from each member
-    members = [index.open(name, options).search(texts, depth) for name in ("bm25", "dense")] + [generated]
-    fused = [[doc for doc, _ in reciprocal_rank_fusion([[(h.id, h.score) for h in ranked[q]] for ranked in members],
-                                                       k=60)[:DEPTH]] for q in range(len(queries))]
-    two = [[doc for doc, _ in reciprocal_rank_fusion([[(h.id, h.score) for h in ranked[q]]
-                                                      for ranked in members[:2]], k=60)[:DEPTH]]
-           for q in range(len(queries))]
+
+    def fusion_of(members: list[str]) -> list[list[str]]:
+        found = open_fused(index, {**options, "fuse": members, "depth": depth}).search(texts, DEPTH)
+        return [[h.id for h in hits] for hits in found]
+
+    fused, two = fusion_of(["bm25", "dense", "generative"]), fusion_of(["bm25", "dense"])
     return {"rows": {"generative": {**_figures(seconds, queries, [[h.id for h in hits] for hits in generated]),
                                     "generator": generator, "num_beams": settings["generative_beams"]},
                      "fused+generative": {**_recall(fused, queries), "queries": len(queries),
