@@ -13,36 +13,13 @@ an error are done only once they succeed, so a rerun retries them.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from lmlab.core.errors import LmlabError
+from lmlab.core.jsonl import read_complete_lines, sync
 
 FINAL = ("kept", "filtered", "duplicate", "malformed")
-
-
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of `path`; a torn last line is removed from the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    rows = []
-    for n, line in enumerate(data[:end].splitlines(), start=1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise LmlabError(f"{path}:{n}: not a JSON line (the file was edited by hand?).",
-                             hint="restore it, or start a new run with another --output-dir") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-            raise LmlabError(f"{path}:{n}: field 'id': missing.", hint="start a new run with another --output-dir")
-        rows.append(row)
-    return rows
 
 
 class Journal:
@@ -50,10 +27,10 @@ class Journal:
 
     def __init__(self, folder: Path) -> None:
         self.augmented_path, self.journal_path = folder / "augmented.jsonl", folder / "journal.jsonl"
-        self.kept: list[dict[str, Any]] = _read_lines(self.augmented_path)
+        self.kept: list[dict[str, Any]] = read_complete_lines(self.augmented_path)
         self.status: dict[str, str] = {}
         self.errors: dict[str, str] = {}
-        for row in _read_lines(self.journal_path):
+        for row in read_complete_lines(self.journal_path):
             self._note(row)
         self.out: IO[str] = open(self.augmented_path, "a", encoding="utf-8")
         self.log: IO[str] = open(self.journal_path, "a", encoding="utf-8")
@@ -85,9 +62,7 @@ class Journal:
         self._write_journal(outcome)
 
     def flush(self) -> None:
-        for f in (self.out, self.log):
-            f.flush()
-            os.fsync(f.fileno())
+        sync(self.out, self.log)
 
     def close(self) -> None:
         self.flush()

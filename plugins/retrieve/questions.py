@@ -2,8 +2,8 @@
 about (the epistemic-uncertainty and domain-gap argument of the paper): an LLM writes questions about each
 document through any backend, and the (question, title) pairs become extra `retrieve train --questions` data.
 
-Rows are appended and flushed per chunk of documents, so an interrupted run loses at most one chunk, and a rerun
-skips the documents already in the output file."""
+Rows are appended and fsynced per chunk of documents, so an interrupted run loses at most one chunk, and a rerun
+skips the documents already in the output file (after cutting off a line torn by a crash)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from lmlab.core.backends import GenerateRequest, load_backend
 from lmlab.core.console import log
-from lmlab.core.data import load_records
+from lmlab.core.jsonl import read_complete_lines, sync
 from lmlab.core.progress import Progress
 from lmlab.core.retrievers import Document, RetrievalIndex
 from lmlab.plugins.retrieve.options import QuestionOptions
@@ -36,9 +36,8 @@ def parse_question(text: str) -> str | None:
 
 
 def _done(opts: QuestionOptions) -> set[str]:
-    if not opts.output.is_file() or opts.output.stat().st_size == 0:
-        return set()
-    return {str(r.data.get("wikipedia_id")) for r in load_records(str(opts.output), required=("wikipedia_id",))}
+    """The pages the output file already has questions for (a line torn by a crash is cut off first)."""
+    return {str(row.get("wikipedia_id")) for row in read_complete_lines(opts.output)}
 
 
 def run_questions(opts: QuestionOptions) -> dict[str, Any]:
@@ -62,7 +61,7 @@ def run_questions(opts: QuestionOptions) -> dict[str, Any]:
                         row = {"id": f"{doc.id}-q{n}", "input": question, "title": doc.title, "wikipedia_id": doc.id}
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
                         written += 1
-                out.flush()
+                sync(out)
                 progress.advance(len(chunk))
     else:
         log(f"{opts.output}: every document already has questions")
