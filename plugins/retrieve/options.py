@@ -65,7 +65,8 @@ class SearchOptions:
                                  "file with one query per line (default: the bundled examples/retrieve/dev.jsonl).",
                                  panel=MODEL_AND_DATA)
     search: SearchSettings = group(SearchSettings)
-    retriever: str = option("fused", "bm25, dense, generative, fused, or one a plugin adds.",
+    retriever: str = option("fused", "bm25, dense, generative, generative-rerank (decoded titles rescored given "
+                            "dense contexts), fused, or one a plugin adds.",
                             flags=("--retriever", "-r"), panel=RETRIEVE)
     top_k: int = option(10, "Documents per query.", min=1, panel=RETRIEVE)
     format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
@@ -80,7 +81,8 @@ class EvalOptions:
                               "title}]}]} (default: the bundled examples/retrieve/dev.jsonl).", flags=("--data", "-d"),
                               panel=MODEL_AND_DATA)
     search: SearchSettings = group(SearchSettings)
-    retriever: list[str] = option([], "Retrievers to evaluate (repeatable; default: every one built, and fused).",
+    retriever: list[str] = option([], "Retrievers to evaluate (repeatable): bm25, dense, generative, "
+                                  "generative-rerank, fused, or a plugin's (default: every one built, and fused).",
                                   flags=("--retriever", "-r"), panel=RETRIEVE)
     ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), min=1, panel=RETRIEVE)
     output_dir: Path | None = option(None, "Run directory for results.json, rankings.jsonl and recall.png "
