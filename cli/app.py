@@ -30,6 +30,8 @@ from lmlab.core.demo import demo_steps
 from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
 from lmlab.core.evaluation import benchmarks
 from lmlab.core.plugins import call_each, plugin_infos
+from lmlab.core.rerankers import rerankers
+from lmlab.core.retrievers import retrievers
 
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
@@ -72,6 +74,8 @@ def plugins_command(
     architectures()
     backends()
     benchmarks()
+    retrievers()
+    rerankers()
     if json_output:
         print_json([vars(info) for info in infos])
         return
@@ -118,17 +122,23 @@ def _register_plugin_commands() -> None:
     _registered = True
     for info, thunk in call_each("register_commands", app=app, bench=bench):
         seen = len(app.registered_commands), len(app.registered_groups), len(bench.registered_commands)
+        in_groups = {group.name: len(group.typer_instance.registered_commands) for group in app.registered_groups}
         try:
             thunk()
         except Exception as exc:  # drop whatever the broken plugin managed to add
             info.error = f"register_commands: {type(exc).__name__}: {exc}"
             del app.registered_commands[seen[0]:], app.registered_groups[seen[1]:]
             del bench.registered_commands[seen[2]:]
+            for group in app.registered_groups:
+                del group.typer_instance.registered_commands[in_groups[group.name]:]
             continue
         for command in app.registered_commands[seen[0]:]:
             info.add("commands", command.name or command.callback.__name__)
         for group in app.registered_groups[seen[1]:]:
             info.add("commands", group.name or "")
+        for group in app.registered_groups[:seen[1]]:  # commands a plugin added to another's group
+            for command in group.typer_instance.registered_commands[in_groups[group.name]:]:
+                info.add("commands", f"{group.name} {command.name}")
         for command in bench.registered_commands[seen[2]:]:
             info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
     app.add_typer(eval_app(), name="eval")

@@ -66,15 +66,19 @@ def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bo
     return math.fsum(b.count / total * abs(b.accuracy - b.confidence) for b in found) if total else 0.0
 
 
-def fit_temperature(logits: Sequence[float], labels: Sequence[int | bool], *, low: float = 0.05,
+def fit_temperature(logits: Sequence[float] | np.ndarray, labels: Sequence[int | bool], *, low: float = 0.05,
                     high: float = 20.0, steps: int = 80) -> float:
     """The temperature T minimising the mean binary cross-entropy of sigmoid(logit / T) on a dev split, by a
-    golden-section search over log T (the NLL is unimodal in T for a fixed set of logits)."""
+    golden-section search over log T (the NLL is unimodal in T for a fixed set of logits). Logits of shape
+    [S, N] (S ensemble members or dropout passes) are scaled alike and their probabilities averaged first."""
     z, y = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
 
     def nll(log_t: float) -> float:
         s = z / math.exp(log_t)
-        return float(np.mean(np.logaddexp(0.0, s) - y * s))  # −[y log σ(s) + (1 − y) log(1 − σ(s))]
+        if s.ndim == 1:
+            return float(np.mean(np.logaddexp(0.0, s) - y * s))  # −[y log σ(s) + (1 − y) log(1 − σ(s))]
+        p = np.clip(np.mean(1.0 / (1.0 + np.exp(-s)), axis=0), 1e-12, 1 - 1e-12)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
     a, b = math.log(low), math.log(high)
     ratio = (math.sqrt(5) - 1) / 2

@@ -137,3 +137,17 @@ def options_command(cls: type, run: Callable[[Any], dict[str, Any]], *, doc: str
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
     return command
+
+
+def command_group(app: typer.Typer, name: str, help_text: str | None = None) -> typer.Typer:
+    """The `name` sub-app of `app`, made on first use: plugins that add commands to one group (`retrieve` gets
+    `index` from one plugin and `rerank` from another) each call this, in any order, and never import each other.
+    The first help text given is the group's."""
+    for info in app.registered_groups:
+        if info.name == name:
+            if help_text and not info.typer_instance.info.help:
+                info.typer_instance.info.help = help_text
+            return info.typer_instance
+    group = typer.Typer(no_args_is_help=True, help=help_text)
+    app.add_typer(group, name=name)
+    return group

@@ -50,3 +50,9 @@ def register_benchmarks(register: Any) -> None:
 @hookspec
 def register_retrievers(register: Any) -> None:
     """Register retrievers for `lmlab retrieve`: register(RetrieverSpec(...)) (see lmlab.core.retrievers)."""
+
+
+@hookspec
+def register_rerankers(register: Any) -> None:
+    """Register rerankers for `lmlab retrieve rerank` and `--rerank`: register(RerankerSpec(...)) (see
+    lmlab.core.rerankers)."""

@@ -120,7 +120,7 @@ def plugin_infos() -> list[PluginInfo]:
 
 # What each `collect` kind is called in a clash warning.
 NOUNS = {"eval": "benchmark", "demo": "demo step", "models": "model alias", "backends": "backend",
-         "architectures": "architecture", "retrievers": "retriever"}
+         "architectures": "architecture", "retrievers": "retriever", "rerankers": "reranker"}
 
 
 def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from lmlab.core.data import Record, load_records
 from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.plugins import collect
 
+DEFAULT_INDEX = Path("runs/retrieve-index")  # where `lmlab retrieve index` builds by default
 INDEX_FILE = "index.json"
 CORPUS_FILE = "corpus.jsonl"
 

@@ -36,10 +36,11 @@ def register_retrievers(register: Any) -> None:
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.core.command import command_group
     from lmlab.plugins.retrieve.bench import bench_retrieve
-    from lmlab.plugins.retrieve.command import retrieve_app
+    from lmlab.plugins.retrieve.command import HELP, add_retrieve_commands
 
-    app.add_typer(retrieve_app(), name="retrieve")
+    add_retrieve_commands(command_group(app, "retrieve", HELP))
     bench.command("retrieve")(bench_retrieve)
 
 

@@ -75,9 +75,11 @@ def show_questions(summary: dict[str, Any]) -> None:
               f"({summary['already_done']} done before, {summary['malformed']} malformed generations dropped)")
 
 
-def retrieve_app() -> typer.Typer:
-    app = typer.Typer(no_args_is_help=True, help="Sparse, dense and generative retrieval (Re3val) with KILT metrics: "
-                      "index a corpus, search it, train the title generator, evaluate.")
+HELP = ("Sparse, dense and generative retrieval (Re3val) with KILT metrics: index a corpus, search it, train the "
+        "title generator, evaluate.")
+
+
+def add_retrieve_commands(app: typer.Typer) -> None:
     app.command("index")(options_command(
         IndexOptions, _run_index, show=show_index,
         doc="Index a corpus {id, title, text} for BM25, dense and generative retrieval, into one folder."))
@@ -94,4 +96,3 @@ def retrieve_app() -> typer.Typer:
     app.command("questions")(options_command(
         QuestionOptions, _run_questions, show=show_questions,
         doc="Write questions about the index's documents with an LLM, as extra training pairs for `retrieve train`."))
-    return app

@@ -8,8 +8,8 @@ from pathlib import Path
 from lmlab.core.backends import BackendOptions
 from lmlab.core.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.retrievers import DEFAULT_INDEX
 
-DEFAULT_INDEX = Path("runs/retrieve-index")
 DEFAULT_GENERATOR = "smollm2-135m"
 BUILT_BY_DEFAULT = ["bm25", "dense", "generative"]
 RETRIEVE = "Retrieval"

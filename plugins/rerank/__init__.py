@@ -1,0 +1,37 @@
+"""Bayesian and explainable context reranking (Song, Oh, Kim, Thorne 2024): a cross-encoder trained on gold contexts
+and BM25 hard negatives, as a deep ensemble, MC dropout or SWA, with calibration and LIME/SHAP explanations:
+`lmlab retrieve train-reranker|rerank|calibrate|explain`, `--rerank` on `retrieve search|eval`, `bench rerank`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.hookspecs import hookimpl
+from lmlab.core.rerankers import RerankerSpec
+
+
+def _open(folder: Path | None, options: dict[str, Any]) -> Any:
+    from lmlab.plugins.rerank.bayes import open_folder
+
+    return open_folder(folder, options)
+
+
+def _variants(folder: Path | None) -> list[str]:
+    from lmlab.plugins.rerank.bayes import offered_variants
+
+    return offered_variants(folder)
+
+
+@hookimpl
+def register_rerankers(register: Any) -> None:
+    register(RerankerSpec("cross-encoder", "a cross-encoder (MiniLM by default): plain, ensemble, MC dropout or SWA",
+                          _open, _variants))
+
+
+@hookimpl
+def register_commands(app: Any, bench: Any) -> None:
+    from lmlab.core.command import command_group
+    from lmlab.plugins.rerank.command import add_rerank_commands
+
+    add_rerank_commands(command_group(app, "retrieve"))

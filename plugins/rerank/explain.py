@@ -1,0 +1,164 @@
+"""Explainable reranking (Song et al. 2024): LIME and SHAP word importances of a reranker's P(relevant) for one
+(query, context) pair, and their aggregation into a supplementary score s = s_rerank + λ·agg(importance).
+
+A word is a run of non-whitespace; masking a word removes it from the context, for both methods."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+PredictFn = Callable[[list[str]], np.ndarray]  # contexts (the caller holds the query fixed) -> P(relevant), shape [n]
+METHODS = ("lime", "shap")
+AGGREGATIONS = ("max", "mean", "sum", "mean-abs", "top3")
+WORD = re.compile(r"\S+")
+SHAP_BATCH = 16  # masked texts per predict call; bigger batches make shap's Owen recursion less adaptive
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Word importances for one context. `base` is P(relevant) with every word removed, i.e. of the empty context:
+    shap's base value exactly; lime's intercept only estimates it, so it is predict([""]) for both methods."""
+
+    method: str
+    words: list[str]
+    importances: list[float]  # one per word: its contribution to P(relevant), positive = more relevant
+    probability: float  # P(relevant) of the unperturbed context
+    base: float
+
+    def ranked(self) -> list[tuple[str, float]]:
+        """Words by importance, highest first; ties keep context order."""
+        return sorted(zip(self.words, self.importances, strict=True), key=lambda pair: -pair[1])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _probabilities(predict: PredictFn, texts: Sequence[str]) -> np.ndarray:
+    return np.asarray(predict([str(t) for t in texts]), dtype=float).reshape(-1)
+
+
+def _lime(predict: PredictFn, context: str, samples: int, seed: int) -> tuple[list[str], list[float]]:
+    from lime.lime_text import LimeTextExplainer
+
+    def classifier(texts: list[str]) -> np.ndarray:
+        p = _probabilities(predict, texts)
+        return np.column_stack([1 - p, p])
+
+    # bow=False: each position is its own feature; mask_string="" removes a word instead of writing UNKWORDZ
+    explainer = LimeTextExplainer(class_names=["irrelevant", "relevant"], bow=False, split_expression=r"\s+",
+                                  mask_string="", random_state=seed)
+    found = explainer.explain_instance(context, classifier, labels=(1,), num_features=len(WORD.findall(context)),
+                                       num_samples=samples)
+    words = [str(w) for w in found.domain_mapper.indexed_string.inverse_vocab]  # = WORD.findall(context)
+    weights = dict(found.as_map()[1])  # feature index = word position, since bow=False
+    return words, [float(weights.get(i, 0.0)) for i in range(len(words))]
+
+
+def _shap(predict: PredictFn, context: str, samples: int, seed: int) -> tuple[list[str], list[float]]:
+    import shap
+
+    # mask_token=" " removes masked words (shap collapses the whitespace); mask_token="" crashes shap's masker.
+    masker = shap.maskers.Text(r"\s+", mask_token=" ")
+    explainer = shap.explainers.Partition(lambda texts: _probabilities(predict, texts), masker)
+    # The Partition explainer ignores Explainer(seed=...): its only randomness is np.random.randn breaking ties in
+    # its priority queue, so seed the global generator for the call and restore it after. It has no minimum
+    # max_evals either: below what the full Owen recursion needs (about 100 evals for 12 words, 600 for 30) the
+    # unexplored clusters share their credit evenly among their words, so no bump is needed.
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        values = explainer([context.strip()], max_evals=samples, batch_size=SHAP_BATCH, silent=True)
+    finally:
+        np.random.set_state(state)
+    pairs = [(str(t).strip(), float(v)) for t, v in zip(values.data[0], values.values[0], strict=True)]
+    pairs = [(w, v) for w, v in pairs if w]  # shap's tokens keep their trailing whitespace
+    return [w for w, _ in pairs], [v for _, v in pairs]
+
+
+def explain(predict: PredictFn, context: str, method: str = "lime", *, samples: int = 200,
+            seed: int = 0) -> Explanation:
+    """Explain predict(context) with `method` ("lime" or "shap") using about `samples` masked contexts."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    probability, base = (float(p) for p in _probabilities(predict, [context, ""]))
+    words = WORD.findall(context)
+    if len(words) < 2:  # one word earns all the credit (shap's text clustering fails on it, lime fits it badly)
+        return Explanation(method, words, [probability - base] * len(words), probability, base)
+    words, importances = (_lime if method == "lime" else _shap)(predict, context, samples, seed)
+    return Explanation(method, words, importances, probability, base)
+
+
+def aggregate(importances: Sequence[float], how: str = "max") -> float:
+    """One score from word importances: max = the largest, mean = their mean, sum = their total (for shap, probability
+    minus base), mean-abs = the mean of their absolute values, top3 = the mean of the three largest. 0.0 when empty."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {how!r}; expected one of {', '.join(AGGREGATIONS)}")
+    if len(importances) == 0:
+        return 0.0
+    x = np.asarray(importances, dtype=float)
+    if how == "max":
+        return float(x.max())
+    if how == "mean":
+        return float(x.mean())
+    if how == "sum":
+        return float(x.sum())
+    if how == "mean-abs":
+        return float(np.abs(x).mean())
+    return float(np.sort(x)[::-1][:3].mean())
+
+
+def _shade(importance: float, top: float) -> str:
+    """White blended toward green (positive) or red (negative) by |importance| / top, as 'rgb(r,g,b)'."""
+    strength = abs(importance) / top if top > 0 else 0.0
+    target = (0, 170, 0) if importance > 0 else (220, 0, 0)
+    r, g, b = (round(255 + (c - 255) * strength) for c in target)
+    return f"rgb({r},{g},{b})"
+
+
+def rich_text(explanation: Explanation) -> Text:
+    """The words joined by single spaces, each on a background shaded by its importance."""
+    from rich.text import Text
+
+    top = max((abs(v) for v in explanation.importances), default=0.0)
+    text = Text()
+    for i, (word, importance) in enumerate(zip(explanation.words, explanation.importances, strict=True)):
+        if i:
+            text.append(" ")
+        text.append(word, style=f"black on {_shade(importance, top)}" if importance else "")
+    return text
+
+
+def write_html(explanation: Explanation, path: Path, *, query: str = "") -> Path:
+    """A self-contained HTML page: the highlighted context and a table of the ten most important words."""
+    e = html.escape
+    strongest = max((abs(v) for v in explanation.importances), default=0.0)
+    spans = " ".join(f'<span title="{v:+.4f}" style="background:{_shade(v, strongest)};padding:0 2px">{e(w)}</span>'
+                     for w, v in zip(explanation.words, explanation.importances, strict=True))
+    rows = "".join(f"<tr><td>{i}</td><td>{e(w)}</td><td>{v:+.4f}</td></tr>"
+                   for i, (w, v) in enumerate(explanation.ranked()[:10], 1))
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{e(explanation.method)} explanation</title></head>
+<body style="font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.8">
+<h1 style="font-size:1.3em">{e(explanation.method.upper())} word importances</h1>
+{f"<p><b>Query:</b> {e(query)}</p>" if query else ""}
+<p>P(relevant) = {explanation.probability:.4f}, with every word removed = {explanation.base:.4f}</p>
+<p style="border:1px solid #ccc;padding:1em">{spans}</p>
+<table style="border-collapse:collapse" border="1" cellpadding="4">
+<tr><th>#</th><th>word</th><th>importance</th></tr>{rows}</table>
+</body></html>
+"""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,111 @@
+"""`lmlab retrieve rerank`: a retriever's candidates (or a `retrieve search` output) rescored by a reranker, each
+with its P(relevant), predictive uncertainty (spread over members / passes, and entropy) and, with
+--explain-weight, its explanation score. KILT queries with provenance also get recall@k before and after."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.console import json_stdout
+from lmlab.core.data import load_records
+from lmlab.core.errors import DataError
+from lmlab.core.kilt import KiltQuery, load_kilt, retrieval_metrics
+from lmlab.core.paths import example
+from lmlab.core.rerankers import Reranking, open_reranker
+from lmlab.core.retrievers import Ranked, RetrievalIndex
+from lmlab.plugins.rerank.options import RerankOptions
+
+KS = (1, 5)
+
+
+def search_output(path: str, index: RetrievalIndex) -> tuple[list[tuple[str, str]], list[list[Ranked]]]:
+    """Queries and candidates from `retrieve search --format jsonl` rows {id, input, results: [{id, score}]}."""
+    queries, candidates = [], []
+    for record in load_records(path, required=("input", "results")):
+        results = record.get("results", list)
+        for n, hit in enumerate(results):
+            page = str(hit.get("id")) if isinstance(hit, dict) else None
+            if page not in index.corpus.by_id:
+                raise DataError(f"'{page}' is not a document of the index's corpus", path=record.path,
+                                line=record.line, field=f"results[{n}].id",
+                                hint="rerank the output of `retrieve search` on the same --index")
+        queries.append((str(record.data.get("id", record.line)), record.get("input", str)))
+        candidates.append([Ranked(str(h["id"]), float(h.get("score", 0.0))) for h in results])
+    return queries, candidates
+
+
+def _queries(opts: RerankOptions) -> tuple[list[tuple[str, str]], list[KiltQuery] | None]:
+    path = opts.queries or str(example("retrieve/dev.jsonl"))
+    records = load_records(path, required=("input",))
+    if all("output" in r.data for r in records):
+        kilt = load_kilt(path)[:opts.limit]
+        return [(q.id, q.input) for q in kilt], kilt
+    return [(str(r.data.get("id", r.line)), r.get("input", str)) for r in records][:opts.limit], None
+
+
+def run_rerank(opts: RerankOptions) -> dict[str, Any]:
+    index = RetrievalIndex.load(opts.index)
+    settings = asdict(opts.rerank)
+    kilt = None
+    if opts.candidates:
+        queries, candidates = search_output(opts.candidates, index)
+        queries, candidates = queries[:opts.limit], candidates[:opts.limit]
+    else:
+        queries, kilt = _queries(opts)
+    reranker = open_reranker(opts.model, settings, index)
+    if not opts.candidates:
+        retriever = index.open(opts.retriever, {})
+        candidates = retriever.search([text for _, text in queries], max(opts.top_k, opts.rerank.rerank_depth))
+    reranking = Reranking(None, reranker, index.corpus, opts.rerank.rerank_depth,
+                          explain_weight=opts.rerank.explain_weight, explain_depth=opts.rerank.explain_depth)
+    started = time.perf_counter()
+    ranked = reranking.rerank([text for _, text in queries], candidates, opts.top_k)
+    seconds = time.perf_counter() - started
+    rows = []
+    for (qid, text), hits, before, details in zip(queries, ranked, candidates, reranking.details, strict=True):
+        first = {hit.id: rank for rank, hit in enumerate(before, 1)}
+        rows.append({"id": qid, "input": text, "results": [
+            {"rank": rank, "id": hit.id, "title": index.corpus.by_id[hit.id].title, "score": round(hit.score, 6),
+             "probability": round(details[hit.id].probability, 6), "uncertainty": round(details[hit.id].std, 6),
+             "entropy": round(details[hit.id].entropy, 6), "retriever_rank": first[hit.id],
+             **({"explanation": round(details[hit.id].explanation, 6)}
+                if details[hit.id].explanation is not None else {})}
+            for rank, hit in enumerate(hits, 1)]})
+    summary: dict[str, Any] = {}
+    _write(rows, opts.output, summary)
+    pairs = sum(len(c) for c in candidates)
+    summary.update({"model": opts.model, "variant": getattr(reranker, "variant", opts.rerank.variant),
+                    "retriever": "candidates file" if opts.candidates else opts.retriever, "queries": len(queries),
+                    "pairs": pairs, "pairs_per_s": round(pairs / seconds, 2) if seconds else None,
+                    "top1_changed": sum(1 for h, b in zip(ranked, candidates, strict=True)
+                                        if h and b and h[0].id != b[0].id),
+                    "mean_uncertainty": round(sum(d[h.id].std for hits, d in zip(ranked, reranking.details,
+                                                                                   strict=True) for h in hits)
+                                              / max(1, sum(len(h) for h in ranked)), 6),
+                    "output": str(opts.output) if opts.output else "stdout"})
+    if kilt is not None:
+        ks = [k for k in KS if k <= opts.top_k]
+        summary["before"] = retrieval_metrics({q.id: [h.id for h in c] for q, c in zip(kilt, candidates,
+                                                                                       strict=True)}, kilt, ks)
+        summary["after"] = retrieval_metrics({q.id: [h.id for h in r] for q, r in zip(kilt, ranked, strict=True)},
+                                             kilt, ks)
+    return summary
+
+
+def _write(rows: list[dict[str, Any]], output: Path | None, summary: dict[str, Any]) -> None:
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        tmp.replace(output)
+    elif json_stdout():
+        summary["results"] = rows
+    else:
+        sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        sys.stdout.flush()

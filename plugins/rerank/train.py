@@ -1,0 +1,205 @@
+"""`lmlab retrieve train-reranker`: the cross-encoder context reranker on the shared training loop.
+
+Pairs are each training query's gold pages (label 1) and BM25 hard negatives (label 0), see `pairs.py`. The loss
+is binary cross-entropy of σ(z) against the label, averaged over pairs. With `--bayes ensemble|all` the loop
+trains M members at once, each with its own head init (seed + m) and its own data order (member 0 sees the loop's
+order, member m a fixed permutation of it), so one checkpoint resumes all of them exactly. With `--bayes swa|all`
+member 0's weights are saved every `--swa-every` steps over the last `--swa-window` steps and averaged at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmlab.core.batching import length_grouped_batches
+from lmlab.core.console import log
+from lmlab.core.data import SkipLog
+from lmlab.core.errors import LmlabError
+from lmlab.core.paths import example
+from lmlab.core.rerankers import record_reranker
+from lmlab.core.retrievers import RetrievalIndex
+from lmlab.core.trainer import Trainer
+from lmlab.plugins.rerank.bayes import KIND, swa_average, write_info
+from lmlab.plugins.rerank.model import PairScorer, load_cross_encoder, save_member, tokenize_pairs
+from lmlab.plugins.rerank.options import RerankTrainOptions
+from lmlab.plugins.rerank.pairs import LabelledPair, file_pairs, mined_pairs
+
+BAYES = ("ensemble", "mc-dropout", "swa", "all")
+SNAPSHOTS = "swa-checkpoints"
+
+
+class Members(torch.nn.Module):
+    """M cross-encoders trained side by side."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+
+class RerankTask:
+    """BCE of each member's relevance logit on its own order of the labelled pairs."""
+
+    def __init__(self, features: list[dict[str, list[int]]], labels: list[int], tokenizer: Any, *, members: int,
+                 seed: int, swa_steps: set[int]) -> None:
+        self.features, self.labels, self.tokenizer, self.seed = features, labels, tokenizer, seed
+        generator = torch.Generator().manual_seed(seed)
+        n = len(features)
+        self.orders = [list(range(n))] + [torch.randperm(n, generator=generator).tolist() for _ in range(members - 1)]
+        self.swa_steps, self.snapshots, self.main = swa_steps, None, True
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        return length_grouped_batches([len(f["input_ids"]) for f in self.features], global_batch, seed=self.seed,
+                                      epoch=epoch)
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {"size": torch.tensor(len(indices))}
+        for m, order in enumerate(self.orders):
+            rows = [order[i] for i in indices]
+            padded = self.tokenizer.pad([self.features[r] for r in rows], return_tensors="pt")
+            out.update({f"member{m}.{name}": tensor for name, tensor in padded.items()})
+            out[f"labels{m}"] = torch.tensor([float(self.labels[r]) for r in rows])
+        return out
+
+    def counts(self, batch: dict[str, Any]) -> dict[str, float]:
+        return {"examples": float(batch["size"])}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any],
+             totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        members = getattr(model, "module", model).members
+        total = torch.zeros(())
+        for m, member in enumerate(members):
+            inputs = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"member{m}.")}
+            logits = member(**inputs).logits[:, 0]
+            total = total + torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, batch[f"labels{m}"], reduction="sum") / totals["examples"]
+        return total, {"loss": total.detach() / len(members)}
+
+    def after_step(self, model: torch.nn.Module, step: int, no_sync: Any) -> dict[str, float]:
+        if step in self.swa_steps and self.main and self.snapshots is not None:
+            self.snapshots.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().clone().contiguous() for k, v in model.members[0].state_dict().items()}
+            tmp = self.snapshots / f".step-{step:06d}.safetensors"
+            save_file(state, tmp)
+            tmp.replace(self.snapshots / f"step-{step:06d}.safetensors")
+        return {}
+
+
+def pair_quality(scorer: PairScorer, pairs: list[LabelledPair]) -> dict[str, float]:
+    """Held-out pair accuracy (P ≥ 0.5 vs label), BCE loss and ROC AUC of one deterministic pass."""
+    logits = scorer.score([(p.query, p.context) for p in pairs])
+    labels = torch.tensor([float(p.label) for p in pairs])
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+    accuracy = ((logits >= 0).float() == labels).float().mean().item()
+    pos, neg = logits[labels == 1], logits[labels == 0]
+    auc = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean().item() \
+        if len(pos) and len(neg) else float("nan")
+    return {"accuracy": round(accuracy, 4), "loss": round(loss, 4), "auc": round(auc, 4)}
+
+
+class RerankTrainer(Trainer):
+    command = "retrieve-train-reranker"
+    plotted = ("loss",)
+    default_data = "retrieve/train.jsonl"
+    opts: RerankTrainOptions
+
+    def check(self) -> None:
+        super().check()
+        opts = self.opts
+        if opts.bayes not in BAYES:
+            raise LmlabError(f"Unknown --bayes '{opts.bayes}'.", hint=f"use one of: {', '.join(BAYES)}")
+        if opts.bayes in ("swa", "all") and opts.swa_window > opts.max_steps:
+            raise LmlabError(f"--swa-window {opts.swa_window} is longer than the run (--max-steps {opts.max_steps}).",
+                             hint=f"e.g. --swa-window {max(1, opts.max_steps // 3)}")
+        if opts.bayes in ("ensemble", "all") and opts.members < 2:
+            raise LmlabError(f"An ensemble needs 2 or more members, got --members {opts.members}.",
+                             hint="e.g. --members 3, or --bayes mc-dropout / swa for one model")
+
+    def members(self) -> int:
+        return self.opts.members if self.opts.bayes in ("ensemble", "all") else 1
+
+    def swa_steps(self) -> set[int]:
+        if self.opts.bayes not in ("swa", "all"):
+            return set()
+        first = self.opts.max_steps - self.opts.swa_window + 1
+        return {s for s in range(first, self.opts.max_steps + 1) if s % self.opts.swa_every == 0} | \
+            {self.opts.max_steps}
+
+    def setup(self, accelerator: Any) -> tuple[Any, Any]:
+        opts = self.opts
+        self.index = RetrievalIndex.load(opts.index)
+        self.skips = SkipLog()
+        pairs = file_pairs(opts.pairs) if opts.pairs else mined_pairs(
+            self.data, self.index, negatives=opts.negatives, depth=opts.negative_depth, skips=self.skips)
+        if self.skips.total:
+            log(f"[yellow]{self.skips.summary()}[/yellow]")
+        eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
+        self.heldout = [] if eval_data == "none" else mined_pairs(eval_data, self.index, negatives=opts.negatives,
+                                                                 depth=opts.negative_depth)
+        models = []
+        with accelerator.main_process_first():
+            for m in range(self.members()):
+                model, self.tokenizer = load_cross_encoder(opts.model, seed=opts.seed + m, dropout=opts.dropout)
+                models.append(model)
+        features = tokenize_pairs(self.tokenizer, [(p.query, p.context) for p in pairs], opts.max_length)
+        labels = [p.label for p in pairs]
+        self.pairs = len(pairs)
+        log(f"{len(pairs)} pairs ({sum(labels)} relevant) for {len({p.query_id for p in pairs})} queries; "
+            f"{len(models)} member(s)")
+        self.task = RerankTask(features, labels, self.tokenizer, members=len(models), seed=opts.seed,
+                               swa_steps=self.swa_steps())
+        return Members(models), self.task
+
+    def _quality(self, model: Any) -> dict[str, float] | None:
+        if not self.heldout:
+            return None
+        return pair_quality(PairScorer(model, self.tokenizer, max_length=self.opts.max_length), self.heldout)
+
+    def before_training(self, run: Any, model: Any, accelerator: Any) -> None:
+        self.task.snapshots, self.task.main = run.path / SNAPSHOTS, accelerator.is_main_process
+        self.before = self._quality(model.members[0])
+
+    def summarize(self, result: dict[str, Any], run: Any) -> dict[str, Any]:
+        after = self._quality(result["model"].members[0])
+        return {"bayes": self.opts.bayes, "members": self.members(), "model_dir": str(run.path / "model"),
+                "index": str(self.index.folder), "pairs": self.pairs, "skipped": self.skips.as_dict(),
+                "examples_per_s": result["examples_per_s"],
+                **({"heldout_pairs": len(self.heldout), "heldout_before": self.before, "heldout_after": after}
+                   if after else {})}
+
+    def notes(self, summary: dict[str, Any]) -> list[str]:
+        if "heldout_after" not in summary:
+            return []
+        b, a = summary["heldout_before"], summary["heldout_after"]
+        return [f"held-out pairs ({summary['heldout_pairs']}): accuracy {b['accuracy']:.3f} → {a['accuracy']:.3f}, "
+                f"AUC {b['auc']:.3f} → {a['auc']:.3f}, loss {b['loss']:.3f} → {a['loss']:.3f} (member 0, before → "
+                "after training)"]
+
+    def save(self, result: dict[str, Any], run: Any, summary: dict[str, Any]) -> None:
+        folder = run.path / "model"
+        names = [f"member-{m}" for m in range(self.members())]
+        for name, member in zip(names, result["model"].members, strict=True):
+            save_member(folder / name, member, self.tokenizer)
+        swa = self._save_swa(folder, result["model"].members[0], run.path / SNAPSHOTS)
+        default = "ensemble" if len(names) > 1 else ("swa" if swa else "mc-dropout")
+        write_info(folder, {"kind": KIND, "members": names, "swa": swa, "default_variant": default,
+                            "max_length": self.opts.max_length, "mc_passes": self.opts.mc_passes,
+                            "dropout": self.opts.dropout, "encoder": self.opts.model, "temperatures": {}})
+        record_reranker(self.index, folder)
+
+    def _save_swa(self, folder: Path, member: Any, snapshots: Path) -> str | None:
+        paths = sorted(snapshots.glob("step-*.safetensors")) if self.swa_steps() else []
+        if not paths:
+            return None
+        wanted = {f"step-{s:06d}.safetensors" for s in self.swa_steps()}
+        states = [load_file(p) for p in paths if p.name in wanted]
+        member.load_state_dict(swa_average(states))
+        save_member(folder / "swa", member, self.tokenizer)
+        log(f"swa: averaged {len(states)} checkpoints (steps {', '.join(p.stem[5:].lstrip('0') for p in paths)})")
+        return "swa"
+
+    def title(self) -> str:
+        return f"retrieve train-reranker · {self.opts.bayes} · {self.opts.model}"
