@@ -149,21 +149,23 @@ class Reranking:
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         if self.retriever is None:
             raise LmlabError("This reranking has no retriever to take candidates from.", hint="pass candidates")
-        candidates = self.retriever.search(queries, max(k, self.depth))
-        return self.rerank(queries, candidates, k)
+        return self.rerank(queries, self.retriever.search(queries, max(k, self.depth)), k)
 
     def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[Ranked]], k: int) -> list[list[Ranked]]:
-        """Rescore given candidate lists (e.g. a `retrieve search` output) and keep the best `k` of each."""
+        """Rescore the first `depth` of each candidate list (e.g. a `retrieve search` output) and keep the best `k`;
+        candidates past `depth` follow in the retriever's order, scored below every rescored one."""
         pairs = [(query, context_of(self.corpus.by_id[hit.id]))
-                 for query, hits in zip(queries, candidates, strict=True) for hit in hits]
+                 for query, hits in zip(queries, candidates, strict=True) for hit in hits[:self.depth]]
         scores = iter(self.reranker.score(pairs))
         self.details, ranked = [], []
         for query, hits in zip(queries, candidates, strict=True):
-            relevance = {hit.id: next(scores) for hit in hits}
-            order = sorted(hits, key=lambda hit: -relevance[hit.id].score)  # stable: ties keep the retriever's order
+            relevance = {hit.id: next(scores) for hit in hits[:self.depth]}
+            order = sorted(hits[:self.depth], key=lambda hit: -relevance[hit.id].score)  # stable: ties keep order
             if self.explain_weight > 0:
                 order = self._explained(query, order, relevance)
-            ranked.append([Ranked(hit.id, relevance[hit.id].score) for hit in order[:k]])
+            floor = min((r.score for r in relevance.values()), default=0.0)
+            tail = [Ranked(hit.id, floor - n) for n, hit in enumerate(hits[self.depth:k], 1)]
+            ranked.append([Ranked(hit.id, relevance[hit.id].score) for hit in order][:k] + tail)
             self.details.append(relevance)
         return ranked
 

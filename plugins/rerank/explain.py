@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,7 +66,9 @@ def _lime(predict: PredictFn, context: str, samples: int, seed: int) -> tuple[li
 
 
 def _shap(predict: PredictFn, context: str, samples: int, seed: int) -> tuple[list[str], list[float]]:
-    import shap
+    with warnings.catch_warnings():  # shap 0.51's colour maps use a matplotlib API that warns on import
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        import shap
 
     # mask_token=" " removes masked words (shap collapses the whitespace); mask_token="" crashes shap's masker.
     masker = shap.maskers.Text(r"\s+", mask_token=" ")

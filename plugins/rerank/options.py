@@ -31,7 +31,8 @@ class RerankTrainOptions(TrainOptions):
                                panel=MODEL_AND_DATA)
     negatives: int = option(3, "BM25 hard negatives per query (the best-ranked pages that are not gold).", min=0)
     negative_depth: int = option(10, "Pages of BM25 the hard negatives are taken from.", min=1)
-    max_length: int = option(256, "Longest query + context in tokens (longer contexts are cut).", min=8,
+    max_length: int = option(128, "Longest query + context in tokens (longer contexts are cut; the title comes "
+                             "first).", min=8,
                              panel=MODEL_AND_DATA)
     bayes: str = option("all", "What to train for: ensemble (M members), swa (averaged checkpoints of member 0), "
                         "mc-dropout (one member, dropout kept for inference), or all three.", panel=BAYES)
@@ -42,10 +43,10 @@ class RerankTrainOptions(TrainOptions):
     mc_passes: int = option(8, "mc-dropout: passes T recorded as the model's default.", min=1, panel=BAYES)
     dropout: float = option(0.1, "Dropout of the encoder (hidden and attention), in training and MC dropout.",
                             min=0.0, max=0.9, panel=BAYES)
-    max_steps: int = option(60, "Optimizer steps to train.", min=1, panel=TRAINING)
-    batch_size: int = option(16, "Pairs per micro-batch per process (per member).", min=1, panel=TRAINING)
-    lr: float = option(5e-5, "Peak learning rate.", min=0.0, panel=TRAINING)
-    warmup_steps: int = option(6, "Linear warmup steps.", min=0, panel=TRAINING)
+    max_steps: int = option(80, "Optimizer steps to train.", min=1, panel=TRAINING)
+    batch_size: int = option(32, "Pairs per micro-batch per process (per member).", min=1, panel=TRAINING)
+    lr: float = option(1e-4, "Peak learning rate.", min=0.0, panel=TRAINING)
+    warmup_steps: int = option(10, "Linear warmup steps.", min=0, panel=TRAINING)
 
 
 @dataclass

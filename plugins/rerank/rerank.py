@@ -61,7 +61,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
     if not opts.candidates:
         retriever = index.open(opts.retriever, {})
         candidates = retriever.search([text for _, text in queries], max(opts.top_k, opts.rerank.rerank_depth))
-    reranking = Reranking(None, reranker, index.corpus, opts.rerank.rerank_depth,
+    reranking = Reranking(None, reranker, index.corpus, max(opts.top_k, opts.rerank.rerank_depth),
                           explain_weight=opts.rerank.explain_weight, explain_depth=opts.rerank.explain_depth)
     started = time.perf_counter()
     ranked = reranking.rerank([text for _, text in queries], candidates, opts.top_k)

@@ -1,7 +1,7 @@
 """`lmlab bench retrieve`: speed and recall of each retriever and of their fusion on one synthetic corpus, against
 rank-bm25 and transformers' generate, in one run.
 
-The corpus is `bench_corpus` (plugins/retrieve/bench_corpus.py: `--documents` invented encyclopedic pages and
+The corpus is `bench_corpus` (core/bench_corpus.py: `--documents` invented encyclopedic pages and
 `--queries` KILT queries, from `--seed`, nothing downloaded). It is indexed once, as `lmlab retrieve index` does
 (`RetrievalIndex.build`, into a temporary index folder): bm25 (bm25s with `--bm25-method`, default robertson, the
 variant whose ranking is rank-bm25's BM25Okapi) and dense (the core vector store over all-MiniLM-L6-v2, flat).
@@ -70,7 +70,7 @@ TARGETS = {"queries_per_s_bm25s_vs_rank_bm25": (">=", 10.0), "queries_per_s_cons
 # ----------------------------------------------------------------------------------------------- in the worker
 
 def _corpus(settings: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    from lmlab.plugins.retrieve.bench_corpus import bench_corpus
+    from lmlab.core.bench_corpus import bench_corpus
 
     return bench_corpus(settings["documents"], settings["queries"], settings["seed"],
                         lexical_share=settings["lexical_share"])
@@ -390,7 +390,7 @@ def _export(folder: Path, docs: list[Any], queries: list[Any], settings: dict[st
     `retrieve index` and `retrieve train` on the same pages."""
     from dataclasses import asdict
 
-    from lmlab.plugins.retrieve.bench_corpus import bench_corpus, kilt_row
+    from lmlab.core.bench_corpus import bench_corpus, kilt_row
 
     folder.mkdir(parents=True, exist_ok=True)
     _, more = bench_corpus(settings["documents"], len(queries) + train, settings["seed"],
@@ -439,7 +439,7 @@ def bench_retrieve(
     json_output: o.JsonOpt = False,
 ) -> None:
     """Retrieval speed and recall@1/5/10: bm25 vs rank-bm25, dense, fused, and trie-constrained decoding vs HF."""
-    from lmlab.plugins.retrieve.bench_corpus import bench_corpus
+    from lmlab.core.bench_corpus import bench_corpus
     from lmlab.plugins.retrieve.bm25 import METHODS
 
     if bm25_method not in METHODS:

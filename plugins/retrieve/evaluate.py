@@ -14,6 +14,7 @@ from lmlab.core.console import log
 from lmlab.core.kilt import load_kilt, recall_at_k, retrieval_metrics
 from lmlab.core.paths import example
 from lmlab.core.report import plot_lines
+from lmlab.core.rerankers import Reranking, resolve_reranker
 from lmlab.core.retrievers import RetrievalIndex, retriever_spec
 from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
 from lmlab.plugins.retrieve.fused import default_members
@@ -30,6 +31,26 @@ def evaluated(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any])
     return members + (["fused"] if len(members) > 1 else [])
 
 
+def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any],
+               over: str) -> list[tuple[str, Reranking]]:
+    """The ablation of METHODS.md §7: `over` reranked by each variant the reranker offers (or the one named), and
+    by its default variant plus the explanation score when --explain-weight is set. Each reuses `over`'s ranking,
+    and queries/s counts the reranking alone."""
+    settings = opts.reranking
+    spec, folder = resolve_reranker(opts.rerank, index)
+    variants = [settings.variant] if settings.variant != "auto" else spec.variants(folder) or ["auto"]
+    made = [(variant, 0.0) for variant in variants] + ([("auto", settings.explain_weight)]
+                                                       if settings.explain_weight > 0 else [])
+    out = []
+    for variant, weight in made:
+        reranker = spec.open(folder, {**asdict(settings), "variant": variant})
+        label = getattr(reranker, "variant", variant)
+        name = f"{over} + {label}" + (f" + explain λ={weight:g}" if weight else "")
+        out.append((name, Reranking(index.open(over, options), reranker, index.corpus, settings.rerank_depth,
+                                    explain_weight=weight, explain_depth=settings.explain_depth)))
+    return out
+
+
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
     data = opts.data or str(example("retrieve/dev.jsonl"))
     queries = load_kilt(data)[:opts.limit]
@@ -42,8 +63,10 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
     texts = [q.input for q in queries]
     results: dict[str, dict[str, Any]] = {}
     rankings: dict[str, dict[str, list[str]]] = {}
-    for name in names:
-        retriever = index.open(name, options)
+    searched = [(name, index.open(name, options)) for name in names]
+    if opts.rerank is not None:
+        searched += rerankings(index, opts, options, opts.rerank_over or names[-1])
+    for name, retriever in searched:
         started = time.perf_counter()
         ranked = retriever.search(texts, max(depth, opts.search.depth))  # as deep as a fusion of it will ask
         seconds = time.perf_counter() - started
@@ -52,6 +75,7 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
                          "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}
         log(f"{name}: R-precision {results[name]['r_precision']:.3f}, "
             + ", ".join(f"recall@{k} {results[name][f'recall@{k}']:.3f}" for k in opts.ks))
+    names = list(rankings)
     run = RunDir(new_run_path("retrieve-eval", opts.output_dir), checkpoints=False)
     run.write_config("retrieve eval", {**asdict(opts), "data": data})
     _write_rankings(run, queries, rankings)

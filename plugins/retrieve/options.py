@@ -8,6 +8,7 @@ from pathlib import Path
 from lmlab.core.backends import BackendOptions
 from lmlab.core.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.rerankers import RERANK, RerankSettings
 from lmlab.core.retrievers import DEFAULT_INDEX
 
 DEFAULT_GENERATOR = "smollm2-135m"
@@ -69,6 +70,9 @@ class SearchOptions:
                             "dense contexts), fused, or one a plugin adds.",
                             flags=("--retriever", "-r"), panel=RETRIEVE)
     top_k: int = option(10, "Documents per query.", min=1, panel=RETRIEVE)
+    rerank: str | None = option(None, "Rerank the candidates with this reranker: a `retrieve train-reranker` run, "
+                                "a registered reranker, or last (the one last trained on the index).", panel=RERANK)
+    reranking: RerankSettings = group(RerankSettings)
     format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
                          "title).", panel=RUN_AND_OUTPUT)
     output: Path | None = option(None, "Write the results here instead of stdout.", flags=("--output", "-o"),
@@ -84,6 +88,13 @@ class EvalOptions:
     retriever: list[str] = option([], "Retrievers to evaluate (repeatable): bm25, dense, generative, "
                                   "generative-rerank, fused, or a plugin's (default: every one built, and fused).",
                                   flags=("--retriever", "-r"), panel=RETRIEVE)
+    rerank: str | None = option(None, "Also evaluate the last retriever (or --rerank-over) reranked by this reranker, "
+                                "once per variant it offers and with the explanation score when --explain-weight "
+                                "is set: the paper's ablation (a train-reranker run, a registered name, or last).",
+                                panel=RERANK)
+    rerank_over: str | None = option(None, "The retriever whose candidates are reranked (default: the last one "
+                                     "evaluated, fused when it is).", panel=RERANK)
+    reranking: RerankSettings = group(RerankSettings)
     ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), min=1, panel=RETRIEVE)
     output_dir: Path | None = option(None, "Run directory for results.json, rankings.jsonl and recall.png "
                                      "(default: runs/retrieve-eval-<timestamp>).", flags=("--output-dir", "-o"),

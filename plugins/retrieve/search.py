@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from lmlab.core.console import json_stdout
 from lmlab.core.errors import LmlabError
+from lmlab.core.rerankers import Reranking, open_reranker
 from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
 from lmlab.plugins.retrieve.options import SearchOptions
 from lmlab.plugins.retrieve.queries import read_queries
@@ -40,6 +41,11 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     queries = read_queries(opts.query, opts.queries)
     index = RetrievalIndex.load(opts.search.index)
     retriever = index.open(opts.retriever, asdict(opts.search))
+    if opts.rerank is not None:
+        settings = opts.reranking
+        retriever = Reranking(retriever, open_reranker(opts.rerank, asdict(settings), index), index.corpus,
+                              settings.rerank_depth, explain_weight=settings.explain_weight,
+                              explain_depth=settings.explain_depth)
     started = time.perf_counter()
     ranked = retriever.search([text for _, text in queries], opts.top_k)
     seconds = time.perf_counter() - started
@@ -56,6 +62,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     else:
         write_results(sys.stdout, opts.format, rows)
         sys.stdout.flush()
-    return {**summary, "retriever": opts.retriever, "queries": len(queries), "top_k": opts.top_k,
+    return {**summary, "retriever": opts.retriever + (f" + rerank {opts.rerank}" if opts.rerank else ""),
+            "queries": len(queries), "top_k": opts.top_k,
             "output": str(opts.output) if opts.output else "stdout", "seconds": round(seconds, 3),
             "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}

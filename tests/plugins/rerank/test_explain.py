@@ -9,7 +9,6 @@ import pytest
 from lmlab.plugins.rerank.explain import AGGREGATIONS, METHODS, Explanation, aggregate, explain, rich_text, write_html
 
 # shap's import touches matplotlib colormap setters that matplotlib plans to deprecate
-pytestmark = pytest.mark.filterwarnings("ignore:The set_.* function will be deprecated:PendingDeprecationWarning")
 
 CONTEXT = "the northern lights or aurora are often seen near the poles on clear winter nights"
 

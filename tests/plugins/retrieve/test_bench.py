@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lmlab.plugins.retrieve.bench_corpus import bench_corpus, kilt_row
+from lmlab.core.bench_corpus import bench_corpus, kilt_row
 
 
 def test_bench_corpus_is_deterministic_unique_and_answerable() -> None:
