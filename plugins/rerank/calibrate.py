@@ -12,7 +12,6 @@ import torch
 
 from lmlab.core.calibration import expected_calibration_error, fit_temperature, plot_reliability, reliability_bins
 from lmlab.core.console import log
-from lmlab.core.data import load_records
 from lmlab.core.errors import LmlabError
 from lmlab.core.paths import example
 from lmlab.core.rerankers import resolve_reranker
@@ -20,18 +19,7 @@ from lmlab.core.retrievers import RetrievalIndex
 from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
 from lmlab.plugins.rerank.bayes import read_info, write_info
 from lmlab.plugins.rerank.options import CalibrateOptions
-from lmlab.plugins.rerank.pairs import LabelledPair, file_pairs, mined_pairs
-
-
-def labelled_pairs(opts: CalibrateOptions, index: RetrievalIndex | None) -> list[LabelledPair]:
-    data = opts.data or str(example("retrieve/dev.jsonl"))
-    first = load_records(data)[0].data
-    if "context" in first and "label" in first:
-        return file_pairs(data)
-    if index is None:
-        raise LmlabError(f"{opts.index} is not a retrieval index, needed for the KILT queries of {data}.",
-                         hint="build it with `lmlab retrieve index`, or give {query, context, label} rows")
-    return mined_pairs(data, index, negatives=opts.negatives, depth=max(10, opts.negatives))
+from lmlab.plugins.rerank.pairs import LabelledPair, load_pairs
 
 
 def quality(probs: np.ndarray, labels: np.ndarray, bins: int) -> dict[str, float]:
@@ -63,7 +51,8 @@ def _logits(reranker: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
 def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     index = RetrievalIndex.load(opts.index) if (opts.index / "index.json").is_file() else None
     spec, folder = resolve_reranker(opts.model, index)
-    pairs = labelled_pairs(opts, index)
+    pairs = load_pairs(opts.data or str(example("retrieve/dev.jsonl")), index, negatives=opts.negatives,
+                       depth=max(10, opts.negatives))
     labels = np.array([p.label for p in pairs], dtype=np.float64)
     if labels.min() == labels.max():
         raise LmlabError(f"The labelled set has only {'relevant' if labels[0] else 'irrelevant'} pairs.",

@@ -20,15 +20,16 @@ MODEL_HELP = ("The reranker: a `retrieve train-reranker` run (or its model/ fold
 class RerankTrainOptions(TrainOptions):
     """Options of `lmlab retrieve train-reranker` (the shared training options plus these)."""
 
+    data: str | None = option(None, "Training pairs: KILT queries (their gold pages and BM25 hard negatives; default: "
+                              "the bundled examples/retrieve/train.jsonl) or {query, context, label} rows.",
+                              flags=("--data", "-d"), panel=MODEL_AND_DATA)
     model: str = option(DEFAULT_ENCODER, "Encoder to train as the cross-encoder: the packaged all-minilm-l6-v2 or a "
                         "local Hugging Face encoder folder.", flags=("--model", "-m"), panel=MODEL_AND_DATA)
     index: Path = option(DEFAULT_INDEX, "The retrieval index (its corpus gives the contexts, its BM25 the hard "
                          "negatives); the trained reranker is recorded there.", panel=MODEL_AND_DATA)
-    eval_data: str | None = option(None, "Held-out KILT queries whose pairs are scored before and after training "
-                                   "(default: the bundled examples/retrieve/dev.jsonl; 'none' to skip).",
-                                   panel=MODEL_AND_DATA)
-    pairs: str | None = option(None, "Train on {query, context, label} rows instead of mining them from --data.",
-                               panel=MODEL_AND_DATA)
+    eval_data: str | None = option(None, "Held-out pairs scored before and after training, KILT queries or {query, "
+                                   "context, label} rows (default: the bundled examples/retrieve/dev.jsonl; 'none' "
+                                   "to skip).", panel=MODEL_AND_DATA)
     negatives: int = option(3, "BM25 hard negatives per query (the best-ranked pages that are not gold).", min=0)
     negative_depth: int = option(10, "Pages of BM25 the hard negatives are taken from.", min=1)
     max_length: int = option(128, "Longest query + context in tokens (longer contexts are cut; the title comes "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import DataError
+from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.kilt import load_kilt
 from lmlab.core.rerankers import context_of
 from lmlab.core.retrievers import RetrievalIndex
@@ -55,3 +55,15 @@ def file_pairs(path: str) -> list[LabelledPair]:
         query_id = str(record.data["query_id"]) if record.data.get("query_id") is not None else query
         out.append(LabelledPair(query_id, query, record.get("context", str), int(label)))
     return out
+
+
+def load_pairs(path: str, index: RetrievalIndex | None, *, negatives: int, depth: int,
+               skips: SkipLog | None = None) -> list[LabelledPair]:
+    """{query, context, label} rows as they are, or KILT queries mined against the index's BM25."""
+    first = load_records(path)[0].data
+    if "context" in first and "label" in first:
+        return file_pairs(path)
+    if index is None:
+        raise LmlabError(f"{path} holds KILT queries, whose pairs need a retrieval index (none was found).",
+                         hint="build one with `lmlab retrieve index`, or give {query, context, label} rows")
+    return mined_pairs(path, index, negatives=negatives, depth=depth, skips=skips)

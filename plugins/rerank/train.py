@@ -26,7 +26,7 @@ from lmlab.core.trainer import Trainer
 from lmlab.plugins.rerank.bayes import KIND, swa_average, write_info
 from lmlab.plugins.rerank.model import PairScorer, load_cross_encoder, save_member, tokenize_pairs
 from lmlab.plugins.rerank.options import RerankTrainOptions
-from lmlab.plugins.rerank.pairs import LabelledPair, file_pairs, mined_pairs
+from lmlab.plugins.rerank.pairs import LabelledPair, load_pairs
 
 BAYES = ("ensemble", "mc-dropout", "swa", "all")
 SNAPSHOTS = "swa-checkpoints"
@@ -132,13 +132,13 @@ class RerankTrainer(Trainer):
         opts = self.opts
         self.index = RetrievalIndex.load(opts.index)
         self.skips = SkipLog()
-        pairs = file_pairs(opts.pairs) if opts.pairs else mined_pairs(
-            self.data, self.index, negatives=opts.negatives, depth=opts.negative_depth, skips=self.skips)
+        pairs = load_pairs(self.data, self.index, negatives=opts.negatives, depth=opts.negative_depth,
+                           skips=self.skips)
         if self.skips.total:
             log(f"[yellow]{self.skips.summary()}[/yellow]")
         eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
-        self.heldout = [] if eval_data == "none" else mined_pairs(eval_data, self.index, negatives=opts.negatives,
-                                                                 depth=opts.negative_depth)
+        self.heldout = [] if eval_data == "none" else load_pairs(eval_data, self.index, negatives=opts.negatives,
+                                                                depth=opts.negative_depth)
         models = []
         with accelerator.main_process_first():
             for m in range(self.members()):

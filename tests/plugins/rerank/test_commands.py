@@ -174,7 +174,7 @@ def test_malformed_rows_name_file_line_and_field(trained: dict[str, Any], rerank
                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query": "q", "context": "c", "label": 1},
                                                     {"query": "q", "context": "c", "label": 3}])
-    code, _, err = lmlab("retrieve", "train-reranker", "--index", str(rerank_files["index"]), "--pairs", str(pairs),
+    code, _, err = lmlab("retrieve", "train-reranker", "--index", str(rerank_files["index"]), "--data", str(pairs),
                          "--model", str(trained["encoder"]), "-o", str(tmp_path / "run"), capsys=capsys)
     assert code == 2 and "pairs.jsonl:2: field 'label': is 3, not 0 or 1" in err
     found = write_jsonl(tmp_path / "found.jsonl", [{"id": "x", "input": "q", "results": [{"id": "999"}]}])
@@ -184,3 +184,36 @@ def test_malformed_rows_name_file_line_and_field(trained: dict[str, Any], rerank
     code, _, err = lmlab("retrieve", "rerank", "--index", str(rerank_files["index"]), "--model",
                          str(trained["model"]), "--variant", "bayes", capsys=capsys)
     assert code == 2 and "Unknown --variant 'bayes'" in err
+
+
+def word_pairs(per_page: int, seed: int) -> list[dict[str, Any]]:
+    """Queries of two words from a page's text: that page is relevant, two other pages are not."""
+    import random
+
+    from tests.plugins.retrieve.conftest import DOCS
+
+    rng, rows = random.Random(seed), []
+    for i, (page, title, text) in enumerate(DOCS):
+        words = sorted({w.strip(".,;").lower() for w in text.split() if len(w.strip(".,;")) > 4})
+        for n in range(per_page):
+            query, qid = " ".join(rng.sample(words, 2)), f"{page}-{seed}-{n}"
+            others = rng.sample([d for j, d in enumerate(DOCS) if j != i], 2)
+            rows += [{"query": query, "query_id": qid, "context": f"{title}. {text}", "label": 1}]
+            rows += [{"query": query, "query_id": qid, "context": f"{t}. {x}", "label": 0} for _, t, x in others]
+    return rows
+
+
+def test_training_beats_the_untrained_reranker_on_heldout_pairs(rerank_files: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", word_pairs(4, seed=1))
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", word_pairs(2, seed=2))  # other word pairs
+    code, out, _ = lmlab("retrieve", "train-reranker", "--index", str(rerank_files["index"]), "--data", str(train),
+                         "--eval-data", str(heldout), "--bayes", "mc-dropout", "--members", "1", "--max-steps", "40",
+                         "--batch-size", "16", "--max-length", "64", "-o", str(tmp_path / "run"), "--json", "--quiet",
+                         capsys=capsys)
+    assert code == 0
+    summary = json_of(out)
+    before, after = summary["heldout_before"], summary["heldout_after"]
+    assert summary["heldout_pairs"] == 60
+    assert after["auc"] >= before["auc"] + 0.2 and after["auc"] >= 0.75
+    assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
