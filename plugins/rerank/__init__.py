@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.demo import DemoStep
 from lmlab.core.hookspecs import hookimpl
 from lmlab.core.rerankers import RerankerSpec
 
@@ -35,3 +36,15 @@ def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.rerank.command import add_rerank_commands
 
     add_rerank_commands(command_group(app, "retrieve"))
+
+
+def _demo(output_dir: str, quick: bool) -> None:
+    from lmlab.plugins.rerank.demo import run_demo
+
+    run_demo(output_dir, quick)
+
+
+@hookimpl
+def register_demo_steps(register: Any) -> None:
+    register(DemoStep("rerank", "Bayesian reranking · MiniLM cross-encoder ensemble + SWA, calibration, SHAP", 65,
+                      _demo, quick=False))

@@ -44,8 +44,9 @@ def show_calibrate(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"retrieve calibrate · {summary['judged_pairs']} pairs · {summary['bins']} bins")
-    for name in ("variant", "ECE (width)", "ECE (mass)", "Brier", "NLL", "accuracy", "mean std"):
-        table.add_column(name, justify="left" if name == "variant" else "right")
+    table.add_column("variant", no_wrap=True)
+    for name in ("ECE width", "ECE mass", "Brier", "NLL", "acc", "mean std"):
+        table.add_column(name, justify="right")
     for variant, r in summary["results"].items():
         rows = [(variant, r)] + ([(f"{variant} · T={r['temperature']:.2f}", r["scaled"])] if "scaled" in r else [])
         for name, values in rows:

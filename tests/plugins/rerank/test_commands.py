@@ -217,3 +217,12 @@ def test_training_beats_the_untrained_reranker_on_heldout_pairs(rerank_files: di
     assert summary["heldout_pairs"] == 60
     assert after["auc"] >= before["auc"] + 0.2 and after["auc"] >= 0.75
     assert after["loss"] < before["loss"] and after["accuracy"] > before["accuracy"]
+
+
+def test_the_commands_join_the_retrieve_group_with_or_without_the_retrieve_plugin() -> None:
+    from tests.conftest import run_cli
+
+    alone = run_cli("retrieve", "--help", env={"LMLAB_PLUGINS": "rerank", "COLUMNS": "200"})
+    assert alone.returncode == 0 and "train-reranker" in alone.stdout and "index" not in alone.stdout.split()
+    both = run_cli("retrieve", "--help", env={"COLUMNS": "200"})
+    assert both.returncode == 0 and "train-reranker" in both.stdout and "Sparse, dense and generative" in both.stdout
