@@ -3,8 +3,9 @@
 Pairs are each training query's gold pages (label 1) and BM25 hard negatives (label 0), see `pairs.py`. The loss
 is binary cross-entropy of σ(z) against the label, averaged over pairs. With `--bayes ensemble|all` the loop
 trains M members at once, each with its own head init (seed + m) and its own data order (member 0 sees the loop's
-order, member m a fixed permutation of it), so one checkpoint resumes all of them exactly. With `--bayes swa|all`
-member 0's weights are saved every `--swa-every` steps over the last `--swa-window` steps and averaged at the end.
+order, member m a fixed permutation of it that swaps each pair for one of similar length, so its batches pad
+little too), and one checkpoint resumes all of them exactly. With `--bayes swa|all` member 0's weights
+are saved every `--swa-every` steps over the last `--swa-window` steps and averaged at the end.
 """
 
 from __future__ import annotations
@@ -46,10 +47,20 @@ class RerankTask:
     def __init__(self, features: list[dict[str, list[int]]], labels: list[int], tokenizer: Any, *, members: int,
                  seed: int, swa_steps: set[int]) -> None:
         self.features, self.labels, self.tokenizer, self.seed = features, labels, tokenizer, seed
-        generator = torch.Generator().manual_seed(seed)
-        n = len(features)
-        self.orders = [list(range(n))] + [torch.randperm(n, generator=generator).tolist() for _ in range(members - 1)]
+        self.orders = [list(range(len(features)))] + [self._swapped(seed + m) for m in range(1, members)]
         self.swa_steps, self.snapshots, self.main = swa_steps, None, True
+
+    def _swapped(self, seed: int, window: int = 64) -> list[int]:
+        """A permutation that swaps each pair for one of similar length (shuffled within windows of the pairs
+        sorted by length): another member's order whose batches still pad little."""
+        generator = torch.Generator().manual_seed(seed)
+        by_length = sorted(range(len(self.features)), key=lambda i: len(self.features[i]["input_ids"]))
+        order = list(range(len(self.features)))
+        for start in range(0, len(by_length), window):
+            chunk = by_length[start:start + window]
+            for a, j in zip(chunk, torch.randperm(len(chunk), generator=generator).tolist(), strict=True):
+                order[a] = chunk[j]
+        return order
 
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
         return length_grouped_batches([len(f["input_ids"]) for f in self.features], global_batch, seed=self.seed,

@@ -90,3 +90,15 @@ def test_batching_and_order_do_not_change_scores(encoders: dict[str, Path]) -> N
     backwards = scorer(encoders["a"], batch_size=3).score(PAIRS[::-1])
     assert torch.allclose(whole, single, atol=1e-5)
     assert torch.allclose(whole, backwards.flip(0), atol=1e-5)
+
+
+def test_each_member_sees_every_pair_once_with_a_batch_of_similar_lengths() -> None:
+    from lmlab.plugins.rerank.train import RerankTask
+
+    lengths = [5 + (i * 37) % 200 for i in range(300)]
+    task = RerankTask([{"input_ids": [1] * n} for n in lengths], [0] * 300, None, members=3, seed=0, swa_steps=set())
+    assert task.orders[0] == list(range(300))
+    for order in task.orders[1:]:
+        assert sorted(order) == list(range(300)) and order != task.orders[0]
+        assert max(abs(lengths[i] - lengths[j]) for i, j in enumerate(order)) <= 50  # a neighbour in length
+    assert task.orders[1] != task.orders[2]
