@@ -51,13 +51,16 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length:
 
 @contextlib.contextmanager
 def dropout_mode(model: torch.nn.Module, on: bool) -> Iterator[None]:
-    """Dropout on (MC dropout) or off for the duration; the model's own mode is restored after."""
-    was = model.training
-    model.train(on)
+    """MC dropout on (only the `nn.Dropout` layers sample; every other module stays in eval mode, so attention keeps
+    its fused kernel: attention-probability dropout made a pass 6.5x slower on CPU) or off; modes restored after."""
+    was = {module: module.training for module in model.modules()}
+    for module in model.modules():
+        module.train(on and isinstance(module, torch.nn.Dropout))
     try:
         yield
     finally:
-        model.train(was)
+        for module, training in was.items():
+            module.training = training
 
 
 class PairScorer:
