@@ -33,9 +33,11 @@ def register_rerankers(register: Any) -> None:
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.core.command import command_group
+    from lmlab.plugins.rerank.bench import bench_rerank
     from lmlab.plugins.rerank.command import add_rerank_commands
 
     add_rerank_commands(command_group(app, "retrieve"))
+    bench.command("rerank")(bench_rerank)
 
 
 def _demo(output_dir: str, quick: bool) -> None:
