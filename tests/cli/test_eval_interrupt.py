@@ -65,7 +65,8 @@ def test_interrupted_eval_resumes_without_redoing_answers(tmp_path: Path) -> Non
             "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "-o", str(run)]
     try:
         proc = subprocess.Popen([sys.executable, "-m", "lmlab.cli", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,  # Ctrl-C as at a terminal, even when the
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # suite runs in `&`
         deadline = time.time() + 120
         while not Slow.stalled.wait(0.05):
             assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
