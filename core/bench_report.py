@@ -81,3 +81,19 @@ def emit(report: dict[str, Any], json_output: bool, print_table: Callable[[dict[
         print_json(report)
     else:
         print_table(report)
+
+
+def flatten_rows(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """One row per measured system (a worker's `rows` become rows of their own) and the workers' extra facts."""
+    rows: dict[str, dict[str, Any]] = {}
+    extra: dict[str, Any] = {}
+    for name, result in results.items():
+        if not ran(result) or "rows" not in result:
+            rows[name] = result
+            continue
+        share = result.get("other_processes_cpu_share")
+        for row, figures in result["rows"].items():
+            rows[row] = figures if not ran(figures) else {**figures, "other_processes_cpu_share": share}
+        extra.update({f"{name}_{key}": value for key, value in result.items()
+                      if key not in ("rows", "other_processes_cpu_share")})
+    return rows, extra

@@ -55,7 +55,7 @@ import typer
 
 from lmlab.core import options as o
 from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine
 
@@ -398,22 +398,6 @@ def _shared_gemm_peak(results: dict[str, dict[str, Any]]) -> None:
         r["gemm_share"] = round(r["model_gflops"] / peak, 3)
 
 
-def _flatten(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """One row per measured thing (a worker's `rows` become rows of their own) and the workers' extra facts."""
-    rows: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Any] = {}
-    for name, result in results.items():
-        if not ran(result) or "rows" not in result:
-            rows[name] = result
-            continue
-        share = result.get("other_processes_cpu_share")
-        for row, figures in result["rows"].items():
-            rows[row] = figures if not ran(figures) else {**figures, "other_processes_cpu_share": share}
-        extra.update({f"{name}_{key}": value for key, value in result.items()
-                      if key not in ("rows", "other_processes_cpu_share")})
-    return rows, extra
-
-
 def _ratios(results: dict[str, dict[str, Any]], checks: dict[str, Any]) -> dict[str, float | None]:
     def get(row: str, figure: str) -> Any:
         return results[row].get(figure) if ran(results.get(row)) else None
@@ -596,7 +580,7 @@ def bench_rerank(
               if name in results}
     checks = _logit_checks(logits, [len(g) for g in grouped])
     _shared_gemm_peak(results)
-    results, extra = _flatten(results)
+    results, extra = flatten_rows(results)
     if ran(results.get("ours")) and "max_abs_logit_diff" in checks:
         results["ours"]["max_abs_logit_diff"] = checks["max_abs_logit_diff"]
     if ran(results.get("ours-bf16")) and "max_abs_logit_diff_bf16_vs_fp32" in checks:

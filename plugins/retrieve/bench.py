@@ -47,7 +47,7 @@ import typer
 
 from lmlab.core import options as o
 from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine
 
@@ -293,22 +293,6 @@ def _ranking_checks(results: dict[str, dict[str, Any]], k1: float) -> dict[str, 
                 sum(_same_up_to_ties(a, b, scale) for a, b in zip(ours, default, strict=True)) / count, 4)}
 
 
-def _flatten(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """One row per measured system (a worker's `rows` become rows of their own) and the workers' extra facts."""
-    rows: dict[str, dict[str, Any]] = {}
-    extra: dict[str, Any] = {}
-    for name, result in results.items():
-        if not ran(result) or "rows" not in result:
-            rows[name] = result
-            continue
-        share = result.get("other_processes_cpu_share")
-        for row, figures in result["rows"].items():
-            rows[row] = {**figures, "other_processes_cpu_share": share}
-        extra.update({f"{name}_{key}": value for key, value in result.items()
-                      if key not in ("rows", "other_processes_cpu_share")})
-    return rows, extra
-
-
 def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     def get(system: str, figure: str) -> Any:
         return results[system].get(figure) if ran(results.get(system)) else None
@@ -466,7 +450,7 @@ def bench_retrieve(
         results = run_systems("retrieve", known, chosen, WORKER, {**settings, "index": tmp}, threads=threads,
                               detail=f"{documents} pages, {queries} queries, {threads} threads")
     checks = _ranking_checks(results, k1)
-    results, extra = _flatten(results)
+    results, extra = flatten_rows(results)
     if "decode_model" in extra:
         settings["decode_model"], settings["decode_trie"] = extra["decode_model"], extra["decode_trie"]
         checks["decode_identical"] = all(results[row]["identical"] for row in ROWS["decode"])
