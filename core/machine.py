@@ -96,3 +96,13 @@ def gemm_peak_flops(m: int, k: int, n: int, dtype: Any, *, runs: int = 5, min_se
             torch.mm(a, b, out=out)
         times.append((time.perf_counter() - tick) / repeats)
     return 2 * m * k * n / min(times)
+
+
+def pool_gemm_peak(rows: list[dict[str, Any]]) -> float:
+    """Give every row the best GEMM peak any of them measured, so that their shares of it are against one bound (a
+    worker's reading varies with what else ran meanwhile; its own stays as gemm_peak_gflops_worker)."""
+    peak = max(r["gemm_peak_gflops"] for r in rows)
+    for r in rows:
+        r["gemm_peak_gflops_worker"] = r["gemm_peak_gflops"]
+        r["gemm_peak_gflops"] = peak
+    return peak

@@ -48,7 +48,7 @@ from lmlab.core.bench_replay import replay_training
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
 from lmlab.core.bench_worker import tensors_sha256
 from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, gemm_peak_flops, machine, version
+from lmlab.core.machine import cpu_count, gemm_peak_flops, machine, pool_gemm_peak, version
 from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
 
@@ -167,10 +167,8 @@ def _shared_gemm_peaks(measured: dict[str, dict[str, Any]]) -> None:
         group = [r for name, r in measured.items() if name.endswith("-bf16") == bf16]
         if not group:
             continue
-        peak = max(r["gemm_peak_gflops"] for r in group)
+        peak = pool_gemm_peak(group)
         for r in group:
-            r["gemm_peak_gflops_worker"] = r["gemm_peak_gflops"]
-            r["gemm_peak_gflops"] = peak
             r["mfu"] = float(f"{r['model_flops_per_token'] * r['tokens_per_s'] / (peak * 1e9):.4g}")
 
 

@@ -57,7 +57,7 @@ from lmlab.core import options as o
 from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
 from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
 from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, machine
+from lmlab.core.machine import cpu_count, machine, pool_gemm_peak
 
 ENCODER = "all-minilm-l6-v2"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -391,10 +391,8 @@ def _shared_gemm_peak(results: dict[str, dict[str, Any]]) -> None:
     fp32 = [results[name] for name in ("ours", "cross-encoder") if ran(results.get(name))]
     if not fp32:
         return
-    peak = max(r["gemm_peak_gflops"] for r in fp32)
+    peak = pool_gemm_peak(fp32)
     for r in fp32:
-        r["gemm_peak_gflops_worker"] = r["gemm_peak_gflops"]
-        r["gemm_peak_gflops"] = peak
         r["gemm_share"] = round(r["model_gflops"] / peak, 3)
 
 
