@@ -17,7 +17,7 @@ from lmlab.core.errors import DataError
 from lmlab.core.kilt import KiltQuery, load_kilt, retrieval_metrics
 from lmlab.core.paths import example
 from lmlab.core.rerankers import Reranking, open_reranker
-from lmlab.core.retrievers import Ranked, RetrievalIndex
+from lmlab.core.retrievers import Ranked, RetrievalIndex, retriever_spec
 from lmlab.plugins.rerank.options import RerankOptions
 
 KS = (1, 5)
@@ -57,6 +57,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
         queries, candidates = queries[:opts.limit], candidates[:opts.limit]
     else:
         queries, kilt = _queries(opts)
+        retriever_spec(opts.retriever)  # an unknown --retriever is refused before any model loads
     reranker = open_reranker(opts.model, settings, index)
     if not opts.candidates:
         retriever = index.open(opts.retriever, {})

@@ -162,6 +162,7 @@ def test_search_with_rerank(trained: dict[str, Any], rerank_files: dict[str, Pat
     (["train-reranker", "--members", "1"], "An ensemble needs 2 or more members"),
     (["train-reranker", "--max-steps", "5", "--swa-window", "9"], "--swa-window 9 is longer than the run"),
     (["rerank", "--model", "nowhere"], "'nowhere' is neither a reranker folder"),
+    (["rerank", "--retriever", "nosuch"], "Unknown retriever 'nosuch'"),
     (["explain", "--method", "grad"], "Unknown --method 'grad'"),
 ])
 def test_bad_options_exit_2(args: list[str], expected: str, rerank_files: dict[str, Path],
