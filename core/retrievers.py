@@ -156,7 +156,7 @@ class RetrievalIndex:
 
     def __init__(self, folder: Path, corpus: Corpus, info: dict[str, Any]) -> None:
         self.folder, self.corpus, self.info = folder, corpus, info
-        self._opened: dict[str, Retriever] = {}
+        self._opened: dict[str, _Remembered] = {}
 
     @property
     def built(self) -> dict[str, dict[str, Any]]:
@@ -212,6 +212,11 @@ class RetrievalIndex:
         self.built[name] = {**settings, "seconds": round(time.perf_counter() - started, 2)}
         self.write_info()
         return self.built[name]
+
+    def forget(self) -> None:
+        """Drop the opened retrievers' last rankings, so the next search searches (a benchmark times each pass)."""
+        for retriever in self._opened.values():
+            retriever.last = None
 
     def open(self, name: str, options: dict[str, Any]) -> Retriever:
         """Retriever `name`, loaded once per index object (a fusion and its members share the loaded models, and

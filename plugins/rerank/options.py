@@ -28,8 +28,12 @@ class RerankTrainOptions(TrainOptions):
     index: Path = option(DEFAULT_INDEX, "The retrieval index (its corpus gives the contexts, its BM25 the hard "
                          "negatives); the trained reranker is recorded there.", panel=MODEL_AND_DATA)
     eval_data: str | None = option(None, "Held-out pairs scored before and after training, KILT queries or {query, "
-                                   "context, label} rows (default: the bundled examples/retrieve/dev.jsonl; 'none' "
-                                   "to skip).", panel=MODEL_AND_DATA)
+                                   "context, label} rows (default: the bundled examples/retrieve/dev.jsonl, or with "
+                                   "--data a held-out --eval-share of its queries; 'none' to skip).",
+                                   panel=MODEL_AND_DATA)
+    eval_share: float = option(0.1, "With --data and no --eval-data: the share of its queries held out (not "
+                               "trained on) for the before/after check; 0 trains on all.", min=0.0, max=0.5,
+                               panel=MODEL_AND_DATA)
     negatives: int = option(3, "BM25 hard negatives per query (the best-ranked pages that are not gold).", min=0)
     negative_depth: int = option(10, "Pages of BM25 the hard negatives are taken from.", min=1)
     max_length: int = option(128, "Longest query + context in tokens (longer contexts are cut; the title comes "

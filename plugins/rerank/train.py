@@ -111,6 +111,17 @@ def pair_quality(scorer: PairScorer, pairs: list[LabelledPair]) -> dict[str, flo
     return {"accuracy": round(accuracy, 4), "loss": round(loss, 4), "auc": round(auc, 4)}
 
 
+def split_by_query(pairs: list[LabelledPair], share: float, seed: int) -> tuple[list[LabelledPair],
+                                                                               list[LabelledPair]]:
+    """(training, held-out) pairs, the held-out ones all the pairs of a seeded `share` of the queries (at least one
+    query, and never all of them; none when `share` is 0)."""
+    queries = list(dict.fromkeys(p.query_id for p in pairs))
+    count = min(len(queries) - 1, max(1, round(share * len(queries)))) if share > 0 else 0
+    order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = {queries[i] for i in order[:count]}
+    return [p for p in pairs if p.query_id not in held], [p for p in pairs if p.query_id in held]
+
+
 class RerankTrainer(Trainer):
     command = "retrieve-train-reranker"
     plotted = ("loss",)
@@ -147,9 +158,14 @@ class RerankTrainer(Trainer):
                            skips=self.skips)
         if self.skips.total:
             log(f"[yellow]{self.skips.summary()}[/yellow]")
-        eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
-        self.heldout = [] if eval_data == "none" else load_pairs(eval_data, self.index, negatives=opts.negatives,
-                                                                depth=opts.negative_depth)
+        if opts.eval_data is None and opts.data is not None:
+            pairs, self.heldout = split_by_query(pairs, opts.eval_share, opts.seed)
+            log(f"held out {len({p.query_id for p in self.heldout})} of --data's queries for the before/after "
+                "check (--eval-share)")
+        else:
+            eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
+            self.heldout = [] if eval_data == "none" else load_pairs(eval_data, self.index, negatives=opts.negatives,
+                                                                    depth=opts.negative_depth)
         models = []
         with accelerator.main_process_first():
             for m in range(self.members()):

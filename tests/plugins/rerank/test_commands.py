@@ -227,3 +227,17 @@ def test_the_commands_join_the_retrieve_group_with_or_without_the_retrieve_plugi
     assert alone.returncode == 0 and "train-reranker" in alone.stdout and "index" not in alone.stdout.split()
     both = run_cli("retrieve", "--help", env={"COLUMNS": "200"})
     assert both.returncode == 0 and "train-reranker" in both.stdout and "Sparse, dense and generative" in both.stdout
+
+
+def test_own_data_without_eval_data_holds_out_whole_queries(rerank_files: dict[str, Path]) -> None:
+    from lmlab.plugins.rerank.pairs import LabelledPair
+    from lmlab.plugins.rerank.train import split_by_query
+
+    pairs = [LabelledPair(f"q{i}", f"query {i}", f"context {j}", int(j == 0)) for i in range(20) for j in range(4)]
+    train, held = split_by_query(pairs, 0.1, seed=0)
+    held_queries = {p.query_id for p in held}
+    assert len(held_queries) == 2 and len(held) == 8  # every pair of 10 % of the queries
+    assert not held_queries & {p.query_id for p in train} and len(train) + len(held) == len(pairs)
+    assert split_by_query(pairs, 0.1, seed=0) == (train, held) and split_by_query(pairs, 0.1, seed=1)[1] != held
+    assert split_by_query(pairs, 0.0, seed=0) == (pairs, [])
+    assert len({p.query_id for p in split_by_query(pairs[:8], 0.5, seed=0)[0]}) == 1  # never every query

@@ -74,3 +74,20 @@ def test_bench_retrieve_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pyt
                                      "recall@1_fused_vs_best_single", "recall@1_fused_weighted_vs_best_single",
                                      "recall@1_dense_vs_bm25"}
     assert all(value > 0 for value in report["ratios"].values())
+
+
+def test_every_timed_pass_searches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The index remembers a retriever's last rankings (for eval's fusions); a timed pass must not be answered from
+    that memory, or queries/s measures a dictionary lookup."""
+    from lmlab.cli.app import main
+    from lmlab.plugins.retrieve.bm25 import BM25Retriever
+
+    calls = []
+    search = BM25Retriever.search
+    monkeypatch.setattr(BM25Retriever, "search", lambda self, queries, k: calls.append(k) or search(self, queries, k))
+    monkeypatch.setattr("lmlab.core.bench.run_measured", _in_process)
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "retrieve", "--documents", "60", "--queries", "10", "--repeats", "3", "--systems", "bm25",
+              "--json"])
+    assert exited.value.code == 0 and json.loads(capsys.readouterr().out)["results"]["bm25"]["queries"] == 10
+    assert len(calls) == 4  # a warm-up pass and 3 timed ones
