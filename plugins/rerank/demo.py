@@ -1,6 +1,7 @@
 """Reranking's part of `lmlab demo` (full demo only: it fine-tunes MiniLM): a short train-reranker run (2 members
-and SWA, 30 steps of 16 pairs) on the index the retrieve step built, then calibrate, rerank and explain with it.
-The default `lmlab retrieve train-reranker` (3 members, 80 steps of 32) is what the README's figures come from."""
+and SWA, 30 steps of 4 queries, 16 pairs) on the index the retrieve step built, then calibrate, rerank and explain
+with it. The default `lmlab retrieve train-reranker` (3 members, 80 steps of 8 queries) is what the README's figures
+come from."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def _index(root: Path) -> Path:
 def run_demo(output_dir: str, quick: bool) -> None:
     root = Path(output_dir)
     index = _index(root)
-    trained = RerankTrainer(RerankTrainOptions(index=index, members=2, max_steps=STEPS, batch_size=16, max_length=64,
+    trained = RerankTrainer(RerankTrainOptions(index=index, members=2, max_steps=STEPS, batch_size=4, max_length=64,
                                                swa_window=10, swa_every=5, save_every=STEPS, overwrite=True,
                                                output_dir=root / "retrieve-train-reranker")).run()
     before, after = trained["heldout_before"], trained["heldout_after"]

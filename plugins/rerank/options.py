@@ -48,8 +48,12 @@ class RerankTrainOptions(TrainOptions):
     mc_passes: int = option(8, "mc-dropout: passes T recorded as the model's default.", min=1, panel=BAYES)
     dropout: float = option(0.1, "Dropout of the encoder (hidden and attention), in training and MC dropout.",
                             min=0.0, max=0.9, panel=BAYES)
+    loss: str = option("bce+listwise", "bce (the relevance classifier's binary cross-entropy) or bce+listwise "
+                       "(plus the softmax cross-entropy of the gold page among its query's candidates: ranks far "
+                       "better after the same steps).", panel=TRAINING)
     max_steps: int = option(80, "Optimizer steps to train.", min=1, panel=TRAINING)
-    batch_size: int = option(32, "Pairs per micro-batch per process (per member).", min=1, panel=TRAINING)
+    batch_size: int = option(8, "Queries per micro-batch per process (per member), each with all its pairs: its "
+                             "gold pages and --negatives.", min=1, panel=TRAINING)
     lr: float = option(1e-4, "Peak learning rate.", min=0.0, panel=TRAINING)
     warmup_steps: int = option(10, "Linear warmup steps.", min=0, panel=TRAINING)
 

@@ -92,13 +92,27 @@ def test_batching_and_order_do_not_change_scores(encoders: dict[str, Path]) -> N
     assert torch.allclose(whole, backwards.flip(0), atol=1e-5)
 
 
-def test_each_member_sees_every_pair_once_with_a_batch_of_similar_lengths() -> None:
+def test_each_member_sees_every_query_once_with_a_batch_of_similar_lengths() -> None:
     from lmlab.plugins.rerank.train import RerankTask
 
-    lengths = [5 + (i * 37) % 200 for i in range(300)]
-    task = RerankTask([{"input_ids": [1] * n} for n in lengths], [0] * 300, None, members=3, seed=0, swa_steps=set())
-    assert task.orders[0] == list(range(300))
+    lengths = [5 + (i * 37) % 200 for i in range(600)]
+    groups = [[2 * i, 2 * i + 1] for i in range(300)]  # a query is a unit: both its pairs, the longer one its length
+    task = RerankTask([{"input_ids": [1] * n} for n in lengths], [0] * 600, groups, None, members=3, seed=0,
+                      swa_steps=set())
+    assert task.orders[0] == list(range(300)) and task.lengths[:2] == [max(lengths[:2]), max(lengths[2:4])]
     for order in task.orders[1:]:
         assert sorted(order) == list(range(300)) and order != task.orders[0]
-        assert max(abs(lengths[i] - lengths[j]) for i, j in enumerate(order)) <= 50  # a neighbour in length
+        assert max(abs(task.lengths[i] - task.lengths[j]) for i, j in enumerate(order)) <= 50  # a neighbour in length
     assert task.orders[1] != task.orders[2]
+
+
+def test_the_listwise_term_is_the_softmax_cross_entropy_of_each_querys_gold_pages() -> None:
+    from lmlab.plugins.rerank.train import _listwise
+
+    logits = torch.tensor([2.0, 0.5, -1.0, 3.0, 1.0, 0.0, 40.0, -40.0, 4.0, 9.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    query = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])  # query 3 has no gold page: it adds nothing
+    by_hand = -torch.log_softmax(logits[:3], 0)[0] - (torch.log_softmax(logits[3:6], 0)[1:].sum() / 2) \
+        - torch.log_softmax(logits[6:8], 0)[1]
+    assert torch.allclose(_listwise(logits, labels, query), by_hand, atol=1e-5)
+    assert torch.isfinite(_listwise(logits * 10, labels, query))  # logits far apart: no overflow to inf or nan
