@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Annotated
 
@@ -106,7 +107,9 @@ def demo_command(
         if quick and not step.quick:
             continue
         err.rule(f"[bold]{step.title}")
+        started = time.perf_counter()
         step.run(output_dir, quick)
+        err.print(f"[dim]{step.name}: {time.perf_counter() - started:.1f} s[/dim]")
     err.rule("[bold]done")
     err.print(f"Every run directory (config.json, metrics.jsonl, plots, model) is under [bold]{output_dir}[/bold].")
 

@@ -100,14 +100,16 @@ class RerankTask:
         out = {}
         for m in range(len(self.orders)):
             labels, query = batch[f"labels{m}"], batch[f"query{m}"]
-            gold = torch.zeros(int(query.max()) + 1).index_add_(0, query, labels)
+            gold = torch.zeros(int(query.max()) + 1, device=query.device).index_add_(0, query, labels)
             out |= {f"pairs{m}": float(len(labels)), f"ranked{m}": float((gold > 0).sum())}
         return out
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         members = getattr(model, "module", model).members
-        total, parts = torch.zeros(()), {"bce": torch.zeros(()), "listwise": torch.zeros(())}
+        device = batch["labels0"].device
+        total = torch.zeros((), device=device)
+        parts = {"bce": torch.zeros((), device=device), "listwise": torch.zeros((), device=device)}
         for m, member in enumerate(members):
             inputs = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"member{m}.")}
             logits = member(**inputs).logits[:, 0].float()
@@ -133,13 +135,13 @@ class RerankTask:
 
 def _listwise(logits: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """Σ over the batch's queries with a gold page of −(1/|G|) Σ_{g∈G} log softmax(z_query)_g."""
-    queries = int(query.max()) + 1
-    top = torch.full((queries,), -torch.inf).scatter_reduce(0, query, logits.detach(), "amax")
+    queries, device = int(query.max()) + 1, logits.device
+    top = torch.full((queries,), -torch.inf, device=device).scatter_reduce(0, query, logits.detach(), "amax")
     shifted = logits - top[query]  # each query's own max: no exp overflows or underflows to an empty sum
-    log_norm = torch.zeros(queries).index_add_(0, query, shifted.exp()).log()
+    log_norm = torch.zeros(queries, device=device).index_add_(0, query, shifted.exp()).log()
     log_p = shifted - log_norm[query]
-    gold = torch.zeros(queries).index_add_(0, query, labels)
-    per_query = torch.zeros(queries).index_add_(0, query, log_p * labels)
+    gold = torch.zeros(queries, device=device).index_add_(0, query, labels)
+    per_query = torch.zeros(queries, device=device).index_add_(0, query, log_p * labels)
     ranked = gold > 0
     return -(per_query[ranked] / gold[ranked]).sum()
 
@@ -239,7 +241,7 @@ class RerankTrainer(Trainer):
         after = self._quality(result["model"].members[0])
         return {"bayes": self.opts.bayes, "members": self.members(), "model_dir": str(run.path / "model"),
                 "index": str(self.index.folder), "pairs": self.pairs, "skipped": self.skips.as_dict(),
-                "examples_per_s": result["examples_per_s"],
+                "queries_per_s": result["examples_per_s"],
                 **({"heldout_pairs": len(self.heldout), "heldout_before": self.before, "heldout_after": after}
                    if after else {})}
 

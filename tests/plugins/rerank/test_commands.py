@@ -63,6 +63,10 @@ def test_train_reranker_writes_members_swa_and_records_itself(trained: dict[str,
     assert index["reranker"] == str(trained["model"].resolve())
     summary = json.loads((trained["run"] / "summary.json").read_text())
     assert summary["pairs"] > 0 and summary["members"] == 2 and "heldout_after" in summary
+    metrics = [json.loads(line) for line in (trained["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    for m in metrics:  # the default loss: the classifier's BCE plus the listwise term, each averaged over members
+        assert m["listwise"] > 0 and m["bce"] > 0 and abs(m["loss"] - m["bce"] - m["listwise"]) < 1e-4
 
 
 def test_rerank_gives_probability_and_uncertainty(trained: dict[str, Any], rerank_files: dict[str, Path],
@@ -159,6 +163,7 @@ def test_search_with_rerank(trained: dict[str, Any], rerank_files: dict[str, Pat
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["train-reranker", "--bayes", "deep"], "Unknown --bayes 'deep'"),
+    (["train-reranker", "--loss", "hinge"], "Unknown --loss 'hinge'"),
     (["train-reranker", "--members", "1"], "An ensemble needs 2 or more members"),
     (["train-reranker", "--max-steps", "5", "--swa-window", "9"], "--swa-window 9 is longer than the run"),
     (["rerank", "--model", "nowhere"], "'nowhere' is neither a reranker folder"),
