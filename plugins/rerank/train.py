@@ -4,13 +4,13 @@ Pairs are each training query's gold pages (label 1) and BM25 hard negatives (la
 holds whole queries (`--batch-size` of them, with all their pairs). The loss is the relevance classifier's binary
 cross-entropy of σ(z) against the label, averaged over pairs, plus by default (`--loss bce+listwise`) a listwise
 term: the softmax cross-entropy of the gold pages among their query's candidates. The classifier term alone
-learns slowly from a sentence encoder whose [CLS] state was never trained for relevance (bench corpus, 80 steps:
-recall@1 of the reranked BM25 top 10 0.22 against 0.55 with the listwise term, docs/benchmarks.md), and it keeps
-σ(z) a probability to calibrate. With `--bayes ensemble|all` the loop trains M members at once, each with its own
-head init (seed + m) and its own data order (member 0 sees the loop's order, member m a fixed permutation of it
-that swaps each query for one of similar length, so its batches pad little too), and one checkpoint resumes all
-of them exactly. With `--bayes swa|all` member 0's weights are saved every `--swa-every` steps over the last
-`--swa-window` steps and averaged at the end.
+learns slowly from a sentence encoder whose [CLS] state was never trained for relevance (bench corpus, one
+member, 80 steps: recall@1 of the reranked BM25 top 10 0.59 → 0.62 with BCE alone, 0.59 → 0.74 with the listwise
+term, docs/benchmarks.md), and it keeps σ(z) a probability to calibrate. With `--bayes ensemble|all` the loop
+trains M members at once, each with its own head init (seed + m) and its own data order (member 0 sees the loop's
+order, member m a fixed permutation of it that swaps each query for one of similar length, so its batches pad
+little too), and one checkpoint resumes all of them exactly. With `--bayes swa|all` member 0's weights are saved
+every `--swa-every` steps over the last `--swa-window` steps and averaged at the end.
 """
 
 from __future__ import annotations
