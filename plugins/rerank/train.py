@@ -208,8 +208,9 @@ class RerankTrainer(Trainer):
             log(f"[yellow]{self.skips.summary()}[/yellow]")
         if opts.eval_data is None and opts.data is not None:
             pairs, self.heldout = split_by_query(pairs, opts.eval_share, opts.seed)
-            log(f"held out {len({p.query_id for p in self.heldout})} of --data's queries for the before/after "
-                "check (--eval-share)")
+            if self.heldout:
+                log(f"held out {len({p.query_id for p in self.heldout})} of --data's queries for the before/after "
+                    "check (--eval-share)")
         else:
             eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
             self.heldout = [] if eval_data == "none" else load_pairs(eval_data, self.index, negatives=opts.negatives,
