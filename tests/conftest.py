@@ -18,6 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's figures (agreement with TRL, lm-eval, resume equality) are CPU figures: on a GPU machine every test
+# and every `lmlab` it starts stays on the CPU, unless a test names a device itself (LMLAB_TEST_GPU=1 lifts it).
+if os.environ.get("LMLAB_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ["LMLAB_DEVICE"] = "cpu"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
