@@ -6,6 +6,7 @@ prints a short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from rich.table import Table
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from lmlab.cli.doctor_command import doctor
 from lmlab.cli.eval_command import eval_app
 from lmlab.cli.generate_command import generate
 from lmlab.core.architectures import architectures
@@ -33,6 +35,7 @@ from lmlab.core.evaluation import benchmarks
 from lmlab.core.plugins import call_each, plugin_infos
 from lmlab.core.rerankers import rerankers
 from lmlab.core.retrievers import retrievers
+from lmlab.core.smoke import PEAK_MEMORY_DIR, record_peak_memory
 
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
@@ -92,6 +95,7 @@ def plugins_command(
 
 
 app.command("generate")(generate)
+app.command("doctor")(doctor)
 
 
 @app.command("demo")
@@ -182,6 +186,8 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,) + (
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point with lmlab's exit-code contract."""
+    if os.environ.get(PEAK_MEMORY_DIR):
+        atexit.register(record_peak_memory)
     command = build_command()
     try:
         code = command.main(args=argv, prog_name="lmlab", standalone_mode=False)
