@@ -16,6 +16,11 @@ class OrpoOptions(TrainOptions):
     data: str | None = option(None, "Preference rows: JSONL/JSON/CSV/Parquet, a saved HF dataset, or a Hub id "
                               "(default: bundled examples/orpo/preferences.jsonl).", flags=("--data", "-d"),
                               panel=MODEL_AND_DATA)
+    eval_data: str | None = option(None, "Held-out preference rows (the formats of --data): the ORPO loss and TRL's "
+                                   "eval metrics (eval_loss, eval_rewards/accuracies, …) every --eval-every steps "
+                                   "and after the last.", panel=MODEL_AND_DATA)
+    eval_every: int = option(0, "Score --eval-data every N optimizer steps (0: only after the last step).", min=0,
+                             panel=TRAINING)
     max_length: int = option(512, "Longest sequence in tokens.", min=2, panel=MODEL_AND_DATA)
     max_prompt_length: int | None = option(None, "Keep only the last N prompt tokens (default: never cut "
                                            "prompts).", min=1, panel=MODEL_AND_DATA)
@@ -29,3 +34,9 @@ class OrpoOptions(TrainOptions):
     lora: bool = option(False, "Train LoRA adapters (peft) instead of all weights.", panel=TRAINING)
     lora_r: int = option(16, "LoRA rank.", min=1, panel=TRAINING)
     lora_alpha: int = option(32, "LoRA alpha.", min=1, panel=TRAINING)
+    load_in_4bit: bool = option(False, "QLoRA: base weights in 4-bit NF4 through bitsandbytes (double quantisation, "
+                                "bf16 compute), LoRA adapters trained on top (implies --lora); needs a CUDA GPU and "
+                                "an HF folder or Hub id.", negatable=False, panel=TRAINING)
+    gradient_checkpointing: bool = option(False, "Recompute each decoder layer's activations in the backward instead "
+                                          "of keeping them: less memory for long sequences, a slower step.",
+                                          negatable=False, panel=TRAINING)
