@@ -4,8 +4,10 @@ that runs them.
 A benchmark declares its systems by name (`System`: the package an anchor needs, a precondition such as native
 bf16). `run_systems` skips each chosen system that cannot run here (`{"skipped": reason}` and one yellow log
 line: an anchor that is not installed is reported as skipped, not faked) and runs every other one in its own
-worker subprocess. The rest lives beside this module: core.machine (CPU, versions, contention, GEMM peak),
-core.memory (RSS), core.bench_worker (the subprocess), core.bench_replay (timing the real training loop) and
+worker subprocess. Every system runs on the bench's `--device` (`device_settings`: the settings name it and the
+source of its peak memory; core.bench_worker keeps each worker on it). The rest lives beside this module:
+core.machine (CPU, versions, contention, GEMM peak), core.memory (RSS), core.bench_worker (the subprocess, and how
+a worker times and reads memory on its device), core.bench_replay (timing the real training loop) and
 core.bench_report (the report's shape, ratios, targets and table).
 """
 
@@ -16,12 +18,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import util
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lmlab.core.bench_worker import run_measured
+from lmlab.core.bench_worker import clock, run_measured
 from lmlab.core.errors import LmlabError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,17 @@ class System:
 def systems_option(systems: Mapping[str, System]) -> Any:
     """The `--systems` option of a benchmark with these systems (its default: all of them, in order)."""
     return Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: {', '.join(systems)}.")]
+
+
+def device_settings(spec: str) -> dict[str, str]:
+    """What a report's settings say about `--device spec`: the device in words (`core.devices.describe`) and the
+    source of every peak memory figure. A GPU that is not here is refused with a hint (exit 2)."""
+    from lmlab.core.devices import describe, peak_memory_mb, resolve_device
+
+    device = resolve_device(spec)
+    if device.type not in ("cpu", "cuda"):
+        raise LmlabError(f"--device {spec}: a benchmark runs on the CPU or a CUDA GPU.", hint="use cpu, cuda or cuda:N")
+    return {"device": describe(device), "memory_source": peak_memory_mb(device)[1]}
 
 
 def parse_systems(text: str, known: Sequence[str]) -> list[str]:
@@ -76,12 +92,14 @@ def run_systems(benchmark: str, systems: Mapping[str, System], chosen: Sequence[
     return results
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, Any]:
-    """Median wall-clock seconds of `repeats` calls of `fn` after one warm-up call, and the last call's result."""
+def median_seconds(fn: Callable[[], Any], repeats: int = 3,
+                   device: torch.device | None = None) -> tuple[float, Any]:
+    """Median wall-clock seconds of `repeats` calls of `fn` after one warm-up call, and the last call's result;
+    with `device`, each reading of the clock waits for the device's queued work first."""
     out = fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock(device) if device is not None else time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - start)
+        times.append((clock(device) if device is not None else time.perf_counter()) - start)
     return statistics.median(times), out

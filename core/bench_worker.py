@@ -1,8 +1,15 @@
-"""One benchmark system per subprocess, so that its peak memory is its own.
+"""One benchmark system per subprocess, so that its peak memory is its own, and how a worker measures.
 
 `run_worker` starts a fresh interpreter that calls a plugin's `"module:function"` with (system, settings) and
 hands its JSON result back; `run_measured` adds how much of the CPU other processes took meanwhile. Core never
 imports a plugin: the worker's entry point is a string the plugin passes in.
+
+Every system of a benchmark runs on the device its settings name (`settings["device"]`, `core.devices.describe`
+of the bench's `--device`): the worker sees that device only (`CUDA_VISIBLE_DEVICES` is set for it: empty on the
+CPU, so no library in it can pick a GPU by itself; the one chosen GPU otherwise, as `cuda`), and `worker_device`
+is that device inside it. A worker reads its clock with `clock(device)` (which waits for the device's queued work
+first) and its memory with `memory_mb` / `start_peak` / `read_peak` (CUDA's allocator on a GPU, RSS on the CPU:
+`settings["memory_source"]` says which).
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import BUSY_SHARE, cpu_seconds, other_cpu_share
+from lmlab.core.memory import reset_peak_rss, rss_mb
+
+if TYPE_CHECKING:  # torch is imported where a worker measures: the BM25 workers never load it
+    import torch
 
 #: Environment of every worker: quiet, offline, the parent's thread count (OMP_NUM_THREADS added per run).
 WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
@@ -33,7 +45,8 @@ def run_worker(entry: str, system: str, settings: dict[str, Any], *, threads: in
     A LmlabError raised in the worker comes back as the same error; a crash becomes a LmlabError quoting the
     last lines of the worker's output."""
     code = "from lmlab.core.bench_worker import worker_main; worker_main()"
-    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **WORKER_ENV, **(env or {})}
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **WORKER_ENV,
+                **device_env(settings.get("device", "cpu")), **(env or {})}
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
         out, log_path = Path(tmp) / "result.json", Path(tmp) / "worker.log"
         with log_path.open("w") as log_file:
@@ -65,6 +78,63 @@ def run_measured(entry: str, system: str, settings: dict[str, Any], *, threads: 
     return result
 
 
+def device_env(described: str) -> dict[str, str]:
+    """The environment of a process that must run on `described` (`core.devices.describe`'s words: "cpu" or
+    "cuda:N (name)") and nowhere else: `CUDA_VISIBLE_DEVICES` none on the CPU, the parent's GPU N otherwise; and
+    `LMLAB_DEVICE` (every lmlab command's `--device` when not given) that device as the process sees it."""
+    spec = described.partition(" ")[0]
+    if not spec.startswith("cuda"):
+        return {"CUDA_VISIBLE_DEVICES": "", "LMLAB_DEVICE": "cpu"}
+    index = int(spec.partition(":")[2] or 0)
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return {"CUDA_VISIBLE_DEVICES": visible[index] if index < len(visible) else str(index), "LMLAB_DEVICE": "cuda"}
+
+
+def worker_device(settings: dict[str, Any]) -> torch.device:
+    """The device a worker runs its system on: the CPU, or the one GPU `device_env` left it (`cuda`)."""
+    from lmlab.core.devices import resolve_device
+
+    return resolve_device("cuda" if settings.get("device", "cpu").startswith("cuda") else "cpu")
+
+
+def clock(device: torch.device) -> float:
+    """`time.perf_counter()` once the device's queued work is done (a GPU runs asynchronously)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def memory_mb(device: torch.device) -> float:
+    """Memory in use now: tensors allocated on a GPU (`torch.cuda.memory_allocated`), the RSS on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated(device) / 2**20
+    return rss_mb()
+
+
+def start_peak(device: torch.device) -> tuple[float, bool]:
+    """Start the measured region: (memory in use now, whether the peak was reset here; on the CPU that needs
+    Linux ≥ 4.0, elsewhere the peak stays the process's)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return memory_mb(device), True
+    return memory_mb(device), reset_peak_rss()
+
+
+def read_peak(device: torch.device) -> float:
+    """The peak memory (MiB) since `start_peak` (or since the worker started), from `settings["memory_source"]`."""
+    from lmlab.core.devices import peak_memory_mb, synchronize
+
+    synchronize(device)
+    return peak_memory_mb(device)[0]
+
+
 def worker_main() -> None:
     """Entry point of a worker process: argv = ["module:function", system, settings JSON, result path]."""
     entry, system, settings, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), Path(sys.argv[4])
@@ -86,5 +156,5 @@ def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
     digest = hashlib.sha256()
     for name, tensor in named:
         digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()

@@ -72,29 +72,34 @@ def other_cpu_share(before: CpuReading | None, after: CpuReading | None, threads
     return round(max(0.0, other) / ((after[0] - before[0]) * threads), 3)
 
 
-def gemm_peak_flops(m: int, k: int, n: int, dtype: Any, *, runs: int = 5, min_seconds: float = 0.02) -> float:
-    """FLOP/s of an [m, k] × [k, n] matmul in `dtype` on the CPU: the fastest of `runs` timed runs, each repeating
-    the matmul for about `min_seconds` (so a small shape is not lost in the timer's and scheduler's noise),
-    after one untimed run. What a model's step can reach at most when its GEMMs have this shape: noise (another
-    process, a cold cache) only ever slows a run down, so the fastest run is the best estimate of the peak."""
+def gemm_peak_flops(m: int, k: int, n: int, dtype: Any, *, runs: int = 5, min_seconds: float = 0.02,
+                    device: Any = "cpu") -> float:
+    """FLOP/s of an [m, k] × [k, n] matmul in `dtype` on `device` (the CPU, or a GPU: each reading of the clock
+    waits for its queued work): the fastest of `runs` timed runs, each repeating the matmul for about
+    `min_seconds` (so a small shape is not lost in the timer's and scheduler's noise), after one untimed run.
+    What a model's step can reach at most when its GEMMs have this shape: noise (another process, a cold cache)
+    only ever slows a run down, so the fastest run is the best estimate of the peak."""
     import torch
 
+    from lmlab.core.bench_worker import clock
+
+    device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(m, k, generator=generator).to(dtype)
-    b = torch.randn(k, n, generator=generator).to(dtype)
-    out = torch.empty(m, n, dtype=dtype)
+    a = torch.randn(m, k, generator=generator).to(device, dtype)
+    b = torch.randn(k, n, generator=generator).to(device, dtype)
+    out = torch.empty(m, n, dtype=dtype, device=device)
     single = []
     for _ in range(4):  # the first call is untimed warm-up; the fastest of the others sizes the runs
-        tick = time.perf_counter()
+        tick = clock(device)
         torch.mm(a, b, out=out)
-        single.append(time.perf_counter() - tick)
+        single.append(clock(device) - tick)
     repeats = max(1, min(10_000, math.ceil(min_seconds / max(min(single[1:]), 1e-9))))
     times = []
     for _ in range(runs):
-        tick = time.perf_counter()
+        tick = clock(device)
         for _ in range(repeats):
             torch.mm(a, b, out=out)
-        times.append((time.perf_counter() - tick) / repeats)
+        times.append((clock(device) - tick) / repeats)
     return 2 * m * k * n / min(times)
 
 

@@ -4,17 +4,19 @@ What is compared (DESIGN.md "Performance: how we measure"): the same model (same
 same synthetic preference rows, the same batches in the same order (a seeded random order, so both systems
 see exactly the same padding; lmlab's length-grouped batching, which would cut padding further, is not
 credited here), the same per-device batch size, max length, λ, lr, clipping and schedule (constant), full
-fine-tuning in float32 on the CPU with the same number of torch threads. TRL's own defaults that would change
-the workload are switched off: gradient checkpointing (ORPOConfig turns it on by default) and bf16.
+fine-tuning in float32 on the same device (`--device`: TRL's `use_cpu` follows it, lmlab's loop is pinned to it
+and runs `--precision fp32`, never auto's bf16) with the same number of torch threads. TRL's own defaults that
+would change the workload are switched off: gradient checkpointing (ORPOConfig turns it on by default) and bf16.
 
 Each system runs in its own subprocess so that its peak memory is its own. Per system we report:
 - examples/s: the median over the timed steps of batch_size / step time (one warm-up step is not timed).
   lmlab's step time is the shared loop's own (collation + forward/backward + clip + optimizer step); TRL's is
   from a TrainerCallback between on_step_begin and on_step_end (its collation happens before on_step_begin,
   so TRL is not charged for it).
-- peak RSS (VmHWM, `core.memory.peak_rss_mb`) and the peak RSS increase over the RSS measured right after the model and
-  the data are loaded. The memory ratio uses the increase: it is what training itself costs (activations,
-  logits, gradients, optimizer state), without the import and model footprint both systems share.
+- peak memory (settings["memory_source"]: the peak RSS, VmHWM via `core.memory.peak_rss_mb`, on the CPU; CUDA's
+  `max_memory_allocated` on a GPU) and its increase over the memory in use right after the model (on the
+  device) and the data are loaded. The memory ratio uses the increase: it is what training itself costs
+  (activations, logits, gradients, optimizer state), without the import and model footprint both systems share.
 - the loss of the first batch on the freshly initialised model, before any step. The rows are built so that
   both systems see identical token ids (a BOS token written into the prompt, so TRL does not add one that
   our tokenisation would not; the prompt ends in a newline, so tokenising prompt + response jointly, as TRL
@@ -32,19 +34,18 @@ import json
 import random
 import statistics
 import tempfile
-import time
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
 from lmlab.core.bench_replay import replay_training
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import tensors_sha256
+from lmlab.core.bench_worker import clock, memory_mb, read_peak, tensors_sha256, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine, version
-from lmlab.core.memory import peak_rss_mb, rss_mb
 
 SYSTEMS = {"lmlab": System(), "trl": System(requires="trl", install="pip install trl")}
 SystemsOpt = systems_option(SYSTEMS)
@@ -70,21 +71,23 @@ def bench_orpo(
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init, the rows and the batch "
                     "order.")] = 42,
+    device: DeviceOpt = "auto",
 ) -> None:
     """ORPO training speed, memory and loss: lmlab vs TRL's ORPOTrainer on the same model, data and batches."""
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
     threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "batch_size": batch_size, "max_length": max_length, "timed_steps": steps,
         "warmup_steps": WARMUP_STEPS, "rows": rows, "seed": seed, "beta": BETA, "lr": LR, "schedule": "constant",
-        "max_grad_norm": MAX_GRAD_NORM, "dtype": "float32", "device": "cpu", "threads": threads,
+        "max_grad_norm": MAX_GRAD_NORM, "dtype": "float32", **where, "threads": threads,
         "gradient_checkpointing": False, "fine_tuning": "full", "prompt_in_nll": True,
         "batches": "identical seeded random batches for every system",
-        "memory_ratio_uses": "peak RSS increase over the RSS after model and data are loaded",
+        "memory_ratio_uses": "peak memory increase over the memory in use after model and data are loaded",
     }
     results = run_systems("orpo", SYSTEMS, chosen, WORKER, settings, threads=threads,
                           detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size}, max length "
-                                 f"{max_length}, {threads} threads")
+                                 f"{max_length}, {threads} threads, {where['device']}")
     measured = [r for r in results.values() if "data" in r]
     if measured:
         settings["data"] = measured[0].pop("data")
@@ -113,8 +116,8 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     if not ran(ours) or not ran(trl):
         return {}
     return {"examples_per_s_lmlab_vs_trl": ratio(ours["examples_per_s"], trl["examples_per_s"]),
-            "peak_mem_increase_lmlab_vs_trl": ratio(ours["peak_rss_increase_mb"], trl["peak_rss_increase_mb"]),
-            "peak_rss_lmlab_vs_trl": ratio(ours["peak_rss_mb"], trl["peak_rss_mb"])}
+            "peak_mem_increase_lmlab_vs_trl": ratio(ours["peak_memory_increase_mb"], trl["peak_memory_increase_mb"]),
+            "peak_memory_lmlab_vs_trl": ratio(ours["peak_memory_mb"], trl["peak_memory_mb"])}
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -122,12 +125,13 @@ def _print_table(report: dict[str, Any]) -> None:
     lines = [f"first-batch loss |lmlab − trl|: {trl['loss_abs_diff_vs_lmlab']:.2e} (same token ids: "
              f"{trl['same_tokens_as_lmlab']}, same initial weights: {trl['same_init_as_lmlab']})"] \
         if "loss_abs_diff_vs_lmlab" in trl else []
-    lines.append("[dim]memory ratio: peak RSS increase over the RSS after model and data are loaded[/dim]")
+    lines.append(f"[dim]memory ({s['memory_source']}) ratio: peak increase over the memory in use after model and "
+                 "data are loaded[/dim]")
     print_results(report, f"ORPO vs TRL · {s['model']} · batch {s['batch_size']} · max length {s['max_length']} · "
-                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU",
-                  ("examples/s", "peak RSS MB", "peak RSS increase MB", "loss (first batch)"),
-                  lambda r: (f"{r['examples_per_s']:.3f}", f"{r['peak_rss_mb']:.0f}",
-                             f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"),
+                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 {s['device']}",
+                  ("examples/s", "peak memory MB", "peak memory increase MB", "loss (first batch)"),
+                  lambda r: (f"{r['examples_per_s']:.3f}", f"{r['peak_memory_mb']:.0f}",
+                             f"{r['peak_memory_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"),
                   TARGETS, lines=lines)
 
 
@@ -144,20 +148,22 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
+    device = worker_device(settings)
     lm, tokenizer = load_model(settings["model"], seed=settings["seed"])
+    lm.to(device)  # both systems measure their memory from the model on the device
     rows = synthetic_rows(tokenizer, settings["rows"], settings["max_length"], settings["seed"])
     examples = _examples(rows, tokenizer, settings["max_length"])
     order = step_batches(len(rows), settings["batch_size"], WARMUP_STEPS + settings["timed_steps"],
                          settings["seed"])
     run = _run_lmlab if system == "lmlab" else _run_trl
-    result = run(lm, tokenizer, rows, examples, order, settings)
+    result = run(lm, tokenizer, rows, examples, order, settings, device)
     times = result.pop("step_times")[WARMUP_STEPS:]
     per_step = [settings["batch_size"] / t for t in times]
     return {
         "examples_per_s": round(statistics.median(per_step), 4),
         "step_times_s": [round(t, 4) for t in times],
         **result,
-        "peak_rss_increase_mb": round(result["peak_rss_mb"] - result["rss_after_load_mb"], 1),
+        "peak_memory_increase_mb": round(result["peak_memory_mb"] - result["memory_after_load_mb"], 1),
         "data": _data_stats(examples, order, settings["max_length"]),
         "torch_threads": torch.get_num_threads(),
     }
@@ -284,7 +290,7 @@ def _data_stats(examples: list[Any], order: list[list[int]], max_length: int) ->
 
 
 def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list[Any],
-               order: list[list[int]], settings: dict[str, Any]) -> dict[str, Any]:
+               order: list[list[int]], settings: dict[str, Any], device: Any) -> dict[str, Any]:
     import torch
 
     from lmlab.core.logprobs import TokenLogprobModel
@@ -297,21 +303,22 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     model = TokenLogprobModel(lm)
     tokens = [(examples[i].prompt + examples[i].chosen, examples[i].prompt + examples[i].rejected,
                len(examples[i].prompt)) for batch in order for i in batch]
-    rss_after_load = rss_mb()
+    after_load = memory_mb(device)
     with torch.no_grad():
-        batch = task.collate(order[0])
+        batch = {key: value.to(device) for key, value in task.collate(order[0]).items()}
         loss, _ = task.loss(model, batch, task.counts(batch))
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, make_accelerator("auto"))
+    records, peak = replay_training(model, task, order, cfg, make_accelerator("fp32"),
+                                    peak=lambda: read_peak(device))
     return {"version": version("lmlab"), "loss_first_batch": float(loss), "tokens_sha256": _token_hash(tokens),
-            "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
-            "peak_rss_mb": round(peak, 1), "step_times": [r["step_time"] for r in records],
+            "init_sha256": init_sha, "memory_after_load_mb": round(after_load, 1),
+            "peak_memory_mb": round(peak, 1), "step_times": [r["step_time"] for r in records],
             "final_loss": records[-1]["loss"]}
 
 
 def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list[Any],
-             order: list[list[int]], settings: dict[str, Any]) -> dict[str, Any]:
+             order: list[list[int]], settings: dict[str, Any], device: Any) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -326,15 +333,15 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
         def __init__(self) -> None:
             self.times: list[float] = []
             self.tick = 0.0
-            self.peak_rss_mb = 0.0
+            self.peak_mb = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.tick = time.perf_counter()
+            self.tick = clock(device)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.times.append(time.perf_counter() - self.tick)
+            self.times.append(clock(device) - self.tick)
             if len(self.times) == len(order):
-                self.peak_rss_mb = peak_rss_mb()
+                self.peak_mb = read_peak(device)
 
     init_sha = tensors_sha256(sorted(lm.state_dict().items()))
     timer = StepTimer()
@@ -344,7 +351,7 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
             output_dir=tmp, per_device_train_batch_size=settings["batch_size"], gradient_accumulation_steps=1,
             max_length=settings["max_length"], beta=BETA, learning_rate=LR, lr_scheduler_type="constant",
             warmup_steps=0, weight_decay=0.0, max_grad_norm=MAX_GRAD_NORM, max_steps=len(order),
-            gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+            gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=device.type == "cpu",
             train_sampling_strategy="sequential", dataloader_num_workers=0, remove_unused_columns=False,
             logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=settings["seed"])
         trainer = ORPOTrainer(model=lm, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -352,7 +359,7 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
         # TRL's own tokenisation of the rows, in step order, hashed like ours so the report can compare them.
         tokens = [(item["chosen_input_ids"], item["rejected_input_ids"],
                    sum(1 for label in item["chosen_labels"] if label == -100)) for item in trainer.train_dataset]
-        rss_after_load = rss_mb()
+        after_load = memory_mb(device)
         with torch.no_grad():
             batch = trainer.data_collator([trainer.train_dataset[i] for i in range(settings["batch_size"])])
             loss, _ = trainer.get_batch_loss_metrics(trainer.model, batch)
@@ -360,6 +367,6 @@ def _run_trl(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: list
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"version": version("trl"), "loss_first_batch": float(loss),
             "tokens_sha256": _token_hash(tokens),
-            "init_sha256": init_sha, "rss_after_load_mb": round(rss_after_load, 1),
-            "peak_rss_mb": round(timer.peak_rss_mb, 1), "step_times": timer.times,
+            "init_sha256": init_sha, "memory_after_load_mb": round(after_load, 1),
+            "peak_memory_mb": round(timer.peak_mb, 1), "step_times": timer.times,
             "final_loss": losses[-1] if losses else None}

@@ -3,7 +3,8 @@
 What is compared (DESIGN.md "Performance: how we measure", METHODS.md §3): four systems, each in its own
 subprocess, on the same model size (layers, width, heads, context, vocabulary), the same batches of the same
 token windows (Tiny Shakespeare, tokenised by `lmlab pretrain`'s corpus functions with the BPE `lmlab pretrain`
-trains and caches), fp32 on the CPU with the same number of torch threads, and the same optimizer settings
+trains and caches), fp32 on the same device (`--device`; the workers see no other) with the same number of torch
+threads, and the same optimizer settings
 (AdamW β = (0.9, 0.95), weight decay 0.1 on matrices only, lr 1e-3 constant, grad clip 1.0):
 
 - `hf-gpt2`: `transformers.GPT2LMHeadModel` with dropout 0, its fastest available attention ("sdpa" where the
@@ -20,50 +21,55 @@ trains and caches), fp32 on the CPU with the same number of torch threads, and t
 - `lmlab-mha-tev`: the same with TEV logged every step. The loop times `after_step` (the monitor) apart from
   the step, as `monitor_time`: TEV overhead = median(monitor_time) / median(step_time).
 - `lmlab-mlra`: `--attn mlra` at its default rank (parameters ≈ MHA's; both counts are reported).
-- `hf-gpt2-bf16` and `lmlab-mha-bf16`: the HF plain loop under `torch.autocast("cpu", bfloat16)` and
+- `hf-gpt2-bf16` and `lmlab-mha-bf16`: the HF plain loop under `torch.autocast(device, bfloat16)` and
   `lmlab pretrain --precision bf16` (bf16 autocast through accelerate; weights, AdamW state and the loss stay
-  float32). Run only where the CPU has native bf16 (AVX512-BF16 / AMX), else reported as skipped.
+  float32). Run only where the device has native bf16 (a CPU with AVX512-BF16 / AMX, a GPU from Ampere on), else
+  reported as skipped. Every other system runs in fp32, explicitly (lmlab's loop `--precision fp32`, never
+  auto's bf16).
 
 Throughput is compared like for like (lmlab vs HF in the same precision: fp32, which the ≥ 1.3 target judges,
 and bf16 autocast) and against HF's default fp32 loop (lmlab bf16 vs hf-gpt2), as settings["throughput_compared"]
 says. Per system: tokens/s, the median over the timed steps (after 2 untimed warm-up steps) of batch × block /
 step time; model FLOPs utilisation, (6·N + 12·L·T·d) × tokens/s over the GEMM peak that the same worker measures
-after its steps (the model's [B·T, d] × [d, 4d] matmul in the dtype its GEMMs run in); the peak RSS and its
-increase over the RSS once the model and data are loaded (peak reset there on Linux; read as VmHWM by
-`core.memory.peak_rss_mb`), i.e. what training costs (activations, logits, gradients, AdamW state).
+after its steps on its device (the model's [B·T, d] × [d, 4d] matmul in the dtype its GEMMs run in); the peak
+memory (settings["memory_source"]: the peak RSS on the CPU, reset there on Linux and read as VmHWM by
+`core.memory.peak_rss_mb`; CUDA's max_memory_allocated on a GPU) and its increase over the memory in use once the
+model (on the device) and data are loaded, i.e. what training costs (activations, logits, gradients, AdamW state).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
 from lmlab.core.bench_replay import replay_training
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import tensors_sha256
+from lmlab.core.bench_worker import clock, read_peak, start_peak, tensors_sha256, worker_device
+from lmlab.core.devices import DeviceOpt, resolve_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, gemm_peak_flops, machine, pool_gemm_peak, version
-from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
 
-def _no_native_bf16() -> str | None:
-    import torch
+def _no_native_bf16(spec: str) -> str | None:
+    from lmlab.core.devices import has_native_bf16
 
-    return None if torch.ops.mkldnn._is_mkldnn_bf16_supported() else \
-        "this CPU has no native bfloat16 (AVX512-BF16 / AMX)"
+    device = resolve_device(spec)
+    if has_native_bf16(device):
+        return None
+    return "this CPU has no native bfloat16 (AVX512-BF16 / AMX)" if device.type == "cpu" else \
+        f"{spec} has no native bfloat16"
 
 
 SYSTEMS = {"hf-gpt2": System(requires="transformers", install="pip install transformers"),
            "lmlab-mha": System(), "lmlab-mha-tev": System(), "lmlab-mlra": System(),
-           "hf-gpt2-bf16": System(requires="transformers", install="pip install transformers",
-                                  precondition=_no_native_bf16),
-           "lmlab-mha-bf16": System(precondition=_no_native_bf16)}
+           "hf-gpt2-bf16": System(requires="transformers", install="pip install transformers"),
+           "lmlab-mha-bf16": System()}
 SystemsOpt = systems_option(SYSTEMS)
 BF16 = ("hf-gpt2-bf16", "lmlab-mha-bf16")
 WARMUP_STEPS = 2
@@ -92,9 +98,13 @@ def bench_pretrain(
     systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model init and the batch order.")] = 42,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the same batches."""
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
+    here = {name: replace(system, precondition=lambda: _no_native_bf16(device)) if name in BF16 else system
+            for name, system in SYSTEMS.items()}
     if n_embd % n_head:
         raise LmlabError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}.",
                          hint="pick a width that is a multiple of the number of heads")
@@ -105,10 +115,10 @@ def bench_pretrain(
         "vocab_size": data.pop("vocab_size"), "tokens_per_step": batch_size * block_size, "timed_steps": steps,
         "warmup_steps": WARMUP_STEPS, "seed": seed, "lr": LR, "schedule": "constant",
         "optimizer": f"AdamW(betas={BETAS}, weight_decay={WEIGHT_DECAY} on matrices only)",
-        "max_grad_norm": MAX_GRAD_NORM, "dropout": 0.0, "dtype": "float32 (*-bf16: bf16 autocast)", "device": "cpu",
+        "max_grad_norm": MAX_GRAD_NORM, "dropout": 0.0, "dtype": "float32 (*-bf16: bf16 autocast)", **where,
         "threads": threads,
         "data": data.pop("description"),
-        "memory_ratio_uses": "peak RSS increase over the RSS after the model and data are loaded",
+        "memory_ratio_uses": "peak memory increase over the memory in use after the model and data are loaded",
         "throughput_compared": "like for like: lmlab-mha vs hf-gpt2 (both fp32; the >= 1.3 target) and "
                                "lmlab-mha-bf16 vs hf-gpt2-bf16 (both bf16 autocast); and lmlab-mha-bf16 against "
                                "HF's default fp32 loop (hf-gpt2), a precision change HF users can also make",
@@ -117,13 +127,13 @@ def bench_pretrain(
                "once, as the LM head), 12·L·T·d the attention scores and values over the full context T (the "
                "causal mask not discounted)",
         "gemm_peak": f"the fastest of {GEMM_RUNS} timed runs (each about 20 ms of repeats) of the [B·T, d] × [d, 4d] "
-                     "matmul (the MLP's up-projection), measured by every worker after its timed steps in the dtype "
-                     "its GEMMs run in (fp32; bf16 for *-bf16); each system's MFU uses the best peak any worker of "
-                     "its precision measured (gemm_peak_gflops; its own reading is gemm_peak_gflops_worker)",
+                     "matmul (the MLP's up-projection), measured by every worker after its timed steps on its device "
+                     "in the dtype its GEMMs run in (fp32; bf16 for *-bf16); each system's MFU uses the best peak any "
+                     "worker of its precision measured (gemm_peak_gflops; its own reading is gemm_peak_gflops_worker)",
     }
-    results = run_systems("pretrain", SYSTEMS, chosen, WORKER, {**settings, **data}, threads=threads,
+    results = run_systems("pretrain", here, chosen, WORKER, {**settings, **data}, threads=threads,
                           detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch {batch_size} × {block_size} "
-                                 f"tokens, {n_layer} layers × {n_embd}, {threads} threads")
+                                 f"tokens, {n_layer} layers × {n_embd}, {threads} threads, {where['device']}")
     _compare(results)
     report = make_report("pretrain", machine(threads, ("torch", "transformers")), settings, results,
                          _ratios(results))
@@ -195,14 +205,14 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         out["tokens_per_s_lmlab_bf16_vs_hf"] = ratio(mha_bf16["tokens_per_s"], hf["tokens_per_s"])
     if ran(hf) and ran(mha):
         out["tokens_per_s_lmlab_vs_hf"] = ratio(mha["tokens_per_s"], hf["tokens_per_s"])
-        out["peak_mem_increase_lmlab_vs_hf"] = ratio(mha["peak_rss_increase_mb"], hf["peak_rss_increase_mb"])
+        out["peak_mem_increase_lmlab_vs_hf"] = ratio(mha["peak_memory_increase_mb"], hf["peak_memory_increase_mb"])
     if ran(tev_run):
         out["tev_overhead"] = ratio(tev_run["monitor_time_s"], tev_run["step_time_s"], 5)
     if ran(tev_run) and ran(mha):
         out["step_time_tev_vs_mha"] = ratio(tev_run["step_time_s"], mha["step_time_s"])
     if ran(mlra) and ran(mha):
         out["tokens_per_s_mlra_vs_mha"] = ratio(mlra["tokens_per_s"], mha["tokens_per_s"])
-        out["peak_mem_increase_mlra_vs_mha"] = ratio(mlra["peak_rss_increase_mb"], mha["peak_rss_increase_mb"])
+        out["peak_mem_increase_mlra_vs_mha"] = ratio(mlra["peak_memory_increase_mb"], mha["peak_memory_increase_mb"])
     return out
 
 
@@ -220,20 +230,21 @@ def _print_table(report: dict[str, Any]) -> None:
                      f"{tev_run['step_time_diff_vs_mha_s'] * 1e3:+.1f} ms vs lmlab-mha (the monitor is timed apart "
                      "from the step)")
     lines.append(f"[dim]MFU: {escape(s['mfu'])}; GEMM peak: {escape(s['gemm_peak'])}[/dim]")
-    lines.append("[dim]tev_overhead = median(monitor_time) / median(step_time); memory: peak RSS increase over the "
-                 "RSS after the model and data are loaded[/dim]")
+    lines.append(f"[dim]tev_overhead = median(monitor_time) / median(step_time); memory ({s['memory_source']}): peak "
+                 "increase over the memory in use after the model and data are loaded[/dim]")
 
     def row(r: dict[str, Any]) -> list[str]:
         monitor = f"{r['monitor_time_s']:.4f}" if r.get("monitor_time_s") is not None else "–"
         return [r["attention"], f"{r['parameters']:,}", f"{r['tokens_per_s']:.1f}", f"{r['step_time_s']:.3f}",
-                f"{r['mfu']:.1%} of {r['gemm_peak_gflops']:.3g}", monitor, f"{r['peak_rss_mb']:.0f}",
-                f"{r['peak_rss_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"]
+                f"{r['mfu']:.1%} of {r['gemm_peak_gflops']:.3g}", monitor, f"{r['peak_memory_mb']:.0f}",
+                f"{r['peak_memory_increase_mb']:.0f}", f"{r['loss_first_batch']:.6f}"]
 
     print_results(report, f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · "
                           f"batch {s['batch_size']} × {s['block_size']} tokens · vocab {s['vocab_size']:,} · "
-                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 CPU (*-bf16: autocast)",
+                          f"{s['timed_steps']} timed steps · {s['threads']} threads · fp32 {s['device']} "
+                          "(*-bf16: autocast)",
                   ("attention", "parameters", "tokens/s", "median step s", "MFU of GEMM GFLOP/s", "monitor s",
-                   "peak RSS MB", "peak RSS increase MB", "loss (first batch)"), row, TARGETS, lines=lines)
+                   "peak memory MB", "peak memory increase MB", "loss (first batch)"), row, TARGETS, lines=lines)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
     # The first optimizer imports torch._dynamo (~70 MB of modules); transformers imports it when it loads. Load it
-    # up front in every worker so that the measured RSS increase is training, not a module import.
+    # up front in every worker so that the measured memory increase is training, not a module import.
     import torch._dynamo  # noqa: F401
 
     tokens = _train_tokens(settings)
@@ -288,11 +299,13 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     batches_sha = tensors_sha256((f"{i}.{key}", batch[key]) for i, batch in enumerate(batches)
                                  for key in ("input_ids", "targets"))
     bf16 = system in BF16
+    device = worker_device(settings)
     if system.startswith("hf-gpt2"):
-        result = _run_hf(settings, batches, bf16=bf16)
+        result = _run_hf(settings, [{k: v.to(device) for k, v in b.items()} for b in batches], device, bf16=bf16)
     else:
         attn = "mlra" if system == "lmlab-mlra" else "mha"
-        result = _run_lmlab(settings, order, attn, tev_every=1 if system == "lmlab-mha-tev" else 0, bf16=bf16)
+        result = _run_lmlab(settings, order, attn, device, tev_every=1 if system == "lmlab-mha-tev" else 0,
+                            bf16=bf16)
     times = result.pop("step_times")[WARMUP_STEPS:]
     monitor = result.pop("monitor_times", None)
     step_time = statistics.median(times)
@@ -302,12 +315,12 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "step_time_s": round(step_time, 5),
         "step_times_s": [round(t, 4) for t in times],
         **result,
-        "peak_rss_increase_mb": round(result["peak_rss_mb"] - result["rss_after_load_mb"], 1),
+        "peak_memory_increase_mb": round(result["peak_memory_mb"] - result["memory_after_load_mb"], 1),
         "batches_sha256": batches_sha,
         "torch_threads": torch.get_num_threads(),
     }
     peak = gemm_peak_flops(tokens_per_step, settings["n_embd"], 4 * settings["n_embd"],
-                           torch.bfloat16 if bf16 else torch.float32, runs=GEMM_RUNS)
+                           torch.bfloat16 if bf16 else torch.float32, runs=GEMM_RUNS, device=device)
     out["gemm_peak_gflops"] = float(f"{peak / 1e9:.4g}")  # significant digits: a toy shape can be far below 1
     out["mfu"] = float(f"{result['model_flops_per_token'] * out['tokens_per_s'] / peak:.4g}")
     if monitor is not None:
@@ -318,7 +331,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, tev_every: int,
+def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, device: Any, *, tev_every: int,
                bf16: bool = False) -> dict[str, Any]:
     import gc
 
@@ -330,19 +343,19 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
     tokens = _train_tokens(settings)
     task = PretrainTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"],
                          tev_every=tev_every, grad_var_every=0, eval_every=0, batch_size=settings["batch_size"])
-    model = _build_gpt(settings, attn)
+    model = _build_gpt(settings, attn).to(device)
     model.train()
     with torch.no_grad():
-        batch = task.collate(order[0])
+        batch = {key: value.to(device) for key, value in task.collate(order[0]).items()}
         loss, _ = task.loss(model, batch, task.counts(batch))
     del batch
     gc.collect()
-    rss_after_load = rss_mb()
-    peak_was_reset = reset_peak_rss()
+    after_load, peak_was_reset = start_peak(device)
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       warmup_steps=0, weight_decay=WEIGHT_DECAY, adam_beta1=BETAS[0], adam_beta2=BETAS[1],
                       max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, make_accelerator("bf16" if bf16 else "fp32"))
+    records, peak = replay_training(model, task, order, cfg, make_accelerator("bf16" if bf16 else "fp32"),
+                                    peak=lambda: read_peak(device))
     if tev_every and not all("tev_mean" in r for r in records):
         raise LmlabError("the TEV run logged no TEV on some steps.", hint="this is a bug in the benchmark")
     inner = model.transformer.h[0].attn
@@ -352,7 +365,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, *, t
             "parameters": model.num_params(non_embedding=False),
             "model_flops_per_token": _model_flops_per_token(model, settings), "loss_first_batch": float(loss),
             "final_loss": records[-1]["loss"],
-            "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
+            "memory_after_load_mb": round(after_load, 1), "peak_memory_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": [r["step_time"] for r in records],
             "monitor_times": [r["monitor_time"] for r in records],
             **({"tev_mean_last": records[-1]["tev_mean"], "tev_std_last": records[-1]["tev_std"]} if tev_every
@@ -393,7 +406,8 @@ def _hf_model(settings: dict[str, Any]) -> tuple[Any, str]:
     return hf, attention
 
 
-def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], *, bf16: bool = False) -> dict[str, Any]:
+def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], device: Any, *,
+            bf16: bool = False) -> dict[str, Any]:
     import gc
 
     import torch
@@ -401,36 +415,37 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], *, bf16: bo
     from lmlab.core.training import param_groups
 
     hf, attention = _hf_model(settings)
+    hf.to(device)
     gc.collect()
     hf.train()
 
     def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # shift_labels: the window's next tokens, already aligned, so HF predicts the same B × T tokens as ours.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return hf(input_ids=batch["input_ids"], labels=batch["targets"], shift_labels=batch["targets"],
                       use_cache=False).loss
 
     with torch.no_grad():
         first = float(loss_of(batches[0]))
     gc.collect()
-    rss_after_load = rss_mb()
-    peak_was_reset = reset_peak_rss()
+    after_load, peak_was_reset = start_peak(device)
     optimizer = torch.optim.AdamW(param_groups(hf, WEIGHT_DECAY), lr=LR, betas=BETAS)
     params = [p for p in hf.parameters() if p.requires_grad]
     times, losses = [], []
     for batch in batches:
-        tick = time.perf_counter()
+        tick = clock(device)
         loss = loss_of(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - tick)
-        losses.append(float(loss))
-    peak = peak_rss_mb()
+        times.append(clock(device) - tick)
+        losses.append(loss.detach())
+    peak = read_peak(device)
     return {"version": version("transformers"), "attention": f"GPT2 {attention}" + (" · bf16 autocast" if bf16
                                                                                     else ""),
             "parameters": sum(p.numel() for p in hf.parameters()),
             "model_flops_per_token": _model_flops_per_token(hf, settings), "loss_first_batch": first,
-            "final_loss": losses[-1], "rss_after_load_mb": round(rss_after_load, 1), "peak_rss_mb": round(peak, 1),
+            "final_loss": float(losses[-1]), "memory_after_load_mb": round(after_load, 1),
+            "peak_memory_mb": round(peak, 1),
             "peak_reset_after_load": peak_was_reset, "step_times": times}

@@ -26,7 +26,7 @@ def test_bench_pretrain_is_registered() -> None:
     result = run_cli("bench", "pretrain", "--help")
     assert result.returncode == 0, result.stderr
     for option in ("--n-layer", "--n-embd", "--n-head", "--block-size", "--batch-size", "--steps", "--vocab-size",
-                   "--systems", "--json", "--seed"):
+                   "--systems", "--json", "--seed", "--device"):
         assert option in result.stdout, option
 
 
@@ -56,10 +56,10 @@ def test_both_models_count_the_same_model_flops() -> None:
 
 def test_ratios_and_systems() -> None:
     results = {
-        "hf-gpt2": {"tokens_per_s": 100.0, "step_time_s": 1.0, "peak_rss_increase_mb": 200.0},
-        "lmlab-mha": {"tokens_per_s": 130.0, "step_time_s": 0.8, "peak_rss_increase_mb": 100.0},
+        "hf-gpt2": {"tokens_per_s": 100.0, "step_time_s": 1.0, "peak_memory_increase_mb": 200.0},
+        "lmlab-mha": {"tokens_per_s": 130.0, "step_time_s": 0.8, "peak_memory_increase_mb": 100.0},
         "lmlab-mha-tev": {"tokens_per_s": 128.0, "step_time_s": 0.8, "monitor_time_s": 0.004,
-                          "peak_rss_increase_mb": 100.0},
+                          "peak_memory_increase_mb": 100.0},
         "lmlab-mlra": {"skipped": "not run"},
     }
     ratios = _ratios(results)
@@ -89,6 +89,7 @@ def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
     for key in ("tokens_per_s_lmlab_vs_hf", "tev_overhead", "tokens_per_s_mlra_vs_mha"):
         assert report["ratios"][key] > 0, key
     assert {"throughput_compared", "mfu", "gemm_peak"} <= set(report["settings"])
+    assert report["settings"]["device"] == "cpu" and report["settings"]["memory_source"] == "peak RSS"
     for r in report["results"].values():
         if "skipped" not in r:
             assert r["gemm_peak_gflops"] > 0 and r["mfu"] > 0
