@@ -1,6 +1,7 @@
 """`lmlab bench augment`: the three costs of an augmentation run, each against the plain way, in one run.
 
-Four systems, each in its own worker subprocess with the same number of torch threads:
+Four systems, each in its own worker subprocess with the same number of torch threads, on the same device
+(`--device`: the generator, core's Embedder and SentenceTransformer all run there; the stores search on the CPU):
 
 - `batched`: the `hf` backend generating the augmentation prompts `--batch-size` at a time (its per-row seeded
   sampler inside transformers' generate), the default of `lmlab augment`;
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -29,8 +29,10 @@ import numpy as np
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, median_seconds, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems, systems_option
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import clock, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.machine import cpu_count, machine
 
 SYSTEMS = {"batched": System(), "one-at-a-time": System(),
@@ -61,14 +63,19 @@ def _generate(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     with a budget of one token), which batching cannot make cheaper on a CPU: its FLOPs grow with the batch."""
     from lmlab.core.backend_hf import HFBackend
     from lmlab.core.backends import BackendOptions, GenerateRequest
+    from lmlab.core.devices import place
+    from lmlab.core.models import load_model
 
     batch = settings["batch_size"] if system == "batched" else 1
-    backend = HFBackend(BackendOptions(model=settings["model"], batch_size=batch))
+    options = BackendOptions(model=settings["model"], batch_size=batch)
+    device = worker_device(settings)
+    model, tokenizer = load_model(options.model, seed=options.seed)
+    backend = HFBackend(options, place(model, device), tokenizer)
 
     def run(requests: list[GenerateRequest]) -> tuple[float, list[list[str]]]:
-        start = time.perf_counter()
+        start = clock(device)
         texts = backend.generate(requests) if system == "batched" else [backend.generate([r])[0] for r in requests]
-        return time.perf_counter() - start, texts
+        return clock(device) - start, texts
 
     out: dict[str, Any] = {}
     for name, demos in (("demos_3", 3), ("demos_0", 0)):
@@ -121,13 +128,14 @@ def _numpy_search(matrix: np.ndarray, queries: np.ndarray, k: int) -> list[list[
 def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     texts, k = _store_texts(), settings["k"]
     vectors, queries = _synthetic(settings)
+    device = worker_device(settings)
     if system == "st-numpy":
         from sentence_transformers import SentenceTransformer
 
         from lmlab.core.embeddings import embedder_path
 
-        model = SentenceTransformer(embedder_path("all-minilm-l6-v2"), device="cpu")
-        seconds, embedded = median_seconds(lambda: model.encode(texts, normalize_embeddings=True), 1)
+        model = SentenceTransformer(embedder_path("all-minilm-l6-v2"), device=str(device))
+        seconds, embedded = median_seconds(lambda: model.encode(texts, normalize_embeddings=True), 1, device)
         q = embedded[:settings["queries"]]
         bundled, _ = median_seconds(lambda: _numpy_search(embedded, q, k))
         synthetic, _ = median_seconds(lambda: _numpy_search(vectors, queries, k))
@@ -137,8 +145,8 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.core.embeddings import Embedder
     from lmlab.core.vector_store import StoreInfo, VectorStore
 
-    embedder = Embedder()
-    seconds, embedded = median_seconds(lambda: embedder.encode(texts), 1)
+    embedder = Embedder(device=str(device))
+    seconds, embedded = median_seconds(lambda: embedder.encode(texts), 1, device)
     out: dict[str, Any] = {"texts_per_s": round(len(texts) / seconds, 1), "queries_per_s": {}, "recall_at_k": {}}
     store = VectorStore(StoreInfo("all-minilm-l6-v2", 384))
     store.add(embedded, [{"id": str(i)} for i in range(len(texts))])
@@ -147,10 +155,10 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     out["queries_per_s"]["bundled"] = round(len(q) / bundled, 1)
     exact = [{int(i) for i in row} for row in _numpy_search(vectors, queries, k)]
     for kind in ("flat", "ivf", "hnsw"):
-        built = time.perf_counter()
+        built = clock(device)
         index = VectorStore(StoreInfo("synthetic", 384, index=kind))
         index.add(vectors, [{"id": str(i)} for i in range(len(vectors))])
-        build_s = time.perf_counter() - built
+        build_s = clock(device) - built
         seconds, hits = median_seconds(lambda index=index: index.search(queries, k))
         name = "synthetic" if kind == "flat" else f"synthetic_{kind}"
         out["queries_per_s"][name] = round(len(queries) / seconds, 1)
@@ -210,7 +218,7 @@ def _bound(report: dict[str, Any]) -> list[str]:
 def _print_table(report: dict[str, Any]) -> None:
     settings = report["settings"]
     title = (f"bench augment · {settings['model']} · {settings['requests']} prompts × {settings['new_tokens']} "
-             f"tokens · store {settings['store_rows']} + synthetic {settings['synthetic']}")
+             f"tokens · store {settings['store_rows']} + synthetic {settings['synthetic']} · {settings['device']}")
     print_results(report, title,
                   ("samples/s 3 demos", "samples/s 0 demos", "prefill share", "texts/s", "queries/s bundled",
                    "queries/s synthetic", "ivf / hnsw q/s", "ivf / hnsw recall"), _row, TARGETS, lines=_bound(report))
@@ -227,20 +235,23 @@ def bench_augment(
     systems: SystemsOpt = ",".join(SYSTEMS),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the prompts, sampling and synthetic store.")] = 0,
     json_output: o.JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Augmentation costs: batched vs one-at-a-time generation; embedding and store queries vs a plain loop."""
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
     threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "requests": requests, "batch_size": batch_size, "new_tokens": new_tokens,
         "sampling": "temperature 0.9, top-p 0.95, seed + i per request, no stop strings",
         "store_rows": len(_store_texts()), "synthetic": synthetic, "queries": queries, "k": k, "seed": seed,
-        "threads": threads, "timing": "generation: one pass after a warm-up request; embedding: one pass after a "
-        "warm-up; queries: median of 3 passes after a warm-up; bundled queries are the first store rows' vectors",
+        **where, "threads": threads, "timing": "generation: one pass after a warm-up request; embedding: one pass "
+        "after a warm-up; queries: median of 3 passes after a warm-up; bundled queries are the first store rows' "
+        "vectors",
         "synthetic_store": "unit vectors around 256 random centres in 384 dimensions (noise 0.5), queries likewise"}
     results = run_systems("augment", SYSTEMS, chosen, WORKER, settings, threads=threads,
                           detail=f"{requests} prompts × {new_tokens} tokens, store {settings['store_rows']} + "
-                                 f"{synthetic} synthetic, {threads} threads")
+                                 f"{synthetic} synthetic, {threads} threads, {where['device']}")
     generated = [r for name, r in results.items() if name in ("batched", "one-at-a-time") and ran(r)]
     settings["same_generated_texts"] = all(len({r[s]["texts_sha256"] for r in generated}) == 1
                                            for s in ("demos_3", "demos_0")) if len(generated) == 2 else None

@@ -2,8 +2,9 @@
 its validation perplexity against the vanilla model's after equal training, side by side, in one run.
 
 What is compared (DESIGN.md "Performance: how we measure", METHODS.md §4's throughput protocol scaled down for the
-CPU): three systems, each in its own worker subprocess, randomly initialised from --seed, fp32 on the CPU with the
-same number of torch threads, generating greedily with EOS disabled from the same random prompts (uniform token
+CPU): three systems, each in its own worker subprocess, randomly initialised from --seed, fp32 on the same device
+(`--device`; each worker sees no other, and so does the perplexity part's `lmlab pretrain`) with the same number of
+torch threads, generating greedily with EOS disabled from the same random prompts (uniform token
 ids from a seeded torch.Generator, regenerated in every worker; each result carries their sha256 and the report
 checks that every system saw the same ones):
 
@@ -43,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,9 +51,10 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
 from lmlab.core.bench_report import Targets, emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import WORKER_ENV, tensors_sha256
+from lmlab.core.bench_worker import WORKER_ENV, clock, device_env, tensors_sha256, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
 from lmlab.plugins.block.options import BLOCK_LENGTHS
@@ -104,9 +105,11 @@ def bench_block(
     systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the prompts, the models' init and training.")] = 42,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Block Transformer vs its vanilla twin vs HF GPTNeoX `generate`: tokens/s, KV-cache bytes, perplexity."""
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
     lengths = {"prefill_heavy": (prefill_prompt, prefill_tokens), "decode_heavy": (decode_prompt, decode_tokens)}
     context = check_shape(n_layer, n_embd, n_head, block_len, lengths)
     threads = cpu_count()
@@ -118,9 +121,10 @@ def bench_block(
         "warmup_runs": 1, "timed_runs": runs,
         "timed_runs_note": f"METHODS' protocol: one warm-up, then the mean of 5 timed runs; {DEFAULT_RUNS} by default "
                            "so the default run stays near 5 minutes on 2 CPU cores (--runs 5 for the protocol's)",
-        "seed": seed, "dtype": "float32", "device": "cpu", "threads": threads,
-        "prompts": "uniform random token ids from torch.Generator().manual_seed(seed + i), i = 0 prefill-heavy, "
-                   "1 decode-heavy; the same for every system (sha256 in each result)",
+        "seed": seed, "dtype": "float32", **where, "threads": threads,
+        "prompts": "uniform random token ids from torch.Generator().manual_seed(seed + i) on the CPU, then moved to "
+                   "the device, i = 0 prefill-heavy, 1 decode-heavy; the same for every system (sha256 in each "
+                   "result)",
         "generation": "greedy, EOS disabled (ours: Sampling(temperature=0, ignore_eos=True); HF: min_new_tokens = "
                       "max_new_tokens, eos_token_id None), KV-cached, under torch.inference_mode",
         "tokens_per_s": "tokens generated (batch × decode, checked) / mean wall seconds of the timed runs",
@@ -134,7 +138,8 @@ def bench_block(
     }
     results = run_systems("block", SYSTEMS, chosen, WORKER, settings, threads=threads,
                           detail=f"batch {batch_size}, prompt/decode {prefill_prompt}/{prefill_tokens} and "
-                                 f"{decode_prompt}/{decode_tokens}, 1 warm-up + {runs} timed runs, {threads} threads")
+                                 f"{decode_prompt}/{decode_tokens}, 1 warm-up + {runs} timed runs, {threads} threads, "
+                                 f"{where['device']}")
     if train_steps:
         train_all(results, settings)
     _compare(results)
@@ -187,7 +192,7 @@ def train_and_evaluate(arch: str, settings: dict[str, Any], folder: Path) -> dic
     if arch == "block":
         for option in _arch_opt(settings["block_len"], settings["n_layer"]):
             args += ["--arch-opt", option]
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **WORKER_ENV}
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **WORKER_ENV, **device_env(settings["device"])}
     before = cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "lmlab.cli", *map(str, args), "-o", str(folder), "--json",
                            "--quiet"], capture_output=True, text=True, env=env, check=False)
@@ -278,7 +283,7 @@ def _print_table(report: dict[str, Any]) -> None:
     print_results(report, f"Block Transformer vs vanilla vs HF GPTNeoX generate · {s['n_layer']} layers × "
                           f"{s['n_embd']} · {s['n_head']} heads · L_B {s['block_len']} · batch {s['batch_size']} · "
                           f"vocab {s['vocab_size']:,} · 1 warm-up + {s['timed_runs']} timed runs · {s['threads']} "
-                          "threads · fp32 CPU",
+                          f"threads · fp32 {s['device']}",
                   ("parameters", f"prefill-heavy {lp['prompt']}/{lp['decode']} tokens/s", "s/run",
                    f"decode-heavy {ld['prompt']}/{ld['decode']} tokens/s", "s/run", "KV KiB/seq (prefill · decode)",
                    "KV KiB/layer (prefill · decode)", f"val ppl ({s['train_steps']} steps)"), row,
@@ -290,7 +295,8 @@ def _print_table(report: dict[str, Any]) -> None:
 
 
 def prompts_for(settings: dict[str, Any], index: int, prompt_len: int) -> Any:
-    """[batch, prompt_len] uniform random token ids, the same in every worker (seed + index)."""
+    """[batch, prompt_len] uniform random token ids, the same in every worker (seed + index): drawn on the CPU by a
+    CPU generator, so that every device gets the same ones."""
     import torch
 
     generator = torch.Generator().manual_seed(settings["seed"] + index)
@@ -384,6 +390,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
+    device = worker_device(settings)
     if system == "hf-gptneox":
         model, attention = _build_hf(settings)
         out: dict[str, Any] = {"implementation": f"GPTNeoXForCausalLM {attention} · generate · DynamicCache",
@@ -393,16 +400,17 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         name = f"BlockTransformer {settings['block_layers']}+{settings['token_layers']}, L_B {settings['block_len']}" \
             if system == "block" else "GPT (gpt arch)"
         out = {"implementation": f"{name} · generate_tokens · KVCache", "version": version("lmlab")}
+    model.to(device)
     out["parameters"] = sum(p.numel() for p in model.parameters())
     layers = settings["n_layer"]
     for index, name in enumerate(SETTINGS):
         prompt_len, n = settings["lengths"][name]["prompt"], settings["lengths"][name]["decode"]
-        prompts = prompts_for(settings, index, prompt_len)
+        prompts = prompts_for(settings, index, prompt_len).to(device)
         run = _hf(model, prompts, n) if system == "hf-gptneox" else _ours(model, prompts, n)
         states = _global_cache_probe(model) if system == "block" else None
-        tick = time.perf_counter()
+        tick = clock(device)
         counts, kv = run()  # the warm-up, untimed
-        warmup = time.perf_counter() - tick
+        warmup = clock(device) - tick
         if kv is None:  # HF: computed, the entries its DynamicCache holds when the last token is sampled
             kv = 2 * layers * (prompt_len + n - 1) * settings["n_embd"] * 4
         per_layer = kv // layers
@@ -411,9 +419,9 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
             del model.prefill  # the timed runs call the model's own method
         times, timed_tokens = [], 0
         for _ in range(settings["timed_runs"]):
-            tick = time.perf_counter()
+            tick = clock(device)
             generated, _ = run()
-            times.append(time.perf_counter() - tick)
+            times.append(clock(device) - tick)
             counts, timed_tokens = counts + generated, timed_tokens + sum(generated)
         mean = statistics.mean(times)
         out[name] = {

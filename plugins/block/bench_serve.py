@@ -10,14 +10,14 @@ one byte-level BPE (`lmlab pretrain`'s, trained on the bundled Tiny Shakespeare 
 - `vanilla`: our GPT (`--arch gpt`, registered by the pretrain plugin and built through the registry), n_layer
   layers of the same width; waiting requests join its running batch at every step.
 
-Each model is served twice by the real `lmlab serve-block` in a subprocess (fp32 on the CPU, the machine's
-threads): with `--max-batch-size 1` (`batch1`: one sequence at a time) and with `--max-batch-size --batch-size`
-(`dynamic`). After /health answers and a short warm-up, a load generator in this process (`concurrency` asyncio
-httpx clients with one connection each, in a closed loop: each sends its next request when its last is answered)
-runs one level per `--concurrency`: POST /v1/completions with a prompt of --prompt-tokens tokens (random slices
-of Tiny Shakespeare, seeded, the same for every server), --max-tokens and temperature 0. A level sends at most
---requests requests and starts none after --max-seconds (but the first `concurrency`, which go out together), then
-waits for those in flight.
+Each model is served twice by the real `lmlab serve-block` in a subprocess (on the bench's `--device`, which is all
+the server sees, with the machine's threads): with `--max-batch-size 1` (`batch1`: one sequence at a time) and with
+`--max-batch-size --batch-size` (`dynamic`). After /health answers and a short warm-up, a load generator in this
+process (`concurrency` asyncio httpx clients with one connection each, in a closed loop: each sends its next request
+when its last is answered) runs one level per `--concurrency`: POST /v1/completions with a prompt of --prompt-tokens
+tokens (random slices of Tiny Shakespeare, seeded, the same for every server), --max-tokens and temperature 0. A
+level sends at most --requests requests and starts none after --max-seconds (but the first `concurrency`, which go
+out together), then waits for those in flight.
 
 Per level: requests sent, answered with 200, errors (another status, or the connection failed), dropped (no
 answer within --timeout), wall seconds from the first request to the last answer, requests/s (answered / wall),
@@ -53,9 +53,10 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, systems_option
 from lmlab.core.bench_report import Targets, emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import WORKER_ENV
+from lmlab.core.bench_worker import WORKER_ENV, device_env
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
 from lmlab.plugins.block.bench import PREFIX, _arch_opt, check_shape
@@ -111,6 +112,7 @@ def bench_serve(
     systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the models' init and of the prompts.")] = 42,
+    device: DeviceOpt = "auto",
 ) -> None:
     """serve-block under load: requests/s, p50/p99 latency, tokens/s, batch 1 vs dynamic batching, block vs vanilla."""
     from rich.markup import escape
@@ -119,6 +121,7 @@ def bench_serve(
     from lmlab.core.console import log
 
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
     levels = parse_concurrency(concurrency)
     least = check_shape(n_layer, n_embd, n_head, block_len, {"serve": (prompt_tokens, max_tokens)})
     if context % block_len or context < least:
@@ -137,7 +140,7 @@ def bench_serve(
         "vocab_size": vocab_size, "prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "concurrency": levels,
         "requests_per_level": requests, "max_seconds_per_level": max_seconds, "timeout_seconds": timeout,
         "modes": {"batch1": 1, "dynamic": batch_size}, "batch_window_ms": BATCH_WINDOW_MS, "max_queue": MAX_QUEUE,
-        "warmup_requests": WARMUP_REQUESTS, "seed": seed, "dtype": "float32", "device": "cpu", "threads": threads,
+        "warmup_requests": WARMUP_REQUESTS, "seed": seed, "dtype": "float32", **where, "threads": threads,
         "server": "`python -m lmlab.cli serve-block MODEL --max-batch-size N` in a subprocess, OMP_NUM_THREADS = "
                   "threads; stopped with SIGTERM",
         "client": "in the parent process: `concurrency` asyncio httpx.AsyncClients with one connection each, in a "
@@ -249,7 +252,7 @@ def start_server(folder: Path, max_batch_size: int, settings: dict[str, Any],
     args = [sys.executable, "-m", "lmlab.cli", "serve-block", str(folder), "--port", str(port), "--max-batch-size",
             str(max_batch_size), "--batch-window-ms", str(BATCH_WINDOW_MS), "--max-queue", str(MAX_QUEUE),
             "--max-tokens", str(settings["max_tokens"]), "--drain-seconds", str(DRAIN_SECONDS)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **WORKER_ENV}
+    env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **WORKER_ENV, **device_env(settings["device"])}
     tick = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -473,6 +476,6 @@ def _print_table(report: dict[str, Any]) -> None:
                   f"serve-block under load · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · L_B "
                   f"{s['block_len']} · context {s['context']} · prompt {s['prompt_tokens']} + {s['max_tokens']} "
                   f"tokens · dynamic batch ≤ {s['modes']['dynamic']} · ≤ {s['requests_per_level']} requests or "
-                  f"{s['max_seconds_per_level']:g} s per level · {s['threads']} threads · fp32 CPU",
+                  f"{s['max_seconds_per_level']:g} s per level · {s['threads']} threads · {s['device']}",
                   ("requests", "errors", "dropped", "wall s", "requests/s", "p50 ms", "p99 ms", "tokens/s",
                    "mean batch", "CPU s server / client", "other CPU"), row, targets(s["concurrency"]), lines=lines)

@@ -4,20 +4,22 @@ Same model object, same items, same requests: both systems get the exact (contex
 CLIcK prompt (A-D or A-E), and each returns one log-likelihood per choice; the prediction is the argmax.
 lm-evaluation-harness runs at its own default batch size (1; `--lm-eval-batch-size` to change it) with its
 logits cache on (one forward pass per question for single-token answers), so both do one pass per question.
-Each system runs in its own subprocess with the same torch threads; one warm-up question is not timed.
+Each system runs in its own subprocess with the same torch threads on the same device (`--device`: the model is
+placed there before either system gets it); one warm-up question is not timed.
 Reported: items/s, seconds, and how many per-item predictions agree, with the largest log-likelihood gap.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import clock, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.machine import cpu_count, machine, version
 
 SYSTEMS = {"lmlab": System(), "lm-eval": System(requires="lm_eval", install="pip install 'lmlab[lm-eval]'")}
@@ -37,15 +39,16 @@ def bench_click(
                                   "batch size (its default is 1).")] = 1,
     systems: SystemsOpt = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
     from lmlab.core.paths import example
 
     threads = cpu_count()
     settings = {"model": model, "data": data or str(example("eval/click")), "limit": limit,
-                "lm_eval_batch_size": lm_eval_batch_size, "threads": threads}
+                "lm_eval_batch_size": lm_eval_batch_size, **device_settings(device), "threads": threads}
     results = run_systems("click", SYSTEMS, parse_systems(systems, SYSTEMS), WORKER, settings, threads=threads,
-                          detail=f"{limit or 'all'} items, {threads} threads")
+                          detail=f"{limit or 'all'} items, {threads} threads, {settings['device']}")
     ours, theirs = results.get("lmlab"), results.get("lm-eval")
     if ran(ours) and ran(theirs):
         agree = sum(a == b for a, b in zip(ours["predictions"], theirs["predictions"], strict=True))
@@ -66,7 +69,8 @@ def _print_table(report: dict[str, Any]) -> None:
     settings = report["settings"]
     lines = [f"per-item predictions agree: {settings['predictions_agree']} (largest log-likelihood gap "
              f"{settings['max_loglik_gap']:.2e})"] if "predictions_agree" in settings else []
-    print_results(report, "bench click: multiple-choice scoring", ("items", "seconds", "items/s", "version"),
+    print_results(report, f"bench click: multiple-choice scoring · {settings['device']}",
+                  ("items", "seconds", "items/s", "version"),
                   lambda r: (str(r["items"]), f"{r['seconds']:.2f}", f"{r['items_per_s']:.3f}", r.get("version") or ""),
                   TARGETS, lines=lines)
 
@@ -74,11 +78,14 @@ def _print_table(report: dict[str, Any]) -> None:
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Worker: score the items with one system; returns timings, predictions and log-likelihoods."""
     from lmlab.core.backends import BackendOptions, ChoiceRequest
+    from lmlab.core.devices import place
     from lmlab.core.evaluation import EvalSettings, limit_items
     from lmlab.core.models import load_model
     from lmlab.plugins.click.data import load_click
 
+    device = worker_device(settings)
     model, tokenizer = load_model(settings["model"])
+    model = place(model, device)
     items = limit_items(load_click(settings["data"], EvalSettings()).items, settings["limit"])
     requests = [ChoiceRequest(item.prompt, item.choices) for item in items]
     if system == "lmlab":
@@ -89,9 +96,9 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     else:
         score, name = _lm_eval_scorer(model, tokenizer, settings["lm_eval_batch_size"]), "lm_eval"
     score(requests[:1])  # warm-up, not timed
-    start = time.perf_counter()
+    start = clock(device)
     loglik = score(requests)
-    seconds = time.perf_counter() - start
+    seconds = clock(device) - start
     return {"items": len(items), "seconds": round(seconds, 3), "items_per_s": round(len(items) / seconds, 4),
             "version": version(name), "loglik": loglik,
             "predictions": [max(range(len(row)), key=row.__getitem__) for row in loglik]}

@@ -7,7 +7,8 @@ its reference, exactly as plugins/mapo/train.py builds it. Both run on the same 
 weights), the same pairs, the same batches (collated once per worker after seeding, so the same random crops
 and flips, then handed to the loop step by step), the same noise and timesteps (the loop seeds the global RNG
 before the first step and neither loss draws from it differently), the same batch size, resolution, lr 1e-5
-constant, grad clip 1.0, full fine-tuning in float32 with the same number of torch threads. The report checks
+constant, grad clip 1.0, full fine-tuning in float32 (`--precision fp32` for the loop) on the same device
+(`--device`; each worker sees no other) with the same number of torch threads. The report checks
 the sameness: the initial UNet and the collated batches hash the same, and both systems see the same denoising
 errors (mse_w, mse_l) on the first step, before any update.
 
@@ -18,10 +19,11 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   step and the schedule. Collation happens before the loop (the loop's collation hands the batch out).
   pairs/s = batch size / median step time. Timing hooks on the real task and optimizer break the step down
   (frozen encoders, policy UNet forward, reference forward, backward + clipping, AdamW step, the rest), which
-  says what dominates it.
-- peak RSS, and its increase over the RSS measured once the policy parts, the pairs and the batches are loaded
-  (the peak is reset there, Linux). DPO's reference UNet is built inside the measured region: holding it is
-  part of DPO's cost, as are gradients, AdamW state and activations for both.
+  says what dominates it (on a GPU each part's clock waits for the device's queued work, so the parts add up).
+- peak memory (settings["memory_source"]: the peak RSS on the CPU, CUDA's max_memory_allocated on a GPU), and its
+  increase over the memory in use once the policy parts (on the device), the pairs and the batches are loaded
+  (the peak is reset there; on the CPU that needs Linux). DPO's reference UNet is built inside the measured
+  region: holding it is part of DPO's cost, as are gradients, AdamW state and activations for both.
 - peak tensor memory: the most bytes held at once by tensors created in the measured region (the reference, the
   AdamW state, gradients, activations and every transient), counted by core.tensor_memory.TensorPeak over the
   warm-up steps, i.e. what torch.cuda.max_memory_allocated() minus the loaded models would report on a GPU. It
@@ -39,20 +41,19 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, parse_systems, run_systems, systems_option
+from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
 from lmlab.core.bench_replay import replay_training
 from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import tensors_sha256
+from lmlab.core.bench_worker import clock, memory_mb, read_peak, start_peak, tensors_sha256, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine
-from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
 
 SYSTEMS = {"mapo": System(), "dpo": System()}
 SystemsOpt = systems_option(SYSTEMS)
@@ -91,9 +92,11 @@ def bench_mapo(
     json_output: o.JsonOpt = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the batches, noise, timesteps (and of the wider "
                     "UNet's init).")] = 42,
+    device: DeviceOpt = "auto",
 ) -> None:
     """MaPO vs Diffusion-DPO training step time and memory on the same UNet, pairs, batches and noise."""
     chosen = parse_systems(systems, SYSTEMS)
+    where = device_settings(device)
     threads = cpu_count()
     settings: dict[str, Any] = {
         "model": model, "unet_scale": unet_scale, "batch_size": batch_size, "resolution": resolution,
@@ -101,11 +104,12 @@ def bench_mapo(
         "optimizer": "AdamW(betas=(0.9, 0.999), weight_decay=0), the training loop's (fused kernel on the CPU)",
         "max_grad_norm": MAX_GRAD_NORM, "beta": BETA,
         "snr_value": SNR_VALUE, "beta_dpo": BETA_DPO, "cache_latents": cache_latents,
-        "gradient_checkpointing": gradient_checkpointing, "dtype": "float32", "threads": threads,
+        "gradient_checkpointing": gradient_checkpointing, "dtype": "float32", **where, "threads": threads,
         "fine_tuning": "full UNet",
         "step_time": "the shared training loop's step_time (train-mapo's step: loss forward with the frozen "
                      "encoders, backward, clip, AdamW step, schedule); batches collated before the loop",
-        "memory_ratio_uses": "peak RSS increase over the RSS after the policy parts, pairs and batches are loaded "
+        "memory_ratio_uses": "peak memory increase over the memory in use after the policy parts, pairs and batches "
+                             "are loaded "
                              "(DPO's reference UNet is built inside the measured region)",
         "memory_target_judged_at": f"--unet-scale {JUDGED_SCALE} (or wider): there the UNet's weights, gradients "
                                    "and AdamW state dominate memory, as at SDXL scale; at smaller scales the "
@@ -117,8 +121,9 @@ def bench_mapo(
         load = _model_folder(model, unet_scale, seed, Path(tmp) / "model") if unet_scale > 1 else model
         results = run_systems("mapo", SYSTEMS, chosen, WORKER, {**settings, "load": load, "data_path": data_path},
                               threads=threads, detail=f"{WARMUP_STEPS} warm-up + {steps} timed steps, batch "
-                                                      f"{batch_size}, UNet ×{unet_scale}, {threads} threads")
-    for key in ("resolution", "unet_params", "pairs", "device"):
+                                                      f"{batch_size}, UNet ×{unet_scale}, {threads} threads, "
+                                                      f"{where['device']}")
+    for key in ("resolution", "unet_params", "pairs"):
         values = {r.pop(key) for r in results.values()}
         settings[key] = values.pop() if len(values) == 1 else sorted(values)
     _compare(results)
@@ -211,8 +216,8 @@ def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     if not ran(mapo) or not ran(dpo):
         return {}
     return {"step_time_mapo_vs_dpo": ratio(mapo["step_time_s"], dpo["step_time_s"]),
-            "peak_mem_increase_mapo_vs_dpo": ratio(mapo["peak_rss_increase_mb"], dpo["peak_rss_increase_mb"]),
-            "peak_rss_mapo_vs_dpo": ratio(mapo["peak_rss_mb"], dpo["peak_rss_mb"]),
+            "peak_mem_increase_mapo_vs_dpo": ratio(mapo["peak_memory_increase_mb"], dpo["peak_memory_increase_mb"]),
+            "peak_memory_mapo_vs_dpo": ratio(mapo["peak_memory_mb"], dpo["peak_memory_mb"]),
             "peak_tensor_mapo_vs_dpo": ratio(mapo["peak_tensor_mb"], dpo["peak_tensor_mb"])}
 
 
@@ -226,7 +231,8 @@ def _print_table(report: dict[str, Any]) -> None:
     if "same_init_as_mapo" in dpo:
         lines.append(f"same initial UNet: {dpo['same_init_as_mapo']}, same batches: {dpo['same_batches_as_mapo']}, "
                      f"first-step |Δ mse|: {dpo['first_step_mse_abs_diff_vs_mapo']:.1e}")
-    lines.append("[dim]memory: peak RSS increase over the RSS after the policy parts and data are loaded, and peak "
+    lines.append(f"[dim]memory ({s['memory_source']}): peak increase over the memory in use after the policy parts "
+                 "and data are loaded, and peak "
                  "bytes of tensors created after that point (a GPU's max_memory_allocated); DPO's reference UNet "
                  f"counts in both. The memory targets are judged at --unet-scale {JUDGED_SCALE} (or wider).[/dim]")
     not_judged = {} if s["memory_target_judged_this_run"] else {
@@ -235,9 +241,9 @@ def _print_table(report: dict[str, Any]) -> None:
     print_results(report, f"MaPO vs Diffusion-DPO · {s['model']}{scale} · {s['unet_params'] / 1e6:.1f}M UNet "
                           f"params · batch {s['batch_size']} · {s['resolution']}px · {s['timed_steps']} timed steps · "
                           f"{s['threads']} threads · fp32 {s['device']}",
-                  ("median step time s", "pairs/s", "peak RSS MB", "peak RSS increase MB", "peak tensors MB"),
-                  lambda r: (f"{r['step_time_s']:.4f}", f"{r['pairs_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                             f"{r['peak_rss_increase_mb']:.0f}", f"{r['peak_tensor_mb']:.0f}"),
+                  ("median step time s", "pairs/s", "peak memory MB", "peak memory increase MB", "peak tensors MB"),
+                  lambda r: (f"{r['step_time_s']:.4f}", f"{r['pairs_per_s']:.2f}", f"{r['peak_memory_mb']:.0f}",
+                             f"{r['peak_memory_increase_mb']:.0f}", f"{r['peak_tensor_mb']:.0f}"),
                   TARGETS, lines=lines, not_judged=not_judged)
 
 
@@ -249,8 +255,11 @@ class _StepParts:
     """Where each step's time goes, from timing hooks on the real task (its frozen encoders, its reference
     forward, the end of its loss) and on the loop's AdamW (torch's global optimizer step hooks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: Any = "cpu") -> None:
+        import torch
+
         self.steps: list[dict[str, float]] = []
+        self.device = torch.device(device)
 
     def add(self, part: str, seconds: float) -> None:
         self.steps[-1][part] = self.steps[-1].get(part, 0.0) + seconds
@@ -263,12 +272,12 @@ class _StepParts:
         def pre(optimizer: Any, args: Any, kwargs: Any) -> None:
             if isinstance(optimizer, torch.optim.AdamW):
                 step = self.steps[-1]
-                step["optimizer_start"] = time.perf_counter()
+                step["optimizer_start"] = clock(self.device)
                 step["backward_and_clip"] = step["optimizer_start"] - step["loss_end"]
 
         def post(optimizer: Any, args: Any, kwargs: Any) -> None:
             if isinstance(optimizer, torch.optim.AdamW):
-                self.steps[-1]["optimizer"] = time.perf_counter() - self.steps[-1]["optimizer_start"]
+                self.steps[-1]["optimizer"] = clock(self.device) - self.steps[-1]["optimizer_start"]
 
         return register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)
 
@@ -296,7 +305,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.plugins.mapo.models import load_diffusion
     from lmlab.plugins.mapo.task import DiffusionPreferenceTask
 
-    timing = _StepParts()
+    device = worker_device(settings)
+    timing = _StepParts(device)
 
     class TimedTask(DiffusionPreferenceTask):
         """The training task, unchanged, with the time spent in its loss, frozen parts and reference recorded."""
@@ -304,38 +314,38 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                  totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             timing.steps.append({})
-            tick = time.perf_counter()
+            tick = clock(device)
             out = super().loss(model, batch, totals)
-            timing.steps[-1]["loss_end"] = time.perf_counter()
+            timing.steps[-1]["loss_end"] = clock(device)
             timing.add("loss", timing.steps[-1]["loss_end"] - tick)
             return out
 
         def encode_images(self, pixels: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
-            tick = time.perf_counter()
+            tick = clock(device)
             out = super().encode_images(pixels, sample=sample)
             if timing.steps:  # not at collation (--cache-latents)
-                timing.add("frozen_encoders", time.perf_counter() - tick)
+                timing.add("frozen_encoders", clock(device) - tick)
             return out
 
         def encode_text(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-            tick = time.perf_counter()
+            tick = clock(device)
             out = super().encode_text(batch)
-            timing.add("frozen_encoders", time.perf_counter() - tick)
+            timing.add("frozen_encoders", clock(device) - tick)
             return out
 
         def denoise(self, unet: torch.nn.Module, *args: Any) -> torch.Tensor:
-            tick = time.perf_counter()
+            tick = clock(device)
             out = super().denoise(unet, *args)
             if unet is self.reference:
-                timing.add("reference_forward", time.perf_counter() - tick)
+                timing.add("reference_forward", clock(device) - tick)
             return out
 
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
-    accelerator = make_accelerator("fp32")
+    accelerator = make_accelerator("fp32")  # the worker sees only `device`: accelerate places everything there
     pairs = build_pairs(load_records(settings["data_path"], required=FIELDS), SkipLog())
     parts = load_diffusion(settings["load"])
-    unet = parts.unet
+    unet = parts.unet.to(device)  # on the device before memory is measured, as the frozen parts are
     vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
     resolution = settings["resolution"] or unet.config.sample_size * vae_scale
     task = TimedTask(pairs, parts, loss=system, beta=BETA, snr_value=SNR_VALUE, beta_dpo=BETA_DPO,
@@ -355,8 +365,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     if settings["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()  # as plugins/mapo/train.py does; DPO's reference runs without grad
     gc.collect()
-    rss_after_load = rss_mb()
-    peak_was_reset = reset_peak_rss()
+    after_load, peak_was_reset = start_peak(device)
 
     # Measured region: everything below is what training with this objective costs. The warm-up steps also
     # count live tensors (TensorPeak's per-operator bookkeeping stays out of the timed steps); by the second
@@ -365,7 +374,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     with tensors:
         if system == "dpo":
             task.reference = copy.deepcopy(unet).requires_grad_(False).eval()  # as plugins/mapo/train.py does
-    rss_after_reference = rss_mb()
+    after_reference = memory_mb(device)
 
     def count_tensors_in_warmup(step: int) -> None:
         if step == 0:
@@ -378,7 +387,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
                       save_every=10**9)
     hooks = timing.optimizer_hooks()
     try:
-        records, peak = replay_training(unet, task, order, cfg, accelerator, peak=peak_rss_mb, collated=batches,
+        records, peak = replay_training(unet, task, order, cfg, accelerator, peak=lambda: read_peak(device),
+                                        collated=batches,
                                         before_step=count_tensors_in_warmup)
     finally:
         for hook in hooks:
@@ -392,11 +402,11 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "step_time_s": round(step_time, 5),
         "pairs_per_s": round(settings["batch_size"] / step_time, 3),
-        "peak_rss_mb": round(peak, 1),
-        "peak_rss_increase_mb": round(peak - rss_after_load, 1),
-        "rss_after_load_mb": round(rss_after_load, 1),
+        "peak_memory_mb": round(peak, 1),
+        "peak_memory_increase_mb": round(peak - after_load, 1),
+        "memory_after_load_mb": round(after_load, 1),
         "peak_tensor_mb": round(tensors.peak / 2**20, 1),
-        "reference_unet_rss_mb": round(rss_after_reference - rss_after_load, 1),
+        "reference_unet_memory_mb": round(after_reference - after_load, 1),
         "reference_unet_param_mb": round(reference_mb, 1),
         "peak_reset_after_load": peak_was_reset,
         "step_breakdown_s": {k: round(statistics.median(b[k] for b in breakdowns[WARMUP_STEPS:]), 5) for k in PARTS},
@@ -408,6 +418,5 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         "resolution": resolution,
         "unet_params": sum(p.numel() for p in unet.parameters()),
         "pairs": len(pairs),
-        "device": str(accelerator.device),
         "torch_threads": torch.get_num_threads(),
     }

@@ -9,15 +9,17 @@ query paired with each of its top `--depth` BM25 pages as (query, `context_of(pa
 BM25 finds fewer pages (the others score 0) has fewer pairs. The model is `--reranker` (a `retrieve train-reranker`
 folder, member-0 for everything but the ensemble and the quality rows) or, without it, an untrained one: the packaged
 all-MiniLM-L6-v2 with a new one-logit head from seed 0 (`load_cross_encoder`, saved with `save_member`): speed and
-score equality need no training. Each system runs in its own worker subprocess with the same number of torch threads:
+score equality need no training. Each system runs in its own worker subprocess with the same number of torch threads,
+on the same device (`--device`; each worker sees no other):
 
 - `ours`: `PairScorer(model, tokenizer, max_length, batch_size).score(pairs)` in fp32 (tokenized once, sorted by
   token length, batches of `--batch-size`, `torch.inference_mode`); its logits go to the parent for the comparison;
-- `cross-encoder`: the anchor, `CrossEncoder(folder, max_length, device="cpu").predict(pairs, batch_size,
+- `cross-encoder`: the anchor, `CrossEncoder(folder, max_length, device=the bench's).predict(pairs, batch_size,
   activation_fn=Identity())` on the same folder (it sorts the pairs by character length and tokenizes per batch);
   the parent compares both workers' logits (`max_abs_logit_diff`, target 1e-5);
-- `ours-bf16`: `ours` under `torch.autocast("cpu", dtype=torch.bfloat16)`, run only where the CPU has native bf16
-  (avx512_bf16 / amx_bf16), its logits compared with ours' fp32 ones (reported, not judged by the 1e-5 target);
+- `ours-bf16`: `ours` under `torch.autocast(device, dtype=torch.bfloat16)`, run only where the device has native
+  bf16 (a CPU with avx512_bf16 / amx_bf16, a GPU from Ampere on), its logits compared with ours' fp32 ones
+  (reported, not judged by the 1e-5 target);
 - `bayes`: `BayesianReranker.score` on the same pairs as plain (one pass), mc-dropout (`--passes` T seeded dropout
   passes over pairs tokenized once) and ensemble (`--members` M members: seeds 0..M-1 untrained, or a trained
   folder's own members when it has 2 or more), each timed once after a one-batch warm-up, against the plain pass
@@ -46,7 +48,7 @@ import contextlib
 import json
 import statistics
 import tempfile
-import time
+from dataclasses import replace
 from importlib import util
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,8 +56,10 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
+from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems
 from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import clock, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine, pool_gemm_peak
 
@@ -63,8 +67,14 @@ ENCODER = "all-minilm-l6-v2"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def _no_native_bf16() -> str | None:
-    """Why bf16 autocast would be emulated here (slower than fp32), or None: Linux's CPU flags, else oneDNN's check."""
+def _no_native_bf16(spec: str = "cpu") -> str | None:
+    """Why bf16 autocast would be emulated on `--device spec` (slower than fp32), or None: on the CPU Linux's CPU
+    flags, else oneDNN's check; on a GPU torch's."""
+    from lmlab.core.devices import has_native_bf16, resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda":
+        return None if has_native_bf16(device) else f"{spec} has no native bfloat16"
     try:
         flags = {flag for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags",
                                                                                                      "Features"))
@@ -108,24 +118,26 @@ def _pairs(settings: dict[str, Any]) -> list[tuple[str, str]]:
     return [(q, c) for q, c in json.loads(Path(settings["pairs_file"]).read_text(encoding="utf-8"))]
 
 
-def _load(folder: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of one member folder, fp32, eval mode: as `open_folder` loads it."""
+def _load(folder: str, device: Any) -> tuple[Any, Any]:
+    """(model, tokenizer) of one member folder, fp32, eval mode, on `device`: as `open_folder` loads it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).float().eval()
+    model.to(device)
     return model, AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def _scorer(folder: str, settings: dict[str, Any]) -> Any:
     from lmlab.plugins.rerank.model import PairScorer
 
-    model, tokenizer = _load(folder)
+    model, tokenizer = _load(folder, worker_device(settings))
     return PairScorer(model, tokenizer, max_length=settings["max_length"], batch_size=settings["batch_size"])
 
 
-def _pass_figures(seconds: float, shapes: list[tuple[int, int, int]], config: Any, bf16: bool) -> dict[str, Any]:
+def _pass_figures(seconds: float, shapes: list[tuple[int, int, int]], config: Any, bf16: bool,
+                  device: Any) -> dict[str, Any]:
     """pairs/s, the padding of one pass (`shapes`: rows, padded width, real tokens per batch) and the model FLOPs per
     second on the padded batches over the fp32 (bf16) GEMM peak at the model's shape."""
     import torch
@@ -137,29 +149,31 @@ def _pass_figures(seconds: float, shapes: list[tuple[int, int, int]], config: An
     flops = sum(2 * rows * width * linear + layers * 4 * rows * width * width * d for rows, width, _ in shapes)
     pairs, real = sum(rows for rows, _, _ in shapes), sum(tokens for _, _, tokens in shapes)
     padded = sum(rows * width for rows, width, _ in shapes)
-    peak = gemm_peak_flops(max(1, padded // len(shapes)), d, ff, torch.bfloat16 if bf16 else torch.float32)
+    peak = gemm_peak_flops(max(1, padded // len(shapes)), d, ff, torch.bfloat16 if bf16 else torch.float32,
+                           device=device)
     return {"pairs_per_s": round(pairs / seconds, 2), "seconds": round(seconds, 4), "pairs": pairs,
             "batches": len(shapes), "padded_tokens": padded, "real_tokens": real,
             "padding_share": round(1 - real / padded, 4), "model_gflops": float(f"{flops / seconds / 1e9:.4g}"),
             "gemm_peak_gflops": float(f"{peak / 1e9:.4g}"), "gemm_share": round(flops / seconds / peak, 3)}
 
 
-def _precision(bf16: bool) -> Any:
+def _precision(bf16: bool, device: Any) -> Any:
     import torch
 
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def _ours(settings: dict[str, Any], bf16: bool) -> dict[str, Any]:
     pairs, scorer = _pairs(settings), _scorer(settings["member_folders"][0], settings)
+    device = worker_device(settings)
 
     def score() -> Any:
-        with _precision(bf16):
+        with _precision(bf16, device):
             return scorer.score(pairs)
 
-    seconds, logits = median_seconds(score, settings["repeats"])
+    seconds, logits = median_seconds(score, settings["repeats"], device)
     shapes = [(len(rows), t["input_ids"].shape[1], int(t["attention_mask"].sum())) for rows, t in scorer.batches(pairs)]
-    return {**_pass_figures(seconds, shapes, scorer.model.config, bf16), "logits": logits.tolist()}
+    return {**_pass_figures(seconds, shapes, scorer.model.config, bf16, device), "logits": logits.tolist()}
 
 
 def _cross_encoder(settings: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +182,8 @@ def _cross_encoder(settings: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoConfig
 
     pairs, folder = _pairs(settings), settings["member_folders"][0]
-    model = CrossEncoder(folder, max_length=settings["max_length"], device="cpu")
+    device = worker_device(settings)
+    model = CrossEncoder(folder, max_length=settings["max_length"], device=str(device))
     shapes: list[tuple[int, int, int]] = []
     preprocess = model.preprocess
 
@@ -187,14 +202,16 @@ def _cross_encoder(settings: dict[str, Any]) -> dict[str, Any]:
         finally:
             model.__dict__.pop("preprocess", None)  # the timed calls run the anchor untouched
 
-    seconds, logits = median_seconds(predict, settings["repeats"])
-    return {**_pass_figures(seconds, shapes, AutoConfig.from_pretrained(folder, local_files_only=True), False),
+    seconds, logits = median_seconds(predict, settings["repeats"], device)
+    return {**_pass_figures(seconds, shapes, AutoConfig.from_pretrained(folder, local_files_only=True), False,
+                            device),
             "logits": [float(x) for x in logits]}
 
 
 def _bayes(settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.plugins.rerank.bayes import BayesianReranker
 
+    device = worker_device(settings)
     pairs = _pairs(settings)[:settings["bayes_pairs"] or None]
     scorers = [_scorer(folder, settings) for folder in settings["member_folders"]]
     variants = {"bayes-plain": BayesianReranker(scorers[:1], "plain"),
@@ -205,9 +222,9 @@ def _bayes(settings: dict[str, Any]) -> dict[str, Any]:
         reranker.score(pairs[:settings["batch_size"]])
     rows: dict[str, dict[str, Any]] = {}
     for row, reranker in variants.items():
-        start = time.perf_counter()
+        start = clock(device)
         scored = reranker.score(pairs)
-        seconds = time.perf_counter() - start
+        seconds = clock(device) - start
         rows[row] = {"pairs_per_s": round(len(pairs) / seconds, 2), "seconds": round(seconds, 4), "pairs": len(pairs),
                      "forward_passes": {"bayes-plain": 1, "bayes-mc-dropout": settings["passes"],
                                         "bayes-ensemble": len(scorers)}[row],
@@ -226,6 +243,7 @@ def _explain(settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.plugins.rerank.bayes import BayesianReranker
     from lmlab.plugins.rerank.explain import explain
 
+    device = worker_device(settings)
     chosen = _pairs(settings)[:settings["explain_pairs"]]
     reranker = BayesianReranker([_scorer(settings["member_folders"][0], settings)], "plain")
     scored: list[int] = []
@@ -244,10 +262,10 @@ def _explain(settings: dict[str, Any]) -> dict[str, Any]:
         query, context = chosen[0]
         explain(predict_fn(query), context, method, samples=settings["explain_samples"], seed=settings["seed"])
         scored.clear()  # the warm-up explanation (imports, kernels) is not timed
-        start = time.perf_counter()
+        start = clock(device)
         for query, context in chosen:
             explain(predict_fn(query), context, method, samples=settings["explain_samples"], seed=settings["seed"])
-        seconds = time.perf_counter() - start
+        seconds = clock(device) - start
         rows[f"explain-{method}"] = {"explanations_per_s": round(len(chosen) / seconds, 3),
                                      "seconds": round(seconds, 4), "explanations": len(chosen),
                                      "samples": settings["explain_samples"],
@@ -270,6 +288,7 @@ def _quality(settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.core.retrievers import RetrievalIndex
     from lmlab.plugins.rerank.bayes import offered_variants, open_folder, read_info
 
+    device = worker_device(settings)
     _, queries = bench_corpus(settings["documents"], settings["queries"], settings["seed"])
     index, texts, depth = RetrievalIndex.load(settings["index"]), [q.input for q in queries], settings["depth"]
     bm25 = index.open("bm25", {})
@@ -282,9 +301,9 @@ def _quality(settings: dict[str, Any]) -> dict[str, Any]:
         reranker = open_folder(folder, {"variant": variant, "mc_passes": settings["passes"],
                                         "rerank_batch_size": settings["batch_size"]})
         reranking = Reranking(bm25, reranker, index.corpus, depth)
-        start = time.perf_counter()
+        start = clock(device)
         ranked = reranking.search(texts, depth)
-        seconds = time.perf_counter() - start
+        seconds = clock(device) - start
         probs = [r.probability for details in reranking.details for r in details.values()]
         labels = [int(page in pages) for details, pages in zip(reranking.details, gold, strict=True)
                   for page in details]
@@ -530,14 +549,17 @@ def bench_rerank(
     systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: "
                                                            f"{', '.join(SYSTEMS)}.")] = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Reranker speed vs sentence-transformers' CrossEncoder (same logits), bf16, MC dropout / ensemble / LIME / SHAP
     costs, and (with --reranker) recall and ECE over BM25."""
     from lmlab.core.bench_corpus import bench_corpus
 
     chosen = parse_systems(systems, list(SYSTEMS))
+    where = device_settings(device)
     folder, member_folders = _reranker_folder(reranker) if reranker else (None, None)
-    known = {**SYSTEMS, "quality": System(requires="bm25s", install="pip install 'lmlab[rerank]'",
+    known = {**SYSTEMS, "ours-bf16": replace(SYSTEMS["ours-bf16"], precondition=lambda: _no_native_bf16(device)),
+             "quality": System(requires="bm25s", install="pip install 'lmlab[rerank]'",
                                           precondition=lambda: None if folder else
                                           "no --reranker (a `retrieve train-reranker` run on this corpus: see "
                                           "--help)")}
@@ -559,8 +581,10 @@ def bench_rerank(
             "trained": folder is not None, "members": len(member_folders) if "bayes" in chosen else None,
             "batch_size": batch_size, "max_length": max_length, "repeats": repeats, "passes": passes,
             "bayes_pairs": min(bayes_pairs, len(pairs)) or len(pairs),
-            "explain_samples": explain_samples, "explain_pairs": min(explain_pairs, len(pairs)), "threads": threads,
-            "anchor": "sentence_transformers.CrossEncoder(member-0, max_length, device='cpu').predict(pairs, "
+            "explain_samples": explain_samples, "explain_pairs": min(explain_pairs, len(pairs)), **where,
+            "threads": threads,
+            "anchor": f"sentence_transformers.CrossEncoder(member-0, max_length, device={where['device']!r})"
+                      ".predict(pairs, "
                       "batch_size, activation_fn=Identity()) on the same folder",
             "timing": "ours, cross-encoder, ours-bf16: pairs/s = pairs / the median of --repeats passes after a "
                       "warm-up pass, tokenization included; bayes: one pass of each variant after a one-batch "
@@ -573,7 +597,7 @@ def bench_rerank(
         worker_settings = {**settings, "index": str(Path(tmp) / "index"), "pairs_file": str(Path(tmp) / "pairs.json"),
                            "member_folders": member_folders, "reranker_folder": str(folder) if folder else None}
         results = run_systems("rerank", known, chosen, WORKER, worker_settings, threads=threads,
-                              detail=f"{len(pairs)} pairs, {threads} threads")
+                              detail=f"{len(pairs)} pairs, {threads} threads, {where['device']}")
     logits = {name: results[name].pop("logits", None) for name in ("ours", "cross-encoder", "ours-bf16")
               if name in results}
     checks = _logit_checks(logits, [len(g) for g in grouped])

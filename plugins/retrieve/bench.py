@@ -5,7 +5,8 @@ The corpus is `bench_corpus` (core/bench_corpus.py: `--documents` invented encyc
 `--queries` KILT queries, from `--seed`, nothing downloaded). It is indexed once, as `lmlab retrieve index` does
 (`RetrievalIndex.build`, into a temporary index folder): bm25 (bm25s with `--bm25-method`, default robertson, the
 variant whose ranking is rank-bm25's BM25Okapi) and dense (the core vector store over all-MiniLM-L6-v2, flat).
-Then each system runs in its own worker subprocess with the same number of torch threads:
+Then each system runs in its own worker subprocess with the same number of torch threads, on the same device
+(`--device`: where the models of dense, fused, decode and generative run; each worker sees no other):
 
 - `bm25`: our BM25 retriever (`index.open("bm25")`, single-threaded bm25s), the top 10 of every query;
 - `rank-bm25`: the anchor, `rank_bm25.BM25Okapi` (k1 and b the same, epsilon 0: see below) over the same tokens
@@ -46,8 +47,10 @@ from typing import Annotated, Any
 import typer
 
 from lmlab.core import options as o
-from lmlab.core.bench import System, median_seconds, parse_systems, run_systems
+from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems
 from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
+from lmlab.core.bench_worker import clock, worker_device
+from lmlab.core.devices import DeviceOpt
 from lmlab.core.errors import LmlabError
 from lmlab.core.machine import cpu_count, machine
 
@@ -94,14 +97,15 @@ def _index(settings: dict[str, Any]) -> Any:
     return RetrievalIndex.load(settings["index"])
 
 
-def _search(index: Any, retriever: Any, texts: list[str], repeats: int,
-            depth: int = DEPTH) -> tuple[float, list[list[Any]]]:
-    """Median seconds of `repeats` searches, each a real one (the index's memory of its last rankings dropped)."""
+def _search(index: Any, retriever: Any, texts: list[str], repeats: int, depth: int = DEPTH,
+            device: Any = None) -> tuple[float, list[list[Any]]]:
+    """Median seconds of `repeats` searches, each a real one (the index's memory of its last rankings dropped);
+    `device`: where its model runs, whose queued work each clock reading waits for (BM25 has none)."""
     def search() -> list[list[Any]]:
         index.forget()
         return retriever.search(texts, depth)
 
-    return median_seconds(search, repeats)
+    return median_seconds(search, repeats, device)
 
 
 def _bm25(settings: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +168,7 @@ def _fused(settings: dict[str, Any]) -> dict[str, Any]:
         from lmlab.plugins.retrieve.fused import open_fused
 
         retriever = open_fused(index, {"fuse": ["bm25", "dense"], "fusion": fusion})
-        seconds, found = _search(index, retriever, texts, settings["repeats"])
+        seconds, found = _search(index, retriever, texts, settings["repeats"], device=worker_device(settings))
         out[row] = {**_figures(seconds, queries, [[h.id for h in hits] for hits in found]), "fusion": fusion,
                     "members": "bm25 + dense"}
     return {"rows": out}
@@ -173,7 +177,8 @@ def _fused(settings: dict[str, Any]) -> dict[str, Any]:
 def _dense(settings: dict[str, Any]) -> dict[str, Any]:
     _, queries = _corpus(settings)
     index = _index(settings)
-    seconds, found = _search(index, index.open("dense", {}), [q.input for q in queries], settings["repeats"])
+    seconds, found = _search(index, index.open("dense", {}), [q.input for q in queries], settings["repeats"],
+                             device=worker_device(settings))
     return _figures(seconds, queries, [[h.id for h in hits] for hits in found])
 
 
@@ -202,6 +207,7 @@ def _decode(settings: dict[str, Any]) -> dict[str, Any]:
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     model = decode_model(len(tokenizer), tokenizer.bos_token_id, eos, pad, settings["seed"])
+    model.to(worker_device(settings))
     sequences = title_ids(tokenizer, [d.title for d in docs])
     prompts = prompt_ids(tokenizer, [q.input for q in queries[:settings["decode_queries"]]], MAX_PROMPT_TOKENS)
     found = decode_benchmark(model, prompts, TitleTrie.build(sequences), DictTrie(sequences), settings["num_beams"],
@@ -227,10 +233,11 @@ def _generative(settings: dict[str, Any]) -> dict[str, Any]:
     index.build("generative", {"generator_model": generator})
     options = {"generator": generator, "num_beams": settings["generative_beams"], "batch_size": 16}
     depth = SearchSettings().depth  # what the fused pipeline takes from each member
-    start = time.perf_counter()
+    device = worker_device(settings)
+    start = clock(device)
     # one pass (a real LM is slow on a CPU), as deep as the fusions below ask: they reuse it (RetrievalIndex.open)
     generated = index.open("generative", options).search(texts, depth)
-    seconds = time.perf_counter() - start
+    seconds = clock(device) - start
 
     def fusion_of(members: list[str]) -> list[list[str]]:
         found = open_fused(index, {**options, "fuse": members, "depth": depth}).search(texts, DEPTH)
@@ -429,6 +436,7 @@ def bench_retrieve(
     systems: Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: "
                                                            f"{', '.join(SYSTEMS)}.")] = ",".join(SYSTEMS),
     json_output: o.JsonOpt = False,
+    device: DeviceOpt = "auto",
 ) -> None:
     """Retrieval speed and recall@1/5/10: bm25 vs rank-bm25, dense, fused, and trie-constrained decoding vs HF."""
     from lmlab.core.bench_corpus import bench_corpus
@@ -445,7 +453,8 @@ def bench_retrieve(
         "bm25_method": bm25_method, "k1": k1, "b": b, "stem": True, "rank_bm25_epsilon": 0.0, "k": DEPTH,
         "repeats": repeats, "decode_queries": min(decode_queries, queries), "num_beams": num_beams,
         "decode_batch_size": decode_batch_size, "generator": generator, "generative_queries":
-        min(generative_queries, queries), "generative_beams": generative_beams, "threads": threads,
+        min(generative_queries, queries), "generative_beams": generative_beams, **device_settings(device),
+        "threads": threads,
         "embedder": "all-minilm-l6-v2 (flat)", "fusion": "rrf k 60 and weighted (minmax, equal weights), 100 "
         "candidates per member", "timing": "queries/s: median of --repeats passes over all queries after a warm-up "
         "pass (generative: one pass); each pass one search(queries, 10) call"}
@@ -456,7 +465,8 @@ def bench_retrieve(
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-retrieve-") as tmp:
         settings["index_seconds"] = _build_index(Path(tmp), docs, chosen, settings)
         results = run_systems("retrieve", known, chosen, WORKER, {**settings, "index": tmp}, threads=threads,
-                              detail=f"{documents} pages, {queries} queries, {threads} threads")
+                              detail=f"{documents} pages, {queries} queries, {threads} threads, "
+                                     f"{settings['device']}")
     checks = _ranking_checks(results, k1)
     results, extra = flatten_rows(results)
     if "decode_model" in extra:

@@ -1,6 +1,7 @@
 """Decoding speed of generative retrieval: our batched trie-constrained beam search against its anchor, GENRE's
 `prefix_allowed_tokens_fn` over a dict trie in transformers' `generate` (De Cao et al. 2021), on the same model,
-prompts, titles and batches; the median of a few timed runs after a warm-up, and whether the hypotheses agree."""
+prompts, titles and batches on the model's device; the median of a few timed runs after a warm-up (each clock reading
+waiting for the device's queued work), and whether the hypotheses agree."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ def decode_benchmark(model: Any, prompts: list[list[int]], trie: TitleTrie, dict
     """{"settings", "results": {system: {"seconds", "queries_per_s"}}, "ratios", "identical"}."""
     args = dict(num_beams=num_beams, eos_token_id=eos, pad_token_id=pad, batch_size=batch_size)
     seconds, found = {}, {}
-    seconds[OURS], found[OURS] = median_seconds(lambda: constrained_beam_search(model, prompts, trie, **args), repeats)
+    seconds[OURS], found[OURS] = median_seconds(lambda: constrained_beam_search(model, prompts, trie, **args), repeats,
+                                                model.device)
     seconds[ANCHOR], found[ANCHOR] = median_seconds(
-        lambda: hf_constrained_generate(model, prompts, dict_trie, **args), repeats)
+        lambda: hf_constrained_generate(model, prompts, dict_trie, **args), repeats, model.device)
     return {
         "settings": {"queries": len(prompts), "titles": len(trie), "num_beams": num_beams, "batch_size": batch_size,
                      "repeats": repeats, "vocab_size": model.config.vocab_size},

@@ -20,6 +20,7 @@ def test_bench_click_reports_items_per_s_and_agreement(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["benchmark"] == "click" and report["results"]["lmlab"]["items"] == 4
     assert report["results"]["lmlab"]["items_per_s"] > 0
+    assert report["settings"]["device"] == "cpu" and report["settings"]["memory_source"] == "peak RSS"
     anchor = report["results"]["lm-eval"]
     if util.find_spec("lm_eval") is None:
         assert "skipped" in anchor and "ratios" in report and not report["ratios"]

@@ -36,10 +36,10 @@ def test_step_parts_time_the_adamw_step_and_what_precedes_it() -> None:
 
 
 def _report(unet_scale: int) -> dict[str, Any]:
-    result = {"step_time_s": 0.1, "pairs_per_s": 40.0, "peak_rss_mb": 600.0, "peak_rss_increase_mb": 200.0,
+    result = {"step_time_s": 0.1, "pairs_per_s": 40.0, "peak_memory_mb": 600.0, "peak_memory_increase_mb": 200.0,
               "peak_tensor_mb": 125.0, "step_breakdown_s": dict.fromkeys(PARTS, 0.01)}
     settings = {"model": "tiny-sdxl", "unet_scale": unet_scale, "unet_params": 1_028_708, "batch_size": 4,
-                "resolution": 64, "timed_steps": 8, "threads": 2, "device": "cpu",
+                "resolution": 64, "timed_steps": 8, "threads": 2, "device": "cpu", "memory_source": "peak RSS",
                 "memory_target_judged_this_run": unet_scale >= 8}
     return make_report("mapo", {}, settings, {"mapo": result, "dpo": result},
                        {"step_time_mapo_vs_dpo": 0.75, "peak_mem_increase_mapo_vs_dpo": 0.9,
