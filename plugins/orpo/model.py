@@ -3,6 +3,7 @@ with gradient checkpointing (--gradient-checkpointing) as TRL's ORPOTrainer sets
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from lmlab.core.errors import LmlabError
@@ -36,5 +37,7 @@ def trainable_model(lm: Any, *, lora: bool, quantized: bool, gradient_checkpoint
     peft = require("peft", "--lora", "lora")
     if gradient_checkpointing:
         lm.enable_input_require_grads()  # the embeddings' output needs grad for the checkpointed layers (as TRL)
-    return peft.get_peft_model(lm, peft.LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear",
-                                                   task_type="CAUSAL_LM"))
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    with warnings.catch_warnings():  # peft reads the attribute transformers 5 renamed: not the user's to act on
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return peft.get_peft_model(lm, config)
