@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from lmlab.core.data import Record, load_records
 from lmlab.core.errors import DataError, LmlabError
 from lmlab.core.plugins import collect
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_INDEX = Path("runs/retrieve-index")  # where `lmlab retrieve index` builds by default
 INDEX_FILE = "index.json"
@@ -111,13 +114,24 @@ class RetrieverSpec:
     """A retriever kind. `build(corpus, folder, options)` writes its files into `folder` and returns the settings
     to record (None: nothing to build, e.g. a fusion of others); `open(index, options)` returns a Retriever;
     `check(options)` raises LmlabError for options it cannot build with, before any retriever is built.
-    `options` is the command's options as a dict; each retriever reads the keys it knows."""
+    `options` is the command's options as a dict; each retriever reads the keys it knows (a model's device and dtype
+    through `placement`)."""
 
     name: str
     help: str
     open: Callable[[RetrievalIndex, dict[str, Any]], Retriever]
     build: Callable[[Corpus, Path, dict[str, Any]], dict[str, Any]] | None = None
     check: Callable[[dict[str, Any]], None] | None = None
+
+
+def placement(options: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) a retriever's or reranker's model runs in: the `device` and `dtype` the command resolved
+    from --device/--precision into `options`, else auto (the first CUDA GPU when there is one, bf16 where it has
+    it; the CPU in fp32)."""
+    from lmlab.core.devices import inference_dtype, resolve_device
+
+    device = resolve_device(options.get("device"))
+    return device, options.get("dtype") or inference_dtype("auto", device)
 
 
 def retrievers() -> dict[str, RetrieverSpec]:

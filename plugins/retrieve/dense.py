@@ -11,7 +11,7 @@ from typing import Any
 from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
 from lmlab.core.errors import LmlabError
 from lmlab.core.progress import Progress
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, placement
 from lmlab.core.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store
 
 
@@ -30,7 +30,8 @@ def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, An
     embedder_name = options.get("embedder", DEFAULT_EMBEDDER)
     store = open_store(folder, embedder_name, options.get("index", "flat"))
     if any(d.id not in store.ids for d in corpus.documents):  # the model loads only when there is work
-        embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)))
+        device, _ = placement(options)
+        embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)), device=str(device))
         todo = [d for d in corpus.documents if d.id not in store.ids]
         with Progress("dense", len(todo), line="{label}: {completed}/{total} documents embedded") as progress:
             add_missing(store, folder, [{"id": d.id} for d in todo], [document_text(d.title, d.text) for d in todo],
@@ -39,9 +40,9 @@ def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, An
 
 
 class DenseRetriever:
-    def __init__(self, index: RetrievalIndex, batch_size: int) -> None:
+    def __init__(self, index: RetrievalIndex, batch_size: int, device: str) -> None:
         self.store = VectorStore.load(index.folder / "dense")
-        self.embedder = Embedder(self.store.info.embedder, batch_size=batch_size)
+        self.embedder = Embedder(self.store.info.embedder, batch_size=batch_size, device=device)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         hits = self.store.search(self.embedder.encode(list(queries)), k)
@@ -49,4 +50,5 @@ class DenseRetriever:
 
 
 def open_dense(index: RetrievalIndex, options: dict[str, Any]) -> DenseRetriever:
-    return DenseRetriever(index, int(options.get("batch_size", 32)))
+    device, _ = placement(options)
+    return DenseRetriever(index, int(options.get("batch_size", 32)), str(device))

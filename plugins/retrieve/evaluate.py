@@ -43,7 +43,8 @@ def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any]
                                                        if settings.explain_weight > 0 else [])
     out = []
     for variant, weight in made:
-        reranker = spec.open(folder, {**asdict(settings), "variant": variant})
+        reranker = spec.open(folder, {**asdict(settings), "variant": variant, "device": options["device"],
+                                      "dtype": options["dtype"]})
         label = getattr(reranker, "variant", variant)
         name = f"{over} + {label}" + (f" + explain λ={weight:g}" if weight else "")
         out.append((name, Reranking(index.open(over, options), reranker, index.corpus, settings.rerank_depth,
@@ -52,10 +53,11 @@ def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any]
 
 
 def run_eval(opts: EvalOptions) -> dict[str, Any]:
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     data = opts.data or str(example("retrieve/dev.jsonl"))
     queries = load_kilt(data)[:opts.limit]
     index = RetrievalIndex.load(opts.search.index)
-    options = asdict(opts.search)
+    options = {**asdict(opts.search), "device": device, "dtype": dtype}
     names = evaluated(index, opts, options)
     if opts.output_dir is not None:
         check_run_folder(opts.output_dir, "retrieve eval", reusable=True)

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from lmlab.core.devices import place
 from lmlab.core.errors import LmlabError
 from lmlab.core.models import load_model, replace_dir
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, Retriever
+from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, Retriever, placement
 from lmlab.plugins.retrieve.options import DEFAULT_GENERATOR
 from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
 from lmlab.plugins.retrieve.trie import TitleTrie
@@ -43,18 +46,18 @@ def generator_folder(spec: str) -> str:
 
 
 class GenerativeRetriever:
-    def __init__(self, index: RetrievalIndex, generator: str, num_beams: int, batch_size: int) -> None:
-        import torch
-
-        self.model, self.tokenizer = load_model(generator_folder(generator))
-        self.model.eval()
-        self.num_beams, self.batch_size, self.torch = num_beams, batch_size, torch
+    def __init__(self, index: RetrievalIndex, generator: str, num_beams: int, batch_size: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        model, self.tokenizer = load_model(generator_folder(generator))
+        self.model = place(model, device, dtype)
+        self.num_beams, self.batch_size = num_beams, batch_size
         titles = [d.title for d in index.corpus.documents]
         settings = index.built["generative"]
         if settings.get("tokenizer") == tokenizer_fingerprint(self.tokenizer):
             self.trie = TitleTrie.load(index.folder / "generative" / TRIE_FILE)
         else:  # a generator with another tokenizer: the trie is cheap to rebuild for it
             self.trie = build_trie(self.tokenizer, titles)
+        self.trie = self.trie.to(self.model.device)  # once, not per search
         self.title_tokens = {index.corpus.by_title[t].id: tuple(ids) for ids, t in
                              zip(title_ids(self.tokenizer, titles), titles, strict=True)}
         self.by_tokens = {ids[:-1]: page for page, ids in self.title_tokens.items()}
@@ -65,7 +68,7 @@ class GenerativeRetriever:
         from lmlab.plugins.retrieve.beam import constrained_beam_search
 
         prompts = prompt_ids(self.tokenizer, queries, MAX_PROMPT_TOKENS)
-        with self.torch.inference_mode():
+        with torch.inference_mode():
             found = constrained_beam_search(self.model, prompts, self.trie, num_beams=self.num_beams,
                                             eos_token_id=self.tokenizer.eos_token_id,
                                             pad_token_id=self.tokenizer.pad_token_id, batch_size=self.batch_size)
@@ -109,7 +112,7 @@ def open_generative(index: RetrievalIndex, options: dict[str, Any]) -> Generativ
         raise LmlabError(f"Generative retrieval needs a trained title generator, and {index.folder} records none.",
                          hint=f"train one with `lmlab retrieve train --index {index.folder}`, or pass --generator")
     return GenerativeRetriever(index, generator, int(options.get("num_beams", 10)),
-                               int(options.get("batch_size", 16)))
+                               int(options.get("batch_size", 16)), *placement(options))
 
 
 def trained_contexts(index: RetrievalIndex, options: dict[str, Any]) -> int:

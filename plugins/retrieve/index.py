@@ -14,7 +14,8 @@ from lmlab.plugins.retrieve.options import IndexOptions
 
 def run_index(opts: IndexOptions) -> dict[str, Any]:
     names = list(dict.fromkeys(opts.retriever))
-    options = asdict(opts)
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
+    options = {**asdict(opts), "device": device, "dtype": dtype}
     for name in names:  # unknown names and bad options are refused before anything is read or written
         spec = retriever_spec(name)
         if spec.check is not None:

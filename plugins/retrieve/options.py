@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.core.backends import BackendOptions
+from lmlab.core.devices import DeviceOptions
 from lmlab.core.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
 from lmlab.core.rerankers import RERANK, RerankSettings
@@ -34,6 +35,7 @@ class IndexOptions:
     stem: bool = option(True, "bm25: English Snowball stemming of documents and queries.")
     generator_model: str = option(DEFAULT_GENERATOR, "generative: the model whose tokenizer the title trie uses "
                                   "(that of the generator you will train).", panel=MODEL_AND_DATA)
+    placement: DeviceOptions = group(DeviceOptions)  # where dense embeds the documents
 
 
 @dataclass
@@ -77,6 +79,7 @@ class SearchOptions:
                          "title).", panel=RUN_AND_OUTPUT)
     output: Path | None = option(None, "Write the results here instead of stdout.", flags=("--output", "-o"),
                                  panel=RUN_AND_OUTPUT)
+    placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
 
 @dataclass
@@ -100,6 +103,7 @@ class EvalOptions:
                                      "(default: runs/retrieve-eval-<timestamp>).", flags=("--output-dir", "-o"),
                                      panel=RUN_AND_OUTPUT)
     limit: int | None = option(None, "Use only the first N queries.", min=1, panel=MODEL_AND_DATA)
+    placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
 
 @dataclass

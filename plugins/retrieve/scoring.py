@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lmlab.core.devices import model_device
+
 Row = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt tokens, title tokens with EOS)
 
 
@@ -29,10 +31,12 @@ def sequences_batch(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]
 
 
 def sequence_logprobs(model: torch.nn.Module, rows: Sequence[Row], pad_id: int) -> torch.Tensor:
-    """log p(title | prompt) of each row, summed over the title's tokens; `model` is a TokenLogprobModel."""
-    batch = sequences_batch(rows, pad_id)
+    """log p(title | prompt) of each row, summed over the title's tokens, on the model's device; `model` is a
+    TokenLogprobModel (or the DDP/FSDP module wrapping one)."""
+    device = model_device(model)
+    batch = {name: tensor.to(device) for name, tensor in sequences_batch(rows, pad_id).items()}
     token_logp = model(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])
-    return torch.zeros(len(rows), dtype=token_logp.dtype).index_add(0, batch["seq_id"], token_logp)
+    return torch.zeros(len(rows), dtype=token_logp.dtype, device=device).index_add(0, batch["seq_id"], token_logp)
 
 
 @torch.inference_mode()

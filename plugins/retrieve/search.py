@@ -38,14 +38,16 @@ def write_results(out: TextIO, fmt: str, rows: list[dict[str, Any]]) -> None:
 def run_search(opts: SearchOptions) -> dict[str, Any]:
     if opts.format not in FORMATS:
         raise LmlabError(f"Unknown --format '{opts.format}'.", hint=f"use one of: {', '.join(FORMATS)}")
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
+    placed = {"device": device, "dtype": dtype}
     queries = read_queries(opts.query, opts.queries)
     index = RetrievalIndex.load(opts.search.index)
-    retriever = index.open(opts.retriever, asdict(opts.search))
+    retriever = index.open(opts.retriever, {**asdict(opts.search), **placed})
     if opts.rerank is not None:
         settings = opts.reranking
-        retriever = Reranking(retriever, open_reranker(opts.rerank, asdict(settings), index), index.corpus,
-                              settings.rerank_depth, explain_weight=settings.explain_weight,
-                              explain_depth=settings.explain_depth)
+        reranker = open_reranker(opts.rerank, {**asdict(settings), **placed}, index)
+        retriever = Reranking(retriever, reranker, index.corpus, settings.rerank_depth,
+                              explain_weight=settings.explain_weight, explain_depth=settings.explain_depth)
     started = time.perf_counter()
     ranked = retriever.search([text for _, text in queries], opts.top_k)
     seconds = time.perf_counter() - started

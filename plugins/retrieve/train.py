@@ -138,8 +138,9 @@ class ReinforceTask:
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from lmlab.plugins.retrieve.beam import constrained_beam_search
 
-        pairs = [self.pairs[int(i)] for i in batch["index"]]
+        pairs = [self.pairs[i] for i in batch["index"].tolist()]  # one host read of the step's queries
         lm = getattr(model, "module", model).lm
+        self.trie = self.trie.to(lm.device)  # once: a step then searches on the model's device
         with torch.no_grad():
             decoded = constrained_beam_search(lm, [list(p.prompt) for p in pairs], self.trie,
                                               num_beams=self.num_beams, eos_token_id=self.eos_id,
@@ -157,8 +158,10 @@ class ReinforceTask:
             previous = mean_reward if self.running is None else self.running
             self.running = self.ema * previous + (1 - self.ema) * mean_reward
         sequence_logp = sequence_logprobs(model, rows, self.pad_id)
-        loss = -(torch.tensor(advantages) * sequence_logp).sum() / totals["examples"]
-        return loss, {"loss": loss.detach(), "reward": torch.tensor(mean_reward * len(pairs) / totals["examples"])}
+        device = sequence_logp.device
+        loss = -(torch.tensor(advantages, device=device) * sequence_logp).sum() / totals["examples"]
+        reward = torch.tensor(mean_reward * len(pairs) / totals["examples"], device=device)
+        return loss, {"loss": loss.detach(), "reward": reward}
 
     def _baseline(self, reward: list[float]) -> float:
         if self.baseline == "mean":
@@ -209,7 +212,7 @@ class RetrieveTrainer(Trainer):
         log(f"{len(pairs)} (query, title) pairs for {len({p.prompt for p in pairs})} queries over {len(corpus)} titles")
         if opts.method == "title-gen":
             if opts.contexts:
-                pairs += self._context_pairs(targets, titles)
+                pairs += self._context_pairs(targets, titles, accelerator.device)
             self.examples = len(pairs)
             return TokenLogprobModel(lm), TitleGenTask(pairs, pad_id=self.tokenizer.pad_token_id, seed=opts.seed)
         self.examples = len(pairs)
@@ -221,11 +224,13 @@ class RetrieveTrainer(Trainer):
                              baseline=opts.baseline, ema=opts.ema, seed=opts.seed)
         return TokenLogprobModel(lm), task
 
-    def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]],
-                       titles: list[list[int]]) -> list[Pair]:
-        """The same targets after the query's top `--contexts` dense-retrieved contexts (the reranking prompt)."""
+    def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]], titles: list[list[int]],
+                       device: torch.device) -> list[Pair]:
+        """The same targets after the query's top `--contexts` dense-retrieved contexts (the reranking prompt),
+        the queries embedded on this process's device."""
         queries = list(dict.fromkeys(q for q, _, _ in targets))
-        found = dict(zip(queries, self.index.open("dense", {}).search(queries, self.opts.contexts), strict=True))
+        dense = self.index.open("dense", {"device": device})
+        found = dict(zip(queries, dense.search(queries, self.opts.contexts), strict=True))
         corpus = self.index.corpus
         contexts = [[(corpus.by_id[h.id].title, corpus.by_id[h.id].text) for h in found[q]] for q, _, _ in targets]
         prompts = context_prompt_ids(self.tokenizer, [q for q, _, _ in targets], contexts, MAX_PROMPT_TOKENS)

@@ -12,6 +12,7 @@ beam by a `prefix_allowed_tokens_fn`: the anchor.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,10 +52,14 @@ class TitleTrie:
         return self.titles
 
     def to(self, device: torch.device | str) -> TitleTrie:
+        """The trie's tensors on `device` (itself when they are there already), copied as they are: nothing is
+        recomputed, so the move reads nothing back to the host."""
         if self.parents.device == torch.device(device):
             return self
-        return TitleTrie(self.parents.to(device), self.tokens.to(device), self.children.to(device), self.depth,
-                         self.titles)
+        moved = copy.copy(self)
+        for name in ("parents", "tokens", "children", "offsets", "keys"):
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
 
     def allowed(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every allowed continuation of a 1-D batch of nodes, as (index into `nodes`, token) tensors."""
