@@ -9,6 +9,7 @@ import typer
 
 from lmlab.core import options as o
 from lmlab.core.console import print_json
+from lmlab.core.devices import DeviceOpt, PrecisionOpt
 
 
 def generate(
@@ -26,14 +27,19 @@ def generate(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep generating past the end-of-text token.")]
     = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     json_output: o.JsonOpt = False,
 ) -> None:
     """Continue a prompt with a saved model (KV-cached where its architecture has the generation interface): a
     run of any registered architecture (`lmlab plugins` lists them)."""
+    from lmlab.core.devices import inference_dtype, resolve_device
     from lmlab.core.generation import generate_text
 
+    where = resolve_device(device)
     done = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, stop=stop, ignore_eos=ignore_eos, seed=seed)
+                         top_p=top_p, stop=stop, ignore_eos=ignore_eos, seed=seed, device=where,
+                         dtype=inference_dtype(precision, where))
     if json_output:
         print_json({"prompt": prompt, "completion": done.text, "finish_reason": done.finish_reason,
                     "tokens": len(done.tokens)})

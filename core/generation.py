@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from lmlab.core.architectures import LanguageModel, find_model_folder, load_model_folder
+from lmlab.core.devices import model_device, place
 from lmlab.core.errors import LmlabError, ModelError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Completion:
 class DecodeState(Protocol):
     def full(self) -> bool: ...
 
-    def keep(self, rows: Tensor) -> None: ...
+    def keep(self, rows: Sequence[int]) -> None: ...
 
     def kv_bytes_per_sequence(self) -> int: ...
 
@@ -79,38 +80,42 @@ class DecodeState(Protocol):
 
 def sample_tokens(logits: Tensor, params: Sequence[Sampling],
                   generators: Sequence[torch.Generator | None]) -> Tensor:
-    """One next token per row of logits [B, V], each row by its own Sampling and generator."""
+    """One next token per row of logits [B, V], each row by its own Sampling and generator, all rows at once:
+    greedy rows take the argmax; every sampled row draws one uniform from its own generator (so its tokens do
+    not depend on its batch-mates) and takes the token where that uniform falls in its cumulative
+    probabilities (inverse CDF). No host sync: the caller reads the tokens once."""
     out = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not rows:
         return out
-    x = logits[rows].float() / torch.tensor([[params[i].temperature] for i in rows], device=logits.device)
-    V = x.size(-1)
-    top_k = torch.tensor([min(params[i].top_k or V, V) for i in rows], device=x.device)
-    top_p = torch.tensor([params[i].top_p for i in rows], device=x.device)
-    if bool((top_k < V).any()) or bool((top_p < 1).any()):
+    device, V = logits.device, logits.size(-1)
+    index = torch.tensor(rows, device=device)
+    x = logits[index].float() / torch.tensor([[params[i].temperature] for i in rows], device=device)
+    if any(min(params[i].top_k or V, V) < V or params[i].top_p < 1 for i in rows):
+        top_k = torch.tensor([min(params[i].top_k or V, V) for i in rows], device=device)
+        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
         ordered, order = x.sort(dim=-1, descending=True)
-        ranks = torch.arange(V, device=x.device)
+        ranks = torch.arange(V, device=device)
         probs = ordered.softmax(dim=-1)
         drop = (ranks >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs >= top_p[:, None])
         x = torch.empty_like(x).scatter_(1, order, ordered.masked_fill(drop, -float("inf")))  # the top one is kept
-    probs = x.softmax(dim=-1)
-    for j, i in enumerate(rows):
-        out[i] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
-    return out
+    cdf = x.softmax(dim=-1).cumsum(dim=-1)
+    uniform = torch.cat([torch.rand(1, generator=generators[i], device=device) for i in rows])
+    total = cdf[:, -1:]
+    # right=True: the first token whose cumulative probability exceeds the draw, never one of probability 0
+    target = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
+    drawn = torch.searchsorted(cdf, target, right=True)[:, 0].clamp(max=V - 1)
+    return out.index_copy(0, index, drawn)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu",
              pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
-    """(idx, real): the sequences left-padded to the longest, [B, T] int64 and bool."""
+    """(idx, real): the sequences left-padded to the longest, [B, T] int64 and bool, made on `device`."""
     T = max(len(s) for s in sequences)
-    idx = torch.full((len(sequences), T), pad_id, dtype=torch.long)
-    real = torch.zeros(len(sequences), T, dtype=torch.bool)
-    for row, seq in enumerate(sequences):
-        if seq:
-            idx[row, T - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-            real[row, T - len(seq):] = True
-    return idx.to(device), real.to(device)
+    idx = torch.tensor([[pad_id] * (T - len(s)) + list(s) for s in sequences], dtype=torch.long, device=device)
+    real = torch.tensor([[False] * (T - len(s)) + [True] * len(s) for s in sequences], dtype=torch.bool,
+                        device=device)
+    return idx, real
 
 
 class _RecomputeState:
@@ -120,8 +125,8 @@ class _RecomputeState:
     def full(self) -> bool:
         return False
 
-    def keep(self, rows: Tensor) -> None:
-        self.contexts = [self.contexts[int(r)] for r in rows]
+    def keep(self, rows: Sequence[int]) -> None:
+        self.contexts = [self.contexts[r] for r in rows]
 
     def kv_bytes_per_sequence(self) -> int:
         return 0
@@ -183,7 +188,7 @@ class RunningBatch:
     def __init__(self, model: LanguageModel, *, eos_id: int | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         self.model, self.decoder = model, decoder_of(model)
-        self.device = next(model.parameters()).device
+        self.device = model_device(model)
         self.eos_id, self.tokenizer = eos_id, tokenizer
         self.live: list[LiveSequence] = []
         self.logits: Tensor | None = None
@@ -230,9 +235,8 @@ class RunningBatch:
         if not still:
             self.live, self.logits, self.state = [], None, None
         elif len(still) < len(self.live):
-            rows = torch.tensor(still, device=self.device)
-            self.state.keep(rows)
-            tokens, self.live = tokens[rows], [self.live[j] for j in still]
+            self.state.keep(still)
+            tokens, self.live = tokens[torch.tensor(still, device=self.device)], [self.live[j] for j in still]
         if self.live and self.state.full():  # start again from the last half of every context
             self.logits, self.state = self._prefill(self.live, max(1, self.model.config.block_size // 2))
         elif self.live:
@@ -247,9 +251,8 @@ class RunningBatch:
         if not rows:
             self.live, self.logits, self.state = [], None, None
             return
-        index = torch.tensor(rows, device=self.device)
-        self.state.keep(index)
-        self.live, self.logits = [self.live[j] for j in rows], self.logits[index]
+        self.state.keep(rows)
+        self.live, self.logits = [self.live[j] for j in rows], self.logits[torch.tensor(rows, device=self.device)]
 
     def _finished(self, seq: LiveSequence, token: int) -> Completion | None:
         p, text, reason = seq.sampling, None, None
@@ -296,7 +299,7 @@ def sequence_logprobs(model: LanguageModel, ids: Sequence[int]) -> Tensor:
     """[T - 1, V] log-softmax rows: row i is the model's distribution for token i + 1 after ids[:i + 1] (a NaN row
     where the architecture predicts nothing, as the Block Transformer for its first block). Architectures whose
     forward does not give these directly provide `next_token_logprobs(idx)` with the same meaning."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     idx = torch.tensor([list(ids)], dtype=torch.long, device=device)[:, -model.config.block_size:]
     own = getattr(model, "next_token_logprobs", None)
     if callable(own):
@@ -314,13 +317,14 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
     return torch.cat((idx, torch.tensor([c.tokens for c in done], dtype=idx.dtype, device=idx.device)), dim=1)
 
 
-def load_generator(path: str | Path) -> tuple[LanguageModel, PreTrainedTokenizerBase]:
-    """The model saved in `path` (a model folder or a run directory holding model/), in eval mode, and the
-    tokenizer saved beside it."""
+def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+                   ) -> tuple[LanguageModel, PreTrainedTokenizerBase]:
+    """The model saved in `path` (a model folder or a run directory holding model/), placed on `device` in
+    `dtype` (None: as saved) in eval mode, and the tokenizer saved beside it."""
     from transformers import AutoTokenizer
 
     folder = find_model_folder(path)
-    model = load_model_folder(folder).eval()
+    model = place(load_model_folder(folder), torch.device(device), dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as exc:
@@ -330,10 +334,11 @@ def load_generator(path: str | Path) -> tuple[LanguageModel, PreTrainedTokenizer
 
 
 def generate_text(path: str | Path, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
-                  seed: int, top_p: float = 1.0, stop: Sequence[str] = (), ignore_eos: bool = False) -> Completion:
-    """The continuation of `prompt` by the model saved in `path`, stopping at EOS (unless ignore_eos), a stop
-    string or max_new_tokens."""
-    model, tokenizer = load_generator(path)
+                  seed: int, top_p: float = 1.0, stop: Sequence[str] = (), ignore_eos: bool = False,
+                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Completion:
+    """The continuation of `prompt` by the model saved in `path` (run on `device` in `dtype`), stopping at EOS
+    (unless ignore_eos), a stop string or max_new_tokens."""
+    model, tokenizer = load_generator(path, device, dtype)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop), ignore_eos)
     return generate_tokens(model, [ids], sampling, eos_id=tokenizer.eos_token_id, tokenizer=tokenizer)[0]

@@ -235,16 +235,24 @@ class Server:
         out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if top else None,
                                "text_offset": []}
         base = 0 if echo else len(self.tokenizer.decode(prompt))
+        # one transfer to the host per request, not one per token: row i - 1 scores token i
+        chosen, known, best_values, best_ids = [], [], [], []
+        if rows is not None:
+            targets = torch.tensor(ids[1:], device=rows.device)[:, None]
+            chosen = rows.gather(1, targets)[:, 0].tolist()
+            known = (~rows.isnan().any(dim=-1)).tolist()
+            if top:
+                best = rows.topk(top)
+                best_values, best_ids = best.values.tolist(), best.indices.tolist()
         for i in range(first, len(ids)):
-            row = rows[i - 1] if rows is not None and i > 0 else None
-            known = row is not None and not bool(torch.isnan(row).any())
+            scored = rows is not None and i > 0 and known[i - 1]
             out["tokens"].append(self.tokenizer.decode([ids[i]]))
-            out["token_logprobs"].append(float(row[ids[i]]) if known else None)
+            out["token_logprobs"].append(chosen[i - 1] if scored else None)
             out["text_offset"].append(len(self.tokenizer.decode(ids[:i])) - base)
             if top:
-                best = row.topk(top) if known else None
-                out["top_logprobs"].append(None if best is None else {
-                    self.tokenizer.decode([int(t)]): float(v) for v, t in zip(best.values, best.indices, strict=True)})
+                out["top_logprobs"].append({
+                    self.tokenizer.decode([t]): v for v, t in zip(best_values[i - 1], best_ids[i - 1], strict=True)
+                } if scored else None)
         return out
 
     @staticmethod

@@ -24,6 +24,7 @@ dropped after the block; the finished block is embedded and takes one cached blo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from lmlab.core.architectures import ArchConfig, save_model_folder
 from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
 from lmlab.core.generation import PAD_ID
+from lmlab.core.head_loss import head_cross_entropy
 from lmlab.core.kv_cache import KVCache
 from lmlab.core.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.plugins.block.options import parse_options
@@ -53,10 +55,11 @@ class BlockState:
         """The next token completes a block, and the global cache has no room for it."""
         return self.filled == self.tokens.size(1) - 1 and self.global_cache.room == 0
 
-    def keep(self, rows: Tensor) -> None:
+    def keep(self, rows: Sequence[int]) -> None:
         self.global_cache.keep(rows)
         self.local_cache.keep(rows)
-        self.next_block, self.tokens = self.next_block[rows], self.tokens[rows]
+        index = torch.tensor(rows, device=self.next_block.device)
+        self.next_block, self.tokens = self.next_block[index], self.tokens[index]
 
     def kv_bytes_per_sequence(self) -> int:
         return self.global_cache.nbytes_per_sequence() + self.local_cache.nbytes_per_sequence()
@@ -75,6 +78,8 @@ class BlockState:
 
 
 class BlockTransformer(nn.Module):
+    _no_split_modules = ["Layer"]  # what FSDP's auto-wrap shards one by one (accelerate reads it from the model)
+
     def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
         super().__init__()
         if attention.name != config.attn:
@@ -118,12 +123,16 @@ class BlockTransformer(nn.Module):
     def decode_blocks(self, h: Tensor, inputs: Tensor) -> Tensor:
         """Logits [B, N, L_B, V]: entry n predicts the L_B tokens of the block after the one h[:, n] encodes, from
         that block's prefix and its first L_B - 1 tokens `inputs` [B, N, L_B - 1] alone."""
+        return self.lm_head(self.decode_hidden(h, inputs))
+
+    def decode_hidden(self, h: Tensor, inputs: Tensor) -> Tensor:
+        """The token decoder's outputs [B, N, L_B, D] that `decode_blocks` puts through the LM head."""
         B, N, D = h.shape
         r, L = self.n_prefix, self.block_len
         prefix = self.prefix(h).view(B, N, r, D)
         x = torch.cat((prefix, self.wte(inputs)), dim=2).view(B * N, r + L - 1, D)
         out = self.token_decoder(x, Step(torch.arange(r + L - 1, device=x.device)[None]))
-        return self.lm_head(out[:, r - 1:]).view(B, N, L, -1)
+        return out[:, r - 1:].reshape(B, N, L, D)
 
     # ---- the LanguageModel protocol -----------------------------------------------------------------------------
 
@@ -152,20 +161,22 @@ class BlockTransformer(nn.Module):
         real = None if attention_mask is None else attention_mask[:, :n * L].bool().view(B, n, L).any(-1)
         h = self.encode_blocks(idx[:, :n * L].view(B, n, L), real)
         inputs = F.pad(idx, (0, (n + 1) * L - T), value=PAD_ID).view(B, n + 1, L)[:, 1:, :L - 1]
-        logits = self.decode_blocks(h, inputs).flatten(1, 2)[:, :T - L + 1]  # positions L_B-1 … T-1
+        hidden = self.decode_hidden(h, inputs).flatten(1, 2)[:, :T - L + 1]  # positions L_B-1 … T-1
         if targets is None:
-            return logits[:, -1:], None
+            return self.lm_head(hidden[:, -1:]), None
         wanted = targets[:, L - 1:]
         if attention_mask is not None:
             context = real.repeat_interleave(L, dim=1)[:, :T - L + 1]  # the previous block is real
             token = F.pad(attention_mask[:, L:].bool(), (0, 1), value=True)  # the predicted token is not padding
             wanted = wanted.masked_fill(~(context & token), -1)
-        loss = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-1, reduction=reduction)
+        if return_logits:
+            logits = self.lm_head(hidden)
+            loss = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-1, reduction=reduction)
+        else:  # the training step: no [B, T, V] logits, no float32 copy of them (lmlab.core.head_loss)
+            logits, loss = None, head_cross_entropy(hidden, self.lm_head.weight, wanted, reduction)
         if reduction == "none":
-            loss = F.pad(loss.view(B, -1), (L - 1, 0))
-        if not return_logits:
-            return None, loss
-        return F.pad(logits, (0, 0, L - 1, 0)), loss
+            loss = F.pad(loss.reshape(B, -1), (L - 1, 0))
+        return (None if logits is None else F.pad(logits, (0, 0, L - 1, 0))), loss
 
     def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
                       ) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lmlab.core.devices import DeviceOpt, PrecisionOpt
 from lmlab.core.errors import LmlabError
 
 LIMITS = "Limits"
@@ -50,16 +51,21 @@ def serve_block(
                            help="Largest request body; larger get HTTP 413.")] = 1024,
     drain_seconds: Annotated[float, typer.Option("--drain-seconds", min=0.0, rich_help_panel=LIMITS,
                              help="On SIGINT/SIGTERM, how long requests in flight may take to finish.")] = 30.0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve a saved model over the OpenAI HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health,
     /metrics) with continuous batching: concurrent requests share forward passes."""
     from lmlab.core.console import err
+    from lmlab.core.devices import describe, inference_dtype, resolve_device
     from lmlab.core.generation import load_generator
     from lmlab.core.serving import Limits, Server, run_server
     from lmlab.core.serving_engine import Engine
 
+    where = resolve_device(device)
+    dtype = inference_dtype(precision, where)
     _check_port(host, port)
-    model, tokenizer = load_generator(run_dir)
+    model, tokenizer = load_generator(run_dir, where, dtype)
     folder = run_dir.resolve()
     name = model_name or (folder.parent.name if folder.name == "model" else folder.name)
     limits = Limits(max_tokens=max_tokens, max_n=max_n, max_body_bytes=max_body_kb * 1024,
@@ -71,8 +77,10 @@ def serve_block(
     config = model.config
 
     def ready() -> None:
+        precision_name = str(dtype).removeprefix("torch.")
         err.print(f"[bold]lmlab serve-block[/bold]: [bold]{name}[/bold] ({config.arch}, {model.num_params():,} "
-                  f"parameters, context {config.block_size}) at [bold]http://{host}:{port}/v1[/bold] · batch ≤ "
+                  f"parameters, context {config.block_size}, on {describe(where)} in {precision_name}) "
+                  f"at [bold]http://{host}:{port}/v1[/bold] · batch ≤ "
                   f"{max_batch_size}, window {batch_window_ms:g} ms, queue ≤ {max_queue}, max_tokens ≤ {max_tokens} · "
                   f"API key {'required' if api_key else 'off'} · pid {os.getpid()} (Ctrl-C or SIGTERM drains and "
                   f"stops)")

@@ -18,11 +18,14 @@ from torch import Tensor, nn
 from lmlab.core.architectures import ArchConfig, ArchitectureSpec, save_model_folder
 from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
+from lmlab.core.head_loss import head_cross_entropy
 from lmlab.core.kv_cache import CacheState, KVCache
 from lmlab.core.transformer import MHA_SPEC, Layer, Step, init_normal, scale_residual
 
 
 class GPT(nn.Module):
+    _no_split_modules = ["Layer"]  # what FSDP's auto-wrap shards one by one (accelerate reads it from the model)
+
     def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
         super().__init__()
         if attention.name != config.attn:
@@ -51,8 +54,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
-        """With targets: logits [B, T, V] (None when `return_logits` is off: a wrapper such as accelerate's
-        mixed-precision one would otherwise copy them to float32 every step) and cross-entropy (-1 ignored;
+        """With targets: logits [B, T, V] (None when `return_logits` is off: then the loss comes from the hidden
+        states in chunks, lmlab.core.head_loss, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
         reduction "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
         T = idx.size(1)
         if T > self.config.block_size:
@@ -65,9 +68,11 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
+        if not return_logits:  # the training step: no [B, T, V] logits, no float32 copy of them
+            return None, head_cross_entropy(x, self.lm_head.weight, targets, reduction)
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction)
-        return logits if return_logits else None, loss.view_as(targets) if reduction == "none" else loss
+        return logits, loss.view_as(targets) if reduction == "none" else loss
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, CacheState]:
         """Generation interface (lmlab.core.generation): left-padded prompts [B, T] (real: not padding) through
