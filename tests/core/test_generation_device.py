@@ -88,6 +88,35 @@ def test_generation_makes_every_tensor_on_the_model_device(arch: str, monkeypatc
     assert [len(out[tag]) for tag in range(4)] == [7, 5, 9, 4]
 
 
+class NoCache(torch.nn.Module):
+    """A model without the generation interface: generation recomputes the context for every token."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> Any:
+        return self.inner(idx, targets)
+
+
+def test_the_recompute_fallback_makes_every_tensor_on_the_model_device() -> None:
+    lm = model("gpt")
+    with torch.inference_mode(), FactoryDevices(torch.device("cpu")) as mode:
+        slow = generate_tokens(NoCache(lm), [[1, 2, 3], [4]], MIXED[:2])
+    assert mode.strays == []
+    with torch.inference_mode():
+        assert slow[0].tokens == generate_tokens(lm, [[1, 2, 3]], MIXED[0])[0].tokens
+
+
+def test_inference_runs_in_the_model_dtype() -> None:
+    lm = model("gpt").to(torch.bfloat16)
+    with torch.inference_mode():
+        batch = RunningBatch(lm)
+        batch.add([[1, 2, 3]], [Sampling(max_tokens=3, temperature=1.0, seed=0)], [0])
+        batch.step()
+        assert batch.state.cache.k.dtype == torch.bfloat16 and batch.logits.dtype == torch.bfloat16
+
+
 def test_the_serving_engine_makes_every_tensor_on_the_model_device() -> None:
     lm = model("gpt")
     engine = Engine(lm, None, max_batch_size=3, batch_window_ms=0)
