@@ -20,6 +20,10 @@ recomputing the whole context for every token (`Recompute`).
 temperature / top-k / top-p with its own seed), stop strings, EOS and a per-sequence token budget. When the
 context is full it starts again from the last half of each sequence (a new prefill), so generation may run past
 the model's context length.
+
+Everything runs on the model's device and in its dtype (`load_generator` places it: `lmlab.core.devices`): every
+tensor generation makes names that device, each sequence's `torch.Generator` is made there, and a decode step
+reads back to the host once (the step's tokens, for stop strings, EOS and the events).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from torch import Tensor
 from lmlab.core.architectures import LanguageModel, find_model_folder, load_model_folder
 from lmlab.core.devices import model_device, place
 from lmlab.core.errors import LmlabError, ModelError
+from lmlab.core.host_to_device import to_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,18 +94,19 @@ def sample_tokens(logits: Tensor, params: Sequence[Sampling],
     if not rows:
         return out
     device, V = logits.device, logits.size(-1)
-    index = torch.tensor(rows, device=device)
-    x = logits[index].float() / torch.tensor([[params[i].temperature] for i in rows], device=device)
+    index = to_device(rows, torch.long, device)
+    settings = to_device([[params[i].temperature, min(params[i].top_k or V, V), params[i].top_p] for i in rows],
+                         torch.float32, device)
+    x = logits[index].float() / settings[:, :1]
     if any(min(params[i].top_k or V, V) < V or params[i].top_p < 1 for i in rows):
-        top_k = torch.tensor([min(params[i].top_k or V, V) for i in rows], device=device)
-        top_p = torch.tensor([params[i].top_p for i in rows], device=device)
+        top_k, top_p = settings[:, 1:2], settings[:, 2:3]
         ordered, order = x.sort(dim=-1, descending=True)
         ranks = torch.arange(V, device=device)
         probs = ordered.softmax(dim=-1)
-        drop = (ranks >= top_k[:, None]) | (probs.cumsum(dim=-1) - probs >= top_p[:, None])
+        drop = (ranks >= top_k) | (probs.cumsum(dim=-1) - probs >= top_p)
         x = torch.empty_like(x).scatter_(1, order, ordered.masked_fill(drop, -float("inf")))  # the top one is kept
     cdf = x.softmax(dim=-1).cumsum(dim=-1)
-    uniform = torch.cat([torch.rand(1, generator=generators[i], device=device) for i in rows])
+    uniform = torch.cat([_uniform(generators[i], device) for i in rows])
     total = cdf[:, -1:]
     # right=True: the first token whose cumulative probability exceeds the draw, never one of probability 0
     target = torch.minimum(uniform[:, None] * total, total.nextafter(torch.zeros_like(total)))
@@ -108,13 +114,21 @@ def sample_tokens(logits: Tensor, params: Sequence[Sampling],
     return out.index_copy(0, index, drawn)
 
 
+def _uniform(generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """One uniform draw in [0, 1) on `device` from `generator` (None: torch's default one), which should live on
+    `device` (then no copy); one made elsewhere (a CPU generator for CUDA logits) is drawn from where it is."""
+    if generator is None or generator.device == device:
+        return torch.rand(1, generator=generator, device=device)
+    return to_device(torch.rand(1, generator=generator, device=generator.device).tolist(), torch.float32, device)
+
+
 def left_pad(sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu",
              pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
     """(idx, real): the sequences left-padded to the longest, [B, T] int64 and bool, made on `device`."""
     T = max(len(s) for s in sequences)
-    idx = torch.tensor([[pad_id] * (T - len(s)) + list(s) for s in sequences], dtype=torch.long, device=device)
-    real = torch.tensor([[False] * (T - len(s)) + [True] * len(s) for s in sequences], dtype=torch.bool,
-                        device=device)
+    device = torch.device(device)
+    idx = to_device([[pad_id] * (T - len(s)) + list(s) for s in sequences], torch.long, device)
+    real = to_device([[False] * (T - len(s)) + [True] * len(s) for s in sequences], torch.bool, device)
     return idx, real
 
 
@@ -236,7 +250,7 @@ class RunningBatch:
             self.live, self.logits, self.state = [], None, None
         elif len(still) < len(self.live):
             self.state.keep(still)
-            tokens, self.live = tokens[torch.tensor(still, device=self.device)], [self.live[j] for j in still]
+            tokens, self.live = tokens[to_device(still, torch.long, self.device)], [self.live[j] for j in still]
         if self.live and self.state.full():  # start again from the last half of every context
             self.logits, self.state = self._prefill(self.live, max(1, self.model.config.block_size // 2))
         elif self.live:
@@ -252,7 +266,7 @@ class RunningBatch:
             self.live, self.logits, self.state = [], None, None
             return
         self.state.keep(rows)
-        self.live, self.logits = [self.live[j] for j in rows], self.logits[torch.tensor(rows, device=self.device)]
+        self.live, self.logits = [self.live[j] for j in rows], self.logits[to_device(rows, torch.long, self.device)]
 
     def _finished(self, seq: LiveSequence, token: int) -> Completion | None:
         p, text, reason = seq.sampling, None, None
@@ -300,7 +314,7 @@ def sequence_logprobs(model: LanguageModel, ids: Sequence[int]) -> Tensor:
     where the architecture predicts nothing, as the Block Transformer for its first block). Architectures whose
     forward does not give these directly provide `next_token_logprobs(idx)` with the same meaning."""
     device = model_device(model)
-    idx = torch.tensor([list(ids)], dtype=torch.long, device=device)[:, -model.config.block_size:]
+    idx = to_device([list(ids)], torch.long, device)[:, -model.config.block_size:]
     own = getattr(model, "next_token_logprobs", None)
     if callable(own):
         return own(idx)

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lmlab.core.host_to_device import to_device
+
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, capacity: int, *,
@@ -44,7 +46,7 @@ class KVCache:
         self.slots = slots
         contiguous = slots == list(range(len(slots)))
         self.rows: slice | Tensor = (slice(0, len(slots)) if contiguous
-                                     else torch.tensor(slots, dtype=torch.long, device=self.k.device))
+                                     else to_device(slots, torch.long, self.k.device))
 
     @property
     def padded(self) -> bool:
@@ -126,7 +128,7 @@ class KVCache:
         if len(free) < joining:
             free += self._grow(len(self.slots) + joining)
         new, start = free[:joining], length - other.length
-        index = torch.tensor(new, dtype=torch.long, device=self.k.device)
+        index = to_device(new, torch.long, self.k.device)
         self.k[:, index, :, start:length] = other.k[:, other.rows, :, :other.length]
         self.v[:, index, :, start:length] = other.v[:, other.rows, :, :other.length]
         self.real[index, :start] = False
@@ -166,7 +168,7 @@ class CacheState:
 
     def keep(self, rows: Sequence[int]) -> None:
         self.cache.keep(rows)
-        self.next_position = self.next_position[torch.tensor(rows, device=self.next_position.device)]
+        self.next_position = self.next_position[to_device(rows, torch.long, self.next_position.device)]
 
     def kv_bytes_per_sequence(self) -> int:
         return self.cache.nbytes_per_sequence()

@@ -37,6 +37,7 @@ from lmlab.core.attention import AttentionSpec
 from lmlab.core.errors import LmlabError, ModelError
 from lmlab.core.generation import PAD_ID
 from lmlab.core.head_loss import head_cross_entropy
+from lmlab.core.host_to_device import to_device
 from lmlab.core.kv_cache import KVCache
 from lmlab.core.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.plugins.block.options import parse_options
@@ -58,7 +59,7 @@ class BlockState:
     def keep(self, rows: Sequence[int]) -> None:
         self.global_cache.keep(rows)
         self.local_cache.keep(rows)
-        index = torch.tensor(rows, device=self.next_block.device)
+        index = to_device(rows, torch.long, self.next_block.device)
         self.next_block, self.tokens = self.next_block[index], self.tokens[index]
 
     def kv_bytes_per_sequence(self) -> int:
