@@ -12,6 +12,10 @@ so per-item predictions agree with it, but it is computed differently:
   questions ask about). Padding-free single sequences were faster than padded batches on CPU (16.1 s vs
   22.4 s for 26 CLIcK prompts, batch 8) and CLIcK prompts share 39% of their tokens this way. On a GPU,
   where batching pays, sequences run in length-sorted padded batches instead.
+
+The model runs on `--device` in `--precision`'s dtype (`lmlab.core.devices`). Every input is made on the
+model's device, and scores stay there until the whole call is done: one host read per `loglik` call, not one
+per choice.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
+from lmlab.core.devices import inference_dtype, model_device, place, resolve_device
 from lmlab.core.errors import LmlabError
 from lmlab.core.generation import Sampling, sample_tokens
 from lmlab.core.logprobs import TokenLogprobModel, plain_head, token_logprobs
@@ -34,24 +39,35 @@ MIN_SHARED = 16  # reuse a cached prefix only when it saves at least this many t
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the config and the weights (a sample of each tensor plus its sum): two models that
-    differ in any trained weight get different request-cache identities."""
+    """A short hash of the config and the weights (a sample of each tensor plus its sum, and its dtype): two
+    models that differ in any trained weight, or in the dtype they run in, get different request-cache
+    identities. Sums and samples are taken where the weights are and copied to the host once."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    state = model.state_dict()
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{float(flat.double().sum()):.10e}".encode())
-            digest.update(flat[:64].float().numpy().tobytes())
+        flats = [tensor.detach().reshape(-1) for tensor in state.values()]
+        sums = torch.stack([flat.double().sum() for flat in flats]).cpu().tolist() if flats else []
+        samples = torch.cat([flat[:64].float() for flat in flats]).cpu().numpy() if flats else None
+    start = 0
+    for (name, tensor), flat, total in zip(state.items(), flats, sums, strict=True):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}{total:.10e}".encode())
+        size = min(64, flat.numel())
+        digest.update(samples[start:start + size].tobytes())
+        start += size
     return digest.hexdigest()[:16]
 
 
 class HFBackend:
-    """Batched log-likelihood scoring and greedy generation with a local model."""
+    """Batched log-likelihood scoring and greedy generation with a local model. The model `options` name is
+    loaded onto `options.device` in `options.precision`'s dtype; a `model` passed in runs where it is."""
 
     def __init__(self, options: BackendOptions, model: Any = None, tokenizer: Any = None,
                  share_prefixes: bool | None = None) -> None:
         if model is None:
-            model, tokenizer = load_model(options.model, seed=options.seed)
+            device = resolve_device(options.device)
+            dtype = inference_dtype(options.precision, device)
+            model, tokenizer = load_model(options.model, seed=options.seed, dtype=dtype)
+            model = place(model, device, dtype)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.scorer = TokenLogprobModel(self.model)
@@ -63,9 +79,14 @@ class HFBackend:
                              hint="drop --chat-template for base models")
         chat = ":chat" if self.chat_template else ""
         self.identity = f"hf:{options.model}{chat}:{fingerprint(model)}"
-        device = next(model.parameters()).device.type
-        self.share_prefixes = (device == "cpu") if share_prefixes is None else share_prefixes
+        on_cpu = self.device.type == "cpu"
+        self.share_prefixes = on_cpu if share_prefixes is None else share_prefixes
         self.share_prefixes = self.share_prefixes and plain_head(model)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is: every input is made there."""
+        return model_device(self.model)
 
     def _as_chat(self, text: str) -> str:
         """With --chat-template, the text as one user turn followed by the assistant's turn opening."""
@@ -87,6 +108,8 @@ class HFBackend:
 
     @torch.inference_mode()
     def loglik(self, requests: Sequence[ChoiceRequest]) -> list[list[float]]:
+        if not requests:
+            return []
         # Each choice becomes (model input, targets); identical inputs are run once.
         inputs: dict[tuple[int, ...], int] = {}
         choices: list[list[tuple[int, list[int]]]] = []
@@ -106,23 +129,31 @@ class HFBackend:
                 if target not in wanted[seq]:
                     wanted[seq].append(target)
         if self.share_prefixes:
-            scores = self._score_shared(sequences, wanted)
-            return [[scores[(seq, tuple(target))] for seq, target in row] for row in choices]
-        scores = {}
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            scores.update(self._score_batch([sequences[i] for i in batch], [wanted[i] for i in batch], batch))
+            keys, values = self._score_shared(sequences, wanted)
+        else:
+            keys, parts = [], []
+            order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                owners, logprobs = self._score_batch([sequences[i] for i in batch], [wanted[i] for i in batch],
+                                                     batch)
+                keys += owners
+                parts.append(logprobs)
+            values = torch.cat(parts)
+        scores = dict(zip(keys, host_floats(values), strict=True))
         return [[scores[(seq, tuple(target))] for seq, target in row] for row in choices]
 
     def _score_shared(self, seqs: list[tuple[int, ...]], targets: list[list[list[int]]]
-                      ) -> dict[tuple[int, tuple[int, ...]], float]:
+                      ) -> tuple[list[tuple[int, tuple[int, ...]]], torch.Tensor]:
+        """(keys, summed log-probabilities [len(keys)] on the model's device), one sequence at a time."""
         from transformers import DynamicCache
 
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        device = self.device
         # transformers renamed `past_key_values` to `cache` (5.x); pass whichever this version takes.
         cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-        out: dict[tuple[int, tuple[int, ...]], float] = {}
+        keys: list[tuple[int, tuple[int, ...]]] = []
+        sums: list[torch.Tensor] = []
         cache, previous = None, ()
         for i in sorted(range(len(seqs)), key=seqs.__getitem__):
             seq = seqs[i]
@@ -132,23 +163,27 @@ class HFBackend:
                 cache, shared = DynamicCache(), 0
             elif cache.get_seq_length() > shared:
                 cache.crop(shared - cache.get_seq_length())  # a negative crop removes that many tokens
-            hidden = decoder(input_ids=torch.tensor([seq[shared:]]), use_cache=True,
+            hidden = decoder(input_ids=torch.tensor([seq[shared:]], device=device), use_cache=True,
                              **{cache_arg: cache}).last_hidden_state[0]
             previous = seq
             for target in targets[i]:
                 start = len(seq) - len(target) - shared
                 picked = hidden[start:start + len(target)]
-                value = token_logprobs(picked, head.weight, torch.tensor(target), head.bias).sum().item()
-                out[(i, tuple(target))] = value
-        return out
+                sums.append(token_logprobs(picked, head.weight, torch.tensor(target, device=device),
+                                           head.bias).sum())
+                keys.append((i, tuple(target)))
+        return keys, torch.stack(sums)
 
     def _score_batch(self, seqs: list[tuple[int, ...]], targets: list[list[list[int]]], ids: list[int]
-                     ) -> dict[tuple[int, tuple[int, ...]], float]:
+                     ) -> tuple[list[tuple[int, tuple[int, ...]]], torch.Tensor]:
+        """(keys, summed log-probabilities [len(keys)] on the model's device) for one padded batch, built on
+        the host and copied to the device once."""
+        device = self.device
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        positions, tokens, owners = [], [], []
+        positions, tokens, segments, keys = [], [], [], []
         for b, (seq, wanted) in enumerate(zip(seqs, targets, strict=True)):
             input_ids[b, :len(seq)] = torch.tensor(seq)
             mask[b, :len(seq)] = 1
@@ -156,12 +191,12 @@ class HFBackend:
                 first = len(seq) - len(target)  # logits at position t predict token t + 1
                 positions.extend(b * width + first + k for k in range(len(target)))
                 tokens.extend(target)
-                owners.extend([(ids[b], tuple(target))] * len(target))
-        logprobs = self.scorer(input_ids, mask, torch.tensor(positions), torch.tensor(tokens)).tolist()
-        out: dict[tuple[int, tuple[int, ...]], float] = {}
-        for owner, value in zip(owners, logprobs, strict=True):
-            out[owner] = out.get(owner, 0.0) + value
-        return out
+                segments.extend([len(keys)] * len(target))
+                keys.append((ids[b], tuple(target)))
+        logprobs = self.scorer(input_ids.to(device), mask.to(device), torch.tensor(positions, device=device),
+                               torch.tensor(tokens, device=device))
+        sums = torch.zeros(len(keys), dtype=torch.float64, device=device)
+        return keys, sums.index_add_(0, torch.tensor(segments, device=device), logprobs.double())
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
@@ -188,7 +223,7 @@ class HFBackend:
     def _generate(self, prompts: list[str], max_tokens: int, stop: tuple[str, ...], sampler: RowSampler) -> list[str]:
         tok = self.tokenizer
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
-                    max_length=max(1, self.max_length - max_tokens))
+                    max_length=max(1, self.max_length - max_tokens)).to(self.device)
         extra: dict[str, Any] = {}
         if stop:
             extra["stopping_criteria"] = StoppingCriteriaList([StopOnText(tok, batch.input_ids.shape[1], stop)])
@@ -204,7 +239,8 @@ class StopOnText(StoppingCriteria):
     """A row is done once the text it generated holds a stop string. transformers' own `stop_strings` builds
     tables over the whole vocabulary for every generate call: with SmolLM2's 49k tokens it made an augmentation
     batch 3.6x slower (195 s vs 53 s for 6 prompts × 40 tokens). Decoding each row's last few tokens per step
-    costs next to nothing: a stop string of c characters lies within the last c + 2 tokens."""
+    costs next to nothing: a stop string of c characters lies within the last c + 2 tokens. Decoding needs
+    those tokens on the host: the one copy per step made only when there are stop strings."""
 
     def __init__(self, tokenizer: Any, prompt_length: int, stop: Sequence[str]) -> None:
         self.tokenizer, self.start, self.stop = tokenizer, prompt_length, tuple(stop)
@@ -224,15 +260,28 @@ class RowSampler(LogitsProcessor):
 
     def __init__(self, requests: Sequence[GenerateRequest], completions: Sequence[int]) -> None:
         self.params = [Sampling(max_tokens=r.max_tokens, temperature=r.temperature, top_p=r.top_p) for r in requests]
-        self.generators = [None if r.seed is None else torch.Generator().manual_seed(r.seed + k)
-                           for r, k in zip(requests, completions, strict=True)]
+        self.seeds = [None if r.seed is None else r.seed + k for r, k in zip(requests, completions, strict=True)]
         self.samples = any(p.temperature > 0 for p in self.params)
+        self.generators: list[torch.Generator | None] | None = None  # made on the first call, where the scores are
+        self.rows: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generators is None or self.rows is None:
+            self.generators = [None if seed is None else generator(scores.device, seed) for seed in self.seeds]
+            self.rows = torch.tensor([p.temperature > 0 for p in self.params], device=scores.device)
         drawn = sample_tokens(scores, self.params, self.generators)
-        rows = torch.tensor([p.temperature > 0 for p in self.params], device=scores.device)
         only = torch.full_like(scores, -float("inf")).scatter_(1, drawn[:, None], 0.0)
-        return torch.where(rows[:, None], only, scores)
+        return torch.where(self.rows[:, None], only, scores)
+
+
+def generator(device: torch.device, seed: int) -> torch.Generator:
+    """A random generator on `device` (torch samples a device's tensors only with that device's generator)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def host_floats(values: torch.Tensor) -> list[float]:
+    """The values as Python floats: the one copy from the device a scoring call makes."""
+    return values.cpu().tolist()
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

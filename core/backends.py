@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from lmlab.core.devices import device_option, precision_option
 from lmlab.core.errors import LmlabError
 from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, option
 from lmlab.core.plugins import collect
@@ -86,6 +87,8 @@ class BackendOptions:
     max_retries: int = option(4, "Retries with backoff on errors (openai).", min=0, panel=BACKEND)
     chat_template: bool = option(False, "hf backend: send each prompt as a user turn in the model's chat template "
                                  "(instruct models; with openai use --api chat).", panel=BACKEND)
+    device: str = device_option(BACKEND)
+    precision: str = precision_option(BACKEND)
 
 
 @dataclass

@@ -95,8 +95,9 @@ def finish_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Return (model, tokenizer) for an alias, a local HF directory, or a Hub id (in that order)."""
+def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False, dtype: Any = None) -> tuple[Any, Any]:
+    """Return (model, tokenizer) for an alias, a local HF directory, or a Hub id (in that order). A folder or Hub
+    model is read in `dtype` (default float32); an alias is built in float32 (`lmlab.core.devices.place` casts)."""
     import torch
 
     aliases = model_aliases()
@@ -122,7 +123,7 @@ def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False) -> 
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec,
                                                      trust_remote_code=trust_remote_code,
-                                                     dtype=torch.float32)
+                                                     dtype=dtype or torch.float32)
     except OSError as exc:
         raise ModelError(
             f"Could not load model '{spec}' ({str(exc).splitlines()[0]}).",
