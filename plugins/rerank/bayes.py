@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from lmlab.core.devices import place
 from lmlab.core.errors import LmlabError
 from lmlab.core.rerankers import RERANKER_FILE, Relevance, binary_entropy
+from lmlab.core.retrievers import placement
 from lmlab.plugins.rerank.model import PairScorer
 
 KIND = "cross-encoder"
@@ -89,18 +91,24 @@ class BayesianReranker:
         self.scorers, self.variant, self.passes, self.temperature = scorers, variant, passes, temperature
         self.explain = explain or {}
 
+    def device_logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """[S, N] logits before the temperature, on the models' device: one row per member (ensemble) or dropout
+        pass (mc-dropout), else one row."""
+        if self.variant == "ensemble":
+            return torch.stack([s.device_logits(s.batches(pairs), len(pairs)) for s in self.scorers])
+        scorer = self.scorers[0]
+        batches = scorer.batches(pairs)  # tokenized and padded once for the T passes
+        if self.variant == "mc-dropout":
+            return torch.stack([scorer.device_logits(batches, len(pairs), dropout_seed=t)
+                                for t in range(self.passes)])
+        return scorer.device_logits(batches, len(pairs))[None]
+
     def logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """[S, N] logits before the temperature: one row per member (ensemble) or dropout pass (mc-dropout), else
-        one row (temperature scaling is fitted on these)."""
+        """`device_logits` on the CPU, one copy for all members or passes (temperature scaling is fitted on
+        these)."""
         if not pairs:
             return torch.empty(1, 0)
-        if self.variant == "ensemble":
-            return torch.stack([s.score(pairs) for s in self.scorers])
-        if self.variant == "mc-dropout":
-            scorer = self.scorers[0]
-            batches = scorer.batches(pairs)  # tokenized and padded once for the T passes
-            return torch.stack([scorer.logits(batches, len(pairs), dropout_seed=t) for t in range(self.passes)])
-        return self.scorers[0].score(pairs)[None]
+        return self.device_logits(pairs).cpu()
 
     def samples(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
         """[S, N] sampled probabilities σ(z/T)."""
@@ -108,8 +116,7 @@ class BayesianReranker:
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[Relevance]:
         mean, std = summarise(self.samples(pairs))
-        return [Relevance(float(p), float(p), float(s), binary_entropy(float(p))) for p, s in zip(mean, std,
-                                                                                                  strict=True)]
+        return [Relevance(p, p, s, binary_entropy(p)) for p, s in zip(mean.tolist(), std.tolist(), strict=True)]
 
     def probability_fn(self, query: str) -> Any:
         """P(relevant | query, context) as a function of the context alone (what LIME and SHAP perturb)."""
@@ -144,9 +151,11 @@ def open_folder(folder: Path | None, options: dict[str, Any]) -> BayesianReranke
                          hint="train one with `lmlab retrieve train-reranker` and pass its run folder")
     info = read_info(folder)
     variant = resolve_variant(folder, options.get("variant", "auto"))
+    device, dtype = placement(options)
     scorers = []
     for path in member_folders(folder, variant):
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True).float().eval()
+        model = place(AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True), device,
+                      dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         scorers.append(PairScorer(model, tokenizer, max_length=info["max_length"],
                                   batch_size=options.get("rerank_batch_size", 32)))

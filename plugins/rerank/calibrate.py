@@ -49,6 +49,7 @@ def _logits(reranker: Any, pairs: list[tuple[str, str]]) -> torch.Tensor:
 
 
 def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     index = RetrievalIndex.load(opts.index) if (opts.index / "index.json").is_file() else None
     spec, folder = resolve_reranker(opts.model, index)
     pairs = load_pairs(opts.data or str(example("retrieve/dev.jsonl")), index, negatives=opts.negatives,
@@ -67,7 +68,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     temperatures: dict[str, float] = {}
     for variant in variants:
         reranker = spec.open(folder, {"variant": variant, "mc_passes": opts.mc_passes,
-                                      "rerank_batch_size": opts.batch_size})
+                                      "rerank_batch_size": opts.batch_size, "device": device, "dtype": dtype})
         logits = _logits(reranker, texts)
         probs = torch.sigmoid(logits).mean(0).numpy()
         results[variant] = {**quality(probs[judged], labels[judged], opts.bins),

@@ -41,11 +41,12 @@ def run_explain(opts: ExplainOptions) -> dict[str, Any]:
     for method in opts.method:
         if method not in METHODS:
             raise LmlabError(f"Unknown --method '{method}'.", hint=f"use one of: {', '.join(METHODS)}")
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     if opts.output_dir is not None:
         check_run_folder(opts.output_dir, "retrieve explain", reusable=True)
     index = RetrievalIndex.load(opts.index) if (opts.index / "index.json").is_file() else None
     query, context = _pair(opts, index)
-    reranker = open_reranker(opts.model, {"variant": opts.variant}, index)
+    reranker = open_reranker(opts.model, {"variant": opts.variant, "device": device, "dtype": dtype}, index)
     predict = predictor(reranker, query)
     run = RunDir(new_run_path("retrieve-explain", opts.output_dir), checkpoints=False)
     run.write_config("retrieve explain", asdict(opts))

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lmlab.core.devices import model_device
 from lmlab.core.embeddings import DEFAULT_EMBEDDER, embedder_path
 from lmlab.core.errors import ModelError
 
@@ -81,19 +82,28 @@ class PairScorer:
         return out
 
     @torch.inference_mode()
-    def logits(self, batches: list[tuple[list[int], dict[str, torch.Tensor]]], total: int, *,
-               dropout_seed: int | None = None) -> torch.Tensor:
-        """[total] logits in the pairs' order; with `dropout_seed`, one MC-dropout pass seeded by it."""
-        out = torch.empty(total)
+    def device_logits(self, batches: list[tuple[list[int], dict[str, torch.Tensor]]], total: int, *,
+                      dropout_seed: int | None = None) -> torch.Tensor:
+        """[total] float32 logits in the pairs' order, on the model's device (each batch's inputs are moved there,
+        nothing is read back); with `dropout_seed`, one MC-dropout pass seeded by it (`torch.manual_seed` seeds
+        the GPU's generator too)."""
+        device = model_device(self.model)
+        out = torch.empty(total, device=device)
         with dropout_mode(self.model, dropout_seed is not None):
             if dropout_seed is not None:
                 torch.manual_seed(dropout_seed)
             for rows, tensors in batches:
-                out[rows] = self.model(**tensors).logits[:, 0].float()
+                logits = self.model(**{name: t.to(device) for name, t in tensors.items()}).logits
+                out[torch.tensor(rows, device=device)] = logits[:, 0].float()
         return out
 
+    def logits(self, batches: list[tuple[list[int], dict[str, torch.Tensor]]], total: int, *,
+               dropout_seed: int | None = None) -> torch.Tensor:
+        """`device_logits` brought back to the CPU, in one copy."""
+        return self.device_logits(batches, total, dropout_seed=dropout_seed).cpu()
+
     def score(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """Logits of `pairs`, dropout off."""
+        """Logits of `pairs` on the CPU, dropout off."""
         return self.logits(self.batches(pairs), len(pairs))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.core.devices import DeviceOptions
 from lmlab.core.embeddings import DEFAULT_EMBEDDER as DEFAULT_ENCODER
 from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
 from lmlab.core.rerankers import LAST, RerankSettings
@@ -73,6 +74,7 @@ class RerankOptions:
     limit: int | None = option(None, "Only the first N queries.", min=1, panel=MODEL_AND_DATA)
     output: Path | None = option(None, "Write the JSONL here instead of stdout.", flags=("--output", "-o"),
                                  panel=RUN_AND_OUTPUT)
+    placement: DeviceOptions = group(DeviceOptions)  # the reranker and a dense retriever
 
 
 @dataclass
@@ -93,6 +95,7 @@ class CalibrateOptions:
     output_dir: Path | None = option(None, "Run directory for results.json and reliability.png (default: "
                                      "runs/retrieve-calibrate-<timestamp>).", flags=("--output-dir", "-o"),
                                      panel=RUN_AND_OUTPUT)
+    placement: DeviceOptions = group(DeviceOptions)  # the reranker
 
 
 @dataclass
@@ -109,3 +112,4 @@ class ExplainOptions:
     output_dir: Path | None = option(None, "Folder for explanation.json and one HTML view per explainer (default: "
                                      "runs/retrieve-explain-<timestamp>).", flags=("--output-dir", "-o"),
                                      panel=RUN_AND_OUTPUT)
+    placement: DeviceOptions = group(DeviceOptions)  # the reranker

@@ -49,8 +49,10 @@ def _queries(opts: RerankOptions) -> tuple[list[tuple[str, str]], list[KiltQuery
 
 
 def run_rerank(opts: RerankOptions) -> dict[str, Any]:
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
+    placed = {"device": device, "dtype": dtype}
     index = RetrievalIndex.load(opts.index)
-    settings = asdict(opts.rerank)
+    settings = {**asdict(opts.rerank), **placed}
     kilt = None
     if opts.candidates:
         queries, candidates = search_output(opts.candidates, index)
@@ -60,7 +62,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
         retriever_spec(opts.retriever)  # an unknown --retriever is refused before any model loads
     reranker = open_reranker(opts.model, settings, index)
     if not opts.candidates:
-        retriever = index.open(opts.retriever, {})
+        retriever = index.open(opts.retriever, placed)
         candidates = retriever.search([text for _, text in queries], max(opts.top_k, opts.rerank.rerank_depth))
     reranking = Reranking(None, reranker, index.corpus, max(opts.top_k, opts.rerank.rerank_depth),
                           explain_weight=opts.rerank.explain_weight, explain_depth=opts.rerank.explain_depth)

@@ -40,11 +40,17 @@ SNAPSHOTS = "swa-checkpoints"
 
 
 class Members(torch.nn.Module):
-    """M cross-encoders trained side by side."""
+    """M cross-encoders trained side by side. One forward runs every member on its own batch, so that under DDP
+    (`model(inputs)` on the wrapped module) every member's parameters take part in each step's forward and their
+    gradients are all-reduced; a member called directly (`model.module.members[m](...)`) bypasses DDP's hooks."""
 
     def __init__(self, members: list[torch.nn.Module]) -> None:
         super().__init__()
         self.members = torch.nn.ModuleList(members)
+
+    def forward(self, inputs: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """The float32 relevance logits [pairs] of each member on its inputs (one dict of encoder inputs each)."""
+        return [member(**x).logits[:, 0].float() for member, x in zip(self.members, inputs, strict=True)]
 
 
 def query_groups(pairs: list[LabelledPair]) -> list[list[int]]:
@@ -86,6 +92,8 @@ class RerankTask:
         return length_grouped_batches(self.lengths, global_batch, seed=self.seed, epoch=epoch)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Per member m: its encoder inputs (`member{m}.*`), each pair's label and query slot, each query slot's
+        number of gold pages and the slots that have one (counted on the host: the step reads nothing back)."""
         out: dict[str, torch.Tensor] = {}
         for m, order in enumerate(self.orders):
             units = [order[i] for i in indices]
@@ -94,66 +102,73 @@ class RerankTask:
             out.update({f"member{m}.{name}": tensor for name, tensor in padded.items()})
             out[f"labels{m}"] = torch.tensor([float(self.labels[r]) for r in rows])
             out[f"query{m}"] = torch.tensor([q for q, unit in enumerate(units) for _ in self.groups[unit]])
+            gold = [sum(self.labels[r] for r in self.groups[unit]) for unit in units]
+            out[f"gold{m}"] = torch.tensor(gold, dtype=torch.float32)
+            out[f"ranked{m}"] = torch.tensor([q for q, n in enumerate(gold) if n], dtype=torch.long)
         return out
 
     def counts(self, batch: dict[str, Any]) -> dict[str, float]:
-        out = {}
-        for m in range(len(self.orders)):
-            labels, query = batch[f"labels{m}"], batch[f"query{m}"]
-            gold = torch.zeros(int(query.max()) + 1, device=query.device).index_add_(0, query, labels)
-            out |= {f"pairs{m}": float(len(labels)), f"ranked{m}": float((gold > 0).sum())}
-        return out
+        return {name: float(len(batch[f"{key}{m}"])) for m in range(len(self.orders))
+                for name, key in ((f"pairs{m}", "labels"), (f"ranked{m}", "ranked"))}
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        members = getattr(model, "module", model).members
+        members = len(self.orders)
+        inputs = [{k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"member{m}.")}
+                  for m in range(members)]
         device = batch["labels0"].device
         total = torch.zeros((), device=device)
         parts = {"bce": torch.zeros((), device=device), "listwise": torch.zeros((), device=device)}
-        for m, member in enumerate(members):
-            inputs = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"member{m}.")}
-            logits = member(**inputs).logits[:, 0].float()
+        for m, logits in enumerate(model(inputs)):  # through DDP's forward: the members' gradients are all-reduced
             labels = batch[f"labels{m}"]
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / \
                 totals[f"pairs{m}"]
             total, parts["bce"] = total + bce, parts["bce"] + bce.detach()
             if self.listwise and totals[f"ranked{m}"]:
-                listwise = _listwise(logits, labels, batch[f"query{m}"]) / totals[f"ranked{m}"]
+                listwise = _listwise(logits, labels, batch[f"query{m}"], batch[f"gold{m}"]) / totals[f"ranked{m}"]
                 total, parts["listwise"] = total + listwise, parts["listwise"] + listwise.detach()
-        return total, {name: value / len(members) for name, value in parts.items()} | \
-            {"loss": total.detach() / len(members)}
+        return total, {name: value / members for name, value in parts.items()} | {"loss": total.detach() / members}
 
     def after_step(self, model: torch.nn.Module, step: int, no_sync: Any) -> dict[str, float]:
         if step in self.swa_steps and self.main and self.snapshots is not None:
             self.snapshots.mkdir(parents=True, exist_ok=True)
-            state = {k: v.detach().clone().contiguous() for k, v in model.members[0].state_dict().items()}
+            state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.members[0].state_dict().items()}
             tmp = self.snapshots / f".step-{step:06d}.safetensors"
             save_file(state, tmp)
             tmp.replace(self.snapshots / f"step-{step:06d}.safetensors")
         return {}
 
 
-def _listwise(logits: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """Σ over the batch's queries with a gold page of −(1/|G|) Σ_{g∈G} log softmax(z_query)_g."""
-    queries, device = int(query.max()) + 1, logits.device
+def _listwise(logits: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """Σ over the batch's queries with a gold page of −(1/|G|) Σ_{g∈G} log softmax(z_query)_g; `query` is each
+    pair's query slot, `gold` each slot's number of gold pages (no value is read back to the host)."""
+    queries, device = len(gold), logits.device
     top = torch.full((queries,), -torch.inf, device=device).scatter_reduce(0, query, logits.detach(), "amax")
     shifted = logits - top[query]  # each query's own max: no exp overflows or underflows to an empty sum
     log_norm = torch.zeros(queries, device=device).index_add_(0, query, shifted.exp()).log()
     log_p = shifted - log_norm[query]
-    gold = torch.zeros(queries, device=device).index_add_(0, query, labels)
     per_query = torch.zeros(queries, device=device).index_add_(0, query, log_p * labels)
-    ranked = gold > 0
-    return -(per_query[ranked] / gold[ranked]).sum()
+    return -torch.where(gold > 0, per_query / gold.clamp(min=1), 0.0).sum()
+
+def quality_tensor(scorer: PairScorer, pairs: list[LabelledPair]) -> torch.Tensor:
+    """[accuracy (P ≥ 0.5 vs label), BCE loss, ROC AUC (nan without both labels)] of one deterministic pass over
+    the pairs, on the scorer's model's device."""
+    texts = [(p.query, p.context) for p in pairs]
+    logits = scorer.device_logits(scorer.batches(texts), len(texts))
+    device = logits.device
+    labels = torch.tensor([float(p.label) for p in pairs], device=device)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    accuracy = ((logits >= 0).float() == labels).float().mean()
+    pos = logits[torch.tensor([i for i, p in enumerate(pairs) if p.label == 1], dtype=torch.long, device=device)]
+    neg = logits[torch.tensor([i for i, p in enumerate(pairs) if p.label == 0], dtype=torch.long, device=device)]
+    auc = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean() \
+        if len(pos) and len(neg) else torch.tensor(float("nan"), device=device)
+    return torch.stack([accuracy, loss, auc])
+
 
 def pair_quality(scorer: PairScorer, pairs: list[LabelledPair]) -> dict[str, float]:
-    """Held-out pair accuracy (P ≥ 0.5 vs label), BCE loss and ROC AUC of one deterministic pass."""
-    logits = scorer.score([(p.query, p.context) for p in pairs])
-    labels = torch.tensor([float(p.label) for p in pairs])
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
-    accuracy = ((logits >= 0).float() == labels).float().mean().item()
-    pos, neg = logits[labels == 1], logits[labels == 0]
-    auc = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean().item() \
-        if len(pos) and len(neg) else float("nan")
+    """Held-out pair accuracy, BCE loss and ROC AUC (`quality_tensor`), read back once."""
+    accuracy, loss, auc = quality_tensor(scorer, pairs).tolist()
     return {"accuracy": round(accuracy, 4), "loss": round(loss, 4), "auc": round(auc, 4)}
 
 
@@ -229,17 +244,20 @@ class RerankTrainer(Trainer):
                                seed=opts.seed, swa_steps=self.swa_steps(), listwise=opts.loss == "bce+listwise")
         return Members(models), self.task
 
-    def _quality(self, model: Any) -> dict[str, float] | None:
+    def _quality(self, member: Any) -> dict[str, float] | None:
+        """Held-out quality of one member, on the member's device; no collective, so under DDP each process
+        scores the unwrapped (whole) member by itself."""
         if not self.heldout:
             return None
-        return pair_quality(PairScorer(model, self.tokenizer, max_length=self.opts.max_length), self.heldout)
+        return pair_quality(PairScorer(member, self.tokenizer, max_length=self.opts.max_length), self.heldout)
 
     def before_training(self, run: Any, model: Any, accelerator: Any) -> None:
         self.task.snapshots, self.task.main = run.path / SNAPSHOTS, accelerator.is_main_process
+        model.to(accelerator.device)  # where the loop trains it: the held-out pass runs there too
         self.before = self._quality(model.members[0])
 
     def summarize(self, result: dict[str, Any], run: Any) -> dict[str, Any]:
-        after = self._quality(result["model"].members[0])
+        after = self._quality(result["model"].members[0])  # the unwrapped (under FSDP, gathered) model
         return {"bayes": self.opts.bayes, "members": self.members(), "model_dir": str(run.path / "model"),
                 "index": str(self.index.folder), "pairs": self.pairs, "skipped": self.skips.as_dict(),
                 "queries_per_s": result["examples_per_s"],

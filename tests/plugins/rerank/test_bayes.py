@@ -112,7 +112,8 @@ def test_the_listwise_term_is_the_softmax_cross_entropy_of_each_querys_gold_page
     logits = torch.tensor([2.0, 0.5, -1.0, 3.0, 1.0, 0.0, 40.0, -40.0, 4.0, 9.0])
     labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     query = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])  # query 3 has no gold page: it adds nothing
+    gold = torch.tensor([1.0, 2.0, 1.0, 0.0])
     by_hand = -torch.log_softmax(logits[:3], 0)[0] - (torch.log_softmax(logits[3:6], 0)[1:].sum() / 2) \
         - torch.log_softmax(logits[6:8], 0)[1]
-    assert torch.allclose(_listwise(logits, labels, query), by_hand, atol=1e-5)
-    assert torch.isfinite(_listwise(logits * 10, labels, query))  # logits far apart: no overflow to inf or nan
+    assert torch.allclose(_listwise(logits, labels, query, gold), by_hand, atol=1e-5)
+    assert torch.isfinite(_listwise(logits * 10, labels, query, gold))  # far apart: no overflow to inf or nan
