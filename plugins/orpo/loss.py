@@ -33,7 +33,8 @@ def orpo_objective(token_logp: torch.Tensor, batch: dict[str, torch.Tensor], tot
     half = n_seq // 2
     completion = batch["completion"]
     seq_sum = torch.zeros(n_seq, dtype=token_logp.dtype, device=token_logp.device)
-    seq_sum = seq_sum.index_add(0, batch["seq_id"][completion], token_logp[completion])
+    # torch.where rather than boolean indexing: a mask index needs its count on the host, a sync per step on a GPU
+    seq_sum = seq_sum.index_add(0, batch["seq_id"], torch.where(completion, token_logp, 0.0))
     seq_logp = seq_sum / batch["n_completion"]
     logp_w, logp_l = seq_logp[:half], seq_logp[half:]
     nll_sum = -(token_logp * batch["nll"]).sum()

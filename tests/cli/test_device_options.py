@@ -21,9 +21,9 @@ INFERENCE = ("generate", "serve-block", "eval click", "eval benqa", "eval holism
 def _commands(command: click.Command, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
     for name, sub in getattr(command, "commands", {}).items():
         path = f"{prefix} {name}".strip()
-        if isinstance(sub, click.Group):
+        if hasattr(sub, "commands"):  # a group (typer >= 0.22 vendors its own click: no isinstance)
             yield from _commands(sub, path)
-        else:
+        if not hasattr(sub, "commands") or sub.invoke_without_command:  # `lmlab augment` runs by itself too
             yield path, sub
 
 
@@ -31,7 +31,7 @@ ALL = dict(_commands(build_command()))
 
 
 def _option(command: click.Command, flag: str) -> click.Option | None:
-    return next((p for p in command.params if isinstance(p, click.Option) and flag in p.opts), None)
+    return next((p for p in command.params if p.param_type_name == "option" and flag in p.opts), None)
 
 
 @pytest.mark.parametrize("name", INFERENCE)
@@ -51,7 +51,7 @@ def test_every_benchmark_and_the_doctor_take_device() -> None:
 @pytest.mark.parametrize("name", sorted(n for n, c in ALL.items() if _option(c, "--device") is not None))
 def test_device_means_the_same_everywhere(name: str) -> None:
     device = _option(ALL[name], "--device")
-    assert device.type.name == "text" and not device.multiple
+    assert device.type_descriptor.annotation is str and not device.multiple
     assert device.help.startswith(DEVICE_HELP) and device.envvar == "LMLAB_DEVICE"
     assert device.default == "auto"
 
@@ -59,7 +59,7 @@ def test_device_means_the_same_everywhere(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(n for n, c in ALL.items() if _option(c, "--precision") is not None))
 def test_precision_takes_the_same_three_values_everywhere(name: str) -> None:
     precision = _option(ALL[name], "--precision")
-    assert precision.type.name == "text" and precision.default == "auto"
+    assert precision.type_descriptor.annotation is str and precision.default == "auto"
     assert precision.help.startswith(PRECISION_HELP) or precision.help.startswith("auto (bf16 autocast")
 
 

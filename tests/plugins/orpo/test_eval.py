@@ -135,3 +135,27 @@ def test_process_shares_add_up_to_one_process_and_run_the_same_number_of_forward
     assert model.training  # back to train mode after scoring
     for name, value in whole.items():
         assert sum(part[name] for part in parts) == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+class MetaLogprobs(torch.nn.Module):
+    """Stands in for TokenLogprobModel on the meta device (transformers' mask code reads values, which meta
+    tensors have not): every input must already be there, and the log-probs it gives are made there."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+        assert {t.device.type for t in (input_ids, attention_mask, positions, targets)} == {"meta"}
+        return -torch.rand(positions.shape, device=positions.device)
+
+
+def test_scoring_makes_every_tensor_on_the_models_device() -> None:
+    """On the meta device any tensor made on the CPU and mixed in raises, as it would on a GPU."""
+    task = OrpoTask(random_examples(), pad_id=0, beta=BETA, prompt_loss=True, seed=0)
+    seen = []
+
+    def reduce(sums: torch.Tensor) -> torch.Tensor:
+        seen.append(sums.device)
+        return torch.zeros(sums.shape)  # meta tensors hold no values to read back
+
+    scores = HeldOutPairs(task, batch_size=2, device=torch.device("meta"), world=1, rank=0, reduce=reduce,
+                          autocast=contextlib.nullcontext).score(MetaLogprobs())
+    assert seen == [torch.device("meta")] and "eval_loss" in scores
