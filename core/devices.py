@@ -23,10 +23,8 @@ import typer
 
 from lmlab.core.errors import LmlabError
 from lmlab.core.memory import peak_rss_mb, reset_peak_rss
-from lmlab.core.options import RUN_AND_OUTPUT, option
+from lmlab.core.options import DEVICE_HELP, RUN_AND_OUTPUT, option
 
-DEVICE_HELP = ("Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or "
-               "cuda:N.")
 PRECISION_HELP = "Inference dtype: auto (bf16 on a GPU that has it, else fp32), fp32 or bf16."
 PRECISIONS = ("auto", "fp32", "bf16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|meta)$")

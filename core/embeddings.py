@@ -40,7 +40,7 @@ def embedder_path(spec: str) -> str:
     return str(Path(found.origin).parent / "model")
 
 
-def _sentence_transformer(path: str, device: str | None) -> Any:
+def _sentence_transformer(path: str, device: str) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
@@ -49,7 +49,7 @@ def _sentence_transformer(path: str, device: str | None) -> Any:
     if not local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no downloads at run time: a cached model or nothing
     try:
-        return SentenceTransformer(path, device=device or "cpu", local_files_only=not local)
+        return SentenceTransformer(path, device=device, local_files_only=not local)
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot load the embedding model '{path}' ({str(exc).splitlines()[0][:160]}).",
                          hint=f"use the offline default '{DEFAULT_EMBEDDER}', a local sentence-transformers "
@@ -58,12 +58,20 @@ def _sentence_transformer(path: str, device: str | None) -> Any:
 
 class Embedder:
     """A sentence-transformers model: `encode(texts)` gives [N, dim] float32 unit vectors, `batch_size` at a
-    time. `name` is what a vector store records, so queries are embedded by the model that built it."""
+    time. `name` is what a vector store records, so queries are embedded by the model that built it. It runs on
+    `device` (--device; None: auto) in `dtype` (default float32)."""
 
-    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 32, device: str | None = None) -> None:
+    def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 32, device: Any = None,
+                 dtype: Any = None) -> None:
+        from lmlab.core.devices import enable_tf32, resolve_device
+
         self.name = spec
         self.batch_size = batch_size
-        self.model = _sentence_transformer(embedder_path(spec), device)
+        where = resolve_device(device)
+        enable_tf32()
+        self.model = _sentence_transformer(embedder_path(spec), str(where))
+        if dtype is not None:
+            self.model.to(dtype)
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
                        else self.model.get_sentence_embedding_dimension())
 

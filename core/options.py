@@ -72,6 +72,11 @@ def field_metadata(cls: type, name: str) -> dict[str, Any]:
     return {}
 
 
+#: --device's meaning, on every command (the inference fields and Typer types are in lmlab.core.devices).
+DEVICE_HELP = ("Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or "
+               "cuda:N.")
+
+
 @dataclass
 class TrainOptions:
     """The run and training options of every trainer; a trainer's options subclass this, add their own fields
@@ -94,6 +99,8 @@ class TrainOptions:
     precision: str = option("auto", "auto (bf16 autocast on GPUs that have it, else fp32), fp32, or bf16 (autocast "
                             "on any device with native bf16, e.g. CPUs with AVX512-BF16/AMX; weights and optimizer "
                             "stay fp32).", panel=TRAINING)
+    device: str = option("auto", f"{DEVICE_HELP} Under several processes (accelerate launch, torchrun) each takes "
+                         "its own GPU: use auto or cuda.", panel=TRAINING, envvar="LMLAB_DEVICE")
     save_every: int = option(50, "Checkpoint every N steps.", min=1, panel=RUN_AND_OUTPUT)
     seed: int = option(42, "Random seed (data order, init, sampling).", panel=RUN_AND_OUTPUT)
     resume: Path | None = option(None, "Continue a run from its latest checkpoint (the run directory); options "

@@ -113,7 +113,7 @@ class Trainer(ABC):
                              hint=f"drop --overwrite to continue {opts.resume}")
         if opts.resume is None and opts.output_dir is not None:
             check_run_folder(opts.output_dir, self.command, overwrite=opts.overwrite)
-        accelerator = make_accelerator(opts.precision)
+        accelerator = make_accelerator(opts.precision, opts.device)
         run_path = shared_run_path(accelerator, Path(opts.resume) if opts.resume else
                                    new_run_path(self.run_name(), opts.output_dir))
         if opts.overwrite and opts.output_dir is not None and accelerator.is_main_process:

@@ -28,6 +28,7 @@ from rich.markup import escape
 
 from lmlab.core import checkpoint
 from lmlab.core.console import log, set_quiet
+from lmlab.core.devices import enable_tf32, has_native_bf16, resolve_device
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
 from lmlab.core.progress import Progress
 from lmlab.core.report import plot_metrics
@@ -84,19 +85,29 @@ class MonitoredTask(TrainTask, Protocol):
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def make_accelerator(precision: str = "auto") -> Accelerator:
+def make_accelerator(precision: str = "auto", device: str = "auto") -> Accelerator:
     """Mixed precision: "auto" is bf16 autocast where the GPU has it and fp32 on CPU; "bf16" asks for bf16
     autocast on any device (weights, optimizer state and the loss stay float32); "fp32" never autocasts.
+    `device` (--device): auto (accelerate's choice: one GPU per process when there are GPUs), cpu, cuda, or
+    cuda:N for a single process (under several processes accelerate gives each its own GPU by local rank).
     CPU multi-process runs use gloo via torchrun."""
     if precision not in PRECISIONS:
         raise LmlabError(f"Unknown --precision '{precision}'.", hint=f"use one of: {', '.join(PRECISIONS)}")
-    cuda = torch.cuda.is_available()
-    native = torch.cuda.is_bf16_supported() if cuda else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and device.strip().lower().startswith("cuda:"):
+        raise LmlabError(f"--device {device}: with {processes} processes each one trains on its own GPU.",
+                         hint="use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
+    where = resolve_device(device)
+    if where.type == "cuda" and where.index is not None:
+        torch.cuda.set_device(where)  # accelerate's single-process device is the current CUDA device
+    cuda = where.type == "cuda"
+    native = has_native_bf16(where)
     if precision == "bf16" and not native:
-        raise LmlabError("--precision bf16: this device has no native bfloat16 support.",
+        raise LmlabError(f"--precision bf16: {where} has no native bfloat16 support.",
                          hint="use --precision fp32 (or auto)")
-    auto = cuda and torch.cuda.is_bf16_supported()
-    mixed = "bf16" if precision == "bf16" or (precision == "auto" and auto) else "no"
+    mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda and native) else "no"
+    if cuda:
+        enable_tf32()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed)
     if not accelerator.is_main_process:
         set_quiet(True)  # one process talks

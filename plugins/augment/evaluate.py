@@ -208,7 +208,7 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
     held_out = load_instances(test, need_context=True)
     systems = [(BASELINE, [train], []), *((name, [train, path], load_instances(path, need_context=True))
                                          for name, path in zip(names, opts.augmented, strict=True))]
-    accelerator = make_accelerator(opts.precision)
+    accelerator = make_accelerator(opts.precision, opts.device)
     recorded = _recorded(opts, train, test)
     eval_dir = shared_run_path(accelerator, _eval_dir(opts, recorded, accelerator.is_main_process))
     if opts.resume is None:

@@ -26,6 +26,7 @@ def add_instances(store: VectorStore, folder: Path, items: list[Instance], embed
 
 
 def run_index(opts: IndexOptions) -> dict[str, Any]:
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     files = opts.store or [str(example("augment/store.jsonl"))]
     items = load_instances(files)
     folder = Path(opts.output)
@@ -34,7 +35,8 @@ def run_index(opts: IndexOptions) -> dict[str, Any]:
     started = time.perf_counter()
     added = 0
     if any(item.id not in store.ids for item in items):  # the model loads only when there is something to embed
-        added = add_instances(store, folder, items, Embedder(opts.embedder, batch_size=opts.batch_size),
+        added = add_instances(store, folder, items, Embedder(opts.embedder, batch_size=opts.batch_size,
+                                                                  device=device, dtype=dtype),
                               save_every=opts.save_every)
     seconds = time.perf_counter() - started
     if not added:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.core.backends import BackendOptions
+from lmlab.core.devices import DeviceOptions
 from lmlab.core.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
 
@@ -28,6 +29,7 @@ class IndexOptions:
     batch_size: int = option(32, "Texts per embedding batch.", min=1)
     save_every: int = option(2048, "Save the store after this many new rows (an interrupted index resumes).",
                              min=1, panel=RUN_AND_OUTPUT)
+    placement: DeviceOptions = group(DeviceOptions)  # the embedder
 
 
 @dataclass

@@ -4,12 +4,14 @@ dedupe each generation, and append what is kept, resumably (see journal.py), the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lmlab.core.backends import Backend, GenerateRequest, load_backend
 from lmlab.core.console import log
+from lmlab.core.devices import inference_dtype, resolve_device
 from lmlab.core.errors import Interrupted, LmlabError
 from lmlab.core.paths import example
 from lmlab.core.progress import Progress
@@ -53,15 +55,15 @@ def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
     return None, load_instances(str(source))
 
 
-def _index_into_run(rows: list[Instance], source: Path, run: RunDir) -> Any:
+def _index_into_run(rows: list[Instance], source: Path, run: RunDir, embedder: Callable[[str], Any]) -> Any:
     """The instance files indexed into the run folder's store/ (once: a rerun finds them there)."""
-    from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
+    from lmlab.core.embeddings import DEFAULT_EMBEDDER
     from lmlab.core.vector_store import open_store
     from lmlab.plugins.augment.index import add_instances
 
     folder = run.path / "store"
     store = open_store(folder, DEFAULT_EMBEDDER, "flat")
-    added = add_instances(store, folder, rows, Embedder(store.info.embedder), save_every=2048)
+    added = add_instances(store, folder, rows, embedder(store.info.embedder), save_every=2048)
     if added:
         log(f"indexed {added} store rows from {source} into {folder}")
     return store
@@ -111,6 +113,8 @@ def _generate_chunk(backend: Backend, chunk: list[WorkItem], requests: list[Gene
 
 
 def run_augment(opts: AugmentOptions) -> dict[str, Any]:
+    device = resolve_device(opts.model.device)  # a GPU asked for that is not there is refused before any work
+    dtype = inference_dtype(opts.model.precision, device)
     template = load_template(opts.template)
     check_mode(opts.retrieval, template)
     seeds = load_instances(opts.seeds or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
@@ -131,8 +135,11 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     if opts.retrieval != "none":
         from lmlab.core.embeddings import Embedder
 
-        store = store if rows is None else _index_into_run(rows, source, run)
-        vectors = Embedder(store.info.embedder).encode([embed_text(s) for s in seeds])
+        def embedder(name: str) -> Embedder:
+            return Embedder(name, device=device, dtype=dtype)  # where the generator runs
+
+        store = store if rows is None else _index_into_run(rows, source, run, embedder)
+        vectors = embedder(store.info.embedder).encode([embed_text(s) for s in seeds])
     items = plan(seeds, vectors, store, template, mode=opts.retrieval, multiplier=opts.multiplier, demos=opts.demos,
                  pool=opts.pool, run_seed=opts.model.seed)
     journal = Journal(run.path)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
 from lmlab.core.errors import LmlabError
 from lmlab.core.progress import Progress
 from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, placement
 from lmlab.core.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store
+
+if TYPE_CHECKING:
+    import torch
 
 
 def document_text(title: str, text: str) -> str:
@@ -30,8 +33,8 @@ def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, An
     embedder_name = options.get("embedder", DEFAULT_EMBEDDER)
     store = open_store(folder, embedder_name, options.get("index", "flat"))
     if any(d.id not in store.ids for d in corpus.documents):  # the model loads only when there is work
-        device, _ = placement(options)
-        embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)), device=str(device))
+        device, dtype = placement(options)
+        embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)), device=device, dtype=dtype)
         todo = [d for d in corpus.documents if d.id not in store.ids]
         with Progress("dense", len(todo), line="{label}: {completed}/{total} documents embedded") as progress:
             add_missing(store, folder, [{"id": d.id} for d in todo], [document_text(d.title, d.text) for d in todo],
@@ -40,9 +43,9 @@ def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, An
 
 
 class DenseRetriever:
-    def __init__(self, index: RetrievalIndex, batch_size: int, device: str) -> None:
+    def __init__(self, index: RetrievalIndex, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         self.store = VectorStore.load(index.folder / "dense")
-        self.embedder = Embedder(self.store.info.embedder, batch_size=batch_size, device=device)
+        self.embedder = Embedder(self.store.info.embedder, batch_size=batch_size, device=device, dtype=dtype)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         hits = self.store.search(self.embedder.encode(list(queries)), k)
@@ -50,5 +53,5 @@ class DenseRetriever:
 
 
 def open_dense(index: RetrievalIndex, options: dict[str, Any]) -> DenseRetriever:
-    device, _ = placement(options)
-    return DenseRetriever(index, int(options.get("batch_size", 32)), str(device))
+    device, dtype = placement(options)
+    return DenseRetriever(index, int(options.get("batch_size", 32)), device, dtype)

@@ -77,3 +77,44 @@ def test_a_gpu_that_is_not_there_is_one_line_and_exit_2(args: tuple[str, ...]) -
 def test_an_unknown_device_names_the_choices() -> None:
     done = run_cli("eval", "click", "--device", "gpu0", "--limit", "1")
     assert done.returncode == 2 and "Unknown --device 'gpu0'" in done.stderr and "cuda:N" in done.stderr
+
+
+TRAINERS = ("train-orpo", "train-mapo", "pretrain", "retrieve train", "retrieve train-reranker", "augment eval")
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_every_trainer_takes_device(name: str) -> None:
+    assert _option(ALL[name], "--device") is not None, f"lmlab {name} has no --device"
+
+
+@pytest.mark.parametrize("args", [("train-orpo", "--device", "cuda", "--max-steps", "1"),
+                                  ("augment", "index", "--device", "cuda")])
+def test_a_trainer_or_indexer_asked_for_a_missing_gpu_writes_nothing(args: tuple[str, ...], tmp_path) -> None:
+    done = run_cli(*args, "--output-dir" if args[0] != "augment" else "--output", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    assert "no CUDA GPU is visible" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_gpu_index_under_several_processes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmlab.core.errors import LmlabError
+    from lmlab.core.training import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(LmlabError, match="each one trains on its own GPU") as refused:
+        make_accelerator("fp32", "cuda:1")
+    assert "CUDA_VISIBLE_DEVICES" in refused.value.hint
+
+
+def test_the_embedder_runs_where_and_in_the_dtype_it_is_told() -> None:
+    import numpy as np
+    import torch
+
+    from lmlab.core.embeddings import Embedder
+
+    texts = ["the closest planet to the sun", "a bowed string instrument"]
+    full, half = Embedder(device="cpu"), Embedder(device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in full.model.parameters()} == {"cpu"}
+    a, b = full.encode(texts), half.encode(texts)
+    assert a.dtype == b.dtype == np.float32 and np.allclose(a, b, atol=2e-2) and not np.array_equal(a, b)
