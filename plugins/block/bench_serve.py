@@ -141,7 +141,7 @@ def bench_serve(
         "requests_per_level": requests, "max_seconds_per_level": max_seconds, "timeout_seconds": timeout,
         "modes": {"batch1": 1, "dynamic": batch_size}, "batch_window_ms": BATCH_WINDOW_MS, "max_queue": MAX_QUEUE,
         "warmup_requests": WARMUP_REQUESTS, "seed": seed, "dtype": "float32", **where, "threads": threads,
-        "server": "`python -m lmlab.cli serve-block MODEL --max-batch-size N` in a subprocess, OMP_NUM_THREADS = "
+        "server": "`python -m lmlab.cli serve-block MODEL --max-batch-size N --precision fp32` in a subprocess, OMP_NUM_THREADS = "
                   "threads; stopped with SIGTERM",
         "client": "in the parent process: `concurrency` asyncio httpx.AsyncClients with one connection each, in a "
                   "closed loop (each sends its next request when its last is answered), POST /v1/completions "
@@ -251,7 +251,8 @@ def start_server(folder: Path, max_batch_size: int, settings: dict[str, Any],
     port = _free_port()
     args = [sys.executable, "-m", "lmlab.cli", "serve-block", str(folder), "--port", str(port), "--max-batch-size",
             str(max_batch_size), "--batch-window-ms", str(BATCH_WINDOW_MS), "--max-queue", str(MAX_QUEUE),
-            "--max-tokens", str(settings["max_tokens"]), "--drain-seconds", str(DRAIN_SECONDS)]
+            "--max-tokens", str(settings["max_tokens"]), "--drain-seconds", str(DRAIN_SECONDS),
+            "--precision", "fp32"]  # the settings' dtype (auto would be bf16 on a GPU)
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"]), **WORKER_ENV, **device_env(settings["device"])}
     tick = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
