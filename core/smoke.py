@@ -80,13 +80,14 @@ def _seed_rows(path: Path, n: int) -> Path:
 
 
 def steps(out: Path, device: str, size: str) -> list[Step]:
-    """The commands, at `size`, writing under `out`, with `--device device` wherever a model runs outside the
-    training loop. The trainers use bf16 autocast on a GPU (`--precision auto`) and fp32 on the CPU."""
+    """The commands, at `size`, writing under `out`, each with `--device device`. The trainers use bf16 autocast
+    on a GPU (`--precision auto`) and fp32 on the CPU."""
     small = size == "small"
     dev = ["--device", device]
     q = ["--quiet"]
-    gpt = ["--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "64"]
-    orpo = ["train-orpo", "--model", "tiny-llama", "--batch-size", "2", "--max-length", "64", "--save-every", "1", *q]
+    gpt = ["--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--block-size", "64", *dev]
+    orpo = ["train-orpo", "--model", "tiny-llama", "--batch-size", "2", "--max-length", "64", "--save-every", "1", *q,
+            *dev]
     train_steps = "4" if small else "2"
     fsdp_env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
                 "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}
@@ -95,12 +96,12 @@ def steps(out: Path, device: str, size: str) -> list[Step]:
     return [
         Step("train-orpo", [*orpo, "--max-steps", train_steps, "-o", str(out / "orpo")]),
         Step("train-orpo --resume", ["train-orpo", "--resume", str(out / "orpo"), "--max-steps",
-                                     str(int(train_steps) + 1), *q], needs="train-orpo"),
+                                     str(int(train_steps) + 1), *q, *dev], needs="train-orpo"),
         Step("train-orpo --lora", [*orpo, "--lora", "--max-steps", "1", "-o", str(out / "orpo-lora")]),
         Step("train-orpo --gradient-checkpointing", [*orpo, "--gradient-checkpointing", "--max-steps", "1",
                                                      "-o", str(out / "orpo-gc")]),
         Step("train-mapo", ["train-mapo", "--max-steps", train_steps, "--batch-size", "1", "--samples", "1",
-                            "--sample-steps", "2", "-o", str(out / "mapo"), *q]),
+                            "--sample-steps", "2", "-o", str(out / "mapo"), *q, *dev]),
         Step("pretrain", ["pretrain", *gpt, "--max-steps", train_steps, "-o", str(out / "gpt"), *q]),
         Step("pretrain (FSDP2, one rank)", ["lmlab.cli", "pretrain", *gpt, "--max-steps", "2", "-o",
                                             str(out / "gpt-fsdp2"), *q], launcher=torchrun, env=fsdp_env),
@@ -117,9 +118,15 @@ def steps(out: Path, device: str, size: str) -> list[Step]:
         Step("retrieve search", ["retrieve", "search", "--index", str(out / "index"), "-r", "dense", "--query",
                                  "Which planet is nearest the Sun?", "--top-k", "3", *dev, *q],
              needs="retrieve index"),
+        Step("retrieve train --method reinforce", ["retrieve", "train", "--index", str(out / "index"), "--method",
+                                                   "reinforce", "--model", "tiny-llama", "--max-steps", train_steps,
+                                                   "--batch-size", "2", "--num-beams", "2", "-o",
+                                                   str(out / "reinforce"), *q, *dev],
+             needs="retrieve index"),
         Step("retrieve train-reranker", ["retrieve", "train-reranker", "--index", str(out / "index"), "--members",
                                          "2", "--max-steps", train_steps, "--batch-size", "2", "--max-length", "64",
-                                         "--swa-window", "2", "--swa-every", "1", "-o", str(out / "reranker"), *q],
+                                         "--swa-window", "2", "--swa-every", "1", "-o", str(out / "reranker"), *q,
+                                         *dev],
              needs="retrieve index"),
         Step("augment eval", ["augment", "eval", "-a", str(augmented), "--max-steps", train_steps, "--max-length",
                               "128", "-o", str(out / "augment-eval"), *dev, *q]),
