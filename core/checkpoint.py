@@ -14,7 +14,11 @@ when their state.json reads.
 Under FSDP (accelerate's `fsdp_version: 2`) the shards of every process are gathered whole onto process 0
 (accelerate's `get_state_dict` for the weights, torch's `get_optimizer_state_dict` for AdamW's moments) and
 written to the same files; loading reads them on process 0 and hands each process its shard. Nothing is
-unpickled: weights are safetensors and the rest goes through `torch.load(weights_only=True)`.
+unpickled: weights are safetensors and the rest goes through `torch.load(weights_only=True)`, always with a
+`map_location` (the optimizer's moments onto this process's device, everything else onto the CPU), so no process
+loads a tensor onto the GPU that saved it (N copies on cuda:0 under DDP).
+
+Each process saves and restores its own RNG state (rng-<rank>.pt): the loop seeds every process differently.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from rich.markup import escape
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -175,9 +179,10 @@ def save(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, opti
 
 
 def load(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, optimizer: Any,
-         scheduler: Any) -> dict[str, Any]:
+         scheduler: Any, seed: int) -> dict[str, Any]:
     """Restore the prepared model and optimizer, the scheduler and this process's RNG; return the saved
-    trainer state."""
+    trainer state. A process the saving run did not have (resumed with more processes) seeds its RNGs from
+    (`seed`, step, rank) rather than copying another process's stream."""
     saved = json.loads((folder / STATE).read_text())
     saved.pop(FILES, None)
     if saved.get("fsdp", False) != accelerator.is_fsdp2:
@@ -194,14 +199,21 @@ def load(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, opti
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         main = accelerator.is_main_process
         set_model_state_dict(model, load_file(folder / MODEL) if main else {}, options=options)
-        moments = torch.load(folder / OPTIMIZER, weights_only=True) if main else {}
+        moments = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True) if main else {}
         set_optimizer_state_dict(model, optimizer, moments, options=options)
     else:
         load_model(accelerator.unwrap_model(model), str(folder / MODEL))
-        optimizer.load_state_dict(torch.load(folder / OPTIMIZER, weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / SCHEDULER, weights_only=True))
-    rng = folder / f"rng-{accelerator.process_index}.pt"
-    set_rng_state(torch.load(rng if rng.exists() else folder / "rng-0.pt", weights_only=True))
+        # Straight onto this process's device (a multi-process CPU run names its device "cpu:0", which torch.load
+        # does not take: the CPU is "cpu").
+        where = accelerator.device if accelerator.device.type != "cpu" else "cpu"
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER, map_location=where, weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / SCHEDULER, map_location="cpu", weights_only=True))
+    rank = accelerator.process_index
+    rng = folder / f"rng-{rank}.pt"
+    if rng.exists():
+        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))  # RNG states are CPU byte tensors
+    else:
+        set_seed(hash((seed, saved["step"], rank)) & 0xFFFF_FFFF)
     return saved
 
 

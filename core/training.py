@@ -5,6 +5,16 @@ accumulation, exact loss normalisation across micro-batches and processes, lr sc
 metrics.jsonl, progress, atomic checkpoints, bit-for-bit `--resume`, the NaN/Inf guard, and a clean save on
 SIGINT/SIGTERM. Launched with `torchrun`/`accelerate launch`, N processes with per-process batch B/N give
 the same trajectory as one process with batch B, because every loss term is divided by its global count.
+
+Under several processes the model arrives with the same weights on every process (the trainer seeds its init);
+the loop then seeds each process's RNGs with seed + rank, so dropout masks and a method's noise differ between
+processes while the data order (a function of seed and epoch) stays shared. A stop signal received by any one
+process stops all of them after the same step: the flag travels in the tensor of metrics every step already
+reduces, and every process saves and exits there.
+
+Host syncs: a step reads the device back once (its metrics, gradient norm and the stop flag, which the NaN guard
+needs before the update); several processes also wait once for the global token counts. Counts are taken from
+the host batch before it moves (pinned, non-blocking on a GPU), so they cost no sync.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from rich.markup import escape
 
 from lmlab.core import checkpoint
 from lmlab.core.console import log, set_quiet
-from lmlab.core.devices import enable_tf32, has_native_bf16, resolve_device
+from lmlab.core.devices import enable_tf32, has_native_bf16, resolve_device, synchronize
 from lmlab.core.errors import Interrupted, LmlabError, TrainingDiverged
 from lmlab.core.progress import Progress
 from lmlab.core.report import plot_metrics
@@ -65,7 +75,8 @@ class TrainTask(Protocol):
         """Tensors for one micro-batch."""
 
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Normalisers of this micro-batch (e.g. tokens, examples); the loop sums them over the global batch."""
+        """Normalisers of this micro-batch (e.g. tokens, examples), from `collate`'s host tensors (before the loop
+        moves them to the device, so reading them costs no sync); the loop sums them over the global batch."""
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -175,7 +186,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     """Train `model` for cfg.max_steps optimizer steps; returns the last step's metrics and timings, and the
     trained model (under FSDP, a plain copy holding the gathered weights on every process)."""
     _check_parallelism(accelerator)
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # seed + rank: the model is already built, the same everywhere
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
     optimizer = make_optimizer(model, cfg.weight_decay, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2))
@@ -186,7 +197,8 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     model, optimizer = accelerator.prepare(model, optimizer)
     if resume:
         found = checkpoint.resume_point(run.checkpoints, accelerator)
-        saved = checkpoint.load(found, accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
+        saved = checkpoint.load(found, accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                                seed=cfg.seed)
         if saved["global_batch"] != global_batch:
             raise LmlabError(f"{found}: saved with global batch {saved['global_batch']}, now {global_batch}.",
                              hint="resume with the same --batch-size × --grad-accum × processes")
@@ -201,6 +213,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                         line="step {completed}/{total} {info}")
     epoch_batches: list[list[int]] = []
     record: dict[str, float] = {}
+    synchronize(accelerator.device)
     started = time.perf_counter()
     first_step = state["step"]
 
@@ -218,8 +231,12 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                     epoch_batches = task.batches(state["epoch"], global_batch)
                     continue
                 indices = epoch_batches[state["batch_in_epoch"]]
+                # No synchronize around the step: its one read-back (the metrics) waits for all the work queued
+                # before it, the previous update included, so step_time counts the device's work with no sync of
+                # its own (the last update is waited for before train_seconds is read).
                 tick = time.perf_counter()
-                record = _step(model, task, accelerator, optimizer, indices, cfg, world, rank, trainable)
+                record, stopping = _step(model, task, accelerator, optimizer, indices, cfg, world, rank, trainable,
+                                         stop)
                 if not (_finite(record["loss"]) and _finite(record["grad_norm"])):
                     last = checkpoint.latest(run.checkpoints)
                     raise TrainingDiverged(
@@ -242,15 +259,15 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 sink.write(record)
                 progress.update(state["step"], f"loss {record['loss']:.4f} · {record['examples_per_s']:.1f} ex/s · "
                                                 f"lr {record['lr']:.3g}")
-                if state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-                    save()
-                if stop.signal is not None:
+                if stopping or state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
                     where = save()
+                if stopping:  # a signal reached some process: every process saved this step and stops here
                     raise Interrupted(f"Interrupted at step {state['step']}; saved {where}.",
                                       hint=f"continue with --resume {run.path}")
         finally:
             progress.close()
             sink.close()
+    synchronize(accelerator.device)
     seconds = time.perf_counter() - started
     steps = state["step"] - first_step
     return {"steps": state["step"], "epochs": state["epoch"] + 1, "train_seconds": round(seconds, 3),
@@ -293,20 +310,20 @@ def _whole(model: torch.nn.Module, skeleton: torch.nn.Module, device: torch.devi
 
 
 def _step(model: torch.nn.Module, task: TrainTask, accelerator: Accelerator, optimizer: Any,
-          indices: list[int], cfg: TrainConfig, world: int, rank: int,
-          trainable: list[torch.nn.Parameter]) -> dict[str, float]:
-    """One optimizer step's forward/backward over this process's micro-batches of the global batch."""
+          indices: list[int], cfg: TrainConfig, world: int, rank: int, trainable: list[torch.nn.Parameter],
+          stop: StopRequest) -> tuple[dict[str, float], bool]:
+    """One optimizer step's forward/backward over this process's micro-batches of the global batch; returns its
+    metrics (with the gradient norm) and whether a stop signal reached any process by the end of its backward,
+    read back from the device once."""
     size = cfg.batch_size
     micro = [indices[(m * world + rank) * size:(m * world + rank + 1) * size] for m in range(cfg.grad_accum)]
-    batches = [{k: v.to(accelerator.device) for k, v in task.collate(ix).items()} for ix in micro]
+    collated = [task.collate(ix) for ix in micro]
     local: dict[str, float] = {}
-    for batch in batches:
+    for batch in collated:
         for key, value in task.counts(batch).items():
             local[key] = local.get(key, 0.0) + float(value)
-    keys = sorted(local)
-    summed = accelerator.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64,
-                                             device=accelerator.device), reduction="sum")
-    totals = dict(zip(keys, summed.tolist(), strict=True))
+    batches = [_to_device(batch, accelerator.device) for batch in collated]
+    totals = _global_totals(local, accelerator) if world > 1 else local
     sums: dict[str, torch.Tensor] = {}
     for m, batch in enumerate(batches):
         sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(model)
@@ -316,17 +333,31 @@ def _step(model: torch.nn.Module, task: TrainTask, accelerator: Accelerator, opt
             accelerator.backward(loss * world)
         for key, value in {"loss": loss, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float()
+    # Without clipping, an infinite threshold: the same total norm (DTensor-aware under FSDP), gradients × 1.
+    norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
     names = sorted(sums)
-    reduced = accelerator.reduce(torch.stack([sums[k] for k in names]), reduction="sum")
-    record = dict(zip(names, reduced.tolist(), strict=True))
-    norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-    record["grad_norm"] = float(norm) if norm is not None else _grad_norm(trainable)
-    return record
+    flag = torch.full((1,), float(stop.signal is not None), device=accelerator.device)
+    reduced = accelerator.reduce(torch.cat([torch.stack([sums[k] for k in names]), flag]), reduction="sum")
+    values = torch.cat([reduced, norm.detach().float().reshape(1).to(reduced.device)]).tolist()
+    record = dict(zip(names, values[:len(names)], strict=True))
+    record["grad_norm"] = values[-1]
+    return record, values[-2] > 0
 
 
-def _grad_norm(params: list[torch.nn.Parameter]) -> float:
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on `device`: to a GPU through pinned memory, asynchronously (a pageable copy blocks the
+    host until the device has taken it)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _global_totals(local: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+    """This process's counts summed over every process (the step's one wait besides its metrics)."""
+    keys = sorted(local)
+    summed = accelerator.reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64,
+                                             device=accelerator.device), reduction="sum")
+    return dict(zip(keys, summed.tolist(), strict=True))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -87,4 +87,5 @@ def test_one_process_ddp_and_fsdp2_are_accepted(kind: DistributedType, fsdp2: bo
 def test_a_checkpoint_resumes_only_under_the_sharding_that_wrote_it(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text(json.dumps({"step": 2, "fsdp": True}))
     with pytest.raises(LmlabError, match="written by a run with FSDP, resumed without it"):
-        checkpoint.load(tmp_path, SimpleNamespace(is_fsdp2=False), model=None, optimizer=None, scheduler=None)
+        checkpoint.load(tmp_path, SimpleNamespace(is_fsdp2=False), model=None, optimizer=None, scheduler=None,
+                        seed=0)
