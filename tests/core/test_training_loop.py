@@ -3,6 +3,7 @@ guard and bit-for-bit resume."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from safetensors.torch import load_file
 from lmlab.core.errors import TrainingDiverged
 from lmlab.core.report import read_metrics
 from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, make_accelerator, train
+from lmlab.core.signals import StopRequest
+from lmlab.core.training import TrainConfig, _step, make_accelerator, train
 
 DIM = 3
 
@@ -120,3 +122,48 @@ def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
     rows = read_metrics(tmp_path / "resumed" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in rows] == [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl")]
+
+
+class MetaAccelerator:
+    """One process whose device is `meta`: any CPU tensor that meets the model's raises, and so does any read-back
+    but the one `tolist` the test counts."""
+
+    device = torch.device("meta")
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        return tensor
+
+    def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+@pytest.mark.parametrize(("world", "reads"), [(1, 1), (2, 2)])
+def test_a_step_runs_on_the_models_device_and_reads_back_once(monkeypatch, world: int, reads: int) -> None:
+    """Batches moved to the model's device, counts taken from the host batch (a count of a meta tensor raises),
+    the stop flag and gradient norm made there; one read-back a step (several processes: one more, for the global
+    counts)."""
+    read: list[torch.device] = []
+
+    def tolist(tensor: torch.Tensor) -> list[float]:
+        read.append(tensor.device)
+        return [0.0] * tensor.numel()
+
+    model = toy_model().to("meta")
+    trainable = list(model.parameters())
+    task = TokenRegression()
+    indices = task.batches(0, 4 * world)[0]
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    record, stopping = _step(model, task, MetaAccelerator(), None, indices,
+                             TrainConfig(batch_size=2, grad_accum=2), world, 0, trainable, StopRequest())
+    assert read == [torch.device("meta")] * reads
+    assert set(record) == {"loss", "tokens", "grad_norm"} and stopping is False
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in trainable)
