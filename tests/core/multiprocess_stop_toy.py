@@ -1,11 +1,13 @@
 """Two torchrun processes (gloo, CPU, DDP) through `lmlab.core.training.train`, for test_multiprocess_stop.py.
 
-python multiprocess_stop_toy.py OUT
+python multiprocess_stop_toy.py OUT ONE
 The task's loss is scaled by a `torch.rand` draw, so each process's RNG shapes the trajectory. Three runs of 4 steps
 (checkpoints every 2):
   OUT/straight  uninterrupted;
   OUT/stopped   process 1 sends itself SIGTERM during step 3 (process 0 gets no signal), then
-  OUT/stopped   resumed from its newest checkpoint with a new model and optimizer, `torch.load` recording its kwargs.
+  OUT/stopped   resumed from its newest checkpoint with a new model and optimizer, `torch.load` recording its kwargs;
+  ONE           a run of the same model that one process checkpointed at step 2 (global batch 4), resumed by the two:
+                process 1 finds no RNG state of its own there.
 Each process writes what it saw to OUT/rank-<rank>.json: the weights its first step started from, every draw of
 each run, the Interrupted error it got (exit code, message) and the `map_location` of every `torch.load` of the
 resume; each run's main process writes the returned model to RUN/final.safetensors. One launch for all of it: a
@@ -56,6 +58,7 @@ class NoisyNextToken(NextToken):
 
 
 def run(accelerator: Accelerator, path: Path, task: NoisyNextToken, *, resume: bool = False) -> None:
+    """Train `path` for 4 steps (batch 2 per process) from TinyLM's seeded init, or resume it."""
     accelerator.free_memory()  # drop the previous run's prepared model: a trainer prepares one
     torch.manual_seed(1)  # the same initial weights on every process
     cfg = TrainConfig(max_steps=4, batch_size=2, lr=1e-2, schedule="cosine", save_every=2, keep_checkpoints=3)
@@ -77,7 +80,7 @@ def recording_loads(loads: list[dict[str, str]]) -> Any:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    out, one = Path(sys.argv[1]), Path(sys.argv[2])
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
     seen: dict[str, Any] = {"draws": {}}
@@ -92,10 +95,15 @@ def main() -> None:
         seen["interrupted"] = {"exit_code": exc.exit_code, "message": str(exc)}
     seen["draws"]["stopped"] = stopped.draws
 
-    resumed, loads = NoisyNextToken(rank), []
+    resumed, loads, load = NoisyNextToken(rank), [], torch.load
     torch.load = recording_loads(loads)
     run(accelerator, out / "stopped", resumed, resume=True)
+    torch.load = load
     seen["draws"]["resumed"], seen["loads"] = resumed.draws, loads
+
+    widened = NoisyNextToken(rank)
+    run(accelerator, one, widened, resume=True)
+    seen["draws"]["widened"] = widened.draws
     (out / f"rank-{rank}.json").write_text(json.dumps(seen))
 
 

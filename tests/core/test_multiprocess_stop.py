@@ -21,6 +21,9 @@ from safetensors.torch import load_file
 from lmlab.core import checkpoint
 from lmlab.core.errors import EXIT_INTERRUPTED
 from lmlab.core.report import read_metrics
+from lmlab.core.runs import RunDir
+from lmlab.core.training import TrainConfig, make_accelerator, train
+from tests.core.scale_out_toy import NextToken, TinyLM
 
 SCRIPT = Path(__file__).with_name("multiprocess_stop_toy.py")
 
@@ -28,11 +31,15 @@ SCRIPT = Path(__file__).with_name("multiprocess_stop_toy.py")
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("multiprocess")
+    one = out / "one"  # a checkpoint of one process (global batch 4) for the two to resume
+    torch.manual_seed(1)
+    train(TinyLM(), NextToken(crash_after=None), TrainConfig(max_steps=2, batch_size=4, lr=1e-2, save_every=2),
+          RunDir(one), make_accelerator("fp32"))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun, "torchrun ships with torch"
     # In a session of its own, so that a run stuck in a collective (a stop that did not reach every process) is
     # killed whole on timeout rather than left waiting forever.
-    launch = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(out)],
+    launch = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(out), str(one)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
@@ -71,11 +78,13 @@ def test_processes_draw_different_numbers_from_the_same_weights_and_resume_their
     for seen in (zero, one):  # the resume (from step 3) draws what the uninterrupted run drew at step 4
         assert seen["draws"]["stopped"] == seen["draws"]["straight"][:3]
         assert seen["draws"]["resumed"] == seen["draws"]["straight"][3:]
+    # resumed from one process's checkpoint, process 1 has a stream of its own, not a copy of process 0's
+    assert len(one["draws"]["widened"]) == 2 and zero["draws"]["widened"] != one["draws"]["widened"]
 
 
 @pytest.mark.slow
 def test_every_load_of_a_resume_has_a_map_location(launched) -> None:
     _, ranks = launched
     for rank, seen in enumerate(ranks):
-        where = {load["file"]: load["map_location"] for load in seen["loads"]}
-        assert where == {"optimizer.pt": "cpu", "scheduler.pt": "cpu", f"rng-{rank}.pt": "cpu"}
+        assert sorted((load["file"], load["map_location"]) for load in seen["loads"]) == [
+            ("optimizer.pt", "cpu"), (f"rng-{rank}.pt", "cpu"), ("scheduler.pt", "cpu")]
