@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
+from lmlab.core.devices import model_device
 from lmlab.core.token_windows import TokenWindows
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 
@@ -58,30 +60,48 @@ class PretrainTask:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Mean token loss and perplexity over evenly spaced validation windows."""
         picks = self.val.evenly_spaced(self.eval_batches * self.batch_size)
-        device = next(model.parameters()).device
+        device = model_device(model)
         was_training = model.training
         model.eval()
-        total, count = 0.0, 0
+        summed, count = torch.zeros((), dtype=torch.float64, device=device), 0
         for start in range(0, len(picks), self.batch_size):
             batch = self._batch(self.val, picks[start:start + self.batch_size], train=False)
             _, loss_sum = model(batch["input_ids"].to(device), batch["targets"].to(device), reduction="sum")
-            total, count = total + float(loss_sum), count + int((batch["targets"] >= 0).sum())
+            summed += loss_sum.detach()
+            count += int((batch["targets"] >= 0).sum())  # CPU targets: no device read
         model.train(was_training)
+        total = float(summed)  # the one read back from the device
         return {"val_loss": total / count, "val_ppl": math.exp(min(total / count, 50.0))}
 
     def grad_variance(self, model: torch.nn.Module, step: int, no_sync: Any) -> float:
-        """Variance across micro-batches of the token-embedding gradient (what TEV is a cheap proxy for)."""
+        """Variance across micro-batches of the token-embedding gradient (what TEV is a cheap proxy for); every
+        process measures the same micro-batches, so all report the same figure."""
         generator = torch.Generator().manual_seed(self.seed * 7919 + step)
         embedding = model.get_input_embeddings().weight
         device = embedding.device
         grads = []
-        with no_sync():
-            for _ in range(self.grad_var_batches):
-                batch = self._batch(self.train, self.train.sample(self.batch_size, generator), train=True)
+        for _ in range(self.grad_var_batches):
+            batch = self._batch(self.train, self.train.sample(self.batch_size, generator), train=True)
+            if isinstance(embedding, DTensor):
+                grads.append(self._sharded_grad(model, embedding, batch))
+                continue
+            with no_sync():
                 _, loss = model(batch["input_ids"].to(device), batch["targets"].to(device))
                 grad, = torch.autograd.grad(loss, embedding)  # not accumulated into .grad
-                grads.append(grad.detach().float())
+            grads.append(grad.detach().float())
         return embedding_grad_variance(grads)
+
+    @staticmethod
+    def _sharded_grad(model: torch.nn.Module, embedding: DTensor, batch: dict[str, torch.Tensor]) -> DTensor:
+        """One micro-batch's embedding gradient under FSDP2, as this process's shard: autograd sees the gathered
+        weight, not the sharded parameter, so a synced backward reduce-scatters the gradient into the shards'
+        `.grad` (the mean over processes of the same micro-batch: its gradient), which is then taken and cleared.
+        The loop calls `after_step` after `zero_grad`, so no training gradient is in `.grad` to disturb."""
+        _, loss = model(batch["input_ids"].to(embedding.device), batch["targets"].to(embedding.device))
+        loss.backward()
+        grad = embedding.grad.detach().float().clone()
+        model.zero_grad(set_to_none=True)
+        return grad
 
     def after_step(self, model: torch.nn.Module, step: int, no_sync: Any) -> dict[str, float]:
         metrics: dict[str, float] = {}
