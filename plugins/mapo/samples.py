@@ -19,7 +19,9 @@ Box = tuple[int, int, int, int]
 
 
 def sample_grid(parts: DiffusionParts, prompts: list[str], resolution: int, steps: int, seed: int) -> list[Any]:
-    """One image per prompt with fixed seeds, so before/after differ only by the training."""
+    """One image per prompt with fixed seeds, so before/after differ only by the training. The seeds feed CPU
+    generators, as diffusers advises: the pipeline draws its initial latents on the CPU and moves them once, so a
+    prompt gives the same start on any device."""
     import torch
 
     pipe = parts.pipeline()

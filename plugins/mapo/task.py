@@ -33,10 +33,12 @@ class DiffusionPreferenceTask:
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, *, sample: bool = True) -> torch.Tensor:
-        """VAE latents (fp32), scaled; `sample=False` takes the posterior mode (cache, evaluation)."""
+        """VAE latents, scaled, always in fp32 (outside the loop's bf16 autocast, so `--cache-latents` and
+        per-step encoding give the same latents); `sample=False` takes the posterior mode (cache, evaluation)."""
         vae = self.parts.vae
-        dist = vae.encode(pixels.to(self.device, torch.float32)).latent_dist
-        return (dist.sample() if sample else dist.mode()) * vae.config.scaling_factor
+        with torch.autocast(self.device.type, enabled=False):
+            dist = vae.encode(pixels.to(self.device, torch.float32)).latent_dist
+            return (dist.sample() if sample else dist.mode()) * vae.config.scaling_factor
 
     def _cached(self, index: int) -> tuple[torch.Tensor, list[int]]:
         if index not in self.cache:
@@ -108,6 +110,7 @@ class DiffusionPreferenceTask:
         pairs = batch["time_ids"].shape[0]
         latents = batch["latents"] if "latents" in batch else self.encode_images(batch["pixel_values"])
         text = self.encode_text(batch)
+        # drawn where the latents are, from that device's generator (each process's own stream once seeded)
         noise = torch.randn_like(latents[:pairs]).repeat(2, 1, 1, 1)
         steps = self.parts.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (pairs,), device=latents.device).repeat(2)

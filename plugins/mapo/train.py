@@ -4,6 +4,7 @@ before/after sample grid and the held-out alignment."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,8 @@ class MapoTrainer(Trainer):
     def before_training(self, run: Any, model: torch.nn.Module, accelerator: Any) -> None:
         opts = self.opts
         self.prompts = [p.caption for p in (self.held or self.pairs)[:opts.samples]]
-        self.before_gap = heldout_gap(self.task, model.to(accelerator.device), self.held, opts.seed) \
-            if self.held else None
+        model.to(accelerator.device)  # where the task put the VAE and text encoders: the sampler uses them all
+        self.before_gap = heldout_gap(self.task, model, self.held, opts.seed) if self.held else None
         self.before = sample_grid(self.parts, self.prompts, self.resolution, opts.sample_steps, opts.seed) \
             if run.main and self.prompts else []
 
@@ -113,7 +114,9 @@ class MapoTrainer(Trainer):
         opts = self.opts
         _save_unet(self.parts, result["model"], opts.lora, run.path / ("unet_lora" if opts.lora else "unet"))
         if self.before:
-            after = sample_grid(self.parts, self.prompts, self.resolution, opts.sample_steps, opts.seed)
+            # the trained weights whole: under FSDP `parts.unet` holds only shards, and this runs on one process
+            trained = dataclasses.replace(self.parts, unet=result["model"])
+            after = sample_grid(trained, self.prompts, self.resolution, opts.sample_steps, opts.seed)
             summary["samples"] = str(save_grid(self.before, after, self.prompts, run.path / "samples.png"))
 
     def title(self) -> str:
