@@ -47,6 +47,11 @@ class GPT(nn.Module):
         """The token embedding (tied to the LM head): what TEV is computed from."""
         return self.transformer.wte
 
+    def get_output_embeddings(self) -> nn.Linear:
+        """The LM head, tied to the token embedding: accelerate's FSDP2 keeps tied weights in one group only when
+        it can see both ends of the tie."""
+        return self.lm_head
+
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters (the tied embedding counted once); non_embedding leaves out the position embeddings."""
         n = sum(p.numel() for p in self.parameters())

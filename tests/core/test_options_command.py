@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,14 +104,15 @@ def test_values_defaults_lists_flags_and_config_reach_the_dataclass(tmp_path: Pa
     seen: list = []
     runner = CliRunner()
     assert runner.invoke(_app(_Toy, seen), ["toy"]).exit_code == 0
-    assert seen[-1] == _Toy()  # no flags: every dataclass default, the subclass's lr included
+    device = os.environ.get("LMLAB_DEVICE", "auto")  # --device's default when set (the suite pins cpu)
+    assert seen[-1] == _Toy(device=device)  # no flags: every dataclass default, the subclass's lr included
     config = tmp_path / "c.yaml"
     config.write_text("max-steps: 7\nname: from-config\n")
     result = runner.invoke(_app(_Toy, seen), ["toy", "-n", "typed", "--tags", "a", "--tags", "b", "--fast",
                                               "--config", str(config), "-o", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert dataclasses.asdict(seen[-1]) == dataclasses.asdict(_Toy(
-        name="typed", tags=["a", "b"], fast=True, max_steps=7, output_dir=tmp_path / "run"))
+        name="typed", tags=["a", "b"], fast=True, max_steps=7, output_dir=tmp_path / "run", device=device))
     help_text = _flat(runner.invoke(_app(_Toy, seen), ["toy", "--help"], terminal_width=200).output)
     assert "[default: 0.5]" in help_text and "Peak learning rate." in help_text  # redeclared default, base's help
     assert "--no-fast" not in help_text and "--fast <bool>" not in help_text and "--fast Go fast." in help_text
