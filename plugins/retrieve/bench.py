@@ -463,7 +463,7 @@ def bench_retrieve(
     if export is not None:
         _export(export, docs, asked, settings, 2000)
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-retrieve-") as tmp:
-        settings["index_seconds"] = _build_index(Path(tmp), docs, chosen, settings)
+        settings["index_seconds"] = _build_index(Path(tmp), docs, chosen, settings, device)
         results = run_systems("retrieve", known, chosen, WORKER, {**settings, "index": tmp}, threads=threads,
                               detail=f"{documents} pages, {queries} queries, {threads} threads, "
                                      f"{settings['device']}")
@@ -478,8 +478,10 @@ def bench_retrieve(
     emit(report, json_output, _print_table)
 
 
-def _build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dict[str, Any]) -> dict[str, float]:
-    """bm25 and dense into one index folder, as `retrieve index` builds them, where a chosen system needs them."""
+def _build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dict[str, Any],
+                 device: str) -> dict[str, float]:
+    """bm25 and dense into one index folder, as `retrieve index` builds them, where a chosen system needs them;
+    dense embeds on the bench's --device (this process sees every GPU, the workers only that one)."""
     from lmlab.core.console import log
     from lmlab.core.retrievers import Corpus, RetrievalIndex
 
@@ -490,6 +492,6 @@ def _build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dic
         if users & set(chosen):
             log(f"bench retrieve: building the {name} index of {len(docs)} pages…")
             built = index.build(name, {"bm25_method": settings["bm25_method"], "k1": settings["k1"],
-                                       "b": settings["b"], "stem": settings["stem"]})
+                                       "b": settings["b"], "stem": settings["stem"], "device": device})
             seconds[name] = built["seconds"]
     return seconds
