@@ -141,8 +141,8 @@ def bench_serve(
         "requests_per_level": requests, "max_seconds_per_level": max_seconds, "timeout_seconds": timeout,
         "modes": {"batch1": 1, "dynamic": batch_size}, "batch_window_ms": BATCH_WINDOW_MS, "max_queue": MAX_QUEUE,
         "warmup_requests": WARMUP_REQUESTS, "seed": seed, "dtype": "float32", **where, "threads": threads,
-        "server": "`python -m lmlab.cli serve-block MODEL --max-batch-size N --precision fp32` in a subprocess, OMP_NUM_THREADS = "
-                  "threads; stopped with SIGTERM",
+        "server": "`python -m lmlab.cli serve-block MODEL --max-batch-size N --precision fp32` in a subprocess, "
+                  "OMP_NUM_THREADS = threads; stopped with SIGTERM",
         "client": "in the parent process: `concurrency` asyncio httpx.AsyncClients with one connection each, in a "
                   "closed loop (each sends its next request when its last is answered), POST /v1/completions "
                   "{prompt, max_tokens, temperature: 0}",
