@@ -1,4 +1,4 @@
-"""What every `lmlab bench <name>` shares (DESIGN.md, "Performance: how we measure"): its systems and the loop
+"""What every `lmlab bench <name>` shares (docs/benchmarks.md): its systems and the loop
 that runs them.
 
 A benchmark declares its systems by name (`System`: the package an anchor needs, a precondition such as native

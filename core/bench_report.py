@@ -1,4 +1,4 @@
-"""A benchmark's report: DESIGN.md's shape `{"benchmark", "machine", "settings", "results", "ratios"}`, printed as
+"""A benchmark's report: the shape `{"benchmark", "machine", "settings", "results", "ratios"}`, printed as
 one JSON object (`--json`) or as a Rich table of the systems, then the ratios with their targets."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def ratio(ours: float | None, anchor: float | None, digits: int = 3) -> float | 
 
 def make_report(benchmark: str, machine_info: dict[str, Any], settings: dict[str, Any],
                 results: dict[str, dict[str, Any]], ratios: Mapping[str, float | None]) -> dict[str, Any]:
-    """DESIGN.md's JSON shape; ratios that could not be computed (a skipped system) are left out."""
+    """The report's JSON shape; ratios that could not be computed (a skipped system) are left out."""
     return {"benchmark": benchmark, "machine": machine_info, "settings": settings, "results": results,
             "ratios": {key: value for key, value in ratios.items() if value is not None}}
 

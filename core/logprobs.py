@@ -2,7 +2,7 @@
 
 Only the positions a loss needs (no padding, no ignored prompt tokens) go through the LM head, and they go
 through it in chunks; the backward pass recomputes each chunk's logits instead of keeping them, so peak
-memory is one chunk of logits rather than the whole batch (the route TRL never merged, see METHODS.md §1).
+memory is one chunk of logits rather than the whole batch (a route TRL never merged).
 Written by hand because the fused kernels that do this (Liger, Apple's cut-cross-entropy) need Triton/GPU.
 """
 

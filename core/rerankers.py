@@ -7,7 +7,7 @@ retriever so that `retrieve search --rerank`, `retrieve eval --rerank` and `retr
 the retriever's top `depth` candidates are rescored and sorted by the reranker's score, best first.
 
 Each candidate gets a `Relevance`: the score that ranks it (P(relevant), plus λ·agg(importance) when the
-explanation score is on, METHODS.md §7), the predictive probability, its spread over ensemble members or MC
+explanation score is on, the Bayesian/XAI paper), the predictive probability, its spread over ensemble members or MC
 dropout passes, and the binary entropy of the probability.
 """
 

@@ -1,4 +1,4 @@
-"""Toy-scale check of the TEV/MLRA paper's claim (METHODS.md §3): with depth and a high learning rate, MHA's
+"""Toy-scale check of the TEV/MLRA paper's claim: with depth and a high learning rate, MHA's
 TEV rises and its loss spikes, while MLRA keeps TEV lower and reaches lower perplexity.
 
     python examples/pretrain/depth_sweep.py --out runs/depth-sweep [--depths 2 8 24] [--lr 3e-3] [--steps 150]

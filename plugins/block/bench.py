@@ -1,7 +1,7 @@
 """`lmlab bench block`: the Block Transformer's decode throughput against its vanilla twin and HF `generate`, and
 its validation perplexity against the vanilla model's after equal training, side by side, in one run.
 
-What is compared (DESIGN.md "Performance: how we measure", METHODS.md §4's throughput protocol scaled down for the
+What is compared (docs/benchmarks.md; the Block Transformer paper's throughput protocol scaled down for the
 CPU): three systems, each in its own worker subprocess, randomly initialised from --seed, fp32 on the same device
 (`--device`; each worker sees no other, and so does the perplexity part's `lmlab pretrain`) with the same number of
 torch threads, generating greedily with EOS disabled from the same random prompts (uniform token

@@ -1,7 +1,7 @@
 """`lmlab bench serve`: `lmlab serve-block` under load over real HTTP on loopback, with continuous batching against
 one sequence at a time, for a Block Transformer and its vanilla twin, side by side, in one run.
 
-What is compared (DESIGN.md "Performance: how we measure"): two models with random weights from --seed, saved as
+What is compared (docs/benchmarks.md): two models with random weights from --seed, saved as
 `lmlab pretrain` leaves them (config.json, model.safetensors and the tokenizer) into a temporary folder each, with
 one byte-level BPE (`lmlab pretrain`'s, trained on the bundled Tiny Shakespeare and cached):
 

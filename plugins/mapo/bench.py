@@ -1,6 +1,6 @@
-"""`lmlab bench mapo`: MaPO against Diffusion-DPO (its anchor, METHODS.md §2), side by side, in one run.
+"""`lmlab bench mapo`: MaPO against Diffusion-DPO (its anchor, the MaPO paper), side by side, in one run.
 
-What is compared (DESIGN.md "Performance: how we measure"): the real training step of `lmlab train-mapo`, i.e.
+What is compared (docs/benchmarks.md): the real training step of `lmlab train-mapo`, i.e.
 `DiffusionPreferenceTask` with loss "mapo" and with loss "dpo" driven by the shared loop `core.training.train`
 (through `core.bench_replay`), with its AdamW, clipping and schedule. DPO gets a frozen deep copy of the UNet as
 its reference, exactly as plugins/mapo/train.py builds it. Both run on the same model (same folder, same UNet

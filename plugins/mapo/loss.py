@@ -1,4 +1,4 @@
-"""MaPO and Diffusion-DPO objectives on per-sample denoising errors (METHODS.md §2).
+"""MaPO and Diffusion-DPO objectives on per-sample denoising errors (the MaPO paper).
 
 Both take `mse_w`, `mse_l`: the mean over C, H, W of (model_pred − target)² for the winner and the loser of
 each pair, which were noised with the same noise at the same timestep.

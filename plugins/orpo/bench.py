@@ -1,6 +1,6 @@
 """`lmlab bench orpo`: our ORPO training against TRL's `ORPOTrainer`, side by side, in one run.
 
-What is compared (DESIGN.md "Performance: how we measure"): the same model (same alias, same init seed), the
+What is compared (docs/benchmarks.md): the same model (same alias, same init seed), the
 same synthetic preference rows, the same batches in the same order (a seeded random order, so both systems
 see exactly the same padding; lmlab's length-grouped batching, which would cut padding further, is not
 credited here), the same per-device batch size, max length, λ, lr, clipping and schedule (constant), full

@@ -1,5 +1,5 @@
 """Preference rows → token ids, with a truncation rule that never exceeds --max-length and never leaves a
-response empty (TRL's rule can do both; METHODS.md §1).
+response empty (TRL's rule can do both; the ORPO paper).
 
 Rows are `{prompt, chosen, rejected}` strings, or conversational: `chosen`/`rejected` are message lists whose
 last message is the assistant turn, and the prompt is the shared earlier turns (or `prompt`, a string or a

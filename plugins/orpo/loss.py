@@ -1,4 +1,4 @@
-"""ORPO's objective (Hong, Lee, Thorne 2024; METHODS.md §1), from per-token log-probabilities."""
+"""ORPO's objective (Hong, Lee, Thorne 2024; the ORPO paper), from per-token log-probabilities."""
 
 from __future__ import annotations
 

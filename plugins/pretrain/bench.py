@@ -1,6 +1,6 @@
 """`lmlab bench pretrain`: our GPT pre-training step against Hugging Face's `GPT2LMHeadModel`, side by side.
 
-What is compared (DESIGN.md "Performance: how we measure", METHODS.md §3): four systems, each in its own
+What is compared (docs/benchmarks.md; the TEV/MLRA paper): four systems, each in its own
 subprocess, on the same model size (layers, width, heads, context, vocabulary), the same batches of the same
 token windows (Tiny Shakespeare, tokenised by `lmlab pretrain`'s corpus functions with the BPE `lmlab pretrain`
 trains and caches), fp32 on the same device (`--device`; the workers see no other) with the same number of torch

@@ -1,4 +1,4 @@
-"""Uncertainty-aware relevance (Song, Oh, Kim, Thorne 2024, METHODS.md §7): the deterministic classifier is replaced
+"""Uncertainty-aware relevance (Song, Oh, Kim, Thorne 2024): the deterministic classifier is replaced
 by a distribution over P(relevant), summarised by its mean (the score) and spread (the predictive uncertainty).
 
 - plain: one member, dropout off: p = σ(z/T).
@@ -126,7 +126,7 @@ class BayesianReranker:
         return predict
 
     def explanation_scores(self, query: str, contexts: Sequence[str]) -> list[float]:
-        """agg(importance) of each context's words (METHODS.md §7's supplementary score)."""
+        """agg(importance) of each context's words (the Bayesian/XAI paper's supplementary score)."""
         from lmlab.plugins.rerank.explain import aggregate, explain
 
         predict = self.probability_fn(query)

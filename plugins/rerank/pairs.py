@@ -1,6 +1,6 @@
 """Labelled (query, context) pairs for training and calibrating a reranker: each query's gold pages (label 1) and
 its BM25 hard negatives, the best-ranked pages of the index's BM25 retriever that are not gold (label 0), as Re3val
-trains its context reranker (METHODS.md §6). A file of `{query, context, label}` rows works too."""
+trains its context reranker (the Re3val paper). A file of `{query, context, label}` rows works too."""
 
 from __future__ import annotations
 

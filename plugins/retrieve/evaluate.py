@@ -33,7 +33,7 @@ def evaluated(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any])
 
 def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any],
                over: str) -> list[tuple[str, Reranking]]:
-    """The ablation of METHODS.md §7: `over` reranked by each variant the reranker offers (or the one named), and
+    """The Bayesian/XAI paper's ablation: `over` reranked by each variant the reranker offers (or the one named), and
     by its default variant plus the explanation score when --explain-weight is set. Each reuses `over`'s ranking,
     and queries/s counts the reranking alone."""
     settings = opts.reranking

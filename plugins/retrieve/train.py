@@ -3,7 +3,7 @@
 - `--method title-gen`: cross-entropy on the gold title's tokens (and EOS) after the query prompt, GENRE's
   objective; every page of every gold evidence set is a target, plus pairs from `retrieve questions`.
 - `--method reinforce`: Re3val's REINFORCE step, ∇J = E[(R(ŷ) − b) ∇ log p(ŷ|x)], over the titles ŷ that
-  trie-constrained beam search decodes for the query with the current model. METHODS.md marks the reward and
+  trie-constrained beam search decodes for the query with the current model. The paper leaves the reward and
   the baseline unconfirmed, so both are options: R = `match` (1 if ŷ is a gold page, else 0) or `rank`
   (1/rank of ŷ in the beam if gold, else 0); b = `mean` (the mean reward of the query's decoded titles, the
   usual self-critical choice), `ema` (a moving average of the batch's mean reward; it is not checkpointed, so

@@ -1,4 +1,4 @@
-"""The benchmarks' core: the DESIGN.md report shape, ratios, a worker subprocess's round trip, the system loop's
+"""The benchmarks' core: the report shape, ratios, a worker subprocess's round trip, the system loop's
 skipping, the printed table, and the replayed training loop (no timings asserted)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MaPO and Diffusion-DPO losses equal METHODS.md §2 written plainly, on fixed tensors."""
+"""MaPO and Diffusion-DPO losses equal the MaPO paper written plainly, on fixed tensors."""
 
 from __future__ import annotations
 

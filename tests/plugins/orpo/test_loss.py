@@ -1,4 +1,4 @@
-"""ORPO's loss equals a plain, independent implementation of METHODS.md §1 (full logits, one sequence at a
+"""ORPO's loss equals a plain, independent implementation of the ORPO paper (full logits, one sequence at a
 time), with and without prompt loss, in value and in gradient; splitting a batch into micro-batches with
 global normalisers gives the same loss as the whole batch."""
 
