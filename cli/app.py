@@ -25,17 +25,17 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from lmlab.cli.doctor_command import doctor
 from lmlab.cli.eval_command import eval_app
 from lmlab.cli.generate_command import generate
-from lmlab.core.architectures import architectures
-from lmlab.core.attention import attention_types
-from lmlab.core.backends import backends
-from lmlab.core.console import err, print_json
-from lmlab.core.demo import demo_steps
-from lmlab.core.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
-from lmlab.core.evaluation import benchmarks
-from lmlab.core.plugins import call_each, plugin_infos
-from lmlab.core.rerankers import rerankers
-from lmlab.core.retrievers import retrievers
-from lmlab.core.smoke import PEAK_MEMORY_DIR, record_peak_memory
+from lmlab.core.commands.demo import demo_steps
+from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, record_peak_memory
+from lmlab.core.evaluation.backends import backends
+from lmlab.core.evaluation.scoring import benchmarks
+from lmlab.core.kernel.console import err, print_json
+from lmlab.core.kernel.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
+from lmlab.core.kernel.plugins import call_each, plugin_infos
+from lmlab.core.models.architectures import architectures
+from lmlab.core.models.attention import attention_types
+from lmlab.core.retrieval.rerankers import rerankers
+from lmlab.core.retrieval.retrievers import retrievers
 
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
                   no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
@@ -46,7 +46,7 @@ app.add_typer(bench, name="bench")
 
 def _version(value: bool) -> None:
     if value:
-        from lmlab.core.runs import versions
+        from lmlab.core.files.runs import versions
 
         typer.echo(" ".join(f"{k} {v}" for k, v in versions().items()))
         raise typer.Exit()
@@ -70,7 +70,7 @@ def plugins_command(
 ) -> None:
     """List loaded plugins: distribution, version, hooks and what each registered."""
     infos = plugin_infos()
-    from lmlab.core.models import model_aliases
+    from lmlab.core.models.loading import model_aliases
 
     model_aliases()  # these calls fill in what each plugin registered
     demo_steps()

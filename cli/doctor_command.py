@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.devices import DeviceOpt
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
 
 
 def doctor(
@@ -28,10 +28,10 @@ def doctor(
     from rich.markup import escape
     from rich.table import Table
 
-    from lmlab.core.console import err, print_json
-    from lmlab.core.devices import describe, resolve_device
-    from lmlab.core.errors import LmlabError
-    from lmlab.core.smoke import SIZES, Outcome, run_smoke
+    from lmlab.core.commands.devices import describe, resolve_device
+    from lmlab.core.commands.doctor import SIZES, Outcome, run_smoke
+    from lmlab.core.kernel.console import err, print_json
+    from lmlab.core.kernel.errors import LmlabError
 
     if size not in SIZES:
         raise LmlabError(f"Unknown --size '{size}'.", hint=f"use one of: {', '.join(SIZES)}")

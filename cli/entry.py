@@ -14,7 +14,7 @@ import signal
 import sys
 from types import FrameType
 
-EXIT_INTERRUPTED = 130  # lmlab.core.errors.EXIT_INTERRUPTED, not imported here so that nothing runs first
+EXIT_INTERRUPTED = 130  # lmlab.core.kernel.errors.EXIT_INTERRUPTED, not imported here so that nothing runs first
 IMPORT_MACHINERY = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>")
 
 

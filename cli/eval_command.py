@@ -12,10 +12,10 @@ from typing import Any
 
 import typer
 
-from lmlab.core.command import options_command
-from lmlab.core.eval_run import EvalOptions
-from lmlab.core.evaluation import BenchmarkSpec, benchmarks
-from lmlab.core.options import option
+from lmlab.core.commands.builder import options_command
+from lmlab.core.commands.options import option
+from lmlab.core.evaluation.run import EvalOptions
+from lmlab.core.evaluation.scoring import BenchmarkSpec, benchmarks
 
 BENCHMARK = "Benchmark"
 
@@ -31,13 +31,13 @@ def make_command(spec: BenchmarkSpec) -> Any:
     own = [o.name for o in spec.options]
 
     def run(opts: Any) -> dict[str, Any]:
-        from lmlab.core.eval_run import run_evaluation
+        from lmlab.core.evaluation.run import run_evaluation
 
         shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(EvalOptions) if f.name != "options"}
         return run_evaluation(EvalOptions(**shared, options={name: getattr(opts, name) for name in own}))
 
     def show(summary: dict[str, Any]) -> None:
-        from lmlab.core.eval_run import print_summary
+        from lmlab.core.evaluation.run import print_summary
 
         print_summary(summary)
 

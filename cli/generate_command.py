@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.console import print_json
-from lmlab.core.devices import DeviceOpt, PrecisionOpt
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt
+from lmlab.core.kernel.console import print_json
 
 
 def generate(
@@ -33,8 +33,8 @@ def generate(
 ) -> None:
     """Continue a prompt with a saved model (KV-cached where its architecture has the generation interface): a
     run of any registered architecture (`lmlab plugins` lists them)."""
-    from lmlab.core.devices import inference_dtype, resolve_device
-    from lmlab.core.generation import generate_text
+    from lmlab.core.commands.devices import inference_dtype, resolve_device
+    from lmlab.core.serving.generation import generate_text
 
     where = resolve_device(device)
     done = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,

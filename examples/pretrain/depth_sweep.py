@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lmlab.core.report import read_metrics  # noqa: E402
+from lmlab.core.training.report import read_metrics  # noqa: E402
 from lmlab.plugins.pretrain.options import PretrainOptions  # noqa: E402
 from lmlab.plugins.pretrain.train import PretrainTrainer  # noqa: E402
 

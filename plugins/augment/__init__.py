@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.demo import DemoStep
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.commands.demo import DemoStep
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 @hookimpl

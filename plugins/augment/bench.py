@@ -28,12 +28,12 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems, systems_option
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.machine import cpu_count, machine
+from lmlab.core.bench.machine import cpu_count, machine
+from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, median_seconds, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import clock, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
 
 SYSTEMS = {"batched": System(), "one-at-a-time": System(),
            "lmlab-store": System(requires="faiss", install="pip install 'lmlab[embed]'"),
@@ -46,7 +46,7 @@ TARGETS = {"samples_per_s_batched_vs_one_at_a_time_demos_3": (">=", 4.0),
 
 
 def _prompts(count: int, seed: int, demos: int) -> list[str]:
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
     from lmlab.plugins.augment.plan import plan
     from lmlab.plugins.augment.records import load_instances
     from lmlab.plugins.augment.templates import load_template
@@ -61,10 +61,10 @@ def _prompts(count: int, seed: int, demos: int) -> list[str]:
 def _generate(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Per prompt setting: samples/s of one full pass; for one-at-a-time also the prefill alone (each request
     with a budget of one token), which batching cannot make cheaper on a CPU: its FLOPs grow with the batch."""
-    from lmlab.core.backend_hf import HFBackend
-    from lmlab.core.backends import BackendOptions, GenerateRequest
-    from lmlab.core.devices import place
-    from lmlab.core.models import load_model
+    from lmlab.core.commands.devices import place
+    from lmlab.core.evaluation.backend_hf import HFBackend
+    from lmlab.core.evaluation.backends import BackendOptions, GenerateRequest
+    from lmlab.core.models.loading import load_model
 
     batch = settings["batch_size"] if system == "batched" else 1
     options = BackendOptions(model=settings["model"], batch_size=batch)
@@ -98,7 +98,7 @@ def _generate(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_texts() -> list[str]:
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
     from lmlab.plugins.augment.records import embed_text, load_instances
 
     return [embed_text(x) for x in load_instances(str(example("augment/store.jsonl")))]
@@ -132,7 +132,7 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     if system == "st-numpy":
         from sentence_transformers import SentenceTransformer
 
-        from lmlab.core.embeddings import embedder_path
+        from lmlab.core.retrieval.embeddings import embedder_path
 
         model = SentenceTransformer(embedder_path("all-minilm-l6-v2"), device=str(device))
         seconds, embedded = median_seconds(lambda: model.encode(texts, normalize_embeddings=True), 1, device)
@@ -142,8 +142,8 @@ def _retrieval(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         return {"texts_per_s": round(len(texts) / seconds, 1),
                 "queries_per_s": {"bundled": round(len(q) / bundled, 1), "synthetic": round(len(queries) / synthetic,
                                                                                             1)}}
-    from lmlab.core.embeddings import Embedder
-    from lmlab.core.vector_store import StoreInfo, VectorStore
+    from lmlab.core.retrieval.embeddings import Embedder
+    from lmlab.core.retrieval.vector_store import StoreInfo, VectorStore
 
     embedder = Embedder(device=str(device))
     seconds, embedded = median_seconds(lambda: embedder.encode(texts), 1, device)

@@ -9,8 +9,8 @@ from typing import Any
 
 import typer
 
-from lmlab.core.command import options_command
-from lmlab.core.console import err
+from lmlab.core.commands.builder import options_command
+from lmlab.core.kernel.console import err
 from lmlab.plugins.augment.options import AugmentOptions, IndexOptions
 
 

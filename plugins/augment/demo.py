@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lmlab.core.backends import BackendOptions
-from lmlab.core.console import err
+from lmlab.core.evaluation.backends import BackendOptions
+from lmlab.core.kernel.console import err
 from lmlab.plugins.augment.index import run_index
 from lmlab.plugins.augment.options import AugmentOptions, IndexOptions
 from lmlab.plugins.augment.run import run_augment

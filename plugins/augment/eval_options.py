@@ -1,6 +1,6 @@
 """`lmlab augment eval`: RADA's downstream measure. It trains one extractive QA reader on the seeds alone and one
 on seeds + each augmented file, with the same settings and seed, and reports SQuAD EM/F1 on a held-out set side
-by side. The options are one dataclass (`lmlab.core.options`); the reader and the trainer are imported only
+by side. The options are one dataclass (`lmlab.core.commands.options`); the reader and the trainer are imported only
 when the command runs, so `lmlab --help` stays fast."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.command import options_command
-from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TrainOptions, option
+from lmlab.core.commands.builder import options_command
+from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TrainOptions, option
 
 DEFAULT_TRAIN = "augment/seeds.jsonl"
 DEFAULT_TEST = "augment/heldout.jsonl"

@@ -20,12 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lmlab.core import checkpoint
-from lmlab.core.console import log
-from lmlab.core.data import SkipLog
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.paths import example
-from lmlab.core.runs import (
+from lmlab.core.files import checkpoint
+from lmlab.core.files.paths import example
+from lmlab.core.files.records import SkipLog
+from lmlab.core.files.runs import (
     RunDir,
     absolute_paths,
     check_run_folder,
@@ -34,7 +32,9 @@ from lmlab.core.runs import (
     run_config,
     write_json_atomic,
 )
-from lmlab.core.trainer import Trainer
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.augment.eval_options import DEFAULT_TEST, DEFAULT_TRAIN, AugmentEvalOptions
 from lmlab.plugins.augment.reader import ReaderConfig, SpanTask, features, load_reader, load_tokenizer, predict
 from lmlab.plugins.augment.records import Instance, load_instances
@@ -98,7 +98,7 @@ class ReaderTrainer(Trainer):
                 "skipped": self.skips.as_dict(), "model_dir": str(run.path / "model")}
 
     def save(self, result: dict[str, Any], run: RunDir, summary: dict[str, Any]) -> None:
-        from lmlab.core.models import replace_dir
+        from lmlab.core.models.loading import replace_dir
 
         replace_dir(run.path / "model", lambda tmp: result["model"].save(tmp, self.tokenizer))
         rows = [{"id": item.id, "question": item.input, "prediction": pred, "gold": item.output,
@@ -195,7 +195,7 @@ def _system_options(opts: AugmentEvalOptions, path: Path, resuming: bool) -> Aug
 
 def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
     """Train and score every system (see the module docstring); writes and returns report.json's content."""
-    from lmlab.core.training import make_accelerator, shared_run_path
+    from lmlab.core.training.loop import make_accelerator, shared_run_path
 
     train = opts.train or str(example(DEFAULT_TRAIN))
     test = opts.test or str(example(DEFAULT_TEST))
@@ -250,7 +250,7 @@ def show_report(report: dict[str, Any]) -> None:
     """The systems side by side: rows used, EM, F1 and the F1 change against the seeds-only reader."""
     from rich.table import Table
 
-    from lmlab.core.console import err
+    from lmlab.core.kernel.console import err
 
     table = Table(title=f"augment eval · {report['model']} · {report['n_test']} held-out questions",
                   title_justify="left")

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.console import log
-from lmlab.core.embeddings import Embedder
-from lmlab.core.paths import example
-from lmlab.core.progress import Progress
-from lmlab.core.vector_store import VectorStore, add_missing, open_store
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.progress import Progress
+from lmlab.core.retrieval.embeddings import Embedder
+from lmlab.core.retrieval.vector_store import VectorStore, add_missing, open_store
 from lmlab.plugins.augment.options import IndexOptions
 from lmlab.plugins.augment.records import Instance, embed_text, load_instances
 

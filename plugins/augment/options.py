@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.core.backends import BackendOptions
-from lmlab.core.devices import DeviceOptions
-from lmlab.core.embeddings import DEFAULT_EMBEDDER
-from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
+from lmlab.core.commands.devices import DeviceOptions
+from lmlab.core.commands.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
+from lmlab.core.evaluation.backends import BackendOptions
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
 
 STORE_HINT = ("A vector store folder (`lmlab augment index`), or instance files to index on the fly "
               "(default: the bundled examples/augment/store.jsonl).")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.vector_store import Hit, VectorStore
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.vector_store import Hit, VectorStore
 from lmlab.plugins.augment.records import Instance, from_row
 from lmlab.plugins.augment.templates import Template
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.core.batching import length_grouped_batches
-from lmlab.core.data import SkipLog
-from lmlab.core.embeddings import embedder_path
-from lmlab.core.errors import ModelError
+from lmlab.core.files.records import SkipLog
+from lmlab.core.kernel.errors import ModelError
+from lmlab.core.retrieval.embeddings import embedder_path
+from lmlab.core.training.batching import length_grouped_batches
 from lmlab.plugins.augment.records import Instance
 
 HEAD_FILE = "span_head.safetensors"
@@ -101,7 +101,7 @@ def _load_error(config: ReaderConfig, exc: Exception) -> ModelError:
 
 def load_tokenizer(config: ReaderConfig) -> Any:
     """The reader's fast tokenizer (offsets map tokens to characters); cheap, so a command can check --model
-    before it writes anything. As lmlab.core.embeddings, a Hub id is read from the local cache only."""
+    before it writes anything. As lmlab.core.retrieval.embeddings, a Hub id is read from the local cache only."""
     from transformers import AutoTokenizer
 
     path, offline = _located(config)

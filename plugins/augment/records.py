@@ -1,5 +1,5 @@
 """The instances RADA works with: seeds, external-store rows and generated rows share one shape,
-(id, input, output, context), read from any format `lmlab.core.data` loads and checked field by field."""
+(id, input, output, context), read from any format `lmlab.core.files.records` loads and checked field by field."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.data import Record, load_records
-from lmlab.core.errors import DataError
+from lmlab.core.files.records import Record, load_records
+from lmlab.core.kernel.errors import DataError
 
 ALIASES = {"input": ("input", "question"), "output": ("output", "answer"), "context": ("context", "passage")}
 FIELDS_HINT = "each row needs 'input' (or 'question') and 'output' (or 'answer'), and a 'context' for QA"

@@ -9,14 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.backends import Backend, GenerateRequest, load_backend
-from lmlab.core.console import log
-from lmlab.core.devices import inference_dtype, resolve_device
-from lmlab.core.errors import Interrupted, LmlabError
-from lmlab.core.paths import example
-from lmlab.core.progress import Progress
-from lmlab.core.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config, write_json_atomic
-from lmlab.core.signals import StopRequest
+from lmlab.core.commands.devices import inference_dtype, resolve_device
+from lmlab.core.evaluation.backends import Backend, GenerateRequest, load_backend
+from lmlab.core.files.paths import example
+from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config, write_json_atomic
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import Interrupted, LmlabError
+from lmlab.core.kernel.progress import Progress
+from lmlab.core.kernel.signals import StopRequest
 from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
 from lmlab.plugins.augment.journal import Journal
 from lmlab.plugins.augment.options import AugmentOptions
@@ -48,7 +48,7 @@ def _check_same_plan(folder: Path, options: dict[str, Any]) -> None:
 def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
     """A store folder, loaded; or the instance files to index (read now, so bad rows stop the run before its
     folder exists)."""
-    from lmlab.core.vector_store import VectorStore
+    from lmlab.core.retrieval.vector_store import VectorStore
 
     if (source / "store.json").is_file():
         return VectorStore.load(source), None
@@ -57,8 +57,8 @@ def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
 
 def _index_into_run(rows: list[Instance], source: Path, run: RunDir, embedder: Callable[[str], Any]) -> Any:
     """The instance files indexed into the run folder's store/ (once: a rerun finds them there)."""
-    from lmlab.core.embeddings import DEFAULT_EMBEDDER
-    from lmlab.core.vector_store import open_store
+    from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
+    from lmlab.core.retrieval.vector_store import open_store
     from lmlab.plugins.augment.index import add_instances
 
     folder = run.path / "store"
@@ -133,7 +133,7 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     run.write_config(COMMAND, options)
     vectors = None
     if opts.retrieval != "none":
-        from lmlab.core.embeddings import Embedder
+        from lmlab.core.retrieval.embeddings import Embedder
 
         def embedder(name: str) -> Embedder:
             return Embedder(name, device=device, dtype=dtype)  # where the generator runs

@@ -22,7 +22,7 @@ from typing import Any
 import tomllib
 import yaml
 
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.augment.records import Instance
 
 BUILT_IN = Path(__file__).resolve().parent / "templates"

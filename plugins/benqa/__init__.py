@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.evaluation import BenchmarkOption, BenchmarkSpec
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.paths import example
+from lmlab.core.evaluation.scoring import BenchmarkOption, BenchmarkSpec
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 @hookimpl
@@ -30,7 +30,7 @@ def register_benchmarks(register: Any) -> None:
 
 @hookimpl
 def register_demo_steps(register: Any) -> None:
-    from lmlab.core.eval_run import demo_step
+    from lmlab.core.evaluation.run import demo_step
 
     register(demo_step("benqa", "BEnQA evaluation: smollm2-135m on the bundled Bengali/English questions", 41,
                        lang="en,bn"))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.data import Record, SkipLog, load_records
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.evaluation import EvalItem, EvalSettings, LoadedData, parse_letter
+from lmlab.core.evaluation.scoring import EvalItem, EvalSettings, LoadedData, parse_letter
+from lmlab.core.files.records import Record, SkipLog, load_records
+from lmlab.core.kernel.errors import DataError, LmlabError
 
 LETTERS = ("a", "b", "c", "d")
 LANGUAGES = ("en", "bn")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.architectures import ArchitectureSpec
-from lmlab.core.demo import DemoStep
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.commands.demo import DemoStep
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.models.architectures import ArchitectureSpec
 
 
 def _build(config: Any, attention: Any) -> Any:

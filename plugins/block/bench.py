@@ -50,18 +50,18 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
-from lmlab.core.bench_report import Targets, emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import WORKER_ENV, clock, device_env, tensors_sha256, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
+from lmlab.core.bench.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
+from lmlab.core.bench.report import Targets, emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import WORKER_ENV, clock, device_env, tensors_sha256, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.block.options import BLOCK_LENGTHS
 
 
 def _gpt_missing() -> str | None:
-    from lmlab.core.architectures import architectures
+    from lmlab.core.models.architectures import architectures
 
     return None if "gpt" in architectures() else "no 'gpt' architecture is registered (the pretrain plugin adds it)"
 
@@ -74,7 +74,7 @@ PREFIX = 2  # the paper's prefix vectors per block
 TRAIN_CONTEXT = 128
 TRAIN_BATCH = 16
 DEFAULT_RUNS = 3  # METHODS' protocol times 5; with 5 the default run took 6.5 minutes on 2 cores, with 3 about 5
-WORKER = "lmlab.plugins.block.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
+WORKER = "lmlab.plugins.block.bench:run_system"  # what each worker subprocess runs (core.bench.worker)
 TARGETS = {"tokens_per_s_block_vs_hf_decode_heavy": (">=", 10.0), "tokens_per_s_block_vs_hf_prefill_heavy": (">=", 5.0),
            "tokens_per_s_vanilla_vs_hf_decode_heavy": (">=", 2.0),
            "tokens_per_s_vanilla_vs_hf_prefill_heavy": (">=", 2.0), "val_ppl_block_vs_vanilla": ("<=", 1.1)}
@@ -154,7 +154,7 @@ def bench_block(
 def check_shape(n_layer: int, n_embd: int, n_head: int, block_len: int, lengths: dict[str, tuple[int, int]]) -> int:
     """The context every model gets (the longest prompt + decode, rounded up to a multiple of block_len), after
     checking the models' shape with the bench's own flags named, then the registry's own checks."""
-    from lmlab.core.architectures import check_model_choice
+    from lmlab.core.models.architectures import check_model_choice
 
     if block_len not in BLOCK_LENGTHS:
         raise LmlabError(f"--block-len must be one of {', '.join(map(str, BLOCK_LENGTHS))}, got {block_len}.",
@@ -209,7 +209,7 @@ def train_and_evaluate(arch: str, settings: dict[str, Any], folder: Path) -> dic
 
 def train_all(results: dict[str, dict[str, Any]], settings: dict[str, Any]) -> None:
     """Perplexity after equal training, for block and vanilla where they ran (into their results)."""
-    from lmlab.core.console import log
+    from lmlab.core.kernel.console import log
 
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-block-") as tmp:
         for system, arch in (("block", "block"), ("vanilla", "gpt")):
@@ -306,7 +306,7 @@ def prompts_for(settings: dict[str, Any], index: int, prompt_len: int) -> Any:
 def _build_ours(system: str, settings: dict[str, Any]) -> Any:
     import torch
 
-    from lmlab.core.architectures import build_model
+    from lmlab.core.models.architectures import build_model
 
     torch.manual_seed(settings["seed"])
     arch, arch_opt = ("block", _arch_opt(settings["block_len"], settings["n_layer"])) if system == "block" \
@@ -354,7 +354,7 @@ def _ours(model: Any, prompts: Any, n: int) -> Callable[[], tuple[list[int], int
     """One run of core's generate_tokens: (tokens generated per sequence, peak KV bytes of any sequence)."""
     import torch
 
-    from lmlab.core.generation import Sampling, generate_tokens
+    from lmlab.core.serving.generation import Sampling, generate_tokens
 
     rows, sampling = prompts.tolist(), Sampling(max_tokens=n, temperature=0, ignore_eos=True)
 
@@ -386,7 +386,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     prompts; returns the figures."""
     import torch
 
-    from lmlab.core.console import set_quiet
+    from lmlab.core.kernel.console import set_quiet
 
     set_quiet(True)
     torch.set_num_threads(settings["threads"])

@@ -52,13 +52,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, systems_option
-from lmlab.core.bench_report import Targets, emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import WORKER_ENV, device_env
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
+from lmlab.core.bench.machine import cpu_count, cpu_seconds, machine, other_cpu_share, version
+from lmlab.core.bench.report import Targets, emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, systems_option
+from lmlab.core.bench.worker import WORKER_ENV, device_env
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.block.bench import PREFIX, _arch_opt, check_shape
 
 
@@ -68,7 +68,7 @@ def _server_missing() -> str | None:
 
 
 def _vanilla_missing() -> str | None:
-    from lmlab.core.architectures import architectures
+    from lmlab.core.models.architectures import architectures
 
     if "gpt" not in architectures():
         return "no 'gpt' architecture is registered (the pretrain plugin adds it)"
@@ -117,8 +117,8 @@ def bench_serve(
     """serve-block under load: requests/s, p50/p99 latency, tokens/s, batch 1 vs dynamic batching, block vs vanilla."""
     from rich.markup import escape
 
-    from lmlab.core.architectures import check_model_choice
-    from lmlab.core.console import log
+    from lmlab.core.kernel.console import log
+    from lmlab.core.models.architectures import check_model_choice
 
     chosen = parse_systems(systems, SYSTEMS)
     where = device_settings(device)
@@ -186,9 +186,9 @@ def _prepare(settings: dict[str, Any], count: int) -> tuple[list[str], Any]:
     """`count` prompts of `prompt_tokens` tokens each (seeded random slices of Tiny Shakespeare, decoded back to
     text) and the BPE `lmlab pretrain` trains on it (cached); the prompts' sha256 and token counts go into
     `settings`, and the vocabulary the tokenizer has."""
-    from lmlab.core.corpus import read_texts, resolve_tokenizer
-    from lmlab.core.models import cache_dir
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
+    from lmlab.core.models.loading import cache_dir
+    from lmlab.core.training.text_corpus import read_texts, resolve_tokenizer
 
     texts = [t for _, t in read_texts(str(example("pretrain/tinyshakespeare.txt")))]
     tokenizer = resolve_tokenizer(None, texts, settings["vocab_size"], cache_dir() / "tokenizers")
@@ -216,7 +216,7 @@ def save_model(system: str, settings: dict[str, Any], tokenizer: Any, folder: Pa
     `lmlab pretrain` leaves a run's model/; its parameters and a description."""
     import torch
 
-    from lmlab.core.architectures import build_model
+    from lmlab.core.models.architectures import build_model
 
     torch.manual_seed(settings["seed"])
     block = system == "block"
@@ -287,7 +287,7 @@ def stop_server(proc: subprocess.Popen) -> int | None:
 def serve_and_measure(system: str, mode: str, folder: Path, prompts: list[str],
                       settings: dict[str, Any]) -> dict[str, Any]:
     """Serve `folder` in `mode` (batch1 or dynamic), warm it up, run every level; the figures."""
-    from lmlab.core.console import log
+    from lmlab.core.kernel.console import log
 
     size = settings["modes"][mode]
     with tempfile.NamedTemporaryFile("w", prefix=f"lmlab-serve-{system}-{mode}-", suffix=".log") as log_file:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from lmlab.core.console import err
-from lmlab.core.errors import LmlabError
-from lmlab.core.generation import Sampling, generate_text, generate_tokens, load_generator
+from lmlab.core.kernel.console import err
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.serving.generation import Sampling, generate_text, generate_tokens, load_generator
 
 SHAPE = ("--n-layer", "4", "--n-embd", "128", "--n-head", "2", "--block-size", "128")
 BATCH, PROMPT, NEW = 8, 32, 128  # the throughput check: 8 random prompts of 32 tokens, 128 new tokens each
@@ -65,8 +65,8 @@ def _serve_and_ask(model: object, tokenizer: object, max_batch_size: int) -> tup
 
     import httpx
 
-    from lmlab.core.serving import InThread, Limits, Server
-    from lmlab.core.serving_engine import Engine
+    from lmlab.core.serving.engine import Engine
+    from lmlab.core.serving.server import InThread, Limits, Server
 
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, batch_window_ms=20).start()
     served = InThread(Server(engine, tokenizer, model_name="demo-block",

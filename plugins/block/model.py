@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmlab.core.architectures import ArchConfig, save_model_folder
-from lmlab.core.attention import AttentionSpec
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.generation import PAD_ID
-from lmlab.core.head_loss import head_cross_entropy
-from lmlab.core.host_to_device import to_device
-from lmlab.core.kv_cache import KVCache
-from lmlab.core.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.models.architectures import ArchConfig, save_model_folder
+from lmlab.core.models.attention import AttentionSpec
+from lmlab.core.models.host_to_device import to_device
+from lmlab.core.models.kv_cache import KVCache
+from lmlab.core.models.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
+from lmlab.core.serving.generation import PAD_ID
+from lmlab.core.training.head_loss import head_cross_entropy
 from lmlab.plugins.block.options import parse_options
 
 
@@ -173,7 +173,7 @@ class BlockTransformer(nn.Module):
         if return_logits:
             logits = self.lm_head(hidden)
             loss = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-1, reduction=reduction)
-        else:  # the training step: no [B, T, V] logits, no float32 copy of them (lmlab.core.head_loss)
+        else:  # the training step: no [B, T, V] logits, no float32 copy of them (lmlab.core.training.head_loss)
             logits, loss = None, head_cross_entropy(hidden, self.lm_head.weight, wanted, reduction)
         if reduction == "none":
             loss = F.pad(loss.reshape(B, -1), (L - 1, 0))
@@ -196,7 +196,7 @@ class BlockTransformer(nn.Module):
         return {**batch, "input_ids": idx, "targets": targets}
 
     def next_token_logprobs(self, idx: Tensor) -> Tensor:
-        """[T - 1, V] log-probabilities of each next token of idx [1, T] (lmlab.core.generation.sequence_logprobs),
+        """[T - 1, V] log-probabilities of each next token of idx [1, T] (core.serving.generation.sequence_logprobs),
         the sequence left-padded to a block boundary as a prompt is; NaN rows for the tokens of its first block."""
         L, T = self.block_len, idx.size(1)
         extra = (-T) % L
@@ -206,7 +206,7 @@ class BlockTransformer(nn.Module):
         undefined = torch.arange(extra, extra + T - 1, device=idx.device) < L - 1
         return rows.masked_fill(undefined[:, None], float("nan"))
 
-    # ---- the generation interface (lmlab.core.generation) -------------------------------------------------------
+    # ---- the generation interface (core.serving.generation) -------------------------------------------------------
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, BlockState]:
         """Left-padded prompts [B, T] → left-padded again to a block boundary, one block-decoder pass into the

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.architectures import reject_unknown
-from lmlab.core.attention import AttentionConfig
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.architectures import reject_unknown
+from lmlab.core.models.attention import AttentionConfig
 
 BLOCK_LENGTHS = (1, 2, 4, 8)
 KEYS = ("block_len", "prefix", "split")

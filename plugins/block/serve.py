@@ -1,4 +1,4 @@
-"""`lmlab serve-block RUN_DIR`: an OpenAI-compatible server (core.serving) with continuous batching, for a run of
+"""`lmlab serve-block RUN_DIR`: an OpenAI-compatible server (core.serving.server) with continuous batching, for a run of
 any registered architecture (a Block Transformer, or its vanilla twin behind the same API)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from lmlab.core.devices import DeviceOpt, PrecisionOpt
-from lmlab.core.errors import LmlabError
+from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt
+from lmlab.core.kernel.errors import LmlabError
 
 LIMITS = "Limits"
 
@@ -56,11 +56,11 @@ def serve_block(
 ) -> None:
     """Serve a saved model over the OpenAI HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health,
     /metrics) with continuous batching: concurrent requests share forward passes."""
-    from lmlab.core.console import err
-    from lmlab.core.devices import describe, inference_dtype, resolve_device
-    from lmlab.core.generation import load_generator
-    from lmlab.core.serving import Limits, Server, run_server
-    from lmlab.core.serving_engine import Engine
+    from lmlab.core.commands.devices import describe, inference_dtype, resolve_device
+    from lmlab.core.kernel.console import err
+    from lmlab.core.serving.engine import Engine
+    from lmlab.core.serving.generation import load_generator
+    from lmlab.core.serving.server import Limits, Server, run_server
 
     where = resolve_device(device)
     dtype = inference_dtype(precision, where)

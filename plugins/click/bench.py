@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.machine import cpu_count, machine, version
+from lmlab.core.bench.machine import cpu_count, machine, version
+from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import clock, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
 
 SYSTEMS = {"lmlab": System(), "lm-eval": System(requires="lm_eval", install="pip install 'lmlab[lm-eval]'")}
 SystemsOpt = systems_option(SYSTEMS)
@@ -42,7 +42,7 @@ def bench_click(
     device: DeviceOpt = "auto",
 ) -> None:
     """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
 
     threads = cpu_count()
     settings = {"model": model, "data": data or str(example("eval/click")), "limit": limit,
@@ -77,10 +77,10 @@ def _print_table(report: dict[str, Any]) -> None:
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Worker: score the items with one system; returns timings, predictions and log-likelihoods."""
-    from lmlab.core.backends import BackendOptions, ChoiceRequest
-    from lmlab.core.devices import place
-    from lmlab.core.evaluation import EvalSettings, limit_items
-    from lmlab.core.models import load_model
+    from lmlab.core.commands.devices import place
+    from lmlab.core.evaluation.backends import BackendOptions, ChoiceRequest
+    from lmlab.core.evaluation.scoring import EvalSettings, limit_items
+    from lmlab.core.models.loading import load_model
     from lmlab.plugins.click.data import load_click
 
     device = worker_device(settings)
@@ -89,7 +89,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     items = limit_items(load_click(settings["data"], EvalSettings()).items, settings["limit"])
     requests = [ChoiceRequest(item.prompt, item.choices) for item in items]
     if system == "lmlab":
-        from lmlab.core.backend_hf import HFBackend
+        from lmlab.core.evaluation.backend_hf import HFBackend
 
         backend = HFBackend(BackendOptions(settings["model"]), model, tokenizer)
         score, name = backend.loglik, "lmlab"

@@ -7,9 +7,9 @@ import random
 import re
 from pathlib import Path
 
-from lmlab.core.data import HF_MARKERS, Record, SkipLog, load_records
-from lmlab.core.errors import DataError
-from lmlab.core.evaluation import EvalItem, EvalSettings, LoadedData
+from lmlab.core.evaluation.scoring import EvalItem, EvalSettings, LoadedData
+from lmlab.core.files.records import HF_MARKERS, Record, SkipLog, load_records
+from lmlab.core.kernel.errors import DataError
 
 LETTERS = "ABCDE"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")

@@ -11,9 +11,9 @@ import random
 import re
 from typing import Any
 
-from lmlab.core.data import Record, SkipLog, load_records
-from lmlab.core.errors import DataError
-from lmlab.core.evaluation import EvalItem, EvalSettings, LoadedData
+from lmlab.core.evaluation.scoring import EvalItem, EvalSettings, LoadedData
+from lmlab.core.files.records import Record, SkipLog, load_records
+from lmlab.core.kernel.errors import DataError
 
 TASKS = ("abduction", "revision", "argument")
 PREFERENCE_TASKS = ("abduction", "revision")

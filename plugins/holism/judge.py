@@ -11,8 +11,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from lmlab.core.backends import GenerateRequest
-from lmlab.core.evaluation import EvalContext, EvalItem
+from lmlab.core.evaluation.backends import GenerateRequest
+from lmlab.core.evaluation.scoring import EvalContext, EvalItem
 from lmlab.plugins.holism.data import ARGUMENT_TASK
 
 KEYWORDS = "keywords"

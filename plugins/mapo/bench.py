@@ -1,8 +1,8 @@
 """`lmlab bench mapo`: MaPO against Diffusion-DPO (its anchor, the MaPO paper), side by side, in one run.
 
 What is compared (docs/benchmarks.md): the real training step of `lmlab train-mapo`, i.e.
-`DiffusionPreferenceTask` with loss "mapo" and with loss "dpo" driven by the shared loop `core.training.train`
-(through `core.bench_replay`), with its AdamW, clipping and schedule. DPO gets a frozen deep copy of the UNet as
+`DiffusionPreferenceTask` with loss "mapo" and with loss "dpo" driven by the shared loop `core.training.loop.train`
+(through `core.bench.replay`), with its AdamW, clipping and schedule. DPO gets a frozen deep copy of the UNet as
 its reference, exactly as plugins/mapo/train.py builds it. Both run on the same model (same folder, same UNet
 weights), the same pairs, the same batches (collated once per worker after seeding, so the same random crops
 and flips, then handed to the loop step by step), the same noise and timesteps (the loop seeds the global RNG
@@ -25,7 +25,7 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   (the peak is reset there; on the CPU that needs Linux). DPO's reference UNet is built inside the measured
   region: holding it is part of DPO's cost, as are gradients, AdamW state and activations for both.
 - peak tensor memory: the most bytes held at once by tensors created in the measured region (the reference, the
-  AdamW state, gradients, activations and every transient), counted by core.tensor_memory.TensorPeak over the
+  AdamW state, gradients, activations and every transient), counted by core.bench.tensor_memory.TensorPeak over the
   warm-up steps, i.e. what torch.cuda.max_memory_allocated() minus the loaded models would report on a GPU. It
   leaves out what the C allocator keeps after tensors are freed, which RSS counts.
 
@@ -46,14 +46,14 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
-from lmlab.core.bench_replay import replay_training
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, memory_mb, read_peak, start_peak, tensors_sha256, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, machine
+from lmlab.core.bench.machine import cpu_count, machine
+from lmlab.core.bench.replay import replay_training
+from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import clock, memory_mb, read_peak, start_peak, tensors_sha256, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 
 SYSTEMS = {"mapo": System(), "dpo": System()}
 SystemsOpt = systems_option(SYSTEMS)
@@ -62,7 +62,7 @@ LR = 1e-5
 MAX_GRAD_NORM = 1.0
 BETA, SNR_VALUE, BETA_DPO = 0.1, 0.5, 5000.0
 SYNTHETIC_PAIRS = 32
-WORKER = "lmlab.plugins.mapo.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
+WORKER = "lmlab.plugins.mapo.bench:run_system"  # what each worker subprocess runs (core.bench.worker)
 TARGETS = {"step_time_mapo_vs_dpo": ("<=", 0.8), "peak_mem_increase_mapo_vs_dpo": ("<=", 0.85),
            "peak_tensor_mapo_vs_dpo": ("<=", 0.85)}
 MEMORY_TARGETS = ("peak_mem_increase_mapo_vs_dpo", "peak_tensor_mapo_vs_dpo")
@@ -140,7 +140,7 @@ def _data(data: str | None, scratch: Path) -> tuple[str, str]:
     if data:
         return data, data
     try:
-        from lmlab.core.paths import example
+        from lmlab.core.files.paths import example
 
         bundled = example("mapo/pairs.jsonl")
     except LmlabError:
@@ -297,10 +297,10 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from lmlab.core.console import set_quiet
-    from lmlab.core.data import SkipLog, load_records
-    from lmlab.core.tensor_memory import TensorPeak
-    from lmlab.core.training import TrainConfig, make_accelerator
+    from lmlab.core.bench.tensor_memory import TensorPeak
+    from lmlab.core.files.records import SkipLog, load_records
+    from lmlab.core.kernel.console import set_quiet
+    from lmlab.core.training.loop import TrainConfig, make_accelerator
     from lmlab.plugins.mapo.data import FIELDS, build_pairs
     from lmlab.plugins.mapo.models import load_diffusion
     from lmlab.plugins.mapo.task import DiffusionPreferenceTask

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmlab.core.trainer import trainer_command
+from lmlab.core.training.trainer import trainer_command
 from lmlab.plugins.mapo.options import MapoOptions
 
 train_mapo = trainer_command(

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from lmlab.core.data import Record, SkipLog
-from lmlab.core.errors import DataError
+from lmlab.core.files.records import Record, SkipLog
+from lmlab.core.kernel.errors import DataError
 
 FIELDS = ("jpg_0", "jpg_1", "label_0", "label_1", "caption")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import err
+from lmlab.core.kernel.console import err
 from lmlab.plugins.mapo.options import MapoOptions
 from lmlab.plugins.mapo.train import MapoTrainer
 

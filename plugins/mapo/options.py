@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, option
+from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, option
 
 
 @dataclass

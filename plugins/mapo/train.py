@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from lmlab.core.console import log
-from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import LmlabError
-from lmlab.core.extras import require
-from lmlab.core.models import replace_dir
-from lmlab.core.paths import example
-from lmlab.core.trainer import Trainer
+from lmlab.core.files.paths import example
+from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.extras import require
+from lmlab.core.models.loading import replace_dir
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs
 from lmlab.plugins.mapo.evaluate import heldout_gap
 from lmlab.plugins.mapo.models import DiffusionParts, load_diffusion

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.attention import AttentionSpec
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.models.attention import AttentionSpec
 
 
 @hookimpl

@@ -22,7 +22,7 @@ and the Linear holding every B_o,h, the last factor, is `c_proj`, so nanoGPT's r
 
 Efficient form: all A_h of the factorised q, k, v are one fused Linear(d, n·H·r); their B_h are one parameter
 [n, H, r, d_h] applied with einsum; the dense ones share one fused Linear like MHA's c_attn. `qkv` and `project`
-are core's attention protocol (lmlab.core.transformer), so MLRA also generates with a KV cache and serves as the
+are core's attention protocol (lmlab.core.models.transformer), so MLRA also generates with a KV cache and serves as the
 Block Transformer's attention.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lmlab.core.attention import AttentionConfig
-from lmlab.core.errors import LmlabError
-from lmlab.core.transformer import CAUSAL, attend
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.attention import AttentionConfig
+from lmlab.core.models.transformer import CAUSAL, attend
 
 TARGETS = ("q", "k", "v", "o")
 DEFAULT_TARGETS = "q,k,v"

@@ -13,7 +13,7 @@ Each system runs in its own subprocess so that its peak memory is its own. Per s
   lmlab's step time is the shared loop's own (collation + forward/backward + clip + optimizer step); TRL's is
   from a TrainerCallback between on_step_begin and on_step_end (its collation happens before on_step_begin,
   so TRL is not charged for it).
-- peak memory (settings["memory_source"]: the peak RSS, VmHWM via `core.memory.peak_rss_mb`, on the CPU; CUDA's
+- peak memory (settings["memory_source"]: the peak RSS, VmHWM via `core.bench.memory.peak_rss_mb`, on the CPU; CUDA's
   `max_memory_allocated` on a GPU) and its increase over the memory in use right after the model (on the
   device) and the data are loaded. The memory ratio uses the increase: it is what training itself costs
   (activations, logits, gradients, optimizer state), without the import and model footprint both systems share.
@@ -38,14 +38,14 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
-from lmlab.core.bench_replay import replay_training
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, memory_mb, read_peak, tensors_sha256, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, machine, version
+from lmlab.core.bench.machine import cpu_count, machine, version
+from lmlab.core.bench.replay import replay_training
+from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import clock, memory_mb, read_peak, tensors_sha256, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 
 SYSTEMS = {"lmlab": System(), "trl": System(requires="trl", install="pip install trl")}
 SystemsOpt = systems_option(SYSTEMS)
@@ -54,7 +54,7 @@ BETA = 0.1
 LR = 5e-6
 MAX_GRAD_NORM = 1.0
 SHORTEST = 128  # shortest full sequence (prompt + longer response) in tokens, when --max-length allows
-WORKER = "lmlab.plugins.orpo.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
+WORKER = "lmlab.plugins.orpo.bench:run_system"  # what each worker subprocess runs (core.bench.worker)
 TARGETS = {"examples_per_s_lmlab_vs_trl": (">=", 1.5), "peak_mem_increase_lmlab_vs_trl": ("<=", 0.5)}
 
 
@@ -143,8 +143,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Load the model and the rows, check the first batch's loss, then train and time; returns the figures."""
     import torch
 
-    from lmlab.core.console import set_quiet
-    from lmlab.core.models import load_model
+    from lmlab.core.kernel.console import set_quiet
+    from lmlab.core.models.loading import load_model
 
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
@@ -174,7 +174,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _word_pool() -> list[str]:
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
 
     words: list[str] = []
     for line in example("orpo/preferences.jsonl").read_text().splitlines():
@@ -244,7 +244,7 @@ def _response_len(tokenizer: Any, response: str) -> int:
 
 def _examples(rows: list[dict[str, str]], tokenizer: Any, max_length: int) -> list[Any]:
     """Our tokenisation of the rows; none may be cut or skipped (then both systems see every token)."""
-    from lmlab.core.data import Record, SkipLog
+    from lmlab.core.files.records import Record, SkipLog
     from lmlab.plugins.orpo.data import build_examples
 
     skips = SkipLog()
@@ -293,8 +293,8 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
                order: list[list[int]], settings: dict[str, Any], device: Any) -> dict[str, Any]:
     import torch
 
-    from lmlab.core.logprobs import TokenLogprobModel
-    from lmlab.core.training import TrainConfig, make_accelerator
+    from lmlab.core.training.logprobs import TokenLogprobModel
+    from lmlab.core.training.loop import TrainConfig, make_accelerator
     from lmlab.plugins.orpo.task import OrpoTask
 
     init_sha = tensors_sha256(sorted(lm.state_dict().items()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lmlab.core.trainer import trainer_command
+from lmlab.core.training.trainer import trainer_command
 from lmlab.plugins.orpo.options import OrpoOptions
 
 train_orpo = trainer_command(

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lmlab.core.data import Record, SkipLog
-from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.files.records import Record, SkipLog
+from lmlab.core.kernel.errors import DataError, LmlabError
 
 BOS_MODES = ("auto", "always", "never")
 

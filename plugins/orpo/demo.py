@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import err
+from lmlab.core.kernel.console import err
 from lmlab.plugins.orpo.options import OrpoOptions
 from lmlab.plugins.orpo.train import OrpoTrainer
 

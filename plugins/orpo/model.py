@@ -6,8 +6,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.extras import require
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.extras import require
 
 CHECKPOINT_KWARGS = {"use_reentrant": False}  # what TRL and transformers default to: works with frozen inputs
 

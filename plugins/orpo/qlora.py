@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.extras import require
-from lmlab.core.models import finish_tokenizer, model_aliases
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.kernel.extras import require
+from lmlab.core.models.loading import finish_tokenizer, model_aliases
 
 
 def check_4bit() -> None:

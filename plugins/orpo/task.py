@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.core.batching import length_grouped_batches
+from lmlab.core.training.batching import length_grouped_batches
 from lmlab.plugins.orpo.data import PreferenceExample
 from lmlab.plugins.orpo.loss import orpo_objective
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.console import log
-from lmlab.core.data import Record, SkipLog, load_records
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model, save_model
-from lmlab.core.trainer import Trainer
+from lmlab.core.files.records import Record, SkipLog, load_records
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.models.loading import load_model, save_model
+from lmlab.core.training.logprobs import TokenLogprobModel
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.orpo.data import PreferenceExample, build_examples, check_bos_mode
 from lmlab.plugins.orpo.evaluate import EvaluatedOrpoTask, HeldOutPairs
 from lmlab.plugins.orpo.model import trainable_model

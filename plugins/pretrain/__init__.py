@@ -8,8 +8,8 @@ from typing import Any
 
 import typer
 
-from lmlab.core.demo import DemoStep
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.commands.demo import DemoStep
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 @hookimpl

@@ -16,7 +16,7 @@ threads, and the same optimizer settings
   (the batch's next-token targets), so both predict the same B × T tokens. Its batches are collated before the
   timed region (HF is not charged for collation).
 - `lmlab-mha`: `lmlab pretrain --attn mha`'s real path: the model built by `build_model`, `PretrainTask`, and
-  the shared loop `core.training.train()` with TEV and evaluation off. Step time is the loop's own
+  the shared loop `core.training.loop.train()` with TEV and evaluation off. Step time is the loop's own
   `step_time` (collation from the memory-mapped tokens + forward/backward + clip + AdamW + schedule).
 - `lmlab-mha-tev`: the same with TEV logged every step. The loop times `after_step` (the monitor) apart from
   the step, as `monitor_time`: TEV overhead = median(monitor_time) / median(step_time).
@@ -33,7 +33,7 @@ says. Per system: tokens/s, the median over the timed steps (after 2 untimed war
 step time; model FLOPs utilisation, (6·N + 12·L·T·d) × tokens/s over the GEMM peak that the same worker measures
 after its steps on its device (the model's [B·T, d] × [d, 4d] matmul in the dtype its GEMMs run in); the peak
 memory (settings["memory_source"]: the peak RSS on the CPU, reset there on Linux and read as VmHWM by
-`core.memory.peak_rss_mb`; CUDA's max_memory_allocated on a GPU) and its increase over the memory in use once the
+`core.bench.memory.peak_rss_mb`; CUDA's max_memory_allocated on a GPU) and its increase over the memory in use once the
 model (on the device) and data are loaded, i.e. what training costs (activations, logits, gradients, AdamW state).
 """
 
@@ -46,18 +46,18 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, parse_systems, run_systems, systems_option
-from lmlab.core.bench_replay import replay_training
-from lmlab.core.bench_report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, read_peak, start_peak, tensors_sha256, worker_device
-from lmlab.core.devices import DeviceOpt, resolve_device
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, gemm_peak_flops, machine, pool_gemm_peak, version
+from lmlab.core.bench.machine import cpu_count, gemm_peak_flops, machine, pool_gemm_peak, version
+from lmlab.core.bench.replay import replay_training
+from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.worker import clock, read_peak, start_peak, tensors_sha256, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt, resolve_device
+from lmlab.core.kernel.errors import LmlabError
 
 
 def _no_native_bf16(spec: str) -> str | None:
-    from lmlab.core.devices import has_native_bf16
+    from lmlab.core.commands.devices import has_native_bf16
 
     device = resolve_device(spec)
     if has_native_bf16(device):
@@ -79,7 +79,7 @@ WEIGHT_DECAY = 0.1
 MAX_GRAD_NORM = 1.0
 DEFAULT_VOCAB = 4096  # `lmlab pretrain`'s default BPE
 GEMM_RUNS = 5
-WORKER = "lmlab.plugins.pretrain.bench:run_system"  # what each worker subprocess runs (core.bench_worker)
+WORKER = "lmlab.plugins.pretrain.bench:run_system"  # what each worker subprocess runs (core.bench.worker)
 TARGETS = {"tokens_per_s_lmlab_vs_hf": (">=", 1.3), "tev_overhead": ("<=", 0.01),
            "tokens_per_s_mlra_vs_mha": (">=", 0.9)}
 
@@ -147,9 +147,9 @@ def bench_pretrain(
 def prepare_data(vocab_size: int, block_size: int, batch_size: int, n_steps: int, seed: int) -> dict[str, Any]:
     """Tokenise the bundled Tiny Shakespeare as `lmlab pretrain` does (BPE trained on it and cached, tokens
     memory-mapped and cached) and pick every step's windows with PretrainTask's own seeded order."""
-    from lmlab.core.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
-    from lmlab.core.models import cache_dir
-    from lmlab.core.paths import example
+    from lmlab.core.files.paths import example
+    from lmlab.core.models.loading import cache_dir
+    from lmlab.core.training.text_corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
     from lmlab.plugins.pretrain.task import PretrainTask
 
     corpus = example("pretrain/tinyshakespeare.txt")
@@ -262,7 +262,7 @@ def _build_gpt(settings: dict[str, Any], attn: str) -> Any:
     """Our model exactly as `lmlab pretrain` builds it: seed, then the registered architecture and attention."""
     import torch
 
-    from lmlab.core.architectures import build_model
+    from lmlab.core.models.architectures import build_model
 
     torch.manual_seed(settings["seed"])
     model, _ = build_model("gpt", attn, vocab_size=settings["vocab_size"], block_size=settings["block_size"],
@@ -282,7 +282,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Build the model and the batches, check the first batch's loss, then train and time; returns the figures."""
     import torch
 
-    from lmlab.core.console import set_quiet
+    from lmlab.core.kernel.console import set_quiet
     from lmlab.plugins.pretrain.task import PretrainTask
 
     set_quiet(True)
@@ -337,7 +337,7 @@ def _run_lmlab(settings: dict[str, Any], order: list[list[int]], attn: str, devi
 
     import torch
 
-    from lmlab.core.training import TrainConfig, make_accelerator
+    from lmlab.core.training.loop import TrainConfig, make_accelerator
     from lmlab.plugins.pretrain.task import PretrainTask
 
     tokens = _train_tokens(settings)
@@ -412,7 +412,7 @@ def _run_hf(settings: dict[str, Any], batches: list[dict[str, Any]], device: Any
 
     import torch
 
-    from lmlab.core.training import param_groups
+    from lmlab.core.training.loop import param_groups
 
     hf, attention = _hf_model(settings)
     hf.to(device)

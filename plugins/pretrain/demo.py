@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import err
-from lmlab.core.generation import generate_text
-from lmlab.core.report import plot_runs
+from lmlab.core.kernel.console import err
+from lmlab.core.serving.generation import generate_text
+from lmlab.core.training.report import plot_runs
 from lmlab.plugins.pretrain.options import PretrainOptions
 from lmlab.plugins.pretrain.train import PretrainTrainer
 

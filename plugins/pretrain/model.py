@@ -4,7 +4,7 @@ METHODS §3's conventions: learned positional embeddings, SDPA attention, lm_hea
 embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at 0.02/√(2·n_layer).
 Registered as `--arch gpt`; it follows core's LanguageModel protocol, so core's `load_model_folder` rebuilds a
 saved one, and core's generation interface (prefill / decode with a KV cache) so `lmlab generate` runs it
-cached. Its layers, MHA among them, are core's (`lmlab.core.transformer`).
+cached. Its layers, MHA among them, are core's (`lmlab.core.models.transformer`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmlab.core.architectures import ArchConfig, ArchitectureSpec, save_model_folder
-from lmlab.core.attention import AttentionSpec
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.head_loss import head_cross_entropy
-from lmlab.core.kv_cache import CacheState, KVCache
-from lmlab.core.transformer import MHA_SPEC, Layer, Step, init_normal, scale_residual
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.models.architectures import ArchConfig, ArchitectureSpec, save_model_folder
+from lmlab.core.models.attention import AttentionSpec
+from lmlab.core.models.kv_cache import CacheState, KVCache
+from lmlab.core.models.transformer import MHA_SPEC, Layer, Step, init_normal, scale_residual
+from lmlab.core.training.head_loss import head_cross_entropy
 
 
 class GPT(nn.Module):
@@ -60,7 +60,7 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
         """With targets: logits [B, T, V] (None when `return_logits` is off: then the loss comes from the hidden
-        states in chunks, lmlab.core.head_loss, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
+        states in chunks, lmlab.core.training.head_loss, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
         reduction "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
         T = idx.size(1)
         if T > self.config.block_size:
@@ -80,7 +80,7 @@ class GPT(nn.Module):
         return logits, loss.view_as(targets) if reduction == "none" else loss
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, CacheState]:
-        """Generation interface (lmlab.core.generation): left-padded prompts [B, T] (real: not padding) through
+        """Generation interface (lmlab.core.serving.generation): left-padded prompts [B, T] (real: not padding) through
         the stack once, keys and values kept; each sequence's positions count from its first real token."""
         attn = self.transformer.h[0].attn
         cache = KVCache(self.config.n_layer, idx.size(0), attn.n_head, self.config.n_embd // attn.n_head,

@@ -3,7 +3,7 @@ TokenWindows), TEV every `tev_every` steps, the expensive embedding-gradient var
 steps, and validation loss / perplexity every `eval_every` steps.
 
 An architecture that trains on something other than plain windows gives its model `prepare_batch(batch,
-generator)` (lmlab.core.architectures): training batches pass through it with a generator seeded by the batch's
+generator)` (lmlab.core.models.architectures): training batches pass through it with a generator seeded by the batch's
 window indices (so a resumed run sees the same batches), validation batches without one. Losses are averaged
 over the targets that are not -1, so an architecture that predicts fewer tokens (block: not block 0) is
 averaged over what it predicts."""
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
-from lmlab.core.devices import model_device
-from lmlab.core.token_windows import TokenWindows
+from lmlab.core.commands.devices import model_device
+from lmlab.core.training.token_windows import TokenWindows
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 
 

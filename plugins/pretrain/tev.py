@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
 
 
 def _value(statistic: Tensor) -> float:

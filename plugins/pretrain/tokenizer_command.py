@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.console import err, print_json, set_quiet
+from lmlab.core.commands import options as o
+from lmlab.core.kernel.console import err, print_json, set_quiet
 
 
 def tokenizer_train(
@@ -26,12 +26,12 @@ def tokenizer_train(
 
     from transformers import AutoTokenizer
 
-    from lmlab.core.corpus import encode, read_texts, train_tokenizer
-    from lmlab.core.errors import LmlabError
-    from lmlab.core.models import atomic_dir
-    from lmlab.core.paths import example
-    from lmlab.core.report import summary_table
-    from lmlab.core.runs import new_run_path
+    from lmlab.core.files.paths import example
+    from lmlab.core.files.runs import new_run_path
+    from lmlab.core.kernel.errors import LmlabError
+    from lmlab.core.models.loading import atomic_dir
+    from lmlab.core.training.report import summary_table
+    from lmlab.core.training.text_corpus import encode, read_texts, train_tokenizer
 
     set_quiet(quiet)
     source = data or str(example("pretrain/tinyshakespeare.txt"))

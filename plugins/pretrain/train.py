@@ -1,5 +1,5 @@
-"""Pre-training's trainer: corpus → tokenizer → memory-mapped tokens (core.corpus) → any registered architecture
-with any registered attention (core.architectures) on the shared skeleton, with TEV / gradient-variance
+"""Pre-training's trainer: corpus → tokenizer → mmap tokens (training.text_corpus) → any registered architecture
+with any registered attention (core.models.architectures) on the shared skeleton, with TEV / gradient-variance
 monitoring, validation perplexity, plots and a saved model."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.architectures import build_model, check_model_choice
-from lmlab.core.console import log
-from lmlab.core.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
-from lmlab.core.models import cache_dir, replace_dir
-from lmlab.core.trainer import Trainer
+from lmlab.core.kernel.console import log
+from lmlab.core.models.architectures import build_model, check_model_choice
+from lmlab.core.models.loading import cache_dir, replace_dir
+from lmlab.core.training.text_corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.pretrain.options import PretrainOptions
 from lmlab.plugins.pretrain.task import PretrainTask
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.demo import DemoStep
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.rerankers import RerankerSpec
+from lmlab.core.commands.demo import DemoStep
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.retrieval.rerankers import RerankerSpec
 
 
 def _open(folder: Path | None, options: dict[str, Any]) -> Any:
@@ -32,7 +32,7 @@ def register_rerankers(register: Any) -> None:
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
-    from lmlab.core.command import command_group
+    from lmlab.core.commands.builder import command_group
     from lmlab.plugins.rerank.bench import bench_rerank
     from lmlab.plugins.rerank.command import add_rerank_commands
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from lmlab.core.devices import place
-from lmlab.core.errors import LmlabError
-from lmlab.core.rerankers import RERANKER_FILE, Relevance, binary_entropy
-from lmlab.core.retrievers import placement
+from lmlab.core.commands.devices import place
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.rerankers import RERANKER_FILE, Relevance, binary_entropy
+from lmlab.core.retrieval.retrievers import placement
 from lmlab.plugins.rerank.model import PairScorer
 
 KIND = "cross-encoder"
@@ -84,7 +84,7 @@ def summarise(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class BayesianReranker:
-    """A Reranker (`lmlab.core.rerankers`) over one variant of a trained cross-encoder folder."""
+    """A Reranker (`lmlab.core.retrieval.rerankers`) over one variant of a trained cross-encoder folder."""
 
     def __init__(self, scorers: list[PairScorer], variant: str, *, passes: int = 8, temperature: float = 1.0,
                  explain: dict[str, Any] | None = None) -> None:

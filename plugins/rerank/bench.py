@@ -2,7 +2,7 @@
 CrossEncoder on the same weights, the cost of its uncertainty variants and explanations, and (with a trained model)
 what reranking adds to BM25, in one run.
 
-The pairs are `bench retrieve`'s: the synthetic corpus of `bench_corpus` (core/bench_corpus.py: `--documents` pages
+The pairs are `bench retrieve`'s: the synthetic corpus of core/bench/synthetic_kilt.py (`--documents` pages
 and `--queries` KILT queries from `--seed`, nothing downloaded), indexed with BM25 as `lmlab retrieve index` does
 (`RetrievalIndex.build("bm25")`, bm25s robertson, k1 1.5, b 0.75, stemmed, into a temporary index folder), and each
 query paired with each of its top `--depth` BM25 pages as (query, `context_of(page)`: "title. text"). A query whose
@@ -55,13 +55,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems
-from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, machine, pool_gemm_peak
+from lmlab.core.bench.machine import cpu_count, machine, pool_gemm_peak
+from lmlab.core.bench.report import emit, flatten_rows, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, median_seconds, parse_systems, run_systems
+from lmlab.core.bench.worker import clock, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 
 ENCODER = "all-minilm-l6-v2"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -70,7 +70,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 def _no_native_bf16(spec: str = "cpu") -> str | None:
     """Why bf16 autocast would be emulated on `--device spec` (slower than fp32), or None: on the CPU Linux's CPU
     flags, else oneDNN's check; on a GPU torch's."""
-    from lmlab.core.devices import has_native_bf16, resolve_device
+    from lmlab.core.commands.devices import has_native_bf16, resolve_device
 
     device = resolve_device(spec)
     if device.type == "cuda":
@@ -142,7 +142,7 @@ def _pass_figures(seconds: float, shapes: list[tuple[int, int, int]], config: An
     second on the padded batches over the fp32 (bf16) GEMM peak at the model's shape."""
     import torch
 
-    from lmlab.core.machine import gemm_peak_flops
+    from lmlab.core.bench.machine import gemm_peak_flops
 
     d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     linear = layers * (4 * d * d + 2 * d * ff) + d * d  # Q, K, V, output, the two FFN matmuls; the pooler
@@ -275,17 +275,17 @@ def _explain(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ranking_metrics(rankings: list[list[str]], queries: list[Any]) -> dict[str, float]:
-    from lmlab.core.kilt import retrieval_metrics
+    from lmlab.core.retrieval.kilt import retrieval_metrics
 
     metrics = retrieval_metrics({q.id: ranked for q, ranked in zip(queries, rankings, strict=True)}, queries, KS)
     return {key: round(float(metrics[key]), 4) for key in (*(f"recall@{k}" for k in KS), "mrr")}
 
 
 def _quality(settings: dict[str, Any]) -> dict[str, Any]:
-    from lmlab.core.bench_corpus import bench_corpus
-    from lmlab.core.calibration import expected_calibration_error
-    from lmlab.core.rerankers import Reranking
-    from lmlab.core.retrievers import RetrievalIndex
+    from lmlab.core.bench.synthetic_kilt import bench_corpus
+    from lmlab.core.retrieval.calibration import expected_calibration_error
+    from lmlab.core.retrieval.rerankers import Reranking
+    from lmlab.core.retrieval.retrievers import RetrievalIndex
     from lmlab.plugins.rerank.bayes import offered_variants, open_folder, read_info
 
     device = worker_device(settings)
@@ -333,7 +333,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def _reranker_folder(path: str) -> tuple[Path, list[str]]:
     """A trained reranker folder (the run folder or its model/) and its member folders."""
-    from lmlab.core.rerankers import RERANKER_FILE
+    from lmlab.core.retrieval.rerankers import RERANKER_FILE
     from lmlab.plugins.rerank.bayes import KIND, read_info
 
     for candidate in (Path(path), Path(path) / "model"):
@@ -350,7 +350,7 @@ def _reranker_folder(path: str) -> tuple[Path, list[str]]:
 
 def _untrained(folder: Path, members: int) -> list[str]:
     """`members` untrained cross-encoders (the packaged MiniLM, a new head from seeds 0..members-1), saved."""
-    from lmlab.core.console import log
+    from lmlab.core.kernel.console import log
     from lmlab.plugins.rerank.model import load_cross_encoder, save_member
 
     log(f"bench rerank: saving {members} untrained {ENCODER} cross-encoder(s) (seeds 0..{members - 1})…")
@@ -364,9 +364,9 @@ def _untrained(folder: Path, members: int) -> list[str]:
 
 def _build_pairs(folder: Path, docs: list[Any], queries: list[Any], depth: int) -> tuple[list[list[str]], float]:
     """BM25 into an index folder as `retrieve index` builds it, then each query × its top `depth` pages."""
-    from lmlab.core.console import log
-    from lmlab.core.rerankers import context_of
-    from lmlab.core.retrievers import Corpus, RetrievalIndex
+    from lmlab.core.kernel.console import log
+    from lmlab.core.retrieval.rerankers import context_of
+    from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 
     log(f"bench rerank: building the bm25 index of {len(docs)} pages…")
     index = RetrievalIndex.create(folder, Corpus(docs, source=f"bench_corpus({len(docs)} pages)"))
@@ -553,7 +553,7 @@ def bench_rerank(
 ) -> None:
     """Reranker speed vs sentence-transformers' CrossEncoder (same logits), bf16, MC dropout / ensemble / LIME / SHAP
     costs, and (with --reranker) recall and ECE over BM25."""
-    from lmlab.core.bench_corpus import bench_corpus
+    from lmlab.core.bench.synthetic_kilt import bench_corpus
 
     chosen = parse_systems(systems, list(SYSTEMS))
     where = device_settings(device)

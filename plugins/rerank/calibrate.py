@@ -10,13 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmlab.core.calibration import expected_calibration_error, fit_temperature, plot_reliability, reliability_bins
-from lmlab.core.console import log
-from lmlab.core.errors import LmlabError
-from lmlab.core.paths import example
-from lmlab.core.rerankers import resolve_reranker
-from lmlab.core.retrievers import RetrievalIndex
-from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.paths import example
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    reliability_bins,
+)
+from lmlab.core.retrieval.rerankers import resolve_reranker
+from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.plugins.rerank.bayes import read_info, write_info
 from lmlab.plugins.rerank.options import CalibrateOptions
 from lmlab.plugins.rerank.pairs import LabelledPair, load_pairs

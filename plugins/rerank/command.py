@@ -6,9 +6,9 @@ from typing import Any
 
 import typer
 
-from lmlab.core.command import options_command
-from lmlab.core.console import err
-from lmlab.core.trainer import trainer_command
+from lmlab.core.commands.builder import options_command
+from lmlab.core.kernel.console import err
+from lmlab.core.training.trainer import trainer_command
 from lmlab.plugins.rerank.options import CalibrateOptions, ExplainOptions, RerankOptions, RerankTrainOptions
 
 

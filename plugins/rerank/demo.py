@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import err
-from lmlab.core.paths import example
-from lmlab.core.retrievers import Corpus, RetrievalIndex
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.console import err
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 from lmlab.plugins.rerank.calibrate import run_calibrate
 from lmlab.plugins.rerank.explain_run import run_explain
 from lmlab.plugins.rerank.options import CalibrateOptions, ExplainOptions, RerankOptions, RerankTrainOptions

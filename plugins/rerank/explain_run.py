@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.kilt import load_kilt
-from lmlab.core.paths import example
-from lmlab.core.rerankers import context_of, open_reranker
-from lmlab.core.retrievers import RetrievalIndex
-from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.paths import example
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.rerankers import context_of, open_reranker
+from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.plugins.rerank.explain import METHODS, explain, write_html
 from lmlab.plugins.rerank.options import ExplainOptions
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from lmlab.core.devices import model_device
-from lmlab.core.embeddings import DEFAULT_EMBEDDER, embedder_path
-from lmlab.core.errors import ModelError
+from lmlab.core.commands.devices import model_device
+from lmlab.core.kernel.errors import ModelError
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER, embedder_path
 
 DEFAULT_ENCODER = DEFAULT_EMBEDDER  # the packaged all-MiniLM-L6-v2 (offline)
 

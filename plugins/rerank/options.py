@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.core.devices import DeviceOptions
-from lmlab.core.embeddings import DEFAULT_EMBEDDER as DEFAULT_ENCODER
-from lmlab.core.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
-from lmlab.core.rerankers import LAST, RerankSettings
-from lmlab.core.retrievers import DEFAULT_INDEX
+from lmlab.core.commands.devices import DeviceOptions
+from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER as DEFAULT_ENCODER
+from lmlab.core.retrieval.rerankers import LAST, RerankSettings
+from lmlab.core.retrieval.retrievers import DEFAULT_INDEX
 
 BAYES = "Bayesian"
 MODEL_HELP = ("The reranker: a `retrieve train-reranker` run (or its model/ folder), a registered reranker's name, "

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.kilt import load_kilt
-from lmlab.core.rerankers import context_of
-from lmlab.core.retrievers import RetrievalIndex
+from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.rerankers import context_of
+from lmlab.core.retrieval.retrievers import RetrievalIndex
 
 
 @dataclass(frozen=True)

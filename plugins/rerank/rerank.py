@@ -11,13 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.console import json_stdout
-from lmlab.core.data import load_records
-from lmlab.core.errors import DataError
-from lmlab.core.kilt import KiltQuery, load_kilt, retrieval_metrics
-from lmlab.core.paths import example
-from lmlab.core.rerankers import Reranking, open_reranker
-from lmlab.core.retrievers import Ranked, RetrievalIndex, retriever_spec
+from lmlab.core.files.paths import example
+from lmlab.core.files.records import load_records
+from lmlab.core.kernel.console import json_stdout
+from lmlab.core.kernel.errors import DataError
+from lmlab.core.retrieval.kilt import KiltQuery, load_kilt, retrieval_metrics
+from lmlab.core.retrieval.rerankers import Reranking, open_reranker
+from lmlab.core.retrieval.retrievers import Ranked, RetrievalIndex, retriever_spec
 from lmlab.plugins.rerank.options import RerankOptions
 
 KS = (1, 5)

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmlab.core.batching import length_grouped_batches
-from lmlab.core.console import log
-from lmlab.core.data import SkipLog
-from lmlab.core.errors import LmlabError
-from lmlab.core.paths import example
-from lmlab.core.rerankers import record_reranker
-from lmlab.core.retrievers import RetrievalIndex
-from lmlab.core.trainer import Trainer
+from lmlab.core.files.paths import example
+from lmlab.core.files.records import SkipLog
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.rerankers import record_reranker
+from lmlab.core.retrieval.retrievers import RetrievalIndex
+from lmlab.core.training.batching import length_grouped_batches
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.rerank.bayes import KIND, swa_average, write_info
 from lmlab.plugins.rerank.model import PairScorer, load_cross_encoder, save_member, tokenize_pairs
 from lmlab.plugins.rerank.options import RerankTrainOptions

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.demo import DemoStep
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.retrievers import RetrieverSpec
+from lmlab.core.commands.demo import DemoStep
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.retrieval.retrievers import RetrieverSpec
 
 
 def _open(module: str, function: str) -> Any:
@@ -36,7 +36,7 @@ def register_retrievers(register: Any) -> None:
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
-    from lmlab.core.command import command_group
+    from lmlab.core.commands.builder import command_group
     from lmlab.plugins.retrieve.bench import bench_retrieve
     from lmlab.plugins.retrieve.command import HELP, add_retrieve_commands
 

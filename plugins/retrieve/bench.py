@@ -1,7 +1,7 @@
 """`lmlab bench retrieve`: speed and recall of each retriever and of their fusion on one synthetic corpus, against
 rank-bm25 and transformers' generate, in one run.
 
-The corpus is `bench_corpus` (core/bench_corpus.py: `--documents` invented encyclopedic pages and
+The corpus is `bench_corpus` (core/bench/synthetic_kilt.py: `--documents` invented encyclopedic pages and
 `--queries` KILT queries, from `--seed`, nothing downloaded). It is indexed once, as `lmlab retrieve index` does
 (`RetrievalIndex.build`, into a temporary index folder): bm25 (bm25s with `--bm25-method`, default robertson, the
 variant whose ranking is rank-bm25's BM25Okapi) and dense (the core vector store over all-MiniLM-L6-v2, flat).
@@ -26,7 +26,7 @@ Then each system runs in its own worker subprocess with the same number of torch
   the first `--generative-queries` queries, and the RRF of bm25 + dense + generative on them (`fused+generative`).
 
 queries/s = queries / the median wall time of `--repeats` passes over all queries (after one warm-up pass), each
-pass one `search(queries, 10)` call as `retrieve eval` makes it; recall@k is KILT's (lmlab.core.kilt).
+pass one `search(queries, 10)` call as `retrieve eval` makes it; recall@k is KILT's (lmlab.core.retrieval.kilt).
 
 Why epsilon 0: BM25Okapi's idf is log((N - n + 0.5) / (n + 0.5)), replaced by epsilon × the mean idf where it is
 negative (terms in more than half the documents); bm25s's robertson variant takes max(0, ...) instead, and leaves
@@ -46,13 +46,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core import options as o
-from lmlab.core.bench import System, device_settings, median_seconds, parse_systems, run_systems
-from lmlab.core.bench_report import emit, flatten_rows, make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import clock, worker_device
-from lmlab.core.devices import DeviceOpt
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import cpu_count, machine
+from lmlab.core.bench.machine import cpu_count, machine
+from lmlab.core.bench.report import emit, flatten_rows, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, median_seconds, parse_systems, run_systems
+from lmlab.core.bench.worker import clock, worker_device
+from lmlab.core.commands import options as o
+from lmlab.core.commands.devices import DeviceOpt
+from lmlab.core.kernel.errors import LmlabError
 
 SYSTEMS = {"bm25": System(requires="bm25s", install="pip install 'lmlab[retrieve]'"),
            "rank-bm25": System(requires="rank_bm25", install="pip install rank-bm25"),
@@ -73,14 +73,14 @@ TARGETS = {"queries_per_s_bm25s_vs_rank_bm25": (">=", 10.0), "queries_per_s_cons
 # ----------------------------------------------------------------------------------------------- in the worker
 
 def _corpus(settings: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    from lmlab.core.bench_corpus import bench_corpus
+    from lmlab.core.bench.synthetic_kilt import bench_corpus
 
     return bench_corpus(settings["documents"], settings["queries"], settings["seed"],
                         lexical_share=settings["lexical_share"])
 
 
 def _recall(rankings: list[list[str]], queries: list[Any]) -> dict[str, float]:
-    from lmlab.core.kilt import retrieval_metrics
+    from lmlab.core.retrieval.kilt import retrieval_metrics
 
     metrics = retrieval_metrics({q.id: ranked for q, ranked in zip(queries, rankings, strict=True)}, queries, KS)
     return {key: round(float(metrics[key]), 4) for key in (*(f"recall@{k}" for k in KS), "mrr")}
@@ -92,7 +92,7 @@ def _figures(seconds: float, queries: list[Any], rankings: list[list[str]]) -> d
 
 
 def _index(settings: dict[str, Any]) -> Any:
-    from lmlab.core.retrievers import RetrievalIndex
+    from lmlab.core.retrieval.retrievers import RetrievalIndex
 
     return RetrievalIndex.load(settings["index"])
 
@@ -196,7 +196,7 @@ def decode_model(vocab_size: int, bos: int, eos: int, pad: int, seed: int) -> An
 
 
 def _decode(settings: dict[str, Any]) -> dict[str, Any]:
-    from lmlab.core.presets import smollm2_tokenizer
+    from lmlab.core.models.presets import smollm2_tokenizer
     from lmlab.plugins.retrieve.bench_decode import ANCHOR, OURS, decode_benchmark
     from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS
     from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids
@@ -389,7 +389,7 @@ def _export(folder: Path, docs: list[Any], queries: list[Any], settings: dict[st
     `retrieve index` and `retrieve train` on the same pages."""
     from dataclasses import asdict
 
-    from lmlab.core.bench_corpus import bench_corpus, kilt_row
+    from lmlab.core.bench.synthetic_kilt import bench_corpus, kilt_row
 
     folder.mkdir(parents=True, exist_ok=True)
     _, more = bench_corpus(settings["documents"], len(queries) + train, settings["seed"],
@@ -439,7 +439,7 @@ def bench_retrieve(
     device: DeviceOpt = "auto",
 ) -> None:
     """Retrieval speed and recall@1/5/10: bm25 vs rank-bm25, dense, fused, and trie-constrained decoding vs HF."""
-    from lmlab.core.bench_corpus import bench_corpus
+    from lmlab.core.bench.synthetic_kilt import bench_corpus
     from lmlab.plugins.retrieve.bm25 import METHODS
 
     if bm25_method not in METHODS:
@@ -482,8 +482,8 @@ def _build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dic
                  device: str) -> dict[str, float]:
     """bm25 and dense into one index folder, as `retrieve index` builds them, where a chosen system needs them;
     dense embeds on the bench's --device (this process sees every GPU, the workers only that one)."""
-    from lmlab.core.console import log
-    from lmlab.core.retrievers import Corpus, RetrievalIndex
+    from lmlab.core.kernel.console import log
+    from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 
     needs = {"bm25": {"bm25", "fused", "generative"}, "dense": {"dense", "fused", "generative"}}
     index = RetrievalIndex.create(folder, Corpus(docs, source=f"bench_corpus(seed={settings['seed']})"))

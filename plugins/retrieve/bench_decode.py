@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.bench import median_seconds
+from lmlab.core.bench.systems import median_seconds
 from lmlab.plugins.retrieve.beam import Hypothesis, constrained_beam_search, hf_constrained_generate
 from lmlab.plugins.retrieve.trie import DictTrie, TitleTrie
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.extras import require
-from lmlab.core.models import replace_dir
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.extras import require
+from lmlab.core.models.loading import replace_dir
+from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex
 
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 SETTINGS_FILE = "lmlab.json"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import err
-from lmlab.core.paths import example
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.console import err
 from lmlab.plugins.retrieve.evaluate import run_eval
 from lmlab.plugins.retrieve.index import run_index
 from lmlab.plugins.retrieve.options import EvalOptions, IndexOptions, RetrieveTrainOptions, SearchSettings

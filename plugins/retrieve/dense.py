@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmlab.core.embeddings import DEFAULT_EMBEDDER, Embedder
-from lmlab.core.errors import LmlabError
-from lmlab.core.progress import Progress
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, placement
-from lmlab.core.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.progress import Progress
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
+from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex, placement
+from lmlab.core.retrieval.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store
 
 if TYPE_CHECKING:
     import torch

@@ -1,5 +1,5 @@
 """`lmlab retrieve eval`: KILT's page-level retrieval metrics (R-precision, recall@k, success@k, MRR; see
-lmlab.core.kilt) for each retriever and the fused pipeline on KILT-format queries, with results.json,
+lmlab.core.retrieval.kilt) for each retriever and the fused pipeline on KILT-format queries, with results.json,
 rankings.jsonl and a recall@k plot in a run directory. A fusion evaluated after its members reuses their
 rankings (each retriever searches once, as deep as the fusion asks), so its queries/s counts the fusion alone."""
 
@@ -10,13 +10,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from lmlab.core.console import log
-from lmlab.core.kilt import load_kilt, recall_at_k, retrieval_metrics
-from lmlab.core.paths import example
-from lmlab.core.report import plot_lines
-from lmlab.core.rerankers import Reranking, resolve_reranker
-from lmlab.core.retrievers import RetrievalIndex, retriever_spec
-from lmlab.core.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.paths import example
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.kernel.console import log
+from lmlab.core.retrieval.kilt import load_kilt, recall_at_k, retrieval_metrics
+from lmlab.core.retrieval.rerankers import Reranking, resolve_reranker
+from lmlab.core.retrieval.retrievers import RetrievalIndex, retriever_spec
+from lmlab.core.training.report import plot_lines
 from lmlab.plugins.retrieve.fused import default_members
 from lmlab.plugins.retrieve.options import EvalOptions
 

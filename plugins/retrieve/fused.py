@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.fusion import reciprocal_rank_fusion, weighted_sum_fusion
-from lmlab.core.retrievers import Ranked, RetrievalIndex, Retriever
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.fusion import reciprocal_rank_fusion, weighted_sum_fusion
+from lmlab.core.retrieval.retrievers import Ranked, RetrievalIndex, Retriever
 
 FUSIONS = ("rrf", "weighted")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from lmlab.core.devices import place
-from lmlab.core.errors import LmlabError
-from lmlab.core.models import load_model, replace_dir
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, Retriever, placement
+from lmlab.core.commands.devices import place
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.loading import load_model, replace_dir
+from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex, Retriever, placement
 from lmlab.plugins.retrieve.options import DEFAULT_GENERATOR
 from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
 from lmlab.plugins.retrieve.trie import TitleTrie

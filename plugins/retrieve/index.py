@@ -6,9 +6,9 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from lmlab.core.console import log
-from lmlab.core.paths import example
-from lmlab.core.retrievers import Corpus, RetrievalIndex, retriever_spec
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.console import log
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex, retriever_spec
 from lmlab.plugins.retrieve.options import IndexOptions
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmlab.core.backends import BackendOptions
-from lmlab.core.devices import DeviceOptions
-from lmlab.core.embeddings import DEFAULT_EMBEDDER
-from lmlab.core.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
-from lmlab.core.rerankers import RERANK, RerankSettings
-from lmlab.core.retrievers import DEFAULT_INDEX
+from lmlab.core.commands.devices import DeviceOptions
+from lmlab.core.commands.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.evaluation.backends import BackendOptions
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
+from lmlab.core.retrieval.rerankers import RERANK, RerankSettings
+from lmlab.core.retrieval.retrievers import DEFAULT_INDEX
 
 DEFAULT_GENERATOR = "smollm2-135m"
 BUILT_BY_DEFAULT = ["bm25", "dense", "generative"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.console import log
-from lmlab.core.data import FILE_FORMATS, HF_MARKERS, load_records
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.paths import example
+from lmlab.core.files.paths import example
+from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, load_records
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import DataError, LmlabError
 
 
 def read_queries(inline: list[str], path: str | None) -> list[tuple[str, str]]:

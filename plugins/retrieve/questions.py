@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lmlab.core.backends import GenerateRequest, load_backend
-from lmlab.core.console import log
-from lmlab.core.jsonl import read_complete_lines, sync
-from lmlab.core.progress import Progress
-from lmlab.core.retrievers import Document, RetrievalIndex
+from lmlab.core.evaluation.backends import GenerateRequest, load_backend
+from lmlab.core.files.jsonl import read_complete_lines, sync
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.progress import Progress
+from lmlab.core.retrieval.retrievers import Document, RetrievalIndex
 from lmlab.plugins.retrieve.options import QuestionOptions
 
 PROMPT = ("Write one question that the passage below answers. Ask about a fact in it; do not copy a sentence.\n\n"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lmlab.core.devices import model_device
+from lmlab.core.commands.devices import model_device
 
 Row = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt tokens, title tokens with EOS)
 

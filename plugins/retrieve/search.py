@@ -8,10 +8,10 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from lmlab.core.console import json_stdout
-from lmlab.core.errors import LmlabError
-from lmlab.core.rerankers import Reranking, open_reranker
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex
+from lmlab.core.kernel.console import json_stdout
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.rerankers import Reranking, open_reranker
+from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex
 from lmlab.plugins.retrieve.options import SearchOptions
 from lmlab.plugins.retrieve.queries import read_queries
 

@@ -20,15 +20,15 @@ from typing import Any
 
 import torch
 
-from lmlab.core.batching import length_grouped_batches
-from lmlab.core.console import log
-from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.kilt import KiltQuery, load_kilt
-from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model, save_model
-from lmlab.core.retrievers import Corpus, RetrievalIndex
-from lmlab.core.trainer import Trainer
+from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.kernel.console import log
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.models.loading import load_model, save_model
+from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
+from lmlab.core.training.batching import length_grouped_batches
+from lmlab.core.training.logprobs import TokenLogprobModel
+from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS, TRIE_FILE, build_trie, record_generator
 from lmlab.plugins.retrieve.options import RetrieveTrainOptions
 from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint

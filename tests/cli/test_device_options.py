@@ -9,7 +9,7 @@ import click
 import pytest
 
 from lmlab.cli.app import build_command
-from lmlab.core.devices import DEVICE_HELP, PRECISION_HELP
+from lmlab.core.commands.devices import DEVICE_HELP, PRECISION_HELP
 from tests.conftest import run_cli
 
 #: Commands that run a model outside the training loop: each takes --device and --precision.
@@ -97,8 +97,8 @@ def test_a_trainer_or_indexer_asked_for_a_missing_gpu_writes_nothing(args: tuple
 
 
 def test_one_gpu_index_under_several_processes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lmlab.core.errors import LmlabError
-    from lmlab.core.training import make_accelerator
+    from lmlab.core.kernel.errors import LmlabError
+    from lmlab.core.training.loop import make_accelerator
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(LmlabError, match="each one trains on its own GPU") as refused:
@@ -110,7 +110,7 @@ def test_the_embedder_runs_where_and_in_the_dtype_it_is_told() -> None:
     import numpy as np
     import torch
 
-    from lmlab.core.embeddings import Embedder
+    from lmlab.core.retrieval.embeddings import Embedder
 
     texts = ["the closest planet to the sun", "a bowed string instrument"]
     full, half = Embedder(device="cpu"), Embedder(device="cpu", dtype=torch.bfloat16)

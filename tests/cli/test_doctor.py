@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.smoke import PEAK_MEMORY_DIR, steps
+from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, steps
 from tests.conftest import run_cli
 
 

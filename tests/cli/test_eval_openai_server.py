@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.models import load_model
+from lmlab.core.models.loading import load_model
 from tests.conftest import run_cli
 from tests.plugins.click.test_click import write_click
 

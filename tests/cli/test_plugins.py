@@ -92,7 +92,7 @@ def test_plugin_that_fails_to_import_is_reported_and_skipped(tmp_path: Path) -> 
 
 
 RAISING_PLUGIN = '''
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 @hookimpl
@@ -117,7 +117,7 @@ def test_plugin_whose_register_commands_raises_is_reported_and_skipped(tmp_path:
 
 
 HALF_DONE_PLUGIN = '''
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 def half_done():

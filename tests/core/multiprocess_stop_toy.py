@@ -1,4 +1,4 @@
-"""Two torchrun processes (gloo, CPU, DDP) through `lmlab.core.training.train`, for test_multiprocess_stop.py.
+"""Two torchrun processes (gloo, CPU, DDP) through `lmlab.core.training.loop.train`, for test_multiprocess_stop.py.
 
 python multiprocess_stop_toy.py OUT ONE
 The task's loss is scaled by a `torch.rand` draw, so each process's RNG shapes the trajectory. Three runs of 4 steps
@@ -28,9 +28,9 @@ from accelerate import Accelerator
 from safetensors.torch import save_model
 from scale_out_toy import NextToken, TinyLM
 
-from lmlab.core.errors import Interrupted
-from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, train
+from lmlab.core.files.runs import RunDir
+from lmlab.core.kernel.errors import Interrupted
+from lmlab.core.training.loop import TrainConfig, train
 
 SIGNAL_STEP = 3
 

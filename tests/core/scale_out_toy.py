@@ -1,4 +1,4 @@
-"""A tiny language model trained through `lmlab.core.training.train`, for tests/core/test_scale_out.py.
+"""A tiny language model trained through `lmlab.core.training.loop.train`, for tests/core/test_scale_out.py.
 
 python scale_out_toy.py MODE OUT --batch-size B [--stop]
 MODE is "single" (one process), "ddp" or "fsdp" (under `torchrun`, gloo on the CPU). Trains 4 steps into
@@ -23,8 +23,8 @@ from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType
 from safetensors.torch import save_model
 
-from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, train
+from lmlab.core.files.runs import RunDir
+from lmlab.core.training.loop import TrainConfig, train
 
 VOCAB, WIDTH, EXAMPLES, LENGTH = 32, 16, 48, 6
 

@@ -1,4 +1,4 @@
-"""The architecture protocol (lmlab.core.architectures) and generation (lmlab.core.generation), exercised with a
+"""The architecture protocol (core.models.architectures) and generation (core.serving.generation), exercised with a
 toy architecture that a test-only plugin registers: choices and options validated, save → load by config.json's
 "arch", sampling through forward or the model's own generation interface, and `lmlab generate` on it."""
 
@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.cli.app import main
-from lmlab.core.architectures import (
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.kernel.plugins import load_plugins, pm
+from lmlab.core.models.architectures import (
     ArchConfig,
     ArchitectureSpec,
     build_model,
@@ -25,12 +28,9 @@ from lmlab.core.architectures import (
     reject_unknown,
     save_model_folder,
 )
-from lmlab.core.attention import AttentionConfig, AttentionSpec
-from lmlab.core.corpus import train_tokenizer
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.generation import Sampling, generate, sample_tokens
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.plugins import load_plugins, pm
+from lmlab.core.models.attention import AttentionConfig, AttentionSpec
+from lmlab.core.serving.generation import Sampling, generate, sample_tokens
+from lmlab.core.training.text_corpus import train_tokenizer
 
 
 class Bigram(nn.Module):

@@ -1,4 +1,4 @@
-"""lmlab.core.backend_openai against a real local HTTP server that fakes an OpenAI-compatible API.
+"""lmlab.core.evaluation.backend_openai against a real local HTTP server that fakes an OpenAI-compatible API.
 
 The fake tokenises a prompt into `\\S+|\\s+` pieces and gives each piece the log-probability -0.1 * its length
 (the first piece gets None, as real servers do), so every expected score can be worked out by hand.
@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from lmlab.core import backend_openai
-from lmlab.core.backend_openai import OpenAIBackend
-from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest
-from lmlab.core.errors import LmlabError
+from lmlab.core.evaluation import backend_openai
+from lmlab.core.evaluation.backend_openai import OpenAIBackend
+from lmlab.core.evaluation.backends import BackendOptions, ChoiceRequest, GenerateRequest
+from lmlab.core.kernel.errors import LmlabError
 from tests.conftest import loopback_server
 
 TOKEN = re.compile(r"\S+|\s+")

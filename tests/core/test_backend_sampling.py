@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.core.backend_hf import HFBackend
-from lmlab.core.backends import BackendOptions, GenerateRequest
-from lmlab.core.models import load_model
+from lmlab.core.evaluation.backend_hf import HFBackend
+from lmlab.core.evaluation.backends import BackendOptions, GenerateRequest
+from lmlab.core.models.loading import load_model
 
 PROMPTS = ["The sky is", "Once upon a time, in a land far away,", "2 + 2 ="]
 

@@ -10,17 +10,17 @@ from typing import Any
 import pytest
 import torch
 
-from lmlab.core.bench import System, run_systems
-from lmlab.core.bench_replay import replay_training
-from lmlab.core.bench_report import make_report, print_results, ran, ratio
-from lmlab.core.bench_worker import run_worker
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import gemm_peak_flops, machine
-from lmlab.core.memory import peak_rss_mb, reset_peak_rss, rss_mb
-from lmlab.core.training import TrainConfig, make_accelerator
+from lmlab.core.bench.machine import gemm_peak_flops, machine
+from lmlab.core.bench.memory import peak_rss_mb, reset_peak_rss, rss_mb
+from lmlab.core.bench.replay import replay_training
+from lmlab.core.bench.report import make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, run_systems
+from lmlab.core.bench.worker import run_worker
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.training.loop import TrainConfig, make_accelerator
 
 WORKER = '''
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
 
 def run(system, settings):
     if system == "broken":

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.bench import device_settings, median_seconds
-from lmlab.core.bench_worker import clock, device_env, read_peak, run_worker, start_peak, worker_device
-from lmlab.core.errors import LmlabError
-from lmlab.core.machine import gemm_peak_flops
+from lmlab.core.bench.machine import gemm_peak_flops
+from lmlab.core.bench.systems import device_settings, median_seconds
+from lmlab.core.bench.worker import clock, device_env, read_peak, run_worker, start_peak, worker_device
+from lmlab.core.kernel.errors import LmlabError
 
 WORKER = '''
 import os

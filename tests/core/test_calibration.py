@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from lmlab.core.calibration import expected_calibration_error, fit_temperature, plot_reliability, reliability_bins
+from lmlab.core.retrieval.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability,
+    reliability_bins,
+)
 
 PROBS = [0.05, 0.15, 0.25, 0.85, 0.95, 1.0]
 LABELS = [0, 0, 1, 1, 0, 1]

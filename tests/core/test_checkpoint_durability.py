@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmlab.core import checkpoint
-from lmlab.core.errors import EXIT_INTERNAL, DiskFull, LmlabError
-from lmlab.core.report import read_metrics
+from lmlab.core.files import checkpoint
+from lmlab.core.kernel.errors import EXIT_INTERNAL, DiskFull, LmlabError
+from lmlab.core.training.report import read_metrics
 from tests.conftest import kill_after_checkpoint, run_cli
 from tests.core.test_training_loop import TokenRegression, run_loop
 
@@ -172,9 +172,9 @@ import torch
 sys.path.insert(0, {toy_dir!r})
 from scale_out_toy import NextToken, TinyLM, accelerator_for
 
-from lmlab.core.errors import DiskFull
-from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, train
+from lmlab.core.kernel.errors import DiskFull
+from lmlab.core.files.runs import RunDir
+from lmlab.core.training.loop import TrainConfig, train
 
 accelerator = accelerator_for(sys.argv[1])
 out = Path(sys.argv[2])

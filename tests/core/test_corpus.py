@@ -1,4 +1,4 @@
-"""The text corpus (lmlab.core.corpus): every source kind reads, tokenizers train deterministically, tokens are
+"""The text corpus (core.training.text_corpus): every source kind reads, tokenizers train deterministically, tokens are
 cached, and empty, binary or too-short corpora fail with a DataError that names the file."""
 
 from __future__ import annotations
@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.core import corpus
-from lmlab.core.corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus, train_tokenizer
-from lmlab.core.errors import DataError, LmlabError, ModelError
-from lmlab.core.paths import example
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.errors import DataError, LmlabError, ModelError
+from lmlab.core.training import text_corpus as corpus
+from lmlab.core.training.text_corpus import (
+    check_length,
+    read_texts,
+    resolve_tokenizer,
+    tokenize_corpus,
+    train_tokenizer,
+)
 from tests.conftest import CORPUS_DOCS as DOCS
 
 

@@ -1,4 +1,4 @@
-"""lmlab.core.data: each format loads with the right line numbers; each bad input is a DataError naming it."""
+"""lmlab.core.files.records: each format loads with the right line numbers; each bad input is a DataError naming it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from lmlab.core.data import Record, SkipLog, load_records
-from lmlab.core.errors import DataError
+from lmlab.core.files.records import Record, SkipLog, load_records
+from lmlab.core.kernel.errors import DataError
 
 
 def write(path, text: str):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.backend_hf import HFBackend
-from lmlab.core.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
-from lmlab.core.evaluation import EvalItem, parse_letter
-from lmlab.core.models import load_model
-from lmlab.core.request_cache import RequestCache
+from lmlab.core.evaluation.backend_hf import HFBackend
+from lmlab.core.evaluation.backends import BackendOptions, ChoiceRequest, GenerateRequest, cut_at_stop
+from lmlab.core.evaluation.request_cache import RequestCache
+from lmlab.core.evaluation.scoring import EvalItem, parse_letter
+from lmlab.core.models.loading import load_model
 
 REQUESTS = [
     ChoiceRequest("Question: what colour is the sky?\nAnswer:", (" A", " B", " C", " D")),
@@ -135,7 +135,7 @@ def test_parse_letter() -> None:
 
 
 def test_generate_mode_sends_the_benchmarks_stop_strings_and_parses_answers(tmp_path: Path) -> None:
-    from lmlab.core.evaluation import BenchmarkSpec, EvalContext, EvalSettings, score_items, summarize
+    from lmlab.core.evaluation.scoring import BenchmarkSpec, EvalContext, EvalSettings, score_items, summarize
 
     class Talking:
         identity, seen = "fake:talk", []

@@ -1,4 +1,4 @@
-"""lmlab.core.fusion: reciprocal rank fusion and weighted-sum fusion on crafted rankings, scores by hand."""
+"""lmlab.core.retrieval.fusion: reciprocal rank fusion and weighted-sum fusion on crafted rankings, scores by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lmlab.core.fusion import reciprocal_rank_fusion, weighted_sum_fusion
+from lmlab.core.retrieval.fusion import reciprocal_rank_fusion, weighted_sum_fusion
 
 
 def ids(fused):

@@ -1,4 +1,4 @@
-"""core.generation's engine on a scripted model: sampling rules, seeds, stop strings, EOS, per-sequence budgets,
+"""core.serving.generation's engine on a scripted model: sampling rules, seeds, stop strings, EOS, per-sequence budgets,
 left padding; and the KV cache's masks."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lmlab.core.architectures import ArchConfig
-from lmlab.core.corpus import train_tokenizer
-from lmlab.core.generation import Sampling, generate_tokens, left_pad, sample_tokens
-from lmlab.core.kv_cache import KVCache
+from lmlab.core.models.architectures import ArchConfig
+from lmlab.core.models.kv_cache import KVCache
+from lmlab.core.serving.generation import Sampling, generate_tokens, left_pad, sample_tokens
+from lmlab.core.training.text_corpus import train_tokenizer
 
 V = 12
 

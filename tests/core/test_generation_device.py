@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from lmlab.core.architectures import build_model
-from lmlab.core.corpus import train_tokenizer
-from lmlab.core.generation import RunningBatch, Sampling, generate_tokens, sample_tokens
-from lmlab.core.head_loss import head_cross_entropy
-from lmlab.core.kv_cache import CacheState, KVCache
-from lmlab.core.plugins import load_plugins
-from lmlab.core.serving_engine import Engine, collect
-from lmlab.core.transformer import Layer
+from lmlab.core.kernel.plugins import load_plugins
+from lmlab.core.models.architectures import build_model
+from lmlab.core.models.kv_cache import CacheState, KVCache
+from lmlab.core.models.transformer import Layer
+from lmlab.core.serving.engine import Engine, collect
+from lmlab.core.serving.generation import RunningBatch, Sampling, generate_tokens, sample_tokens
+from lmlab.core.training.head_loss import head_cross_entropy
+from lmlab.core.training.text_corpus import train_tokenizer
 from tests.conftest import CORPUS_DOCS, run_cli
 
 V = 40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.core.presets import _no_gguf_bar
+from lmlab.core.models.presets import _no_gguf_bar
 
 
 def test_the_gguf_loaders_bar_is_off_inside_and_back_after(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""lmlab.core.kilt: KILT rows load with their evidence sets, bad rows name file, line and field, and the metrics
+"""core.retrieval.kilt: KILT rows load with their evidence sets, bad rows name file, line and field, and the metrics
 give the numbers KILT's kilt/eval_retrieval.py gives (hand-computed below)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lmlab.core.errors import DataError
-from lmlab.core.kilt import (
+from lmlab.core.kernel.errors import DataError
+from lmlab.core.retrieval.kilt import (
     KiltQuery,
     load_kilt,
     r_precision,

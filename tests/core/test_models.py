@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.errors import ModelError
-from lmlab.core.models import load_model, model_aliases
+from lmlab.core.kernel.errors import ModelError
+from lmlab.core.models.loading import load_model, model_aliases
 from tests.conftest import run_cli
 
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmlab.core import checkpoint
-from lmlab.core.errors import EXIT_INTERRUPTED
-from lmlab.core.report import read_metrics
-from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, make_accelerator, train
+from lmlab.core.files import checkpoint
+from lmlab.core.files.runs import RunDir
+from lmlab.core.kernel.errors import EXIT_INTERRUPTED
+from lmlab.core.training.loop import TrainConfig, make_accelerator, train
+from lmlab.core.training.report import read_metrics
 from tests.core.scale_out_toy import NextToken, TinyLM
 
 SCRIPT = Path(__file__).with_name("multiprocess_stop_toy.py")

@@ -12,9 +12,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lmlab.core import options as o
-from lmlab.core.command import cli_fields, options_command
-from lmlab.core.eval_run import EvalOptions
+from lmlab.core.commands import options as o
+from lmlab.core.commands.builder import cli_fields, options_command
+from lmlab.core.evaluation.run import EvalOptions
 from lmlab.plugins.mapo.options import MapoOptions
 from lmlab.plugins.orpo.options import OrpoOptions
 from lmlab.plugins.pretrain.options import PretrainOptions

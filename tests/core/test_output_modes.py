@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.models import atomic_dir, replace_dir
+from lmlab.core.models.loading import atomic_dir, replace_dir
 from tests.conftest import run_cli
 
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from lmlab.core import plugins
-from lmlab.core.attention import attention_types
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.plugins import load_plugins, plugin_infos, pm
+from lmlab.core.kernel import plugins
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.kernel.plugins import load_plugins, plugin_infos, pm
+from lmlab.core.models.attention import attention_types
 
 
 class FakePlugin:

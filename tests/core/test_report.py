@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from lmlab.core.report import plot_metrics, plot_runs
+from lmlab.core.training.report import plot_metrics, plot_runs
 
 
 def metrics(path: Path, losses: list[float], val_every: int = 2) -> Path:

@@ -17,9 +17,9 @@ import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-from lmlab.core import checkpoint
-from lmlab.core.errors import LmlabError
-from lmlab.core.training import _check_parallelism
+from lmlab.core.files import checkpoint
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.training.loop import _check_parallelism
 
 SCRIPT = Path(__file__).with_name("scale_out_toy.py")
 CHECKPOINT_FILES = {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng-0.pt", "rng-1.pt", "state.json"}

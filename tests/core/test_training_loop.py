@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmlab.core.errors import TrainingDiverged
-from lmlab.core.report import read_metrics
-from lmlab.core.runs import RunDir
-from lmlab.core.signals import StopRequest
-from lmlab.core.training import TrainConfig, _step, make_accelerator, train
+from lmlab.core.files.runs import RunDir
+from lmlab.core.kernel.errors import TrainingDiverged
+from lmlab.core.kernel.signals import StopRequest
+from lmlab.core.training.loop import TrainConfig, _step, make_accelerator, train
+from lmlab.core.training.report import read_metrics
 
 DIM = 3
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core import checkpoint
-from lmlab.core.batching import length_grouped_batches
-from lmlab.core.logprobs import token_logprobs
-from lmlab.core.schedules import lr_lambda
+from lmlab.core.files import checkpoint
+from lmlab.core.training.batching import length_grouped_batches
+from lmlab.core.training.logprobs import token_logprobs
+from lmlab.core.training.schedules import lr_lambda
 
 
 def test_batches_are_deterministic_full_and_cover_every_example() -> None:

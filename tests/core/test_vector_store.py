@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.vector_store import StoreInfo, VectorStore
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.vector_store import StoreInfo, VectorStore
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ def test_a_missing_or_damaged_store_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_the_packaged_embedder_gives_unit_vectors_that_rank_by_meaning() -> None:
-    from lmlab.core.embeddings import Embedder
+    from lmlab.core.retrieval.embeddings import Embedder
 
     embedder = Embedder(batch_size=2)
     texts = ["How do I reset my router?", "Restarting the Wi-Fi router fixes it.", "Bake the bread for an hour."]

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from lmlab.core.console import print_json
-from lmlab.core.hookspecs import hookimpl
+from lmlab.core.kernel.console import print_json
+from lmlab.core.kernel.hookspecs import hookimpl
 
 
 def hello(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmlab.core.errors import LmlabError
-from lmlab.core.vector_store import StoreInfo, VectorStore
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.vector_store import StoreInfo, VectorStore
 from lmlab.plugins.augment.plan import plan
 from lmlab.plugins.augment.records import Instance
 from lmlab.plugins.augment.templates import load_template

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.data import SkipLog
-from lmlab.core.embeddings import embedder_path
-from lmlab.core.errors import DataError, LmlabError
+from lmlab.core.files.records import SkipLog
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.retrieval.embeddings import embedder_path
 from lmlab.plugins.augment.eval_options import AugmentEvalOptions
 from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report
 from lmlab.plugins.augment.reader import (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.cli.app import main
-from lmlab.core import backend_openai
+from lmlab.core.evaluation import backend_openai
 from tests.conftest import run_cli, write_jsonl
 from tests.plugins.augment.conftest import SEEDS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, distinct_n
 from lmlab.plugins.augment.records import Instance
 from lmlab.plugins.augment.templates import load_template

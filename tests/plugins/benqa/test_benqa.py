@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.backends import ChoiceRequest, GenerateRequest
-from lmlab.core.demo import demo_steps
-from lmlab.core.errors import DataError, LmlabError
-from lmlab.core.evaluation import (
+from lmlab.core.commands.demo import demo_steps
+from lmlab.core.evaluation.backends import ChoiceRequest, GenerateRequest
+from lmlab.core.evaluation.request_cache import RequestCache
+from lmlab.core.evaluation.scoring import (
     BenchmarkSpec,
     EvalContext,
     EvalItem,
@@ -23,8 +23,8 @@ from lmlab.core.evaluation import (
     score_items,
     summarize,
 )
-from lmlab.core.paths import example
-from lmlab.core.request_cache import RequestCache
+from lmlab.core.files.paths import example
+from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.plugins.benqa.data import parse_answer
 from tests.conftest import run_cli
 from tests.plugins.benqa.fixtures import COLUMNS, PHYSICS, SCIENCE, SHOT_ANSWERS, write_benqa, write_csv

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.core.architectures import build_model, load_model_folder
-from lmlab.core.generation import PAD_ID, RunningBatch, Sampling, generate, generate_tokens
-from lmlab.core.plugins import load_plugins
+from lmlab.core.kernel.plugins import load_plugins
+from lmlab.core.models.architectures import build_model, load_model_folder
+from lmlab.core.serving.generation import PAD_ID, RunningBatch, Sampling, generate, generate_tokens
 from lmlab.plugins.block.model import BlockTransformer
 from tests.conftest import fit_one_batch
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import torch
 
-from lmlab.core.architectures import build_model
-from lmlab.core.corpus import train_tokenizer
-from lmlab.core.plugins import load_plugins
+from lmlab.core.kernel.plugins import load_plugins
+from lmlab.core.models.architectures import build_model
+from lmlab.core.training.text_corpus import train_tokenizer
 from tests.conftest import CORPUS_DOCS, run_cli
 
 KEY = "sekrit"
@@ -155,7 +155,7 @@ def test_bad_requests_get_an_openai_error_and_the_server_keeps_answering(server:
 def test_echo_and_logprobs_are_the_models_own_log_probabilities(server: str, run_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from lmlab.core.generation import load_generator
+    from lmlab.core.serving.generation import load_generator
 
     text = PROMPTS[2]
     body = complete(server, prompt=text, max_tokens=0, echo=True, logprobs=2, temperature=0).json()

@@ -14,10 +14,18 @@ from typing import Any
 
 import pytest
 
-from lmlab.core.backends import ChoiceRequest, GenerateRequest
-from lmlab.core.evaluation import BenchmarkSpec, EvalContext, EvalItem, EvalSettings, benchmarks, score_items, summarize
-from lmlab.core.paths import example
-from lmlab.core.request_cache import RequestCache
+from lmlab.core.evaluation.backends import ChoiceRequest, GenerateRequest
+from lmlab.core.evaluation.request_cache import RequestCache
+from lmlab.core.evaluation.scoring import (
+    BenchmarkSpec,
+    EvalContext,
+    EvalItem,
+    EvalSettings,
+    benchmarks,
+    score_items,
+    summarize,
+)
+from lmlab.core.files.paths import example
 from tests.conftest import run_cli, write_jsonl
 
 SEED = example("holism/items.jsonl")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmlab.core.bench_report import make_report
+from lmlab.core.bench.report import make_report
 from lmlab.plugins.mapo.bench import PARTS, TARGETS, _print_table, _StepParts
 
 

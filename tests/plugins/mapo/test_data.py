@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import DataError
+from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.kernel.errors import DataError
 from lmlab.plugins.mapo.data import FIELDS, build_pairs, paired_transform
 from tests.conftest import run_cli
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmlab.core.data import SkipLog, load_records
+from lmlab.core.files.records import SkipLog, load_records
 from lmlab.plugins.mapo import train as mapo_train
 from lmlab.plugins.mapo.data import FIELDS, build_pairs, paired_transform
 from lmlab.plugins.mapo.models import DiffusionParts, load_diffusion

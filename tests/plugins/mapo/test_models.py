@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lmlab.core.errors import ModelError
+from lmlab.core.kernel.errors import ModelError
 from lmlab.plugins.mapo import models
 from lmlab.plugins.mapo.models import DiffusionParts, load_diffusion, write_tiny_diffusion
 

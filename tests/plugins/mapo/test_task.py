@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lmlab.core.data import SkipLog, load_records
+from lmlab.core.files.records import SkipLog, load_records
 from lmlab.plugins.mapo.data import FIELDS, build_pairs
 from lmlab.plugins.mapo.models import load_diffusion
 from lmlab.plugins.mapo.task import DiffusionPreferenceTask

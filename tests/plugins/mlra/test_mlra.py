@@ -7,9 +7,9 @@ from types import ModuleType
 import pytest
 import torch
 
-from lmlab.core.architectures import ArchConfig, load_model_folder
-from lmlab.core.attention import AttentionConfig, AttentionSpec
-from lmlab.core.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.architectures import ArchConfig, load_model_folder
+from lmlab.core.models.attention import AttentionConfig, AttentionSpec
 from lmlab.plugins.mlra import register_attention
 from lmlab.plugins.mlra.attention import MLRAttention, default_rank, parse_options
 from tests.conftest import fit_one_batch

@@ -20,10 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.core.data import Record, SkipLog
-from lmlab.core.errors import LmlabError
-from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model
+from lmlab.core.files.records import Record, SkipLog
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.loading import load_model
+from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.orpo.data import build_examples
 from lmlab.plugins.orpo.task import OrpoTask
 from tests.conftest import PREFERENCES, run_cli, write_jsonl

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model as load_weights
 
-from lmlab.core.data import SkipLog, load_records
-from lmlab.core.errors import LmlabError
-from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model
+from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.loading import load_model
+from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.orpo.data import PreferenceExample, build_examples
 from lmlab.plugins.orpo.evaluate import HeldOutPairs
 from lmlab.plugins.orpo.options import OrpoOptions

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.training import make_accelerator
+from lmlab.core.training.loop import make_accelerator
 from lmlab.plugins.orpo.options import OrpoOptions
 from lmlab.plugins.orpo.train import OrpoTrainer
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmlab.core import logprobs
-from lmlab.core.logprobs import TokenLogprobModel
+from lmlab.core.training import logprobs
+from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.orpo.data import PreferenceExample
 from lmlab.plugins.orpo.loss import log1mexp
 from lmlab.plugins.orpo.task import OrpoTask

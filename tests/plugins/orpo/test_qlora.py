@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.models import ModelAlias
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.models.loading import ModelAlias
 from lmlab.plugins.orpo import qlora
 from lmlab.plugins.orpo.model import trainable_model
 from lmlab.plugins.orpo.options import OrpoOptions

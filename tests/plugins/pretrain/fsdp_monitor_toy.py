@@ -1,4 +1,4 @@
-"""Pre-training's monitoring (TEV, embedding-gradient variance) through `lmlab.core.training.train` under FSDP2,
+"""Pre-training's monitoring (TEV, embedding-gradient variance) through `lmlab.core.training.loop.train` under FSDP2,
 for tests/plugins/pretrain/test_fsdp_monitoring.py.
 
 torchrun --nproc_per_node N fsdp_monitor_toy.py ARCH OUT
@@ -20,9 +20,9 @@ import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin, PartialState
 from accelerate.utils import DistributedType
 
-from lmlab.core.architectures import build_model
-from lmlab.core.runs import RunDir
-from lmlab.core.training import TrainConfig, train
+from lmlab.core.files.runs import RunDir
+from lmlab.core.models.architectures import build_model
+from lmlab.core.training.loop import TrainConfig, train
 from lmlab.plugins.pretrain.task import PretrainTask
 from lmlab.plugins.pretrain.tev import tev
 

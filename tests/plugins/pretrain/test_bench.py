@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lmlab.core.bench import parse_systems
-from lmlab.core.errors import LmlabError
+from lmlab.core.bench.systems import parse_systems
+from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.pretrain.bench import (
     SYSTEMS,
     _build_gpt,

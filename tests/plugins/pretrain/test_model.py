@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from lmlab.core import architectures
-from lmlab.core.architectures import ArchConfig, load_model_folder
-from lmlab.core.errors import LmlabError, ModelError
-from lmlab.core.generation import generate
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.models import architectures
+from lmlab.core.models.architectures import ArchConfig, load_model_folder
+from lmlab.core.serving.generation import generate
 from lmlab.plugins.pretrain.model import GPT, GPT_ARCH, MHA_SPEC
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 from tests.conftest import fit_one_batch
@@ -124,9 +124,9 @@ def test_a_tiny_model_overfits_one_batch() -> None:
 
 @pytest.mark.parametrize("attn", ["mha", "mlra"])
 def test_cached_generation_equals_the_full_forward_for_prompts_of_different_lengths(attn: str) -> None:
-    from lmlab.core.architectures import build_model
-    from lmlab.core.generation import Sampling, generate_tokens
-    from lmlab.core.plugins import load_plugins
+    from lmlab.core.kernel.plugins import load_plugins
+    from lmlab.core.models.architectures import build_model
+    from lmlab.core.serving.generation import Sampling, generate_tokens
 
     load_plugins()
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ def tiny_encoder(folder: Path, *, dropout: float = 0.1, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from lmlab.core.embeddings import embedder_path
+    from lmlab.core.retrieval.embeddings import embedder_path
 
     tokenizer = AutoTokenizer.from_pretrained(embedder_path("all-minilm-l6-v2"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -42,7 +42,7 @@ def tiny_encoder(folder: Path, *, dropout: float = 0.1, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def rerank_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The corpus, training and held-out KILT queries, and a BM25 index of the corpus."""
-    from lmlab.core.retrievers import Corpus, RetrievalIndex
+    from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 
     folder = tmp_path_factory.mktemp("rerank")
     corpus = write_jsonl(folder / "corpus.jsonl", [{"id": i, "title": t, "text": x} for i, t, x in DOCS])

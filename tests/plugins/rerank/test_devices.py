@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmlab.cli.app import main
-from lmlab.core.embeddings import embedder_path
+from lmlab.core.retrieval.embeddings import embedder_path
 from lmlab.plugins.rerank.bayes import BayesianReranker, open_folder, write_info
 from lmlab.plugins.rerank.model import PairScorer
 from lmlab.plugins.rerank.pairs import LabelledPair

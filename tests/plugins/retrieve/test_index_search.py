@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from lmlab.cli.app import main
-from lmlab.core import plugins
-from lmlab.core.hookspecs import hookimpl
-from lmlab.core.kilt import load_kilt, retrieval_metrics
-from lmlab.core.plugins import load_plugins, pm
-from lmlab.core.retrievers import Corpus, Ranked, RetrievalIndex, RetrieverSpec
+from lmlab.core.kernel import plugins
+from lmlab.core.kernel.hookspecs import hookimpl
+from lmlab.core.kernel.plugins import load_plugins, pm
+from lmlab.core.retrieval.kilt import load_kilt, retrieval_metrics
+from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex, RetrieverSpec
 from tests.conftest import write_jsonl
 from tests.plugins.retrieve.conftest import DOCS
 
@@ -44,7 +44,7 @@ def test_bm25_ranks_by_shared_terms_and_leaves_out_documents_without_any(built_i
 
 
 def test_dense_search_after_loading_equals_cosine_similarity_of_fresh_embeddings(built_index: Path) -> None:
-    from lmlab.core.embeddings import Embedder
+    from lmlab.core.retrieval.embeddings import Embedder
     from lmlab.plugins.retrieve.dense import document_text
 
     dense = RetrievalIndex.load(built_index).open("dense", {})

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from lmlab.cli.app import main
-from lmlab.core.retrievers import RetrievalIndex
+from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.plugins.retrieve.train import question_targets
 from tests.conftest import loopback_server, write_jsonl
 from tests.plugins.retrieve.conftest import DOCS

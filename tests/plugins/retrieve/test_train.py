@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lmlab.cli.app import main
-from lmlab.core.logprobs import TokenLogprobModel
-from lmlab.core.models import load_model
-from lmlab.core.retrievers import RetrievalIndex
+from lmlab.core.models.loading import load_model
+from lmlab.core.retrieval.retrievers import RetrievalIndex
+from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids
 from lmlab.plugins.retrieve.scoring import sequence_logprobs, shared_prompt_logprobs
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask

@@ -1,0 +1,160 @@
+"""One benchmark system per subprocess, so that its peak memory is its own, and how a worker measures.
+
+`run_worker` starts a fresh interpreter that calls a plugin's `"module:function"` with (system, settings) and
+hands its JSON result back; `run_measured` adds how much of the CPU other processes took meanwhile. Core never
+imports a plugin: the worker's entry point is a string the plugin passes in.
+
+Every system of a benchmark runs on the device its settings name (`settings["device"]`, `core.commands.devices.describe`
+of the bench's `--device`): the worker sees that device only (`CUDA_VISIBLE_DEVICES` is set for it: empty on the
+CPU, so no library in it can pick a GPU by itself; the one chosen GPU otherwise, as `cuda`), and `worker_device`
+is that device inside it. A worker reads its clock with `clock(device)` (which waits for the device's queued work
+first) and its memory with `memory_mb` / `start_peak` / `read_peak` (CUDA's allocator on a GPU, RSS on the CPU:
+`settings["memory_source"]` says which).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmlab.core.bench.machine import BUSY_SHARE, cpu_seconds, other_cpu_share
+from lmlab.core.bench.memory import reset_peak_rss, rss_mb
+from lmlab.core.kernel.errors import LmlabError
+
+if TYPE_CHECKING:  # torch is imported where a worker measures: the BM25 workers never load it
+    import torch
+
+#: Environment of every worker: quiet, offline, the parent's thread count (OMP_NUM_THREADS added per run).
+WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+              "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "DIFFUSERS_VERBOSITY": "error"}
+
+
+def run_worker(entry: str, system: str, settings: dict[str, Any], *, threads: int,
+               env: Mapping[str, str] | None = None, retry_hint: str | None = None) -> dict[str, Any]:
+    """Run `entry` ("package.module:function", called as function(system, settings) -> JSON-able dict) in a
+    fresh interpreter with `threads` OpenMP threads and return its result.
+
+    A LmlabError raised in the worker comes back as the same error; a crash becomes a LmlabError quoting the
+    last lines of the worker's output."""
+    code = "from lmlab.core.bench.worker import worker_main; worker_main()"
+    full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **WORKER_ENV,
+                **device_env(settings.get("device", "cpu")), **(env or {})}
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:
+        out, log_path = Path(tmp) / "result.json", Path(tmp) / "worker.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.run([sys.executable, "-c", code, entry, system, json.dumps(settings), str(out)],
+                                  stdout=log_file, stderr=subprocess.STDOUT, env=full_env, check=False)
+        result = json.loads(out.read_text()) if out.exists() else None
+        if result and "error" in result:
+            raise LmlabError(result["error"], hint=result.get("hint"))
+        if proc.returncode != 0 or result is None:
+            tail = " | ".join(log_path.read_text().strip().splitlines()[-3:])
+            raise LmlabError(f"The {system} benchmark process failed (exit code {proc.returncode}): {tail}",
+                             hint=retry_hint or "rerun with LMLAB_DEBUG=1 for the worker's trace")
+    return result
+
+
+def run_measured(entry: str, system: str, settings: dict[str, Any], *, threads: int,
+                 env: Mapping[str, str] | None = None, retry_hint: str | None = None) -> dict[str, Any]:
+    """`run_worker`, plus the CPU share other processes took meanwhile (`other_processes_cpu_share`), with a
+    warning on stderr when it is above `BUSY_SHARE`."""
+    from lmlab.core.kernel.console import log
+
+    before = cpu_seconds()
+    result = run_worker(entry, system, settings, threads=threads, env=env, retry_hint=retry_hint)
+    other = other_cpu_share(before, cpu_seconds(), threads)
+    result["other_processes_cpu_share"] = other
+    if other is not None and other > BUSY_SHARE:
+        log(f"[yellow]warning: other processes used {other:.0%} of the CPU during the {system} run; they slow "
+            "the systems unevenly, so rerun on a quiet machine before trusting the ratios[/yellow]")
+    return result
+
+
+def device_env(described: str) -> dict[str, str]:
+    """The environment of a process that must run on `described` (`core.commands.devices.describe`'s words: "cpu" or
+    "cuda:N (name)") and nowhere else: `CUDA_VISIBLE_DEVICES` none on the CPU, the parent's GPU N otherwise; and
+    `LMLAB_DEVICE` (every lmlab command's `--device` when not given) that device as the process sees it."""
+    spec = described.partition(" ")[0]
+    if not spec.startswith("cuda"):
+        return {"CUDA_VISIBLE_DEVICES": "", "LMLAB_DEVICE": "cpu"}
+    index = int(spec.partition(":")[2] or 0)
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return {"CUDA_VISIBLE_DEVICES": visible[index] if index < len(visible) else str(index), "LMLAB_DEVICE": "cuda"}
+
+
+def worker_device(settings: dict[str, Any]) -> torch.device:
+    """The device a worker runs its system on: the CPU, or the one GPU `device_env` left it (`cuda`)."""
+    from lmlab.core.commands.devices import resolve_device
+
+    return resolve_device("cuda" if settings.get("device", "cpu").startswith("cuda") else "cpu")
+
+
+def clock(device: torch.device) -> float:
+    """`time.perf_counter()` once the device's queued work is done (a GPU runs asynchronously)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def memory_mb(device: torch.device) -> float:
+    """Memory in use now: tensors allocated on a GPU (`torch.cuda.memory_allocated`), the RSS on the CPU."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.memory_allocated(device) / 2**20
+    return rss_mb()
+
+
+def start_peak(device: torch.device) -> tuple[float, bool]:
+    """Start the measured region: (memory in use now, whether the peak was reset here; on the CPU that needs
+    Linux ≥ 4.0, elsewhere the peak stays the process's)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return memory_mb(device), True
+    return memory_mb(device), reset_peak_rss()
+
+
+def read_peak(device: torch.device) -> float:
+    """The peak memory (MiB) since `start_peak` (or since the worker started), from `settings["memory_source"]`."""
+    from lmlab.core.commands.devices import peak_memory_mb, synchronize
+
+    synchronize(device)
+    return peak_memory_mb(device)[0]
+
+
+def worker_main() -> None:
+    """Entry point of a worker process: argv = ["module:function", system, settings JSON, result path]."""
+    entry, system, settings, out = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), Path(sys.argv[4])
+    module, _, name = entry.partition(":")
+    function: Callable[[str, dict[str, Any]], dict[str, Any]] = getattr(importlib.import_module(module), name)
+    try:
+        result = function(system, settings)
+    except LmlabError as exc:
+        out.write_text(json.dumps({"error": exc.message, "hint": exc.hint}))
+        sys.exit(2)
+    out.write_text(json.dumps(result))
+
+
+def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
+    """A fingerprint of named tensors (weights, batches), so a report can say two systems started from the same
+    model and saw the same data."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in named:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()

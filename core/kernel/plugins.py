@@ -1,0 +1,160 @@
+"""The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
+
+`LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none; a name that matches no installed
+plugin is warned about); the core's own presets (`lmlab.core.models.presets`) are always loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+from rich.markup import escape
+
+from lmlab.core.kernel import hookspecs
+from lmlab.core.kernel.console import err
+
+DEFAULT_PLUGINS = ("lmlab.core.models.presets",)
+
+
+@dataclass
+class PluginInfo:
+    """What `lmlab plugins` shows for one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
+    clashes: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, name: str) -> None:
+        self.registered.setdefault(kind, []).append(name)
+
+
+pm = pluggy.PluginManager(hookspecs.PROJECT)
+pm.add_hookspecs(hookspecs)
+_infos: dict[str, PluginInfo] = {}
+_loaded = False
+
+
+def _selected() -> set[str] | None:
+    raw = os.environ.get("LMLAB_PLUGINS")
+    if raw is None:
+        return None
+    return {name.strip() for name in raw.split(",") if name.strip()}
+
+
+def load_plugins() -> pluggy.PluginManager:
+    """Load the default plugins and the entry points of group "lmlab" (once)."""
+    global _loaded
+    if _loaded:
+        return pm
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        pm.register(module, name="core")
+        _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
+    wanted = _selected()
+    entry_points = md.entry_points(group=hookspecs.PROJECT)
+    _warn_unknown(wanted, sorted(entry_points.names))
+    for ep in entry_points:
+        if wanted is not None and ep.name not in wanted:
+            continue
+        dist = ep.dist.name if ep.dist else None
+        info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None)
+        _infos[ep.name] = info
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            info.error = f"{type(exc).__name__}: {exc}"
+            continue
+        try:
+            pm.check_pending()  # a @hookimpl on a misspelt hook name
+        except pluggy.PluginValidationError as exc:
+            info.error = str(exc)
+            pm.unregister(plugin)
+    for name, info in _infos.items():
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    return pm
+
+
+def _warn_unknown(wanted: set[str] | None, installed: list[str]) -> None:
+    """A yellow warning for each LMLAB_PLUGINS name that no installed plugin has (a typo loads nothing)."""
+    for name in sorted((wanted or set()) - set(installed) - {"core"}):
+        message = f"LMLAB_PLUGINS names '{name}', which is not an installed plugin; installed: {', '.join(installed)}"
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def call_each(hook_name: str, **kwargs: Any) -> Iterator[tuple[PluginInfo, Callable[[], Any]]]:
+    """Yield (plugin info, thunk) per implementation so callers can attribute and isolate each one."""
+    load_plugins()
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        info = _infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
+        wanted = inspect.signature(impl.function).parameters
+        args = {k: v for k, v in kwargs.items() if k in wanted}
+        yield info, (lambda impl=impl, args=args: impl.function(**args))
+
+
+def plugin_infos() -> list[PluginInfo]:
+    load_plugins()
+    return list(_infos.values())
+
+
+# What each `collect` kind is called in a clash warning.
+NOUNS = {"eval": "benchmark", "demo": "demo step", "models": "model alias", "backends": "backend",
+         "architectures": "architecture", "retrievers": "retriever", "rerankers": "reranker"}
+
+
+def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:
+    """Run a `register_*` hook and return what was registered, by name, attributed to its plugin.
+
+    The first plugin to register a name keeps it (the core first, then entry points in load order); a later
+    registration of the same name is refused, noted on that plugin's info and warned about once per process."""
+    load_plugins()
+    found: dict[str, Any] = {}
+    owners: dict[str, str] = {}
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order (pluggy calls them reversed)
+        info = _infos.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name))
+
+        def register(item: Any, info: PluginInfo = info) -> None:
+            name = key(item)
+            if name in owners and owners[name] != info.name:
+                _clash(info, kind, name, owners[name])
+                return
+            found[name], owners[name] = item, info.name
+            if name not in info.registered.get(kind, []):
+                info.add(kind, name)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
+    return found
+
+
+def _clash(info: PluginInfo, kind: str, name: str, owner: str) -> None:
+    """Record (on the refused plugin) and warn about a name another plugin registered first, once."""
+    message = (f"plugin '{info.name}' registers {NOUNS.get(kind, kind)} '{name}', already registered by plugin "
+               f"'{owner}'; kept '{owner}''s")
+    if message in info.clashes:
+        return
+    info.clashes.append(message)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")

@@ -1,0 +1,2 @@
+"""Retrieval: the retriever and reranker registries, fusion, KILT rows and metrics, embeddings, the vector
+store and calibration."""

@@ -1,0 +1,182 @@
+"""Rerankers: a second stage that rescores a retriever's candidates for a query, with an uncertainty.
+
+A reranker plugs in through the `register_rerankers` hook with a `RerankerSpec`. A trained reranker is a folder
+holding `reranker.json` (`{"kind": NAME, ...}`): `open_reranker(FOLDER, options)` finds the spec of that kind and
+opens it; a spec that needs no folder (a reranker behind an API, say) is opened by its name. `Reranking` wraps any
+retriever so that `retrieve search --rerank`, `retrieve eval --rerank` and `retrieve rerank` share one pipeline:
+the retriever's top `depth` candidates are rescored and sorted by the reranker's score, best first.
+
+Each candidate gets a `Relevance`: the score that ranks it (P(relevant), plus λ·agg(importance) when the
+explanation score is on, the Bayesian/XAI paper), the predictive probability, its spread over ensemble members or MC
+dropout passes, and the binary entropy of the probability.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from lmlab.core.commands.options import option
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.plugins import collect
+from lmlab.core.retrieval.retrievers import Corpus, Document, Ranked, RetrievalIndex, Retriever
+
+RERANKER_FILE = "reranker.json"
+RERANK = "Reranking"
+LAST = "last"  # the reranker last trained on the index (recorded in its index.json)
+
+
+class Relevance(NamedTuple):
+    score: float  # what the candidates are sorted by
+    probability: float  # predictive P(relevant): the mean over members / passes
+    std: float  # spread of P(relevant) over members / passes (0 for one deterministic pass)
+    entropy: float  # binary entropy of `probability`, in nats
+    explanation: float | None = None  # agg(importance) when the explanation score is on
+
+
+def binary_entropy(p: float) -> float:
+    return -sum(q * math.log(q) for q in (p, 1.0 - p) if q > 0.0)
+
+
+class Reranker(Protocol):
+    """What a spec opens: one Relevance per (query, context) pair, in order."""
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[Relevance]:
+        ...
+
+
+@dataclass(frozen=True)
+class RerankerSpec:
+    """A reranker kind. `open(folder, options)` returns a Reranker (`folder` is None when opened by name);
+    `variants(folder)` lists the uncertainty variants a trained folder offers (e.g. plain, ensemble, swa)."""
+
+    name: str
+    help: str
+    open: Callable[[Path | None, dict[str, Any]], Reranker]
+    variants: Callable[[Path | None], list[str]] = lambda folder: ["plain"]
+
+
+@dataclass
+class RerankSettings:
+    """The reranking options every command that reranks shares (`retrieve rerank`, `search`, `eval`)."""
+
+    variant: str = option("auto", "The reranker's uncertainty variant: plain, ensemble (mean of M members), "
+                          "mc-dropout (mean of T dropout passes), swa (averaged checkpoints), or auto (the model's "
+                          "default; `retrieve eval` then reports each variant it offers).", panel=RERANK)
+    mc_passes: int = option(8, "mc-dropout: stochastic passes T per pair.", min=1, panel=RERANK)
+    rerank_depth: int = option(20, "Candidates of the retriever rescored per query.", min=1, panel=RERANK)
+    explain_weight: float = option(0.0, "λ of the explanation score s = P(relevant) + λ·agg(importance) (0: off; "
+                                   "costs --explain-samples reranker passes per candidate).", min=0.0, panel=RERANK)
+    explainer: str = option("shap", "Token importances for the explanation score: lime or shap.", panel=RERANK)
+    explain_agg: str = option("max", "How the context's word importances become one number: max, mean, sum, "
+                              "mean-abs or top3.", panel=RERANK)
+    explain_samples: int = option(64, "Perturbed contexts scored per explanation.", min=8, panel=RERANK)
+    explain_depth: int = option(5, "Candidates (the reranker's best) that get the explanation score.", min=1,
+                                panel=RERANK)
+    rerank_batch_size: int = option(32, "(query, context) pairs per reranker batch.", min=1, panel=RERANK)
+
+
+def rerankers() -> dict[str, RerankerSpec]:
+    return collect("register_rerankers", "rerankers", key=lambda spec: spec.name)
+
+
+def reranker_spec(name: str) -> RerankerSpec:
+    found = rerankers()
+    if name not in found:
+        raise LmlabError(f"Unknown reranker kind '{name}'.", hint=f"available: {', '.join(sorted(found)) or 'none'} "
+                         "(`lmlab plugins` lists what each plugin registers)")
+    return found[name]
+
+
+def record_reranker(index: RetrievalIndex, folder: Path) -> None:
+    """Remember `folder` as the index's reranker, so `--rerank last` (and `retrieve rerank`) find it."""
+    index.info["reranker"] = str(folder.resolve())
+    index.write_info()
+
+
+def resolve_reranker(model: str, index: RetrievalIndex | None) -> tuple[RerankerSpec, Path | None]:
+    """The spec and folder behind --rerank/--model: `last`, a folder with reranker.json (or a run folder whose
+    `model/` holds one), or a registered reranker's name."""
+    if model == LAST:
+        recorded = index.info.get("reranker") if index is not None else None
+        if not recorded:
+            where = index.folder if index is not None else "the index"
+            raise LmlabError(f"No reranker has been trained on {where}.",
+                             hint="train one with `lmlab retrieve train-reranker`, or name a folder with --model")
+        model = recorded
+    folder = Path(model)
+    for candidate in (folder, folder / "model"):
+        if (candidate / RERANKER_FILE).is_file():
+            try:
+                kind = json.loads((candidate / RERANKER_FILE).read_text(encoding="utf-8"))["kind"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise LmlabError(f"{candidate / RERANKER_FILE}: cannot read the reranker's kind ({exc}).",
+                                 hint="retrain it with `lmlab retrieve train-reranker`") from exc
+            return reranker_spec(kind), candidate
+    if model in rerankers():
+        return rerankers()[model], None
+    raise LmlabError(f"'{model}' is neither a reranker folder (no {RERANKER_FILE}) nor a registered reranker.",
+                     hint="give a `lmlab retrieve train-reranker` run folder, or one of: "
+                          f"{', '.join(sorted(rerankers())) or 'none registered'}")
+
+
+def open_reranker(model: str, options: dict[str, Any], index: RetrievalIndex | None = None) -> Reranker:
+    spec, folder = resolve_reranker(model, index)
+    return spec.open(folder, options)
+
+
+def context_of(doc: Document) -> str:
+    """The text a reranker reads for a document: its title, then its text."""
+    return f"{doc.title}. {doc.text}" if doc.text else doc.title
+
+
+class Reranking:
+    """A retriever whose top `depth` candidates are rescored by a reranker (`Retriever` protocol). With
+    `explain_weight` λ > 0 the reranker's best `explain_depth` candidates are reordered among themselves by
+    P(relevant) + λ·agg(importance) (the reranker's `explanation_scores`). `details` holds the last search's
+    Relevance per query and candidate id."""
+
+    def __init__(self, retriever: Retriever | None, reranker: Reranker, corpus: Corpus, depth: int, *,
+                 explain_weight: float = 0.0, explain_depth: int = 5) -> None:
+        self.retriever, self.reranker, self.corpus, self.depth = retriever, reranker, corpus, depth
+        self.explain_weight, self.explain_depth = explain_weight, explain_depth
+        self.details: list[dict[str, Relevance]] = []
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        if self.retriever is None:
+            raise LmlabError("This reranking has no retriever to take candidates from.", hint="pass candidates")
+        return self.rerank(queries, self.retriever.search(queries, max(k, self.depth)), k)
+
+    def rerank(self, queries: Sequence[str], candidates: Sequence[Sequence[Ranked]], k: int) -> list[list[Ranked]]:
+        """Rescore the first `depth` of each candidate list (e.g. a `retrieve search` output) and keep the best `k`;
+        candidates past `depth` follow in the retriever's order, scored below every rescored one."""
+        pairs = [(query, context_of(self.corpus.by_id[hit.id]))
+                 for query, hits in zip(queries, candidates, strict=True) for hit in hits[:self.depth]]
+        scores = iter(self.reranker.score(pairs))
+        self.details, ranked = [], []
+        for query, hits in zip(queries, candidates, strict=True):
+            relevance = {hit.id: next(scores) for hit in hits[:self.depth]}
+            order = sorted(hits[:self.depth], key=lambda hit: -relevance[hit.id].score)  # stable: ties keep order
+            if self.explain_weight > 0:
+                order = self._explained(query, order, relevance)
+            floor = min((r.score for r in relevance.values()), default=0.0)
+            tail = [Ranked(hit.id, floor - n) for n, hit in enumerate(hits[self.depth:k], 1)]
+            ranked.append([Ranked(hit.id, relevance[hit.id].score) for hit in order][:k] + tail)
+            self.details.append(relevance)
+        return ranked
+
+    def _explained(self, query: str, order: list[Ranked], relevance: dict[str, Relevance]) -> list[Ranked]:
+        explain = getattr(self.reranker, "explanation_scores", None)
+        if explain is None:
+            raise LmlabError("This reranker gives no token importances for the explanation score.",
+                             hint="drop --explain-weight, or use a reranker that explains (the cross-encoder)")
+        top = order[:self.explain_depth]
+        bonus = explain(query, [context_of(self.corpus.by_id[hit.id]) for hit in top])
+        for hit, value in zip(top, bonus, strict=True):
+            relevance[hit.id] = relevance[hit.id]._replace(score=relevance[hit.id].probability
+                                                           + self.explain_weight * value, explanation=value)
+        return sorted(top, key=lambda hit: -relevance[hit.id].score) + order[self.explain_depth:]

@@ -1,0 +1,244 @@
+"""Retrievers behind one interface, the corpus they index and the index folder they share.
+
+A retriever plugs in through the `register_retrievers` hook with a `RetrieverSpec`: `build` writes its files
+into the index folder once (`lmlab retrieve index`), `open` loads them for searching. The `retrieve` plugin
+registers bm25, dense, generative and fused; a third-party package adds its own the same way, and every
+command that searches (`retrieve search`, `retrieve eval`, rerankers that mine negatives) finds it by name.
+
+An index folder holds `index.json` (the corpus it was built from, and each retriever's recorded settings),
+`corpus.jsonl` (the documents, so that a search prints titles without the original file) and one sub-folder
+per retriever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from lmlab.core.files.records import Record, load_records
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.kernel.plugins import collect
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_INDEX = Path("runs/retrieve-index")  # where `lmlab retrieve index` builds by default
+INDEX_FILE = "index.json"
+CORPUS_FILE = "corpus.jsonl"
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    title: str
+    text: str
+
+
+class Ranked(NamedTuple):
+    """One retrieved document: its id and the retriever's score (higher is better)."""
+
+    id: str
+    score: float
+
+
+def _text_field(record: Record, name: str, *, allow_empty: bool = False) -> str:
+    value = record.get(name, (str, int) if name == "id" else str)
+    value = str(value).strip() if name != "text" else str(value)
+    if not value and not allow_empty:
+        raise DataError("is empty", path=record.path, line=record.line, field=name,
+                        hint=f"give every document a non-empty '{name}'")
+    return value
+
+
+class Corpus:
+    """Documents `{id, title, text}` with unique ids and unique titles (generative retrieval decodes a title, which
+    must name one page)."""
+
+    def __init__(self, documents: Sequence[Document], source: str = "") -> None:
+        self.documents = list(documents)
+        self.source = source
+        self.by_id = {d.id: d for d in self.documents}
+        self.by_title = {d.title: d for d in self.documents}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Corpus:
+        """Read a corpus file (JSONL/JSON/CSV/Parquet/saved dataset); a bad row raises one DataError naming it."""
+        records = load_records(str(path), required=("id", "title", "text"))
+        documents: list[Document] = []
+        ids: dict[str, Record] = {}
+        titles: dict[str, Record] = {}
+        for record in records:
+            doc = Document(_text_field(record, "id"), _text_field(record, "title"),
+                           _text_field(record, "text", allow_empty=True))
+            for seen, key, field in ((ids, doc.id, "id"), (titles, doc.title, "title")):
+                if key in seen:
+                    first = seen[key]
+                    raise DataError(f"'{key}' is also the {field} of the document at line {first.line}",
+                                    path=record.path, line=record.line, field=field,
+                                    hint=f"every document needs its own {field}")
+                seen[key] = record
+            documents.append(doc)
+        return cls(documents, source=str(path))
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for doc in self.documents:
+            digest.update(json.dumps([doc.id, doc.title, doc.text], ensure_ascii=False).encode())
+        return digest.hexdigest()[:16]
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            for doc in self.documents:
+                out.write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
+        tmp.replace(path)
+
+
+class Retriever(Protocol):
+    """What `open` returns: the best `k` documents for each query, best first."""
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        ...
+
+
+@dataclass(frozen=True)
+class RetrieverSpec:
+    """A retriever kind. `build(corpus, folder, options)` writes its files into `folder` and returns the settings
+    to record (None: nothing to build, e.g. a fusion of others); `open(index, options)` returns a Retriever;
+    `check(options)` raises LmlabError for options it cannot build with, before any retriever is built.
+    `options` is the command's options as a dict; each retriever reads the keys it knows (a model's device and dtype
+    through `placement`)."""
+
+    name: str
+    help: str
+    open: Callable[[RetrievalIndex, dict[str, Any]], Retriever]
+    build: Callable[[Corpus, Path, dict[str, Any]], dict[str, Any]] | None = None
+    check: Callable[[dict[str, Any]], None] | None = None
+
+
+def placement(options: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) a retriever's or reranker's model runs in: the `device` and `dtype` the command resolved
+    from --device/--precision into `options`, else auto (the first CUDA GPU when there is one, bf16 where it has
+    it; the CPU in fp32)."""
+    from lmlab.core.commands.devices import inference_dtype, resolve_device
+
+    device = resolve_device(options.get("device"))
+    return device, options.get("dtype") or inference_dtype("auto", device)
+
+
+def retrievers() -> dict[str, RetrieverSpec]:
+    return collect("register_retrievers", "retrievers", key=lambda spec: spec.name)
+
+
+def retriever_spec(name: str) -> RetrieverSpec:
+    found = retrievers()
+    if name not in found:
+        raise LmlabError(f"Unknown retriever '{name}'.", hint=f"available: {', '.join(sorted(found)) or 'none'}")
+    return found[name]
+
+
+class _Remembered:
+    """A retriever that keeps its last answer: the same queries again at the same or a smaller k (a fusion of
+    rankings just evaluated one by one) are answered from it, truncated, instead of searched twice."""
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+        self.last: tuple[tuple[str, ...], int, list[list[Ranked]]] | None = None
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
+        key = tuple(queries)
+        if self.last is not None and self.last[0] == key and k <= self.last[1]:
+            return [ranked[:k] for ranked in self.last[2]]
+        found = self.retriever.search(queries, k)
+        self.last = (key, k, found)
+        return found
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped retriever's own attributes (its model, settings, ...)
+        return getattr(self.retriever, name)
+
+
+class RetrievalIndex:
+    """An index folder: the corpus plus what each retriever built, as recorded in index.json."""
+
+    def __init__(self, folder: Path, corpus: Corpus, info: dict[str, Any]) -> None:
+        self.folder, self.corpus, self.info = folder, corpus, info
+        self._opened: dict[str, _Remembered] = {}
+
+    @property
+    def built(self) -> dict[str, dict[str, Any]]:
+        """The retrievers built into this folder, with their recorded settings."""
+        return self.info["retrievers"]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RetrievalIndex:
+        folder = Path(folder)
+        path = folder / INDEX_FILE
+        if not path.is_file():
+            raise LmlabError(f"{folder} is not a retrieval index (no {INDEX_FILE}).",
+                             hint=f"build it with `lmlab retrieve index -o {folder}` (the bundled corpus, or "
+                                 "--corpus FILE)")
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise LmlabError(f"{path}: cannot read the index description ({exc}).",
+                             hint="rebuild the index with `lmlab retrieve index`") from exc
+        return cls(folder, Corpus.load(folder / CORPUS_FILE), info)
+
+    @classmethod
+    def create(cls, folder: str | Path, corpus: Corpus) -> RetrievalIndex:
+        """A new index of `corpus` in `folder`, or the existing one when it indexes the same documents (so that
+        building a further retriever into it keeps the others)."""
+        folder = Path(folder)
+        if (folder / INDEX_FILE).is_file():
+            existing = cls.load(folder)
+            if existing.info.get("fingerprint") == corpus.fingerprint():
+                return existing
+            raise LmlabError(f"{folder} already indexes another corpus ({existing.info.get('source')}).",
+                             hint="choose another --output, or delete that folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        corpus.save(folder / CORPUS_FILE)
+        index = cls(folder, corpus, {"source": corpus.source, "documents": len(corpus),
+                                     "fingerprint": corpus.fingerprint(), "retrievers": {}})
+        index.write_info()
+        return index
+
+    def write_info(self) -> None:
+        path = self.folder / INDEX_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    def build(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Build retriever `name` into its sub-folder (replacing an earlier build) and record its settings."""
+        spec = retriever_spec(name)
+        if spec.build is None:
+            raise LmlabError(f"The '{name}' retriever has nothing to build.", hint="it searches with the others")
+        started = time.perf_counter()
+        settings = spec.build(self.corpus, self.folder / name, options)
+        self.built[name] = {**settings, "seconds": round(time.perf_counter() - started, 2)}
+        self.write_info()
+        return self.built[name]
+
+    def forget(self) -> None:
+        """Drop the opened retrievers' last rankings, so the next search searches (a benchmark times each pass)."""
+        for retriever in self._opened.values():
+            retriever.last = None
+
+    def open(self, name: str, options: dict[str, Any]) -> Retriever:
+        """Retriever `name`, loaded once per index object (a fusion and its members share the loaded models, and
+        the members' last rankings; `options` are the command's, the same for every call)."""
+        if name not in self._opened:
+            spec = retriever_spec(name)
+            if spec.build is not None and name not in self.built:
+                raise LmlabError(f"{self.folder} has no '{name}' index.",
+                                 hint=f"build it with `lmlab retrieve index --retriever {name} -o {self.folder}`")
+            self._opened[name] = _Remembered(spec.open(self, options))
+        return self._opened[name]
