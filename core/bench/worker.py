@@ -158,3 +158,50 @@ def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def worker_setup(settings: dict[str, Any]) -> torch.device:
+    """A worker's preamble: quiet logs, the run's torch thread count, and the device it runs on."""
+    import torch
+
+    from lmlab.core.kernel.console import set_quiet
+
+    set_quiet(True)
+    torch.set_num_threads(settings["threads"])
+    return worker_device(settings)
+
+
+def seeded_batches(n_rows: int, batch_size: int, n_steps: int, seed: int) -> list[list[int]]:
+    """The row indices of each step: seeded random batches, reshuffled after each pass over the rows, the same
+    for every system."""
+    import random
+
+    rng = random.Random(seed + 1)
+    stream: list[int] = []
+    while len(stream) < n_steps * batch_size:
+        order = list(range(n_rows))
+        rng.shuffle(order)
+        stream += order
+    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(n_steps)]
+
+
+def trainer_step_timer(device: torch.device, steps: int) -> Any:
+    """A transformers `TrainerCallback` that times each step of an HF Trainer (an anchor's training loop) between
+    on_step_begin and on_step_end on `device`'s clock (`.times`), and reads the peak memory after the `steps`-th
+    step (`.peak_mb`)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.tick = self.peak_mb = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.tick = clock(device)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.times.append(clock(device) - self.tick)
+            if len(self.times) == steps:
+                self.peak_mb = read_peak(device)
+
+    return StepTimer()

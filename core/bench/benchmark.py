@@ -1,0 +1,181 @@
+"""A benchmark declared once: `Benchmark` names its systems, its worker, its settings, its ratios (as data) and
+its table's columns; `bench_command` makes the `lmlab bench NAME` command from it on the options dataclasses
+every other command uses (`BenchOptions`: `--systems`, `--device`, `--seed`, plus `--config`, `--json` and
+`--quiet` from the command builder). The command runs each chosen system in its own worker subprocess
+(`core.bench.systems.run_systems`), compares what the systems saw (`same_inputs`, `hoist`), computes the ratios and
+prints the report (docs/benchmarks.md says what each benchmark measures).
+
+A plugin's bench file holds only what is its own: its options, its settings and its systems' runners.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmlab.core.bench.report import Targets, make_report, print_results, ran, ratio
+from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems
+from lmlab.core.commands import options as o
+
+Settings = dict[str, Any]
+Results = dict[str, dict[str, Any]]
+
+
+@dataclass
+class BenchOptions:
+    """The options of every `lmlab bench NAME`; a benchmark's options subclass this and add their own."""
+
+    systems: str | None = o.option(None, "Comma-separated systems to run (default: all; the list is in the "
+                                   "command's help).", panel=o.RUN_AND_OUTPUT)
+    seed: int = o.option(42, "Seed of the model init, the data and their order.", panel=o.RUN_AND_OUTPUT)
+    device: str = o.option("auto", o.DEVICE_HELP, panel=o.RUN_AND_OUTPUT, envvar="LMLAB_DEVICE")
+
+
+def lookup(result: Mapping[str, Any] | None, key: str) -> Any:
+    """result[key], a dotted key reaching into nested figures ("decode_heavy.tokens_per_s"); None if absent."""
+    value: Any = result
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """`name` = results[ours][key] / results[anchor][anchor_key or key], `digits` rounded; `target`: (">=" or
+    "<=", bound) the report judges it against. Left out of the report when a system did not run."""
+
+    name: str
+    ours: str
+    anchor: str
+    key: str
+    anchor_key: str | None = None
+    target: tuple[str, float] | None = None
+    digits: int = 3
+
+    def value(self, results: Results) -> float | None:
+        ours, anchor = results.get(self.ours), results.get(self.anchor)
+        if not ran(ours) or not ran(anchor):
+            return None
+        return ratio(lookup(ours, self.key), lookup(anchor, self.anchor_key or self.key), self.digits)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the header, the result's (dotted) key and its format ("{:.3f}"), "–" where it is absent."""
+
+    header: str
+    key: str
+    format: str = "{:.3f}"
+
+    def cell(self, result: Mapping[str, Any]) -> str:
+        value = lookup(result, self.key)
+        return "–" if value is None else self.format.format(value)
+
+
+@dataclass
+class Benchmark:
+    """One `lmlab bench NAME`.
+
+    `settings(opts)`: what the report's settings say about the run (device and threads are added);
+    `ratios` / `columns`: data, or a function of the settings where they depend on the run (e.g. one per
+    context length); `prepare(opts, settings, scratch)`: parent-side work before the workers (e.g. a shared
+    corpus in `scratch`), returning settings only the workers see; `finish(settings, results)`: parent-side
+    checks between systems once they ran; `detail(settings)`: what the log line says about the run (threads and
+    device are added); `lines(report)`: the lines printed under the table;
+    `not_judged(report)`: ratio → why this run does not judge its target; `available(opts)`: the systems with
+    preconditions that depend on the options (e.g. native bf16 on `--device`); `same_as`: (reference system,
+    checks, differences) for `same_inputs`; `hoisted`: the facts `hoist` moves from the results to the settings."""
+
+    name: str
+    doc: str
+    options: type[BenchOptions]
+    systems: Mapping[str, System]
+    worker: str
+    settings: Callable[[Any], Settings]
+    title: Callable[[Settings], str]
+    columns: Sequence[Column] | Callable[[Settings], Sequence[Column]]
+    ratios: Sequence[Ratio] | Callable[[Settings], Sequence[Ratio]] = ()
+    detail: Callable[[Settings], str] = lambda s: ""
+    versions: tuple[str, ...] = ("torch",)
+    prepare: Callable[[Any, Settings, Path], Settings] | None = None
+    finish: Callable[[Settings, Results], None] | None = None
+    lines: Callable[[dict[str, Any]], list[str]] = field(default=lambda report: [])
+    not_judged: Callable[[dict[str, Any]], dict[str, str]] = field(default=lambda report: {})
+    available: Callable[[Any], Mapping[str, System]] | None = None
+    same_as: tuple[str, Mapping[str, str], Mapping[str, str]] | None = None
+    hoisted: Sequence[str] = ()
+
+    def ratio_list(self, settings: Settings) -> Sequence[Ratio]:
+        return self.ratios(settings) if callable(self.ratios) else self.ratios
+
+    def targets(self, settings: Settings) -> Targets:
+        return {r.name: r.target for r in self.ratio_list(settings) if r.target is not None}
+
+    def run(self, opts: BenchOptions) -> dict[str, Any]:
+        """Run the chosen systems on the options' device and return the report."""
+        from lmlab.core.bench.machine import cpu_count, machine
+
+        chosen = parse_systems(opts.systems or ",".join(self.systems), list(self.systems))
+        where = device_settings(opts.device)
+        threads = cpu_count()
+        settings = {**self.settings(opts), **where, "threads": threads}
+        systems = self.available(opts) if self.available is not None else self.systems
+        with tempfile.TemporaryDirectory(prefix=f"lmlab-bench-{self.name}-") as scratch:
+            private = self.prepare(opts, settings, Path(scratch)) if self.prepare is not None else {}
+            results = run_systems(self.name, systems, chosen, self.worker, {**settings, **private},
+                                  threads=threads,
+                                  detail=", ".join(filter(None, [self.detail(settings), f"{threads} threads",
+                                                                 where["device"]])))
+        hoist(settings, results, self.hoisted)
+        if self.same_as is not None:
+            same_inputs(results, *self.same_as)
+        if self.finish is not None:
+            self.finish(settings, results)
+        ratios = {r.name: r.value(results) for r in self.ratio_list(settings)}
+        return make_report(self.name, machine(threads, self.versions), settings, results, ratios)
+
+    def show(self, report: dict[str, Any]) -> None:
+        """The report as a table: one row per system, the ratios against their targets, then `lines`."""
+        settings = report["settings"]
+        columns = self.columns(settings) if callable(self.columns) else self.columns
+        print_results(report, self.title(settings), [c.header for c in columns],
+                      lambda result: [c.cell(result) for c in columns], self.targets(settings),
+                      lines=self.lines(report), not_judged=self.not_judged(report))
+
+
+def bench_command(benchmark: Benchmark) -> Callable[..., None]:
+    """The Typer command of a benchmark (`bench.command(NAME)(bench_command(BENCHMARK))`)."""
+    from lmlab.core.commands.builder import options_command
+
+    doc = f"{benchmark.doc}\n\nSystems: {', '.join(benchmark.systems)}."
+    return options_command(benchmark.options, benchmark.run, doc=doc, show=benchmark.show)
+
+
+def same_inputs(results: Results, reference: str, checks: Mapping[str, str],
+                differences: Mapping[str, str] | None = None) -> None:
+    """For every other system that ran beside `reference`: result[label] = whether result[key] equals the
+    reference's, for each key → label of `checks` (e.g. {"tokens_sha256": "same_tokens_as_lmlab"}), and
+    result[label] = |result[key] − reference's| for each key → label of `differences` (e.g. a first loss)."""
+    ref = results.get(reference)
+    if not ran(ref):
+        return
+    for name, result in results.items():
+        if name != reference and ran(result):
+            for key, label in checks.items():
+                result[label] = result.get(key) == ref.get(key)
+            for key, label in (differences or {}).items():
+                result[label] = abs(result[key] - ref[key])
+
+
+def hoist(settings: Settings, results: Results, keys: Sequence[str]) -> None:
+    """Move facts every worker reports alike (the data it built, a resolution) from the results to the
+    settings: the value when all agree, else the list of what each said."""
+    for key in keys:
+        values = [r.pop(key) for r in results.values() if ran(r) and key in r]
+        if values:
+            settings[key] = values[0] if all(v == values[0] for v in values) else values
