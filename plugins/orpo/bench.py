@@ -52,7 +52,7 @@ BENCHMARK = Benchmark(
     name="orpo", doc="ORPO training speed, memory and loss: lmlab vs TRL's ORPOTrainer on the same model, data and "
     "batches.", options=OrpoBenchOptions,
     systems={"lmlab": System(), "trl": System("trl", "pip install trl", lambda: None if (
-        files("trl") / "experimental" / "orpo").is_dir() else "this trl has no trl.experimental.orpo (pip install 'trl>=0.25')")},
+        files("trl") / "experimental" / "orpo").is_dir() else "no trl.experimental.orpo (pip install 'trl>=0.25')")},
     worker="lmlab.plugins.orpo.bench:run_system", settings=_settings, lines=_lines, hoisted=["data"],
     same_as=("lmlab", {"tokens_sha256": "same_tokens_as_lmlab", "init_sha256": "same_init_as_lmlab"},
              {"loss_first_batch": "loss_abs_diff_vs_lmlab"}),
