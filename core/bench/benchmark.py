@@ -65,6 +65,19 @@ class Ratio:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A figure the report lists with the ratios that is not a quotient (e.g. errors summed over systems):
+    `compute(results)`, judged against `target` like a ratio."""
+
+    name: str
+    compute: Callable[[Results], float | None]
+    target: tuple[str, float] | None = None
+
+    def value(self, results: Results) -> float | None:
+        return self.compute(results)
+
+
+@dataclass(frozen=True)
 class Column:
     """A table column: the header, the result's (dotted) key and its format ("{:.3f}"), "–" where it is absent."""
 
@@ -89,7 +102,8 @@ class Benchmark:
     device are added); `lines(report)`: the lines printed under the table;
     `not_judged(report)`: ratio → why this run does not judge its target; `available(opts)`: the systems with
     preconditions that depend on the options (e.g. native bf16 on `--device`); `same_as`: (reference system,
-    checks, differences) for `same_inputs`; `hoisted`: the facts `hoist` moves from the results to the settings."""
+    checks, differences) for `same_inputs`; `hoisted`: the facts `hoist` moves from the results to the settings;
+    `table_rows(report)`: the table's rows when they are not one per system (e.g. one per system and load)."""
 
     name: str
     doc: str
@@ -99,7 +113,7 @@ class Benchmark:
     settings: Callable[[Any], Settings]
     title: Callable[[Settings], str]
     columns: Sequence[Column] | Callable[[Settings], Sequence[Column]]
-    ratios: Sequence[Ratio] | Callable[[Settings], Sequence[Ratio]] = ()
+    ratios: Sequence[Ratio | Figure] | Callable[[Settings], Sequence[Ratio | Figure]] = ()
     detail: Callable[[Settings], str] = lambda s: ""
     versions: tuple[str, ...] = ("torch",)
     prepare: Callable[[Any, Settings, Path], Settings] | None = None
@@ -109,8 +123,9 @@ class Benchmark:
     available: Callable[[Any], Mapping[str, System]] | None = None
     same_as: tuple[str, Mapping[str, str], Mapping[str, str]] | None = None
     hoisted: Sequence[str] = ()
+    table_rows: Callable[[dict[str, Any]], Results] | None = None
 
-    def ratio_list(self, settings: Settings) -> Sequence[Ratio]:
+    def ratio_list(self, settings: Settings) -> Sequence[Ratio | Figure]:
         return self.ratios(settings) if callable(self.ratios) else self.ratios
 
     def targets(self, settings: Settings) -> Targets:
@@ -143,7 +158,8 @@ class Benchmark:
         """The report as a table: one row per system, the ratios against their targets, then `lines`."""
         settings = report["settings"]
         columns = self.columns(settings) if callable(self.columns) else self.columns
-        print_results(report, self.title(settings), [c.header for c in columns],
+        shown = {**report, "results": self.table_rows(report)} if self.table_rows is not None else report
+        print_results(shown, self.title(settings), [c.header for c in columns],
                       lambda result: [c.cell(result) for c in columns], self.targets(settings),
                       lines=self.lines(report), not_judged=self.not_judged(report))
 

@@ -8,11 +8,12 @@ import json
 import pytest
 
 from lmlab.cli.app import main
-from lmlab.plugins.block.bench_serve import MODES, SYSTEMS, percentile
+from lmlab.core.bench.http_load import percentile
+from lmlab.plugins.block.bench_serve import BENCHMARK, MODES
 from tests.conftest import run_cli
 
 TINY = ("--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--context", "64", "--vocab-size", "512",
-        "--prompt-tokens", "16", "--max-tokens", "8", "--concurrency", "1,4", "--requests", "6", "--max-seconds", "0.5",
+        "--prompt-tokens", "16", "--max-new-tokens", "8", "--concurrency", "1,4", "--requests", "6", "--max-seconds", "0.5",
         "--batch-size", "8")
 
 
@@ -44,7 +45,7 @@ def test_tiny_bench_serves_every_level_without_errors_and_batches_concurrent_req
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report) == {"benchmark", "machine", "settings", "results", "ratios"}
-    assert report["benchmark"] == "serve" and set(report["results"]) == set(SYSTEMS)
+    assert report["benchmark"] == "serve" and set(report["results"]) == set(BENCHMARK.systems)
     assert {"cpu", "cores", "torch", "threads"} <= set(report["machine"])
     assert report["settings"]["concurrency"] == [1, 4] and report["settings"]["modes"] == {"batch1": 1, "dynamic": 8}
     for system, r in report["results"].items():
