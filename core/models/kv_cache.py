@@ -22,11 +22,10 @@ One forward over the stack is `mask, is_causal = cache.begin(T, real)`, then eve
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-
-from lmlab.core.models.host_to_device import to_device
 
 
 class KVCache:
@@ -177,3 +176,12 @@ class CacheState:
         """Sequences join the batch (continuous batching): `other` is a fresh prefill's state."""
         self.cache.merge(other.cache)
         self.next_position = torch.cat((self.next_position, other.next_position))
+
+
+def to_device(values: Sequence[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` (row indices, per-sequence settings) as a tensor of `dtype` on `device`, copied there without a host
+    sync: a plain `torch.tensor(values, device="cuda")` copies from pageable memory, which waits for all the work
+    queued before it (a sync per decode step); staged through pinned memory the copy is asynchronous."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype).pin_memory().to(device, non_blocking=True)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.extras import require
+from lmlab.core.files.atomic import write_jsonl_atomic
+from lmlab.core.kernel.errors import LmlabError, require
 from lmlab.core.models.loading import replace_dir
 
 if TYPE_CHECKING:
@@ -151,9 +151,7 @@ class VectorStore:
         def write(tmp: Path) -> None:
             if self.index is not None:
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
-            with open(tmp / "items.jsonl", "w", encoding="utf-8") as f:
-                for item in self.items:
-                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
+            write_jsonl_atomic(tmp / "items.jsonl", self.items)
             (tmp / "store.json").write_text(json.dumps(asdict(self.info), indent=2) + "\n", encoding="utf-8")
 
         replace_dir(Path(folder), write)
@@ -164,7 +162,7 @@ class VectorStore:
         meta = folder / "store.json"
         if not meta.is_file():
             raise LmlabError(f"{folder}: not a vector store (no store.json).",
-                             hint="build one with `lmlab augment index --store FILES... --output STORE`")
+                             hint="build one with `lmlab augment index --data FILES --output-dir STORE`")
         try:
             info = StoreInfo(**json.loads(meta.read_text(encoding="utf-8")))
             with open(folder / "items.jsonl", encoding="utf-8") as f:
@@ -189,10 +187,10 @@ def open_store(folder: Path, embedder: str, kind: str, nlist: int | None = None)
         store = VectorStore.load(folder)
         if store.info.embedder != embedder:
             raise LmlabError(f"{folder} was built with the embedder '{store.info.embedder}', not '{embedder}'.",
-                             hint=f"pass --embedder {store.info.embedder}, or index into a new --output")
+                             hint=f"pass --embedder {store.info.embedder}, or index into a new --output-dir")
         return store
     if kind not in INDEX_KINDS:
-        raise LmlabError(f"Unknown --index '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
+        raise LmlabError(f"Unknown --index-kind '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
     return VectorStore(StoreInfo(embedder=embedder, dim=0, index=kind, nlist=nlist))
 
 

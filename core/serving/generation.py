@@ -39,7 +39,7 @@ from torch import Tensor
 from lmlab.core.commands.devices import model_device, place
 from lmlab.core.kernel.errors import LmlabError, ModelError
 from lmlab.core.models.architectures import LanguageModel, find_model_folder, load_model_folder
-from lmlab.core.models.host_to_device import to_device
+from lmlab.core.models.kv_cache import to_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -1,4 +1,5 @@
-"""The Block Transformer (Ho, Bae, Kim et al., NeurIPS 2024; METHODS §4): global-to-local language modelling.
+"""The Block Transformer (Ho, Bae, Kim et al., NeurIPS 2024; docs/methods.md#block-transformer): global-to-local
+language modelling.
 
 A sequence is cut into blocks of L_B tokens. Three parts, each a GPT-NeoX stack from core (pre-LN, parallel
 residual, rotary positions on 25 % of each head's dimensions, final LayerNorm) around the registered attention:
@@ -13,8 +14,9 @@ residual, rotary positions on 25 % of each head's dimensions, final LayerNorm) a
 
 Loss: mean token cross-entropy over blocks 1 … N-1 (block 0 has no context and is never predicted), padding
 and blocks after an all-pad block skipped. Training data (`prepare_batch`): each window is shifted right by
-0 … L_B-1 pad tokens, so the first block is left-padded as a prompt is at generation time (the simpler variant
-METHODS §4 allows: only the first block of a window is padded; windows run across document boundaries).
+0 … L_B-1 pad tokens, so the first block is left-padded as a prompt is at generation time (simpler than the
+authors' per-document padding, docs/methods.md#block-transformer: only the first block of a window is padded;
+windows run across document boundaries).
 
 Generation (core's interface): `prefill` left-pads the prompts to a block boundary and runs the block decoder
 once, keeping a global KV cache of one entry per block; then per block the prefix of the last block-decoder
@@ -35,8 +37,7 @@ from torch import Tensor, nn
 from lmlab.core.kernel.errors import LmlabError, ModelError
 from lmlab.core.models.architectures import ArchConfig, save_model_folder
 from lmlab.core.models.attention import AttentionSpec
-from lmlab.core.models.host_to_device import to_device
-from lmlab.core.models.kv_cache import KVCache
+from lmlab.core.models.kv_cache import KVCache, to_device
 from lmlab.core.models.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.core.serving.generation import PAD_ID
 from lmlab.core.training.head_loss import head_cross_entropy
@@ -96,7 +97,7 @@ class BlockTransformer(nn.Module):
         self.wte = nn.Embedding(V, D)
         self.token_decoder = Stack(replace(shape, n_layer=config.n_layer - split), attention)
         self.lm_head = nn.Linear(D, V, bias=False)
-        init_normal(self)  # N(0, 0.02) as METHODS §4's embedder; residual projections scaled by each stack's depth
+        init_normal(self)  # N(0, 0.02), docs/methods.md#block-transformer; residuals scaled per stack's depth
         for stack in (self.block_decoder, self.token_decoder):
             scale_residual(stack, len(stack.h))
 

@@ -14,7 +14,7 @@ from lmlab.core.files.paths import example
 from lmlab.core.files.records import SkipLog, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.extras import require
+from lmlab.core.kernel.errors import require
 from lmlab.core.models.loading import replace_dir
 from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs
@@ -60,7 +60,7 @@ class MapoTrainer(Trainer):
 
     def __init__(self, opts: MapoOptions) -> None:
         super().__init__(opts)
-        self.heldout = opts.heldout or (str(example("mapo/heldout.jsonl")) if opts.data is None else None)
+        self.heldout = opts.eval_data or (str(example("mapo/heldout.jsonl")) if opts.data is None else None)
 
     def run_name(self) -> str:
         return f"train-{self.opts.loss}"

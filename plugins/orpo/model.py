@@ -6,8 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.extras import require
+from lmlab.core.kernel.errors import LmlabError, require
 
 CHECKPOINT_KWARGS = {"use_reentrant": False}  # what TRL and transformers default to: works with frozen inputs
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from lmlab.core.kernel.errors import LmlabError, ModelError
-from lmlab.core.kernel.extras import require
+from lmlab.core.kernel.errors import LmlabError, ModelError, require
 from lmlab.core.models.loading import finish_tokenizer, model_aliases
 
 

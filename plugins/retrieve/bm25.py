@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.extras import require
+from lmlab.core.kernel.errors import require
 from lmlab.core.models.loading import replace_dir
 from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex
 

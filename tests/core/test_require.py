@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.extras import require
+from lmlab.core.kernel.errors import LmlabError, require
 
 
 def test_a_missing_package_names_its_distribution_and_extra() -> None:
