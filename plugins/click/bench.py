@@ -11,44 +11,35 @@ Reported: items/s, seconds, and how many per-item predictions agree, with the la
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Any
 
-import typer
-
-from lmlab.core.bench.machine import cpu_count, machine, version
-from lmlab.core.bench.report import emit, make_report, print_results, ran, ratio
-from lmlab.core.bench.systems import System, device_settings, parse_systems, run_systems, systems_option
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, bench_command
+from lmlab.core.bench.machine import version
+from lmlab.core.bench.report import ran
+from lmlab.core.bench.systems import System
 from lmlab.core.bench.worker import clock, worker_device
 from lmlab.core.commands import options as o
-from lmlab.core.commands.devices import DeviceOpt
-
-SYSTEMS = {"lmlab": System(), "lm-eval": System(requires="lm_eval", install="pip install 'lmlab[lm-eval]'")}
-SystemsOpt = systems_option(SYSTEMS)
-WORKER = "lmlab.plugins.click.bench:run_system"
-TARGETS = {"items_per_s_lmlab_vs_lm-eval": (">=", 1.5)}
 
 
-def bench_click(
-    model: Annotated[str, typer.Option("--model", "-m", help="Model alias, local HF folder, or Hub id.")] = (
-        "smollm2-135m"),
-    data: Annotated[str | None, typer.Option("--data", "-d", help="CLIcK in the official layout (default: the "
-                    "bundled examples).", show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Items, round-robin across categories "
-                     "(default: all).", show_default=False)] = None,
-    lm_eval_batch_size: Annotated[int, typer.Option("--lm-eval-batch-size", min=1, help="lm-evaluation-harness "
-                                  "batch size (its default is 1).")] = 1,
-    systems: SystemsOpt = ",".join(SYSTEMS),
-    json_output: o.JsonOpt = False,
-    device: DeviceOpt = "auto",
-) -> None:
-    """CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness."""
+@dataclass
+class ClickBenchOptions(BenchOptions):
+    model: str = o.option("smollm2-135m", "Model alias, local HF folder, or Hub id.", flags=("--model", "-m"))
+    data: str | None = o.option(None, "CLIcK in the official layout (default: the bundled examples).",
+                                flags=("--data", "-d"))
+    limit: int | None = o.option(None, "Items, round-robin across categories (default: all).", min=1)
+    lm_eval_batch_size: int = o.option(1, "lm-evaluation-harness batch size (its default is 1).", min=1)
+
+
+def _settings(opts: ClickBenchOptions) -> dict[str, Any]:
     from lmlab.core.files.paths import example
 
-    threads = cpu_count()
-    settings = {"model": model, "data": data or str(example("eval/click")), "limit": limit,
-                "lm_eval_batch_size": lm_eval_batch_size, **device_settings(device), "threads": threads}
-    results = run_systems("click", SYSTEMS, parse_systems(systems, SYSTEMS), WORKER, settings, threads=threads,
-                          detail=f"{limit or 'all'} items, {threads} threads, {settings['device']}")
+    return {"model": opts.model, "data": opts.data or str(example("eval/click")), "limit": opts.limit,
+            "lm_eval_batch_size": opts.lm_eval_batch_size, "seed": opts.seed}
+
+
+def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    """How many per-item predictions agree, and the largest log-likelihood gap (then both lists are dropped)."""
     ours, theirs = results.get("lmlab"), results.get("lm-eval")
     if ran(ours) and ran(theirs):
         agree = sum(a == b for a, b in zip(ours["predictions"], theirs["predictions"], strict=True))
@@ -58,21 +49,24 @@ def bench_click(
     for result in results.values():
         result.pop("loglik", None)
         result.pop("predictions", None)
-    ratios = {"items_per_s_lmlab_vs_lm-eval": ratio((ours or {}).get("items_per_s"),
-                                                    (theirs or {}).get("items_per_s"))}
-    report = make_report("click", machine(threads, ("torch", "transformers", "lm_eval")), settings, results,
-                         ratios)
-    emit(report, json_output, _print_table)
 
 
-def _print_table(report: dict[str, Any]) -> None:
-    settings = report["settings"]
-    lines = [f"per-item predictions agree: {settings['predictions_agree']} (largest log-likelihood gap "
-             f"{settings['max_loglik_gap']:.2e})"] if "predictions_agree" in settings else []
-    print_results(report, f"bench click: multiple-choice scoring · {settings['device']}",
-                  ("items", "seconds", "items/s", "version"),
-                  lambda r: (str(r["items"]), f"{r['seconds']:.2f}", f"{r['items_per_s']:.3f}", r.get("version") or ""),
-                  TARGETS, lines=lines)
+def _lines(report: dict[str, Any]) -> list[str]:
+    s = report["settings"]
+    return [f"per-item predictions agree: {s['predictions_agree']} (largest log-likelihood gap "
+            f"{s['max_loglik_gap']:.2e})"] if "predictions_agree" in s else []
+
+
+BENCHMARK = Benchmark(
+    name="click", doc="CLIcK multiple-choice scoring: items/s and per-item predictions vs lm-evaluation-harness.",
+    options=ClickBenchOptions, worker="lmlab.plugins.click.bench:run_system", settings=_settings, finish=_finish,
+    systems={"lmlab": System(), "lm-eval": System(requires="lm_eval", install="pip install 'lmlab[lm-eval]'")},
+    versions=("torch", "transformers", "lm_eval"), lines=_lines, detail=lambda s: f"{s['limit'] or 'all'} items",
+    title=lambda s: f"bench click: multiple-choice scoring · {s['device']}",
+    columns=[Column("items", "items", "{}"), Column("seconds", "seconds", "{:.2f}"),
+             Column("items/s", "items_per_s"), Column("version", "version", "{}")],
+    ratios=[Ratio("items_per_s_lmlab_vs_lm-eval", "lmlab", "lm-eval", "items_per_s", target=(">=", 1.5))])
+bench_click = bench_command(BENCHMARK)
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +78,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     from lmlab.plugins.click.data import load_click
 
     device = worker_device(settings)
-    model, tokenizer = load_model(settings["model"])
+    model, tokenizer = load_model(settings["model"], seed=settings["seed"])  # the seed inits a random-weight alias
     model = place(model, device)
     items = limit_items(load_click(settings["data"], EvalSettings()).items, settings["limit"])
     requests = [ChoiceRequest(item.prompt, item.choices) for item in items]
