@@ -13,8 +13,7 @@ import torch
 from lmlab.core.files.paths import example
 from lmlab.core.files.records import SkipLog, load_records
 from lmlab.core.kernel.console import log
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.errors import require
+from lmlab.core.kernel.errors import LmlabError, require
 from lmlab.core.models.loading import replace_dir
 from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.mapo.data import FIELDS, ImagePair, build_pairs

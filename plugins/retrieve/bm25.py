@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.errors import require
+from lmlab.core.kernel.errors import LmlabError, require
 from lmlab.core.models.loading import replace_dir
 from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex
 

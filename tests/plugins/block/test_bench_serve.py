@@ -13,8 +13,8 @@ from lmlab.plugins.block.bench_serve import BENCHMARK, MODES
 from tests.conftest import run_cli
 
 TINY = ("--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--context", "64", "--vocab-size", "512",
-        "--prompt-tokens", "16", "--max-new-tokens", "8", "--concurrency", "1,4", "--requests", "6", "--max-seconds", "0.5",
-        "--batch-size", "8")
+        "--prompt-tokens", "16", "--max-new-tokens", "8", "--concurrency", "1,4", "--requests", "6",
+        "--max-seconds", "0.5", "--batch-size", "8")
 
 
 @pytest.mark.parametrize(("args", "message"), [
