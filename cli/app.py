@@ -7,17 +7,21 @@ prints a short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one).
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import sys
 import time
 import traceback
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.models import DefaultPlaceholder
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -31,14 +35,81 @@ from lmlab.core.evaluation.backends import backends
 from lmlab.core.evaluation.scoring import benchmarks
 from lmlab.core.kernel.console import err, print_json
 from lmlab.core.kernel.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
-from lmlab.core.kernel.plugins import call_each, plugin_infos
+from lmlab.core.kernel.plugins import call_each, left_out_error, left_out_plugins, left_out_registrant, plugin_infos
 from lmlab.core.models.architectures import architectures
 from lmlab.core.models.attention import attention_types
 from lmlab.core.retrieval.rerankers import rerankers
 from lmlab.core.retrieval.retrievers import retrievers
 
+# typer >= 0.22 vendors its own copy of click; usage errors and exits may come from either copy.
+_VENDORED = getattr(typer, "_click", None)
+USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,) + (
+    (_VENDORED.exceptions.ClickException,) if _VENDORED else ())
+
+
+class PluginGroup(TyperGroup):
+    """A command group in which a command that a plugin left out by LMLAB_PLUGINS would add is an LmlabError
+    naming that plugin (exit 2), not click's "No such command"."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except USAGE_ERRORS:
+            if not args or self.get_command(ctx, args[0]) is not None:
+                raise
+            path = (*_group_path(ctx), args[0])
+            plugin = _left_out_provider(path)
+            if plugin is None:
+                raise
+            raise left_out_error(f"The command `lmlab {' '.join(path)}`", plugin) from None
+
+
+def _group_path(ctx: Any) -> tuple[str, ...]:
+    """The command words from `lmlab` down to this context's group (none for `lmlab` itself)."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return tuple(names)
+
+
+def _left_out_provider(path: tuple[str, ...]) -> str | None:
+    """The plugin that LMLAB_PLUGINS leaves out that would add the command `lmlab PATH` (None: none would): its
+    `register_commands` runs on a scratch app; `eval NAME` is its benchmark NAME."""
+    if len(path) == 2 and path[0] == "eval":
+        return left_out_registrant("register_benchmarks", path[1])
+    for plugin, impl in left_out_plugins("register_commands"):
+        scratch, scratch_bench = typer.Typer(), typer.Typer()
+        scratch.add_typer(scratch_bench, name="bench")
+        wanted = inspect.signature(impl).parameters
+        try:
+            impl(**{k: v for k, v in {"app": scratch, "bench": scratch_bench}.items() if k in wanted})
+        except Exception:  # it cannot say what it adds, so it is not the plugin to name
+            continue
+        if path in _command_paths(scratch):
+            return plugin
+    return None
+
+
+def _command_paths(typer_app: typer.Typer, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Every command and group of `typer_app`, as the words that call it."""
+    paths = {(*prefix, command.name or command.callback.__name__.replace("_", "-"))
+             for command in typer_app.registered_commands}
+    for group in typer_app.registered_groups:
+        paths |= {(*prefix, group.name)} | _command_paths(group.typer_instance, (*prefix, group.name))
+    return paths
+
+
+def _name_left_out_plugins(typer_app: typer.Typer) -> None:
+    """Make every group under `typer_app` that has no class of its own a PluginGroup."""
+    for group in typer_app.registered_groups:
+        if isinstance(group.cls, DefaultPlaceholder) and isinstance(group.typer_instance.info.cls, DefaultPlaceholder):
+            group.cls = PluginGroup
+        _name_left_out_plugins(group.typer_instance)
+
+
 app = typer.Typer(name="lmlab", help="Recent research methods for language and diffusion models, one command each.",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False, cls=PluginGroup)
 bench = typer.Typer(help="Benchmarks: each method against the public system it replaces, side by side.",
                     no_args_is_help=True)
 app.add_typer(bench, name="bench")
@@ -101,7 +172,8 @@ app.command("doctor")(doctor)
 @app.command("demo")
 def demo_command(
     quick: Annotated[bool, typer.Option("--quick", help="Only the tiny-model steps (seconds, no real model).")] = False,
-    output_dir: Annotated[str, typer.Option("--output-dir", "-o", help="Folder for the demo's runs.")] = "runs/demo",
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the demo's runs.")]
+    = Path("runs/demo"),
 ) -> None:
     """Run every method's demo step on bundled data with offline models, then say where the runs are."""
     steps = demo_steps()
@@ -112,7 +184,7 @@ def demo_command(
             continue
         err.rule(f"[bold]{step.title}")
         started = time.perf_counter()
-        step.run(output_dir, quick)
+        step.run(str(output_dir), quick)
         err.print(f"[dim]{step.name}: {time.perf_counter() - started:.1f} s[/dim]")
     err.rule("[bold]done")
     err.print(f"Every run directory (config.json, metrics.jsonl, plots, model) is under [bold]{output_dir}[/bold].")
@@ -149,6 +221,7 @@ def _register_plugin_commands() -> None:
         for command in bench.registered_commands[seen[2]:]:
             info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
     app.add_typer(eval_app(), name="eval")
+    _name_left_out_plugins(app)
     for info in plugin_infos():
         if info.error:
             err.print(f"[yellow]warning:[/yellow] plugin '{escape(info.name)}' failed to load and was skipped: "
@@ -176,12 +249,6 @@ def build_command() -> click.Command:  # typer's vendored click.Command on typer
     command = typer.main.get_command(app)
     _tidy_help(command)
     return command
-
-
-# typer >= 0.22 vendors its own copy of click; usage errors and exits may come from either copy.
-_VENDORED = getattr(typer, "_click", None)
-USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException,) + (
-    (_VENDORED.exceptions.ClickException,) if _VENDORED else ())
 
 
 def main(argv: list[str] | None = None) -> None:

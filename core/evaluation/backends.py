@@ -12,8 +12,7 @@ from typing import Protocol
 
 from lmlab.core.commands.devices import device_option, precision_option
 from lmlab.core.commands.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, option
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.plugins import collect
+from lmlab.core.kernel.plugins import collect, not_registered
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,8 @@ def load_backend(name: str, options: BackendOptions) -> Backend:
     """Build the backend called `name`; a clear error names the ones available."""
     found = backends()
     if name not in found:
-        raise LmlabError(f"Unknown backend '{name}'.",
-                         hint=f"available: {', '.join(sorted(found))}; `lmlab plugins` shows where they come from")
+        raise not_registered("register_backends", name, f"Unknown backend '{name}'.",
+                             hint=f"available: {', '.join(sorted(found))}; `lmlab plugins` shows where they come from")
     return found[name].build(options)
 
 

@@ -8,8 +8,6 @@ anything (an unreachable server leaves no run folder behind).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -30,9 +28,11 @@ from lmlab.core.evaluation.scoring import (
     score_items,
     summarize,
 )
-from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import err, log
 from lmlab.core.kernel.errors import Interrupted, LmlabError
+from lmlab.core.kernel.plugins import not_registered
 from lmlab.core.kernel.progress import Progress
 from lmlab.core.training.report import accuracy_table, plot_accuracy
 
@@ -52,7 +52,8 @@ class EvalOptions:
     num_fewshot: int = option(0, "Worked examples before each question.", min=0)
     cot: bool = option(False, "Chain of thought (generate mode): reason, then answer.")
     limit: int | None = option(None, "Evaluate N items, taken round-robin across categories.", min=1)
-    max_tokens: int | None = option(None, "Tokens to generate (default: 16, or 512 with --cot).", min=1)
+    max_new_tokens: int | None = option(None, "Tokens to generate (default: 16, or 512 with --cot).", min=1,
+                                        deprecated=("--max-tokens",))
     output_dir: Path | None = option(None, "Run directory (default: runs/eval-<benchmark>-<timestamp>); "
                                      "rerunning into it reuses every answer already computed.",
                                      flags=("--output-dir", "-o"), panel=RUN_AND_OUTPUT)
@@ -73,13 +74,14 @@ class EvalOptions:
 def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     found = benchmarks()
     if opts.benchmark not in found:
-        raise LmlabError(f"Unknown benchmark '{opts.benchmark}'.", hint=f"available: {', '.join(sorted(found))}")
+        raise not_registered("register_benchmarks", opts.benchmark, f"Unknown benchmark '{opts.benchmark}'.",
+                             hint=f"available: {', '.join(sorted(found))}")
     if opts.mode not in MODES:
         raise LmlabError(f"Unknown --mode '{opts.mode}'.", hint=f"use one of: {', '.join(MODES)}")
     spec = found[opts.benchmark]
     options = {**{option.name: option.default for option in spec.options}, **opts.options}
-    settings = EvalSettings(mode=opts.mode, num_fewshot=opts.num_fewshot, cot=opts.cot, max_tokens=opts.max_tokens,
-                            seed=opts.model.seed, options=options)
+    settings = EvalSettings(mode=opts.mode, num_fewshot=opts.num_fewshot, cot=opts.cot,
+                            max_tokens=opts.max_new_tokens, seed=opts.model.seed, options=options)
     data = opts.data or spec.default_data()
     loaded = spec.load(data, settings)
     skipped = f" ({loaded.skipped.summary()})" if loaded.skipped.total else ""
@@ -156,9 +158,6 @@ def demo_step(benchmark: str, title: str, order: int, **options: Any) -> DemoSte
 
 
 def _write_samples(path: Path, items: list[Any], results: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        for item, row in zip(items, results, strict=True):
-            f.write(json.dumps({**row, "prompt": item.generate_prompt or item.prompt if "response" in row
-                                else item.prompt, "choices": list(item.choices)}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, ({**row, "prompt": item.generate_prompt or item.prompt if "response" in row
+                               else item.prompt, "choices": list(item.choices)}
+                              for item, row in zip(items, results, strict=True)))

@@ -1,7 +1,9 @@
 """The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
 
 `LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none; a name that matches no installed
-plugin is warned about); the core's own presets (`lmlab.core.models.presets`) are always loaded.
+plugin is warned about); the core's own plugin (`lmlab.core.models.builtin`: MHA, GPT, the model presets) is always
+loaded, first. A name a registry lacks is explained by `not_registered`: the plugin LMLAB_PLUGINS leaves out that
+would register it, or the plugin whose hook raised.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from rich.markup import escape
 
 from lmlab.core.kernel import hookspecs
 from lmlab.core.kernel.console import err
+from lmlab.core.kernel.errors import LmlabError
 
-DEFAULT_PLUGINS = ("lmlab.core.models.presets",)
+CORE_PLUGIN = "lmlab.core.models.builtin"
 
 
 @dataclass
@@ -39,9 +42,19 @@ class PluginInfo:
         self.registered.setdefault(kind, []).append(name)
 
 
+@dataclass
+class Collected:
+    """What the latest `collect` of one hook saw: its kind, its key, and each plugin whose hook raised (its error)."""
+
+    kind: str
+    key: Callable[[Any], str]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
 pm = pluggy.PluginManager(hookspecs.PROJECT)
 pm.add_hookspecs(hookspecs)
 _infos: dict[str, PluginInfo] = {}
+_collected: dict[str, Collected] = {}
 _loaded = False
 
 
@@ -53,15 +66,13 @@ def _selected() -> set[str] | None:
 
 
 def load_plugins() -> pluggy.PluginManager:
-    """Load the default plugins and the entry points of group "lmlab" (once)."""
+    """Load the core's plugin and the entry points of group "lmlab" (once)."""
     global _loaded
     if _loaded:
         return pm
     _loaded = True
-    for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
-        pm.register(module, name="core")
-        _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
+    pm.register(importlib.import_module(CORE_PLUGIN), name="core")
+    _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
     wanted = _selected()
     entry_points = md.entry_points(group=hookspecs.PROJECT)
     _warn_unknown(wanted, sorted(entry_points.names))
@@ -127,8 +138,10 @@ def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, A
     """Run a `register_*` hook and return what was registered, by name, attributed to its plugin.
 
     The first plugin to register a name keeps it (the core first, then entry points in load order); a later
-    registration of the same name is refused, noted on that plugin's info and warned about once per process."""
+    registration of the same name is refused, noted on that plugin's info and warned about once per process. A
+    plugin whose hook raises keeps what it registered before; its error is noted for `not_registered`."""
     load_plugins()
+    collected = Collected(kind, key)
     found: dict[str, Any] = {}
     owners: dict[str, str] = {}
     for impl in getattr(pm.hook, hook_name).get_hookimpls():  # registration order (pluggy calls them reversed)
@@ -147,7 +160,71 @@ def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, A
             impl.function(register=register)
         except Exception as exc:
             info.error = f"{hook_name}: {type(exc).__name__}: {exc}"
+            collected.failures[info.name] = f"{type(exc).__name__}: {exc}"
+    _collected[hook_name] = collected
     return found
+
+
+def not_registered(hook_name: str, name: str, message: str, hint: str,
+                   error: type[LmlabError] = LmlabError) -> LmlabError:
+    """The `error` for `name`, which no loaded plugin registered through `hook_name` (call it after that hook's
+    `collect`): the installed plugin that LMLAB_PLUGINS leaves out and that would register it, else each plugin
+    whose hook raised, else `message` with `hint`."""
+    collected = _collected.get(hook_name)
+    if collected is None:  # the hook was never collected, so nothing is known about it
+        return error(message, hint)
+    what = f"{NOUNS.get(collected.kind, collected.kind)} '{name}'"
+    plugin = left_out_registrant(hook_name, name)
+    if plugin is not None:
+        return left_out_error(f"The {what}", plugin, error)
+    if collected.failures:
+        failed = "; ".join(f"plugin '{owner}' failed to register: {reason}"
+                           for owner, reason in collected.failures.items())
+        return error(f"{failed}.", hint=f"the {what} may be one it registers; fix or uninstall the failing plugin "
+                                        "(`lmlab plugins` shows its status)")
+    return error(message, hint)
+
+
+def left_out_error(what: str, plugin: str, error: type[LmlabError] = LmlabError) -> LmlabError:
+    """`what` (e.g. "The attention 'mlra'") comes from `plugin`, which LMLAB_PLUGINS leaves out: that sentence, and
+    how to load the plugin as well."""
+    raw = os.environ.get("LMLAB_PLUGINS", "")
+    names = [name.strip() for name in raw.split(",") if name.strip()]
+    return error(f"{what} comes from plugin '{plugin}', which LMLAB_PLUGINS={raw} leaves out.",
+                 hint=f"load it too: LMLAB_PLUGINS={','.join([*names, plugin])}, or unset LMLAB_PLUGINS")
+
+
+def left_out_plugins(hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """(name, implementation of `hook_name`) for each installed plugin that LMLAB_PLUGINS leaves out, imported only
+    now, to say which plugin to load; one that fails to import is passed over."""
+    load_plugins()
+    for ep in md.entry_points(group=hookspecs.PROJECT):
+        if ep.name in _infos:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception:  # a plugin the user left out that is broken as well provides nothing
+            continue
+        impl = getattr(plugin, hook_name, None)
+        if callable(impl) and hasattr(impl, f"{hookspecs.PROJECT}_impl"):
+            yield ep.name, impl
+
+
+def left_out_registrant(hook_name: str, name: str) -> str | None:
+    """The plugin that LMLAB_PLUGINS leaves out whose `hook_name` would register `name` (None: none would, or the
+    hook was never collected, so its registry's key is unknown)."""
+    if hook_name not in _collected:
+        return None
+    key = _collected[hook_name].key
+    for plugin, impl in left_out_plugins(hook_name):
+        names: list[str] = []
+        try:
+            impl(register=lambda item, names=names: names.append(key(item)))
+        except Exception:  # it cannot say what it registers, so it is not the plugin to name
+            continue
+        if name in names:
+            return plugin
+    return None
 
 
 def _clash(info: PluginInfo, kind: str, name: str, owner: str) -> None:

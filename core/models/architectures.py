@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lmlab.core.kernel.errors import LmlabError, ModelError
-from lmlab.core.kernel.plugins import collect
+from lmlab.core.kernel.plugins import collect, not_registered
 from lmlab.core.models.attention import AttentionConfig, AttentionSpec, attention_types
 
 if TYPE_CHECKING:
@@ -155,9 +155,11 @@ def check_model_choice(arch: str, attn: str, *, block_size: int, n_layer: int, n
     a width divisible by the heads, and each option parsed by its owner. Builds nothing: call it early."""
     attentions, archs = attention_types(), architectures()
     if attn not in attentions:
-        raise LmlabError(f"Unknown --attn '{attn}'.", hint=f"registered: {', '.join(sorted(attentions))}")
+        raise not_registered("register_attention", attn, f"Unknown --attn '{attn}'.",
+                             hint=f"registered: {', '.join(sorted(attentions))}")
     if arch not in archs:
-        raise LmlabError(f"Unknown --arch '{arch}'.", hint=f"registered: {', '.join(sorted(archs))}")
+        raise not_registered("register_architectures", arch, f"Unknown --arch '{arch}'.",
+                             hint=f"registered: {', '.join(sorted(archs))}")
     if n_embd % n_head:
         raise LmlabError(f"--n-embd {n_embd} is not divisible by --n-head {n_head}.",
                          hint="pick a width that is a multiple of the number of heads")
@@ -235,11 +237,13 @@ def load_model_folder(folder: str | Path) -> LanguageModel:
     config = read_model_config(folder)
     archs, attentions = architectures(), attention_types()
     if config.arch not in archs:
-        raise ModelError(f"{folder}: architecture '{config.arch}' is not installed.",
-                         hint=_missing_hint("architectures", archs))
+        raise not_registered("register_architectures", config.arch,
+                             f"{folder}: architecture '{config.arch}' is not installed.",
+                             hint=_missing_hint("architectures", archs), error=ModelError)
     if config.attn not in attentions:
-        raise ModelError(f"{folder}: attention type '{config.attn}' is not installed.",
-                         hint=_missing_hint("attention types", attentions))
+        raise not_registered("register_attention", config.attn,
+                             f"{folder}: attention type '{config.attn}' is not installed.",
+                             hint=_missing_hint("attention types", attentions), error=ModelError)
     spec, attention = archs[config.arch], attentions[config.attn]
     if spec.load is not None:
         return _checked(spec.load(folder, config, attention), config.arch)

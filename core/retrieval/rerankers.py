@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol
 
 from lmlab.core.commands.options import option
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.plugins import collect
+from lmlab.core.kernel.plugins import collect, not_registered
 from lmlab.core.retrieval.retrievers import Corpus, Document, Ranked, RetrievalIndex, Retriever
 
 RERANKER_FILE = "reranker.json"
@@ -66,12 +66,14 @@ class RerankSettings:
 
     variant: str = option("auto", "The reranker's uncertainty variant: plain, ensemble (mean of M members), "
                           "mc-dropout (mean of T dropout passes), swa (averaged checkpoints), or auto (the model's "
-                          "default; `retrieve eval` then reports each variant it offers).", panel=RERANK)
+                          "default; `retrieve eval` then reports each variant it offers).", panel=RERANK,
+                          repeatable=True)
     mc_passes: int = option(8, "mc-dropout: stochastic passes T per pair.", min=1, panel=RERANK)
     rerank_depth: int = option(20, "Candidates of the retriever rescored per query.", min=1, panel=RERANK)
     explain_weight: float = option(0.0, "λ of the explanation score s = P(relevant) + λ·agg(importance) (0: off; "
                                    "costs --explain-samples reranker passes per candidate).", min=0.0, panel=RERANK)
-    explainer: str = option("shap", "Token importances for the explanation score: lime or shap.", panel=RERANK)
+    explainer: str = option("shap", "Token importances for the explanation score: lime or shap.", panel=RERANK,
+                            repeatable=True)
     explain_agg: str = option("max", "How the context's word importances become one number: max, mean, sum, "
                               "mean-abs or top3.", panel=RERANK)
     explain_samples: int = option(64, "Perturbed contexts scored per explanation.", min=8, panel=RERANK)
@@ -87,8 +89,9 @@ def rerankers() -> dict[str, RerankerSpec]:
 def reranker_spec(name: str) -> RerankerSpec:
     found = rerankers()
     if name not in found:
-        raise LmlabError(f"Unknown reranker kind '{name}'.", hint=f"available: {', '.join(sorted(found)) or 'none'} "
-                         "(`lmlab plugins` lists what each plugin registers)")
+        raise not_registered("register_rerankers", name, f"Unknown reranker kind '{name}'.",
+                             hint=f"available: {', '.join(sorted(found)) or 'none'} (`lmlab plugins` lists what each "
+                                  "plugin registers)")
     return found[name]
 
 

@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.records import Record, load_records
 from lmlab.core.kernel.errors import DataError, LmlabError
-from lmlab.core.kernel.plugins import collect
+from lmlab.core.kernel.plugins import collect, not_registered
 
 if TYPE_CHECKING:
     import torch
@@ -95,11 +96,7 @@ class Corpus:
         return digest.hexdigest()[:16]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            for doc in self.documents:
-                out.write(json.dumps(asdict(doc), ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_jsonl_atomic(path, (asdict(doc) for doc in self.documents))
 
 
 class Retriever(Protocol):
@@ -141,7 +138,8 @@ def retrievers() -> dict[str, RetrieverSpec]:
 def retriever_spec(name: str) -> RetrieverSpec:
     found = retrievers()
     if name not in found:
-        raise LmlabError(f"Unknown retriever '{name}'.", hint=f"available: {', '.join(sorted(found)) or 'none'}")
+        raise not_registered("register_retrievers", name, f"Unknown retriever '{name}'.",
+                             hint=f"available: {', '.join(sorted(found)) or 'none'}")
     return found[name]
 
 
@@ -184,7 +182,7 @@ class RetrievalIndex:
         if not path.is_file():
             raise LmlabError(f"{folder} is not a retrieval index (no {INDEX_FILE}).",
                              hint=f"build it with `lmlab retrieve index -o {folder}` (the bundled corpus, or "
-                                 "--corpus FILE)")
+                                 "--data FILE)")
         try:
             info = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -202,7 +200,7 @@ class RetrievalIndex:
             if existing.info.get("fingerprint") == corpus.fingerprint():
                 return existing
             raise LmlabError(f"{folder} already indexes another corpus ({existing.info.get('source')}).",
-                             hint="choose another --output, or delete that folder")
+                             hint="choose another --output-dir, or delete that folder")
         folder.mkdir(parents=True, exist_ok=True)
         corpus.save(folder / CORPUS_FILE)
         index = cls(folder, corpus, {"source": corpus.source, "documents": len(corpus),
@@ -211,10 +209,7 @@ class RetrievalIndex:
         return index
 
     def write_info(self) -> None:
-        path = self.folder / INDEX_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_json_atomic(self.folder / INDEX_FILE, self.info)
 
     def build(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         """Build retriever `name` into its sub-folder (replacing an earlier build) and record its settings."""

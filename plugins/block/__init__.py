@@ -1,6 +1,9 @@
 """The Block Transformer (Ho et al., NeurIPS 2024): `lmlab pretrain --arch block` (global block decoder, local
 token decoder), generated with core's KV-cached interface by `lmlab generate`, served over the OpenAI HTTP API
-by `lmlab serve-block` (any architecture's run), and `lmlab bench block`."""
+by `lmlab serve-block` (any architecture's run), and `lmlab bench block`.
+
+Needs the pretrain plugin, whose `lmlab pretrain` trains it (`LMLAB_PLUGINS=block,pretrain`; without it the CLI says
+so); its vanilla twin, `--arch gpt` with `--attn mha`, is the core's."""
 
 from __future__ import annotations
 
@@ -33,9 +36,9 @@ def register_architectures(register: Any) -> None:
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.block.bench import bench_block
     from lmlab.plugins.block.bench_serve import bench_serve
-    from lmlab.plugins.block.serve import serve_block
+    from lmlab.plugins.block.serve import serve_block_command
 
-    app.command("serve-block")(serve_block)
+    app.command("serve-block")(serve_block_command)
     bench.command("block")(bench_block)
     bench.command("serve")(bench_serve)
 

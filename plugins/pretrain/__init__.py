@@ -1,6 +1,7 @@
 """Stable pre-training (Chung et al., EMNLP 2024): a nanoGPT-style GPT with TEV monitoring. `lmlab pretrain`,
-`lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture live here; other attentions
-(`mlra`) and architectures come from other plugins through the hooks; `lmlab generate` (core) runs any of them."""
+`lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture are the core's (registered by
+`lmlab.core.models.builtin`); other attentions (`mlra`) and architectures (`block`) come from other plugins through
+the hooks; `lmlab generate` (core) runs any of them."""
 
 from __future__ import annotations
 
@@ -23,20 +24,6 @@ def register_commands(app: Any, bench: Any) -> None:
     tokenizer.command("train")(tokenizer_train)
     app.add_typer(tokenizer, name="tokenizer")
     bench.command("pretrain")(bench_pretrain)
-
-
-@hookimpl
-def register_attention(register: Any) -> None:
-    from lmlab.plugins.pretrain.model import MHA_SPEC
-
-    register(MHA_SPEC)
-
-
-@hookimpl
-def register_architectures(register: Any) -> None:
-    from lmlab.plugins.pretrain.model import GPT_ARCH
-
-    register(GPT_ARCH)
 
 
 def _demo(output_dir: str, quick: bool) -> None:

@@ -1,6 +1,9 @@
 """Bayesian and explainable context reranking (Song, Oh, Kim, Thorne 2024): a cross-encoder trained on gold contexts
 and BM25 hard negatives, as a deep ensemble, MC dropout or SWA, with calibration and LIME/SHAP explanations:
-`lmlab retrieve train-reranker|rerank|calibrate|explain`, `--rerank` on `retrieve search|eval`, `bench rerank`."""
+`lmlab retrieve train-reranker|rerank|calibrate|explain`, `--rerank` on `retrieve search|eval`, `bench rerank`.
+
+Needs the retrieve plugin: its retrievers (`--retriever bm25`) give the candidates, and `lmlab retrieve index` builds
+the index they search (`LMLAB_PLUGINS=rerank,retrieve`; without it a lookup of either says so)."""
 
 from __future__ import annotations
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import pytest
 import torch
 
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.models.architectures import ArchConfig, load_model_folder
 from lmlab.core.models.attention import AttentionConfig, AttentionSpec
+from lmlab.core.models.gpt import GPT
+from lmlab.core.models.transformer import MHA_SPEC
 from lmlab.plugins.mlra import register_attention
 from lmlab.plugins.mlra.attention import MLRAttention, default_rank, parse_options
 from tests.conftest import fit_one_batch
@@ -19,12 +19,6 @@ def mlra_spec() -> AttentionSpec:
     found: list[AttentionSpec] = []
     register_attention(found.append)
     return found[0]
-
-
-@pytest.fixture
-def pretrain() -> ModuleType:
-    """MLRA extends the pretrain plugin's GPT; these tests need it installed."""
-    return pytest.importorskip("lmlab.plugins.pretrain.model")
 
 
 def cfg(d: int, h: int, bias: bool = False, **options) -> AttentionConfig:
@@ -70,21 +64,21 @@ def test_default_rank_matches_mha_parameters(d: int, h: int) -> None:
     assert count(MLRAttention(cfg(128, 4))) < 4 * 128 * 128  # ⌊25.6⌋ = 25: just under MHA when inexact
 
 
-def init_pair(pretrain: ModuleType, seed: int, **options) -> tuple[torch.nn.Module, torch.nn.Module]:
+def init_pair(seed: int, **options) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Layer-0 attention of a MHA and a MLRA GPT, both with the model's N(0, 0.02) init."""
     base = dict(vocab_size=16, block_size=64, n_layer=2, n_head=4, n_embd=128)
     torch.manual_seed(seed)
-    mha = pretrain.GPT(ArchConfig(**base), pretrain.MHA_SPEC).transformer.h[0].attn
+    mha = GPT(ArchConfig(**base), MHA_SPEC).transformer.h[0].attn
     config = ArchConfig(**base, attn="mlra", attn_options=options)
-    return mha, pretrain.GPT(config, mlra_spec()).transformer.h[0].attn
+    return mha, GPT(config, mlra_spec()).transformer.h[0].attn
 
 
 @torch.no_grad()
-def test_output_variance_at_init_is_below_mha(pretrain: ModuleType) -> None:
+def test_output_variance_at_init_is_below_mha() -> None:
     # Var(x W) = d σ² against Var(x A B) = d r σ⁴ for unit-variance x (d = 128, r = 25, σ = 0.02)
     ratios_v, ratios_out = [], []
     for seed in range(3):
-        mha, mlra = init_pair(pretrain, seed)
+        mha, mlra = init_pair(seed)
         x = torch.randn(8, 64, 128, generator=torch.Generator().manual_seed(seed))
         v_mha = mha.c_attn(x)[..., 256:]
         assert v_mha.var().item() == pytest.approx(128 * 0.02**2, rel=0.1)
@@ -94,17 +88,17 @@ def test_output_variance_at_init_is_below_mha(pretrain: ModuleType) -> None:
         ratios_out.append(mlra(x).var().item() / mha(x).var().item())
     assert sum(ratios_v) / 3 == pytest.approx(25 * 0.02**2, rel=0.1)  # r σ²
     assert max(ratios_out) < 0.05
-    mha, mlra_o = init_pair(pretrain, 0, targets=["q", "k", "v", "o"], rank=25)
+    mha, mlra_o = init_pair(0, targets=["q", "k", "v", "o"], rank=25)
     x = torch.randn(8, 64, 128)
     assert mlra_o(x).var() < 0.05 * mlra(x).var()
 
 
-def test_gpt_with_mlra_trains_saves_and_loads(pretrain: ModuleType, tmp_path) -> None:
+def test_gpt_with_mlra_trains_saves_and_loads(tmp_path) -> None:
     spec = mlra_spec()
     config = ArchConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, attn="mlra", bias=True)
     config.attn_options = parse_options({"targets": "q,k,v,o"}, config.attention_config())
     torch.manual_seed(0)
-    model = pretrain.GPT(config, spec)
+    model = GPT(config, spec)
     c_proj = model.transformer.h[0].attn.c_proj.weight  # the last factor of the output projection
     assert c_proj.shape == (32, 2 * 10) and c_proj.std().item() == pytest.approx(0.02 / 2, rel=0.2)
     idx = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))

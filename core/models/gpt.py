@@ -1,10 +1,11 @@
-"""A nanoGPT-style GPT-2 (pre-LN) whose attention comes from the registry (`pretrain --attn`).
+"""The core's `gpt` architecture: a nanoGPT-style GPT-2 (pre-LN) whose attention comes from the registry (`--attn`).
 
-METHODS §3's conventions: learned positional embeddings, SDPA attention, lm_head tied to the token
-embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at 0.02/√(2·n_layer).
-Registered as `--arch gpt`; it follows core's LanguageModel protocol, so core's `load_model_folder` rebuilds a
-saved one, and core's generation interface (prefill / decode with a KV cache) so `lmlab generate` runs it
-cached. Its layers, MHA among them, are core's (`lmlab.core.models.transformer`).
+Its conventions (docs/methods.md#stable-pre-training-and-tev): learned positional embeddings, SDPA attention,
+lm_head tied to the token embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at
+0.02/√(2·n_layer).
+Registered as `--arch gpt` by the core itself (`lmlab.core.models.builtin`); it follows the LanguageModel protocol,
+so `load_model_folder` rebuilds a saved one, and the generation interface (prefill / decode with a KV cache) so
+`lmlab generate` runs it cached. Its layers, MHA among them, are in `lmlab.core.models.transformer`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from lmlab.core.kernel.errors import LmlabError, ModelError
 from lmlab.core.models.architectures import ArchConfig, ArchitectureSpec, save_model_folder
 from lmlab.core.models.attention import AttentionSpec
 from lmlab.core.models.kv_cache import CacheState, KVCache
-from lmlab.core.models.transformer import MHA_SPEC, Layer, Step, init_normal, scale_residual
+from lmlab.core.models.transformer import Layer, Step, init_normal, scale_residual
 from lmlab.core.training.head_loss import head_cross_entropy
 
 
 class GPT(nn.Module):
+    """GPT-2: token and position embeddings, `n_layer` pre-LN layers of the given attention, a tied LM head."""
+
     _no_split_modules = ["Layer"]  # what FSDP's auto-wrap shards one by one (accelerate reads it from the model)
 
     def __init__(self, config: ArchConfig, attention: AttentionSpec) -> None:
@@ -108,7 +111,5 @@ class GPT(nn.Module):
         """config.json + model.safetensors (the tied embedding stored once)."""
         save_model_folder(self, folder)
 
-
-__all__ = ["GPT", "GPT_ARCH", "MHA_SPEC"]
 
 GPT_ARCH = ArchitectureSpec("gpt", "GPT-2 (pre-LN, learned positions, tied embeddings)", build=GPT)
