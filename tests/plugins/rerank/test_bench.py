@@ -35,7 +35,7 @@ def _bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], 
 
 
 def test_bench_rerank_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    report = _bench(monkeypatch, capsys, "--passes", "2", "--members", "2")
+    report = _bench(monkeypatch, capsys, "--mc-passes", "2", "--members", "2")
     assert set(report) == {"benchmark", "machine", "settings", "results", "ratios"}
     assert report["benchmark"] == "rerank" and report["machine"]["cores"]
     settings, results, ratios = report["settings"], report["results"], report["ratios"]
@@ -43,7 +43,7 @@ def test_bench_rerank_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert settings["trained"] is False and settings["members"] == 2 and settings["max_length"] == 64
     assert {"ours", "cross-encoder", "ours-bf16", "bayes-plain", "bayes-mc-dropout", "bayes-ensemble",
             "explain-lime", "explain-shap", "quality"} == set(results)
-    assert "--reranker" in results["quality"]["skipped"]
+    assert "--model" in results["quality"]["skipped"]
     assert not any(key.startswith(("recall@1", "ece_")) for key in ratios)
     for name in ("ours", "cross-encoder"):
         figures = results[name]
@@ -84,7 +84,7 @@ def test_bench_rerank_quality_with_a_trained_folder(monkeypatch: pytest.MonkeyPa
                                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     run = tmp_path / "run"
     _trained_folder(run / "model")
-    report = _bench(monkeypatch, capsys, "--reranker", str(run), "--systems", "bayes,quality", "--passes", "2",
+    report = _bench(monkeypatch, capsys, "--model", str(run), "--systems", "bayes,quality", "--mc-passes", "2",
                     "--bayes-pairs", "8")
     settings, results, ratios = report["settings"], report["results"], report["ratios"]
     assert settings["trained"] is True and settings["reranker"] == str(run / "model")
@@ -110,7 +110,7 @@ def test_bench_rerank_quality_with_a_trained_folder(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(("args", "message"), [
     (("--systems", "vllm"), "Unknown --systems value(s): vllm."),
-    (("--reranker", "/nonexistent/reranker"), "no reranker.json there"),
+    (("--model", "/nonexistent/reranker"), "no reranker.json there"),
 ])
 def test_bad_options_are_exit_2_before_anything_runs(capsys: pytest.CaptureFixture[str], args: tuple[str, ...],
                                                      message: str) -> None:
