@@ -23,10 +23,8 @@ Each process saves and restores its own RNG state (rng-<rank>.pt): the loop seed
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import os
 import random
 import shutil
 from collections.abc import Callable
@@ -40,9 +38,9 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from rich.markup import escape
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from lmlab.core.files.atomic import disk_full, fsync_path, honour_umask, is_disk_full, rename_into_place
 from lmlab.core.kernel.console import log
-from lmlab.core.kernel.errors import CheckpointWriteFailed, DiskFull, LmlabError
-from lmlab.core.models.loading import honour_umask
+from lmlab.core.kernel.errors import CheckpointWriteFailed, LmlabError
 
 STATE = "state.json"
 FILES = "files"  # the manifest's key in state.json
@@ -164,15 +162,14 @@ def save(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, opti
             record = {**state, "fsdp": accelerator.is_fsdp2, FILES: files}
             _durably(tmp / STATE, lambda path: path.write_text(json.dumps(record, indent=2)))
             honour_umask(tmp)  # safetensors writes 0600 whatever the umask
-            _fsync(tmp)
+            fsync_path(tmp)
 
     _together(accelerator, target, tmp, prepare)
     _together(accelerator, target, tmp, write)
     _together(accelerator, target, tmp, seal)
     if main:
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        _fsync(folder)
+        rename_into_place(tmp, target)
         _rotate(folder, keep, target)
     accelerator.wait_for_everyone()
     return target
@@ -257,18 +254,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder (its entries) to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _durably(path: Path, write: Callable[[Path], Any]) -> None:
     write(path)
-    _fsync(path)
+    fsync_path(path)
 
 
 def _together(accelerator: Accelerator, target: Path, tmp: Path, work: Callable[[], None]) -> None:
@@ -279,7 +267,7 @@ def _together(accelerator: Accelerator, target: Path, tmp: Path, work: Callable[
     try:
         work()
     except Exception as exc:  # any write failure must reach every process, or the others wait forever
-        cause, failure = exc, (_disk_full(exc), f"process {accelerator.process_index}: {type(exc).__name__}: {exc}")
+        cause, failure = exc, (is_disk_full(exc), f"process {accelerator.process_index}: {type(exc).__name__}: {exc}")
     failures = sorted((f for f in gather_object([failure]) if f is not None), reverse=True)  # disk full first
     if not failures:
         return
@@ -287,27 +275,8 @@ def _together(accelerator: Accelerator, target: Path, tmp: Path, work: Callable[
         shutil.rmtree(tmp, ignore_errors=True)
     full, detail = failures[0]
     if full:
-        free = shutil.disk_usage(target.parent).free
-        raise DiskFull(f"Disk full while writing checkpoint {target}: {_size(free)} free on {target.parent} "
-                       f"({detail}).", hint="free some space, then continue with --resume: the temp folder was "
-                                            "removed and the previous checkpoint is intact") from cause
+        raise disk_full(target, detail, what="checkpoint ", hint="free some space, then continue with --resume: the "
+                        "temp folder was removed and the previous checkpoint is intact") from cause
     raise CheckpointWriteFailed(f"Could not write checkpoint {target} ({detail}).",
                                 hint="fix the cause, then continue with --resume: the temp folder was removed and "
                                      "the previous checkpoint is intact") from cause
-
-
-def _disk_full(exc: Exception) -> bool:
-    """An OSError for a full disk or quota, or torch's stream writer failing mid-file (what torch.save raises
-    when the disk fills: "[enforce fail at inline_container.cc…] unexpected pos" / "file write failed")."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(exc)
-    return "No space left" in text or "inline_container.cc" in text or "StorageFull" in text
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

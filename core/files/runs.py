@@ -12,16 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.files.atomic import write_json_atomic
 from lmlab.core.kernel.errors import LmlabError
 
 VERSIONED = ("lmlab", "torch", "transformers", "accelerate", "peft", "diffusers", "datasets")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.files.atomic import atomic_dir, rename_into_place
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.kernel.plugins import collect
 
@@ -32,40 +32,6 @@ def model_aliases() -> dict[str, ModelAlias]:
     return collect("register_models", "models", key=lambda alias: alias.name)
 
 
-def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
-    """Write a directory through `write(tmp)` into a temp sibling, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(tmp)
-        honour_umask(tmp)
-        if target.exists():  # another process finished first; theirs is as good as ours
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def honour_umask(folder: Path) -> None:
-    """Give `folder` and everything in it the modes the umask asks for (0755 / 0644 under umask 022): mkdtemp
-    makes folders 0700 and safetensors writes its files 0600, which would leave outputs private."""
-    mask = current_umask()
-    folder.chmod(0o777 & ~mask)
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
-
-
 def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     """Like atomic_dir, but the new folder replaces an existing one (a rerun's final model, a grown vector
     store): the old folder stays whole until the new one is written, then is moved aside and removed."""
@@ -74,7 +40,7 @@ def replace_dir(target: Path, write: Callable[[Path], None]) -> Path:
     staged = atomic_dir(target.with_name(f".{target.name}-new-{os.getpid()}"), write)
     old = target.with_name(f".{target.name}-old-{os.getpid()}")
     os.replace(target, old)
-    os.replace(staged, target)
+    rename_into_place(staged, target)
     shutil.rmtree(old, ignore_errors=True)
     return target
 

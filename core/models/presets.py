@@ -16,10 +16,11 @@ from typing import Any
 from unittest import mock
 
 from lmlab.core.evaluation.backends import Backend, BackendOptions, BackendSpec
+from lmlab.core.files.atomic import atomic_dir
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.kernel.hookspecs import hookimpl
-from lmlab.core.models.loading import ModelAlias, atomic_dir, cache_dir
+from lmlab.core.models.loading import ModelAlias, cache_dir
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -38,6 +38,7 @@ from rich.markup import escape
 
 from lmlab.core.commands.devices import enable_tf32, has_native_bf16, resolve_device, synchronize
 from lmlab.core.files import checkpoint
+from lmlab.core.files.atomic import write_text_atomic
 from lmlab.core.files.runs import RunDir
 from lmlab.core.kernel.console import log, set_quiet
 from lmlab.core.kernel.errors import Interrupted, LmlabError, TrainingDiverged
@@ -380,12 +381,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if torn:
         log(f"[yellow]warning:[/yellow] {escape(str(path))}: dropped unreadable line(s) "
             f"{', '.join(map(str, torn))} (torn by a crash mid-write)")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        fh.write("".join(line + "\n" for line in keep))
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def finish_run(run: RunDir, accelerator: Accelerator, summary: dict[str, Any], save: Callable[[], None],

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmlab.core.files.atomic import atomic_dir
 from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, load_records
 from lmlab.core.kernel.errors import DataError, LmlabError, ModelError
-from lmlab.core.models.loading import atomic_dir, finish_tokenizer, model_aliases
+from lmlab.core.models.loading import finish_tokenizer, model_aliases
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

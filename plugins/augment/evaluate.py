@@ -1,8 +1,8 @@
 """`lmlab augment eval`: one reader per system on the shared trainer, scored with SQuAD EM/F1 on the held-out set.
 
     eval folder/  config.json, report.json
-        seeds/              a reader trained on --train alone
-        <augmented stem>/   one trained on --train + that file, per --augmented
+        seeds/              a reader trained on --data (the seeds) alone
+        <augmented stem>/   one trained on --data + that file, per --augmented
                             (each a run folder: config.json, metrics.jsonl, model/ (encoder + span head),
                              predictions.jsonl, summary.json; checkpoints/ until it finishes)
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.files import checkpoint
+from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.paths import example
 from lmlab.core.files.records import SkipLog
 from lmlab.core.files.runs import (
@@ -30,7 +31,6 @@ from lmlab.core.files.runs import (
     clear_run_folder,
     new_run_path,
     run_config,
-    write_json_atomic,
 )
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
@@ -46,6 +46,7 @@ RUN_NAME = "augment-eval"  # the default eval folder's prefix and config.json's 
 DUPLICATE = "duplicate of a training row"
 #: Options that do not change what a system learns: a resumed eval may differ from the recorded ones in these.
 UNRECORDED = ("resume", "output_dir", "overwrite")
+RENAMED = {"train": "data", "test": "eval_data"}  # what evals recorded before --train/--test were renamed
 
 
 class ReaderTrainer(Trainer):
@@ -104,9 +105,7 @@ class ReaderTrainer(Trainer):
         rows = [{"id": item.id, "question": item.input, "prediction": pred, "gold": item.output,
                  "exact_match": exact_match(pred, item.output), "f1": f1(pred, item.output)}
                 for item, pred in zip(self.test, self.predictions, strict=True)]
-        tmp = run.path / ".predictions.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-        os.replace(tmp, run.path / "predictions.jsonl")
+        write_jsonl_atomic(run.path / "predictions.jsonl", rows)
 
     def title(self) -> str:
         return f"augment eval · {self.system} · {self.opts.model}"
@@ -147,7 +146,7 @@ def _absolute(path: str) -> str:
 
 def _recorded(opts: AugmentEvalOptions, train: str, test: str) -> dict[str, Any]:
     """What the eval's config.json records: every option, the data paths absolute."""
-    return {**dataclasses.asdict(opts), "train": _absolute(train), "test": _absolute(test),
+    return {**dataclasses.asdict(opts), "data": _absolute(train), "eval_data": _absolute(test),
             "augmented": [_absolute(path) for path in opts.augmented]}
 
 
@@ -167,7 +166,7 @@ def _eval_dir(opts: AugmentEvalOptions, recorded: dict[str, Any], main: bool) ->
     if config is None or config.get("cli_command") != COMMAND:
         raise LmlabError(f"{opts.resume}: not an eval folder of `lmlab {COMMAND}` (no matching config.json).",
                          hint="pass the eval folder printed at the end of the run, e.g. runs/augment-eval-...")
-    saved = config.get("options", {})
+    saved = {RENAMED.get(k, k): v for k, v in config.get("options", {}).items()}
     if "system" in saved:
         raise LmlabError(f"{opts.resume} is the run of one system ({saved['system']}) of an eval.",
                          hint=f"resume the whole eval: lmlab {COMMAND} --resume {Path(opts.resume).parent}")
@@ -197,8 +196,8 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
     """Train and score every system (see the module docstring); writes and returns report.json's content."""
     from lmlab.core.training.loop import make_accelerator, shared_run_path
 
-    train = opts.train or str(example(DEFAULT_TRAIN))
-    test = opts.test or str(example(DEFAULT_TEST))
+    train = opts.data or str(example(DEFAULT_TRAIN))
+    test = opts.eval_data or str(example(DEFAULT_TEST))
     opts = dataclasses.replace(opts, data=train)
     names = system_names(opts.augmented)
     checker = ReaderTrainer(opts, [], [], system=BASELINE, files=[], skips=SkipLog())
@@ -221,7 +220,7 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
         rows = combine(seeds, extra, skips)
         overlap = sum((item.input.strip(), item.context) in test_keys for item in rows)
         if overlap:
-            log(f"[yellow]warning:[/yellow] {name}: {overlap} training question(s) also in --test {test}")
+            log(f"[yellow]warning:[/yellow] {name}: {overlap} training question(s) also in --eval-data {test}")
         path = eval_dir / name
         system_opts = _system_options(opts, path, resuming=opts.resume is not None)
         if system_opts is None:
@@ -239,7 +238,7 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
                          "run_dir": str(path)}
     for result in results.values():
         result["f1_delta"] = result["f1"] - results[BASELINE]["f1"]
-    report = {"command": COMMAND, "eval_dir": str(eval_dir), "model": opts.model, "test": recorded["test"],
+    report = {"command": COMMAND, "eval_dir": str(eval_dir), "model": opts.model, "test": recorded["eval_data"],
               "n_test": len(held_out), "seed": opts.seed, "max_steps": opts.max_steps, "systems": results}
     if accelerator.is_main_process:
         write_json_atomic(eval_dir / "report.json", report)

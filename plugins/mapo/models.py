@@ -25,8 +25,9 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from lmlab.core.files.atomic import atomic_dir
 from lmlab.core.kernel.errors import ModelError
-from lmlab.core.models.loading import atomic_dir, cache_dir
+from lmlab.core.models.loading import cache_dir
 
 PRESETS = ("tiny-sdxl",)
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

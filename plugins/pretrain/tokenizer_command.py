@@ -26,10 +26,10 @@ def tokenizer_train(
 
     from transformers import AutoTokenizer
 
+    from lmlab.core.files.atomic import atomic_dir
     from lmlab.core.files.paths import example
     from lmlab.core.files.runs import new_run_path
     from lmlab.core.kernel.errors import LmlabError
-    from lmlab.core.models.loading import atomic_dir
     from lmlab.core.training.report import summary_table
     from lmlab.core.training.text_corpus import encode, read_texts, train_tokenizer
 

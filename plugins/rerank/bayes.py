@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from lmlab.core.commands.devices import place
+from lmlab.core.files.atomic import write_json_atomic
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.rerankers import RERANKER_FILE, Relevance, binary_entropy
 from lmlab.core.retrieval.retrievers import placement
@@ -36,10 +37,7 @@ def read_info(folder: Path) -> dict[str, Any]:
 
 
 def write_info(folder: Path, info: dict[str, Any]) -> None:
-    path = folder / RERANKER_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(folder / RERANKER_FILE, info)
 
 
 def offered_variants(folder: Path | None) -> list[str]:

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.core.files.atomic import write_json_atomic
 from lmlab.core.files.paths import example
-from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.calibration import (
@@ -66,7 +67,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     if opts.output_dir is not None:
         check_run_folder(opts.output_dir, "retrieve calibrate", reusable=True)
     variants = list(dict.fromkeys(opts.variant)) or spec.variants(folder) or ["auto"]
-    fit, judged = split(pairs, opts.fit_fraction) if opts.temperature else (None, np.ones(len(pairs), dtype=bool))
+    fit, judged = split(pairs, opts.fit_fraction) if opts.fit_temperature else (None, np.ones(len(pairs), dtype=bool))
     texts = [(p.query, p.context) for p in pairs]
     results: dict[str, dict[str, Any]] = {}
     curves = {}

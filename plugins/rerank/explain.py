@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmlab.core.files.atomic import write_text_atomic
+
 if TYPE_CHECKING:
     from rich.text import Text
 
@@ -161,7 +163,5 @@ def write_html(explanation: Explanation, path: Path, *, query: str = "") -> Path
 </body></html>
 """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, page)
     return path

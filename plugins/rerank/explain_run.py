@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from lmlab.core.files.atomic import write_json_atomic
 from lmlab.core.files.paths import example
-from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.kilt import load_kilt
 from lmlab.core.retrieval.rerankers import context_of, open_reranker
@@ -38,9 +39,9 @@ def predictor(reranker: Any, query: str) -> Any:
 
 
 def run_explain(opts: ExplainOptions) -> dict[str, Any]:
-    for method in opts.method:
+    for method in opts.explainer:
         if method not in METHODS:
-            raise LmlabError(f"Unknown --method '{method}'.", hint=f"use one of: {', '.join(METHODS)}")
+            raise LmlabError(f"Unknown --explainer '{method}'.", hint=f"use one of: {', '.join(METHODS)}")
     device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     if opts.output_dir is not None:
         check_run_folder(opts.output_dir, "retrieve explain", reusable=True)
@@ -51,9 +52,9 @@ def run_explain(opts: ExplainOptions) -> dict[str, Any]:
     run = RunDir(new_run_path("retrieve-explain", opts.output_dir), checkpoints=False)
     run.write_config("retrieve explain", asdict(opts))
     methods: dict[str, Any] = {}
-    for method in dict.fromkeys(opts.method):
+    for method in dict.fromkeys(opts.explainer):
         started = time.perf_counter()
-        found = explain(predict, context, method, samples=opts.samples, seed=opts.seed)
+        found = explain(predict, context, method, samples=opts.explain_samples, seed=opts.seed)
         seconds = time.perf_counter() - started
         methods[method] = {**found.to_json(), "seconds": round(seconds, 3),
                            "html": str(write_html(found, run.path / f"{method}.html", query=query)),

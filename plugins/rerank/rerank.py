@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.files.atomic import write_jsonl_atomic
 from lmlab.core.files.paths import example
 from lmlab.core.files.records import load_records
 from lmlab.core.kernel.console import json_stdout
@@ -40,7 +41,7 @@ def search_output(path: str, index: RetrievalIndex) -> tuple[list[tuple[str, str
 
 
 def _queries(opts: RerankOptions) -> tuple[list[tuple[str, str]], list[KiltQuery] | None]:
-    path = opts.queries or str(example("retrieve/dev.jsonl"))
+    path = opts.data or str(example("retrieve/dev.jsonl"))
     records = load_records(path, required=("input",))
     if all("output" in r.data for r in records):
         kilt = load_kilt(path)[:opts.limit]
@@ -103,10 +104,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
 def _write(rows: list[dict[str, Any]], output: Path | None, summary: dict[str, Any]) -> None:
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(output.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        tmp.replace(output)
+        write_jsonl_atomic(output, rows)
     elif json_stdout():
         summary["results"] = rows
     else:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmlab.core.files.atomic import atomic_path
 from lmlab.core.files.paths import example
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.console import log
@@ -133,9 +134,8 @@ class RerankTask:
         if step in self.swa_steps and self.main and self.snapshots is not None:
             self.snapshots.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.members[0].state_dict().items()}
-            tmp = self.snapshots / f".step-{step:06d}.safetensors"
-            save_file(state, tmp)
-            tmp.replace(self.snapshots / f"step-{step:06d}.safetensors")
+            with atomic_path(self.snapshots / f"step-{step:06d}.safetensors") as tmp:
+                save_file(state, tmp)
         return {}
 
 

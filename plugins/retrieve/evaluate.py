@@ -5,13 +5,13 @@ rankings (each retriever searches once, as deep as the fusion asks), so its quer
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from typing import Any
 
+from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.paths import example
-from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path, write_json_atomic
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.retrieval.kilt import load_kilt, recall_at_k, retrieval_metrics
 from lmlab.core.retrieval.rerankers import Reranking, resolve_reranker
@@ -93,11 +93,6 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
 
 
 def _write_rankings(run: RunDir, queries: list[Any], rankings: dict[str, dict[str, list[str]]]) -> None:
-    path = run.path / "rankings.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for q in queries:
-            out.write(json.dumps({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
-                                  **{name: ranked[q.id] for name, ranked in rankings.items()}},
-                                 ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl_atomic(run.path / "rankings.jsonl",
+                       ({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
+                         **{name: ranked[q.id] for name, ranked in rankings.items()}} for q in queries))

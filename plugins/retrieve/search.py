@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from lmlab.core.files.atomic import atomic_file
 from lmlab.core.kernel.console import json_stdout
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.rerankers import Reranking, open_reranker
@@ -40,7 +41,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         raise LmlabError(f"Unknown --format '{opts.format}'.", hint=f"use one of: {', '.join(FORMATS)}")
     device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     placed = {"device": device, "dtype": dtype}
-    queries = read_queries(opts.query, opts.queries)
+    queries = read_queries(opts.query, opts.data)
     index = RetrievalIndex.load(opts.search.index)
     retriever = index.open(opts.retriever, {**asdict(opts.search), **placed})
     if opts.rerank is not None:
@@ -55,10 +56,8 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if opts.output is not None:
         opts.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = opts.output.with_name(opts.output.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
+        with atomic_file(opts.output) as out:
             write_results(out, opts.format, rows)
-        tmp.replace(opts.output)
     elif json_stdout():  # stdout carries the --json summary: the results go in it
         summary["results"] = rows
     else:

@@ -13,12 +13,13 @@ beam by a `prefix_allowed_tokens_fn`: the anchor.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from lmlab.core.files.atomic import atomic_path
 
 DEAD = 0  # where a beam lands when it leaves the trie (or runs on past EOS): no children, nothing allowed
 ROOT = 1
@@ -86,14 +87,9 @@ class TitleTrie:
 
     def save(self, path: str | Path) -> None:
         """safetensors, written to a temporary file first and renamed into place."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"parents": self.parents.cpu(), "tokens": self.tokens.cpu(), "children": self.children.cpu(),
                        "sizes": torch.tensor([self.depth, self.titles])}, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> TitleTrie:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.models.loading import atomic_dir, replace_dir
+from lmlab.core.files.atomic import atomic_dir
+from lmlab.core.models.loading import replace_dir
 from tests.conftest import run_cli
 
 
