@@ -195,3 +195,78 @@ def hoist(settings: Settings, results: Results, keys: Sequence[str]) -> None:
         values = [r.pop(key) for r in results.values() if ran(r) and key in r]
         if values:
             settings[key] = values[0] if all(v == values[0] for v in values) else values
+
+
+def flatten_results(results: Results) -> dict[str, Any]:
+    """`report.flatten_rows` in place, for a `finish`: each worker's `rows` become rows of `results`, where the
+    worker stood; returns the workers' extra facts (`{system}_{key}`)."""
+    from lmlab.core.bench.report import flatten_rows
+
+    rows, extra = flatten_rows(results)
+    results.clear()
+    results.update(rows)
+    return extra
+
+
+def no_native_bf16(spec: str) -> str | None:
+    """Why `--device spec` cannot run bf16 autocast natively (`devices.has_native_bf16`: a CPU with AVX512-BF16 /
+    AMX, a GPU from Ampere on; elsewhere bf16 is emulated, slower than fp32), or None: a bf16 system's precondition."""
+    from lmlab.core.commands.devices import has_native_bf16, resolve_device
+
+    device = resolve_device(spec)
+    if has_native_bf16(device):
+        return None
+    return "this CPU has no native bfloat16 (AVX512-BF16 / AMX)" if device.type == "cpu" else \
+        f"{spec} has no native bfloat16"
+
+
+def bf16_systems(systems: Mapping[str, System], names: Sequence[str], spec: str) -> dict[str, System]:
+    """`systems` with those in `names` skipped where `--device spec` has no native bf16 (`no_native_bf16`): what a
+    benchmark's `available` returns."""
+    from dataclasses import replace
+
+    return {name: replace(system, precondition=lambda: no_native_bf16(spec)) if name in names else system
+            for name, system in systems.items()}
+
+
+def share_gemm_peak(results: Results, group: Callable[[str], Any], key: str,
+                    share: Callable[[dict[str, Any], float], float]) -> None:
+    """Pool the GEMM peak of the systems that ran, group by group (`group(name)`: e.g. the precision; None leaves a
+    system out), to the best any of them measured (`machine.pool_gemm_peak`: each worker's own reading varies with
+    what else ran), and set result[key] = share(result, peak GFLOP/s) against that one bound (e.g. MFU)."""
+    from lmlab.core.bench.machine import pool_gemm_peak
+
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for name, result in results.items():
+        if ran(result) and group(name) is not None:
+            groups.setdefault(group(name), []).append(result)
+    for rows in groups.values():
+        peak = pool_gemm_peak(rows)
+        for result in rows:
+            result[key] = share(result, peak)
+
+
+def same_for_all(results: Results, key: str, label: str) -> None:
+    """Whether every system that ran reported the same (dotted) `key` (a hash of its prompts or batches): `label`
+    is set beside that key in each of them ("decode_heavy.prompts_sha256" → result["decode_heavy"][label])."""
+    measured = [result for result in results.values() if ran(result)]
+    same = len({lookup(result, key) for result in measured}) == 1
+    parent = key.rpartition(".")[0]
+    for result in measured:
+        (lookup(result, parent) if parent else result)[label] = same
+
+
+def ratio_values(ratios: Sequence[Ratio], results: Results) -> dict[str, float]:
+    """The ratios that `results` allow (a skipped system's are left out, as in the report), by name."""
+    values = {r.name: r.value(results) for r in ratios}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Cell(Column):
+    """A column whose cell is `text(result)`, several figures in one ("12.5% of 300"); "–" where `key` is absent."""
+
+    text: Callable[[Mapping[str, Any]], str] = str
+
+    def cell(self, result: Mapping[str, Any]) -> str:
+        return "–" if lookup(result, self.key) is None else self.text(result)

@@ -205,3 +205,51 @@ def trainer_step_timer(device: torch.device, steps: int) -> Any:
                 self.peak_mb = read_peak(device)
 
     return StepTimer()
+
+
+def ranking_figures(rankings: list[list[str]], queries: list[Any], ks: tuple[int, ...]) -> dict[str, float]:
+    """KILT's recall@k for each k and MRR (`core.retrieval.kilt`) of the page ids each of `queries` was given, in
+    order, rounded to 4 digits."""
+    from lmlab.core.retrieval.kilt import retrieval_metrics
+
+    metrics = retrieval_metrics({q.id: ranked for q, ranked in zip(queries, rankings, strict=True)}, queries, ks)
+    return {key: round(float(metrics[key]), 4) for key in (*(f"recall@{k}" for k in ks), "mrr")}
+
+
+def replay_steps(model: Any, task: Any, order: list[list[int]], device: torch.device, precision: str = "fp32",
+                 **config: Any) -> tuple[list[dict[str, Any]], float]:
+    """The shared training loop timed over `order`, one batch per step (`core.bench.replay.replay_training`), at a
+    constant lr with no warm-up and no save, in `precision` (`make_accelerator`); `config`: the rest of TrainConfig
+    (lr, batch_size, max_grad_norm, seed, …). Returns the per-step metrics and the peak memory after the last step."""
+    from lmlab.core.bench.replay import replay_training
+    from lmlab.core.training.loop import TrainConfig, make_accelerator
+
+    cfg = TrainConfig(max_steps=len(order) + 1, schedule="constant", warmup_steps=0, save_every=10**9, **config)
+    return replay_training(model, task, order, cfg, make_accelerator(precision), peak=lambda: read_peak(device))
+
+
+def memory_figures(after_load: float, peak: float) -> dict[str, float]:
+    """A training worker's memory (MiB): in use once the model and data are loaded, the peak since, and the peak's
+    increase over it (what training costs: activations, gradients, optimizer state)."""
+    return {"memory_after_load_mb": round(after_load, 1), "peak_memory_mb": round(peak, 1),
+            "peak_memory_increase_mb": round(round(peak, 1) - round(after_load, 1), 1)}
+
+
+def first_loss(loss_of: Callable[[], Any], device: torch.device) -> tuple[float, tuple[float, bool]]:
+    """A training system's first-batch loss, `loss_of()` without gradients (what the report compares between
+    systems), then the measured region started after a garbage collection (`start_peak`)."""
+    import gc
+
+    import torch
+
+    with torch.no_grad():
+        loss = float(loss_of())
+    gc.collect()
+    return loss, start_peak(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """(seconds, result) of one call of `fn`, read on `device`'s clock (`clock`: its queued work done first)."""
+    start = clock(device)
+    out = fn()
+    return clock(device) - start, out

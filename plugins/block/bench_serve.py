@@ -17,7 +17,7 @@ from lmlab.core.bench.report import ran
 from lmlab.core.bench.systems import System
 from lmlab.core.commands import options as o
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.plugins.block.bench import PREFIX, _arch_opt, check_shape
+from lmlab.plugins.block.shape import PREFIX, arch_opt, check_shape
 
 MODES = ("batch1", "dynamic")
 BATCH_WINDOW_MS, MAX_QUEUE, WARMUP_REQUESTS = 5.0, 1024, 4  # serve-block's default window; warm-up per server
@@ -53,7 +53,7 @@ def _settings(opts: ServeBenchOptions) -> dict[str, Any]:
                          f"--prompt-tokens + --max-new-tokens = {opts.prompt_tokens + opts.max_new_tokens}.",
                          hint=f"e.g. --context {least}")
     check_model_choice("block", "mha", block_size=opts.context, n_layer=n, n_head=opts.n_head, n_embd=opts.n_embd,
-                       arch_opt=_arch_opt(opts.block_len, n))
+                       arch_opt=arch_opt(opts.block_len, n))
     return {"n_layer": n, "n_embd": opts.n_embd, "n_head": opts.n_head, "block_len": opts.block_len, "prefix": PREFIX,
             "block_layers": n // 2, "token_layers": n - n // 2, "context": opts.context, "vocab_size": opts.vocab_size,
             "prompt_tokens": opts.prompt_tokens, "max_tokens": opts.max_new_tokens, "concurrency": levels,
@@ -132,7 +132,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     model, _ = build_model("block" if block else "gpt", "mha", vocab_size=settings["vocab_size"],
                            block_size=settings["context"], n_layer=settings["n_layer"], n_head=settings["n_head"],
                            n_embd=settings["n_embd"],
-                           arch_opt=_arch_opt(settings["block_len"], settings["n_layer"]) if block else [])
+                           arch_opt=arch_opt(settings["block_len"], settings["n_layer"]) if block else [])
     prompts = json.loads(Path(settings["prompts_file"]).read_text())
     name = f"BlockTransformer {settings['block_layers']}+{settings['token_layers']}, L_B {settings['block_len']}" \
         if block else "GPT (gpt arch)"

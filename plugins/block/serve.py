@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from lmlab.core.commands.builder import Alias, deprecated_aliases
 from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt
 from lmlab.core.kernel.errors import LmlabError
 
@@ -43,8 +44,9 @@ def serve_block(
     = 5.0,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, rich_help_panel=LIMITS,
                          help="Sequences waiting at most; more get HTTP 429.")] = 256,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, rich_help_panel=LIMITS,
-                          help="Largest max_tokens a request may ask for.")] = 256,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, rich_help_panel=LIMITS,
+                              help="Most tokens one request may generate (the largest max_tokens it may ask "
+                                   "for).")] = 256,
     max_n: Annotated[int, typer.Option("--max-n", min=1, rich_help_panel=LIMITS,
                      help="Largest n (choices per prompt).")] = 8,
     max_body_kb: Annotated[int, typer.Option("--max-body-kb", min=1, rich_help_panel=LIMITS,
@@ -68,7 +70,7 @@ def serve_block(
     model, tokenizer = load_generator(run_dir, where, dtype)
     folder = run_dir.resolve()
     name = model_name or (folder.parent.name if folder.name == "model" else folder.name)
-    limits = Limits(max_tokens=max_tokens, max_n=max_n, max_body_bytes=max_body_kb * 1024,
+    limits = Limits(max_tokens=max_new_tokens, max_n=max_n, max_body_bytes=max_body_kb * 1024,
                     context=model.config.block_size)
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, batch_window_ms=batch_window_ms,
                     max_queue=max_queue).start()
@@ -80,10 +82,13 @@ def serve_block(
         precision_name = str(dtype).removeprefix("torch.")
         err.print(f"[bold]lmlab serve-block[/bold]: [bold]{name}[/bold] ({config.arch}, {model.num_params():,} "
                   f"parameters, context {config.block_size}, on {describe(where)} in {precision_name}) "
-                  f"at [bold]http://{host}:{port}/v1[/bold] · batch ≤ "
-                  f"{max_batch_size}, window {batch_window_ms:g} ms, queue ≤ {max_queue}, max_tokens ≤ {max_tokens} · "
+                  f"at [bold]http://{host}:{port}/v1[/bold] · batch ≤ {max_batch_size}, window "
+                  f"{batch_window_ms:g} ms, queue ≤ {max_queue}, max_tokens ≤ {max_new_tokens} · "
                   f"API key {'required' if api_key else 'off'} · pid {os.getpid()} (Ctrl-C or SIGTERM drains and "
                   f"stops)")
 
     run_server(server, host, port, drain_seconds=drain_seconds, on_ready=ready)
     err.print("stopped")
+
+
+serve_block_command = deprecated_aliases(serve_block, [Alias("--max-tokens", "max_new_tokens")])

@@ -1,4 +1,5 @@
-"""TEV, token embedding variability (Chung et al. 2024, METHODS §3), and the measurement it stands in for.
+"""TEV, token embedding variability (Chung et al. 2024; docs/methods.md#stable-pre-training-and-tev), and the
+measurement it stands in for.
 
 TEV_i = std_j(E_ij), the spread of token i's embedding row over the d embedding dimensions; we report
 μ_TEV = mean_i TEV_i and σ_TEV = std_i TEV_i. Lower and flatter means more stable training. Both stds are

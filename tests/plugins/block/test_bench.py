@@ -10,12 +10,13 @@ from importlib import util
 import pytest
 
 from lmlab.cli.app import main
-from lmlab.plugins.block.bench import SETTINGS, SYSTEMS, _compare, _ratios, targets
+from lmlab.core.bench.benchmark import ratio_values
+from lmlab.plugins.block.bench import BENCHMARK, SETTINGS, SYSTEMS, _finish, _ratios
 from tests.conftest import run_cli
 
 TINY = ("--batch-size", "2", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--prefill-heavy-prompt", "8",
-        "--prefill-heavy-tokens", "8", "--decode-heavy-prompt", "8", "--decode-heavy-tokens", "8", "--runs", "1",
-        "--train-steps", "2")
+        "--prefill-heavy-max-new-tokens", "8", "--decode-heavy-prompt", "8", "--decode-heavy-max-new-tokens", "8",
+        "--runs", "1", "--train-steps", "2")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -42,8 +43,8 @@ def _result(tokens_per_s: float, kv: int, per_layer: int, **extra: float) -> dic
 def test_ratios_separate_the_architecture_gain_from_the_implementation_gain() -> None:
     results = {"block": _result(1000.0, 1_000, 100, val_ppl=105.0),
                "vanilla": _result(400.0, 8_000, 400, val_ppl=100.0), "hf-gptneox": _result(100.0, 8_000, 400)}
-    _compare(results)
-    ratios = _ratios(results)
+    _finish({"train_steps": 0}, results)
+    ratios = ratio_values(_ratios({"block_len": 4}), results)
     for name in SETTINGS:
         assert results["hf-gptneox"][name]["same_prompts_as_others"]
         assert ratios[f"tokens_per_s_block_vs_hf_{name}"] == 10.0
@@ -52,9 +53,11 @@ def test_ratios_separate_the_architecture_gain_from_the_implementation_gain() ->
         assert ratios[f"kv_bytes_vanilla_vs_block_{name}"] == 8.0
         assert ratios[f"kv_bytes_per_layer_vanilla_vs_block_{name}"] == 4.0
     assert ratios["val_ppl_block_vs_vanilla"] == 1.05
-    assert set(targets(4)) >= {"tokens_per_s_block_vs_hf_decode_heavy", "val_ppl_block_vs_vanilla",
-                               "kv_bytes_per_layer_vanilla_vs_block_decode_heavy"}
-    skipped = _ratios({"block": results["block"], "vanilla": results["vanilla"], "hf-gptneox": {"skipped": "x"}})
+    assert set(BENCHMARK.targets({"block_len": 4})) >= {"tokens_per_s_block_vs_hf_decode_heavy",
+                                                        "val_ppl_block_vs_vanilla",
+                                                        "kv_bytes_per_layer_vanilla_vs_block_decode_heavy"}
+    skipped = ratio_values(_ratios({"block_len": 4}), {"block": results["block"], "vanilla": results["vanilla"],
+                                                        "hf-gptneox": {"skipped": "x"}})
     assert "tokens_per_s_block_vs_hf_decode_heavy" not in skipped and "val_ppl_block_vs_vanilla" in skipped
 
 

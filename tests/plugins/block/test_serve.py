@@ -64,7 +64,7 @@ def start(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path) -> Iterator[str]:
-    proc, url = start(run_dir, "--api-key", KEY, "--max-tokens", "40", "--max-body-kb", "16", "--max-n", "3")
+    proc, url = start(run_dir, "--api-key", KEY, "--max-new-tokens", "40", "--max-body-kb", "16", "--max-n", "3")
     yield url
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -181,7 +181,7 @@ def test_echo_and_logprobs_are_the_models_own_log_probabilities(server: str, run
 
 def test_lmlab_eval_runs_against_the_server(server: str, tmp_path: Path) -> None:
     done = run_cli("eval", "holism", "--backend", "openai", "--base-url", f"{server}/v1", "--model", "run",
-                   "--api-key", KEY, "--limit", "4", "--max-tokens", "32", "-o", str(tmp_path / "eval"), "--json")
+                   "--api-key", KEY, "--limit", "4", "--max-new-tokens", "32", "-o", str(tmp_path / "eval"), "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["backend"] == "openai" and summary["new_answers"] >= 4 and summary["by"]

@@ -7,16 +7,11 @@ import json
 import pytest
 import torch
 
+from lmlab.core.bench.benchmark import ratio_values
 from lmlab.core.bench.systems import parse_systems
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.plugins.pretrain.bench import (
-    SYSTEMS,
-    _build_gpt,
-    _hf_model,
-    _model_flops_per_token,
-    _ratios,
-    _shared_gemm_peaks,
-)
+from lmlab.plugins.pretrain.bench import BENCHMARK, SYSTEMS, _shared_gemm_peaks
+from lmlab.plugins.pretrain.hf_gpt2 import build_gpt, hf_twin, model_flops_per_token
 from tests.conftest import run_cli
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size": 64, "seed": 3}
@@ -25,15 +20,15 @@ TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "vocab_size":
 def test_bench_pretrain_is_registered() -> None:
     result = run_cli("bench", "pretrain", "--help")
     assert result.returncode == 0, result.stderr
-    for option in ("--n-layer", "--n-embd", "--n-head", "--block-size", "--batch-size", "--steps", "--vocab-size",
+    for option in ("--n-layer", "--n-embd", "--n-head", "--block-size", "--batch-size", "--max-steps", "--vocab-size",
                    "--systems", "--json", "--seed", "--device"):
         assert option in result.stdout, option
 
 
 def test_hf_gpt2_twin_computes_our_models_function() -> None:
     """Same initial weights (Linear → Conv1D transposed, HF biases zero): same logits and loss on a batch."""
-    hf, attention = _hf_model(TINY)
-    ours = _build_gpt(TINY, "mha")
+    hf, attention = hf_twin(TINY)
+    ours = build_gpt(TINY, "mha")
     assert attention in ("sdpa", "eager")
     idx, targets = torch.randint(0, 64, (3, 16)), torch.randint(0, 64, (3, 16))
     with torch.no_grad():
@@ -46,12 +41,12 @@ def test_hf_gpt2_twin_computes_our_models_function() -> None:
 
 def test_both_models_count_the_same_model_flops() -> None:
     """MFU's numerator: 6 × matmul weights (wte once, as the tied head; no wpe, no biases) + 12·L·T·d."""
-    hf, _ = _hf_model(TINY)
-    ours = _build_gpt(TINY, "mha")
+    hf, _ = hf_twin(TINY)
+    ours = build_gpt(TINY, "mha")
     d, layers, vocab = TINY["n_embd"], TINY["n_layer"], TINY["vocab_size"]
     matmul = vocab * d + layers * (3 * d * d + d * d + 2 * 4 * d * d)
     expected = 6 * matmul + 12 * layers * TINY["block_size"] * d
-    assert _model_flops_per_token(ours, TINY) == _model_flops_per_token(hf, TINY) == expected
+    assert model_flops_per_token(ours, TINY) == model_flops_per_token(hf, TINY) == expected
 
 
 def test_ratios_and_systems() -> None:
@@ -62,7 +57,7 @@ def test_ratios_and_systems() -> None:
                           "peak_memory_increase_mb": 100.0},
         "lmlab-mlra": {"skipped": "not run"},
     }
-    ratios = _ratios(results)
+    ratios = ratio_values(BENCHMARK.ratios, results)
     assert ratios["tokens_per_s_lmlab_vs_hf"] == 1.3 and ratios["peak_mem_increase_lmlab_vs_hf"] == 0.5
     assert ratios["tev_overhead"] == 0.005 and ratios["step_time_tev_vs_mha"] == 1.0
     assert "tokens_per_s_mlra_vs_mha" not in ratios
@@ -74,7 +69,7 @@ def test_ratios_and_systems() -> None:
 @pytest.mark.slow
 def test_tiny_bench_runs_every_system_on_the_same_batches() -> None:
     result = run_cli("bench", "pretrain", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
-                     "--batch-size", "2", "--steps", "1", "--vocab-size", "512", "--json")
+                     "--batch-size", "2", "--max-steps", "1", "--vocab-size", "512", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["benchmark"] == "pretrain" and set(report["results"]) == set(SYSTEMS)
