@@ -21,7 +21,7 @@ from lmlab.core.models.architectures import ArchConfig, ArchitectureSpec, save_m
 from lmlab.core.models.attention import AttentionSpec
 from lmlab.core.models.kv_cache import CacheState, KVCache
 from lmlab.core.models.transformer import Layer, Step, init_normal, scale_residual
-from lmlab.core.training.head_loss import head_cross_entropy
+from lmlab.core.training.logprobs import head_cross_entropy
 
 
 class GPT(nn.Module):
@@ -63,7 +63,7 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
         """With targets: logits [B, T, V] (None when `return_logits` is off: then the loss comes from the hidden
-        states in chunks, lmlab.core.training.head_loss, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
+        states in chunks, lmlab.core.training.logprobs, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
         reduction "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
         T = idx.size(1)
         if T > self.config.block_size:

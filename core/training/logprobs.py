@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 CHUNK_ELEMENTS = 1 << 23  # logits elements per chunk: 32 MiB in float32
 
@@ -102,3 +102,20 @@ class TokenLogprobModel(nn.Module):
         head = self.lm.get_output_embeddings()
         picked = hidden.reshape(-1, hidden.shape[-1])[positions]
         return token_logprobs(picked, head.weight, targets, head.bias)
+
+
+def head_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, reduction: str = "mean",
+                       bias: Tensor | None = None) -> Tensor:
+    """Cross-entropy of `targets` [...] (-1: ignored) under the LM head `weight` [V, C] (and `bias`) applied to
+    `hidden` [..., C]; reduction "mean" or "sum" over the targets, or "none" (the targets' shape, 0 where
+    ignored). In float32; no host sync (ignored positions are computed and zeroed, not filtered out). The training
+    loss straight from the final hidden states: `F.cross_entropy` on [B, T, V] logits would keep them for the backward
+    pass (and under autocast copy them to float32 first), two copies of a step's largest tensor."""
+    wanted = targets.flatten()
+    keep = wanted != -1
+    loss = -token_logprobs(hidden.flatten(0, -2), weight, wanted.clamp(min=0), bias) * keep
+    if reduction == "none":
+        return loss.view_as(targets)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / keep.sum()

@@ -40,7 +40,7 @@ from lmlab.core.models.attention import AttentionSpec
 from lmlab.core.models.kv_cache import KVCache, to_device
 from lmlab.core.models.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.core.serving.generation import PAD_ID
-from lmlab.core.training.head_loss import head_cross_entropy
+from lmlab.core.training.logprobs import head_cross_entropy
 from lmlab.plugins.block.options import parse_options
 
 
@@ -174,7 +174,7 @@ class BlockTransformer(nn.Module):
         if return_logits:
             logits = self.lm_head(hidden)
             loss = F.cross_entropy(logits.flatten(0, 1), wanted.flatten(), ignore_index=-1, reduction=reduction)
-        else:  # the training step: no [B, T, V] logits, no float32 copy of them (lmlab.core.training.head_loss)
+        else:  # the training step: no [B, T, V] logits, no float32 copy of them (lmlab.core.training.logprobs)
             logits, loss = None, head_cross_entropy(hidden, self.lm_head.weight, wanted, reduction)
         if reduction == "none":
             loss = F.pad(loss.reshape(B, -1), (L - 1, 0))

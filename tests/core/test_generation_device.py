@@ -20,7 +20,7 @@ from lmlab.core.models.kv_cache import CacheState, KVCache
 from lmlab.core.models.transformer import Layer
 from lmlab.core.serving.engine import Engine, collect
 from lmlab.core.serving.generation import RunningBatch, Sampling, generate_tokens, sample_tokens
-from lmlab.core.training.head_loss import head_cross_entropy
+from lmlab.core.training.logprobs import head_cross_entropy
 from lmlab.core.training.text_corpus import train_tokenizer
 from tests.conftest import CORPUS_DOCS, run_cli
 
