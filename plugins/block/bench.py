@@ -19,7 +19,7 @@ from lmlab.plugins.block.shape import PREFIX, arch_opt, check_shape
 
 SYSTEMS = {"block": System(), "vanilla": System(),
            "hf-gptneox": System(requires="transformers", install="pip install transformers")}
-SETTINGS, DEFAULT_RUNS = ("prefill_heavy", "decode_heavy"), 3  # METHODS' protocol times 5 runs (--runs 5)
+SETTINGS, DEFAULT_RUNS = ("prefill_heavy", "decode_heavy"), 3  # the paper's protocol times 5 runs (--runs 5)
 SPEED_TARGETS = {"block_vs_hf_decode_heavy": (">=", 10.0), "block_vs_hf_prefill_heavy": (">=", 5.0),
                  "vanilla_vs_hf_decode_heavy": (">=", 2.0), "vanilla_vs_hf_prefill_heavy": (">=", 2.0)}
 
@@ -36,7 +36,7 @@ class BlockBenchOptions(BenchOptions):
     prefill_heavy_max_new_tokens: int = o.option(64, "Tokens generated per sequence, prefill-heavy.", min=1)
     decode_heavy_prompt: int = o.option(64, "Prompt tokens of the decode-heavy setting.", min=1)
     decode_heavy_max_new_tokens: int = o.option(512, "Tokens generated per sequence, decode-heavy.", min=1)
-    runs: int = o.option(DEFAULT_RUNS, "Timed runs per system and setting, after one warm-up (METHODS': 5).", min=1)
+    runs: int = o.option(DEFAULT_RUNS, "Timed runs per system and setting, after one warm-up (the paper's: 5).", min=1)
     train_steps: int = o.option(40, "`lmlab pretrain` steps for block and vanilla before their perplexity (0: skip).",
                                 min=0)
 
@@ -48,8 +48,8 @@ def _settings(opts: BlockBenchOptions) -> dict[str, Any]:
     return {**shape, "prefix": PREFIX, "block_layers": opts.n_layer // 2, "token_layers": (opts.n_layer + 1) // 2,
             "vocab_size": opts.vocab_size, "context": context, "seed": opts.seed, "dtype": "float32",
             "lengths": {name: {"prompt": p, "decode": n} for name, (p, n) in lengths.items()},
-            "warmup_runs": 1, "timed_runs": opts.runs, "timed_runs_note": f"METHODS' protocol: one warm-up, then the "
-            f"mean of 5 timed runs; {DEFAULT_RUNS} by default, so the default run stays near 5 minutes on 2 CPU cores",
+            "warmup_runs": 1, "timed_runs": opts.runs, "timed_runs_note": f"the paper's protocol: one warm-up, then "
+            f"the mean of 5 timed runs; {DEFAULT_RUNS} by default so the default run stays near 5 minutes on 2 cores",
             "prompts": "uniform random token ids from torch.Generator().manual_seed(seed + i) on the CPU, i = 0 "
                        "prefill-heavy, 1 decode-heavy; the same for every system (sha256 in each result)",
             "generation": "greedy, EOS disabled (HF: min_new_tokens = max_new_tokens), KV-cached, in inference mode",

@@ -1,5 +1,5 @@
-"""BEnQA (METHODS §9): the official layout, its anomalies, both languages, few-shot, chain of thought, the en-bn
-gap, and clear errors for malformed data. Scoring runs through the core runner with fake backends."""
+"""BEnQA (docs/methods.md#benqa): the official layout, its anomalies, both languages, few-shot, chain of
+thought, the en-bn gap, and clear errors for malformed data. Scoring runs through the core runner with fake backends."""
 
 from __future__ import annotations
 

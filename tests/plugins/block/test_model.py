@@ -1,5 +1,5 @@
-"""The Block Transformer (METHODS §4): cached generation against the full forward, the token decoder's locality,
-what the loss counts, the training batches, save/load."""
+"""The Block Transformer (docs/methods.md#block-transformer): cached generation against the full forward, the token
+decoder's locality, what the loss counts, the training batches, save/load."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`lmlab eval holism` (METHODS §10, docs/holism.md): the seed set, loglik preference scoring per byte, the
-rubric judges (keywords and a judge model through the cache), the core/peripheral split, and clear errors on
-malformed items. No real model: a tiny in-test backend answers every request."""
+"""`lmlab eval holism` (docs/methods.md#epistemological-holism, docs/holism.md): the seed set, loglik preference
+scoring per byte, the rubric judges (keywords and a judge model through the cache), the core/peripheral split, and clear
+errors on malformed items. No real model: a tiny in-test backend answers every request."""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def test_duplicate_ids_are_rejected(tmp_path):
 @pytest.mark.slow
 def test_cli_with_a_judge_model_scores_arguments_and_caches_the_judge(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ("eval", "holism", "--model", "tiny-llama", "--judge", "tiny-llama", "--limit", "6", "--max-tokens", "6",
+    args = ("eval", "holism", "--model", "tiny-llama", "--judge", "tiny-llama", "--limit", "6", "--max-new-tokens", "6",
             "--log-samples", "--json", "-o", str(run))
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr

@@ -1,4 +1,5 @@
-"""MLRA (METHODS §3): options, parameter counts, the paper's variance argument, and use inside the GPT."""
+"""MLRA (docs/methods.md#mlra-attention): options, parameter counts, the paper's variance argument, and use
+inside the GPT."""
 
 from __future__ import annotations
 

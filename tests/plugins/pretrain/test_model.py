@@ -1,4 +1,4 @@
-"""The GPT model (nanoGPT conventions, METHODS §3) and the TEV measurements."""
+"""The GPT model (nanoGPT conventions, docs/methods.md) and the TEV measurements."""
 
 from __future__ import annotations
 
