@@ -23,7 +23,7 @@ def snr_weight(x: torch.Tensor, s: float) -> torch.Tensor:
 
 def mapo_terms(mse_w: torch.Tensor, mse_l: torch.Tensor, *, beta: float, snr_value: float,
                num_timesteps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair MaPO loss: mse_w − β·log σ(T·(f(mse_w) − f(mse_l))); mean over pairs gives L of §2."""
+    """Per-pair MaPO loss: mse_w − β·log σ(T·(f(mse_w) − f(mse_l))); mean over pairs gives L (docs/methods.md#mapo)."""
     f_w, f_l = snr_weight(mse_w, snr_value), snr_weight(mse_l, snr_value)
     margin = F.logsigmoid(num_timesteps * (f_w - f_l))
     per_pair = mse_w - beta * margin

@@ -16,8 +16,9 @@ class MapoOptions(TrainOptions):
     data: str | None = option(None, "Pick-a-Pic-style pairs (jpg_0, jpg_1, label_0, label_1, caption): Parquet, "
                               "saved HF dataset, Hub id, or JSONL with image paths (default: bundled "
                               "examples/mapo/pairs.jsonl).", flags=("--data", "-d"), panel=MODEL_AND_DATA)
-    heldout: str | None = option(None, "Held-out pairs to measure alignment before and after training (default "
-                                 "with bundled data: examples/mapo/heldout.jsonl).", panel=MODEL_AND_DATA)
+    eval_data: str | None = option(None, "Held-out pairs to measure alignment before and after training (default "
+                                   "with bundled data: examples/mapo/heldout.jsonl).", panel=MODEL_AND_DATA,
+                                   deprecated=("--heldout",))
     resolution: int | None = option(None, "Training resolution (default: the UNet's sample size × VAE factor).",
                                     min=8, panel=MODEL_AND_DATA)
     cache_latents: bool = option(False, "Encode each pair once (centre crop, no flip) and reuse the latents.",

@@ -10,7 +10,7 @@ from lmlab.plugins.mapo.models import DiffusionParts
 
 
 class DiffusionPreferenceTask:
-    """Winner and loser latents get the same noise and the same timestep t ~ U{0..T-1} (§2)."""
+    """Winner and loser latents get the same noise and the same timestep t ~ U{0..T-1} (docs/methods.md#mapo)."""
 
     def __init__(self, pairs: list[ImagePair], parts: DiffusionParts, *, loss: str, beta: float, snr_value: float,
                  beta_dpo: float, resolution: int, seed: int, cache_latents: bool,

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from lmlab.core.bench.report import make_report
-from lmlab.plugins.mapo.bench import PARTS, TARGETS, _print_table, _StepParts
+from lmlab.plugins.mapo.bench import BENCHMARK
+from lmlab.plugins.mapo.step_parts import PARTS, StepParts
 
 
 def test_step_parts_time_the_adamw_step_and_what_precedes_it() -> None:
-    parts = _StepParts()
+    parts = StepParts()
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
     hooks = parts.optimizer_hooks()
@@ -50,12 +51,12 @@ def _report(unet_scale: int) -> dict[str, Any]:
 def test_memory_verdict_only_at_unet_scale_8(unet_scale: int, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("COLUMNS", "300")
-    _print_table(_report(unet_scale))
+    BENCHMARK.show(_report(unet_scale))
     out = capsys.readouterr().out
     assert "step_time_mapo_vs_dpo: 0.750  (target <= 0.8: met)" in out
     for key in ("peak_mem_increase_mapo_vs_dpo", "peak_tensor_mapo_vs_dpo"):
         line = next(line for line in out.splitlines() if line.startswith(key))
-        assert f"target <= {TARGETS[key][1]}" in line
+        assert f"target <= {BENCHMARK.targets({})[key][1]}" in line
         if unet_scale == 8:
             assert line.endswith("missed)")
         else:

@@ -30,7 +30,7 @@ def test_default_run_trains_tiny_sdxl_on_bundled_pairs(tmp_path: Path) -> None:
 def test_training_lowers_the_winners_error_on_heldout_pairs(tmp_path: Path) -> None:
     train = make_pairs(tmp_path / "train", n=16, ties=0)
     held = make_pairs(tmp_path / "held", n=6, ties=0)
-    result = run_cli("train-mapo", "--data", str(train), "--heldout", str(held), "--max-steps", "30", *FAST,
+    result = run_cli("train-mapo", "--data", str(train), "--eval-data", str(held), "--max-steps", "30", *FAST,
                      "--json", "-o", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     heldout = json.loads(result.stdout)["heldout"]
@@ -68,7 +68,7 @@ def test_bench_mapo_is_registered() -> None:
 
 @pytest.mark.slow
 def test_bench_mapo_runs_both_systems_on_the_same_inputs(pairs: Path) -> None:
-    result = run_cli("bench", "mapo", "--data", str(pairs), "--batch-size", "2", "--steps", "1", "--json")
+    result = run_cli("bench", "mapo", "--data", str(pairs), "--batch-size", "2", "--max-steps", "1", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     mapo, dpo = report["results"]["mapo"], report["results"]["dpo"]
