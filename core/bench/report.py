@@ -73,16 +73,6 @@ def print_results(report: dict[str, Any], title: str, columns: Sequence[str], ro
         console.print(line)
 
 
-def emit(report: dict[str, Any], json_output: bool, print_table: Callable[[dict[str, Any]], None]) -> None:
-    """`--json`: the report as one JSON object on stdout; otherwise the benchmark's own Rich table."""
-    if json_output:
-        from lmlab.core.kernel.console import print_json
-
-        print_json(report)
-    else:
-        print_table(report)
-
-
 def flatten_rows(results: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """One row per measured system (a worker's `rows` become rows of their own) and the workers' extra facts."""
     rows: dict[str, dict[str, Any]] = {}

@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import util
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from lmlab.core.bench.worker import clock, run_measured
 from lmlab.core.kernel.errors import LmlabError
@@ -42,11 +40,6 @@ class System:
         if self.requires is not None and util.find_spec(self.requires) is None:
             return f"{self.requires} is not installed ({self.install})"
         return self.precondition() if self.precondition is not None else None
-
-
-def systems_option(systems: Mapping[str, System]) -> Any:
-    """The `--systems` option of a benchmark with these systems (its default: all of them, in order)."""
-    return Annotated[str, typer.Option("--systems", help=f"Comma-separated systems to run: {', '.join(systems)}.")]
 
 
 def device_settings(spec: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import torch
 import typer
 
-from lmlab.core.bench.memory import peak_rss_mb, reset_peak_rss
+from lmlab.core.bench.memory import peak_rss_mb
 from lmlab.core.commands.options import DEVICE_HELP, RUN_AND_OUTPUT, option
 from lmlab.core.kernel.errors import LmlabError
 
@@ -127,15 +127,6 @@ def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new peak: CUDA's allocator statistics on a GPU, the process's peak RSS on the CPU (Linux)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        reset_peak_rss()
 
 
 def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:

@@ -9,6 +9,10 @@ only wants another default redeclares the field with a plain value: its flag and
 
 `--config` and `--resume` fill click's default_map, so values typed on the command line always win; a
 resumed run re-reads its own config.json so `--resume RUN` alone continues with the same settings.
+
+Every command speaks one vocabulary (docs/options.md): `data_option` (`--data/-d`, the main input),
+`output_dir_option` (`--output-dir/-o`, the folder the command creates), `index_kind_option` (`--index-kind`);
+`option(deprecated=...)` keeps a renamed flag's old spelling working for one release.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tomllib
 import typer
@@ -44,14 +48,20 @@ def panel_rank(panel: str) -> float:
 
 def option(default: Any, help_text: str, *, flags: Sequence[str] = (), min: float | None = None,
            max: float | None = None, panel: str = METHOD, envvar: str | None = None, negatable: bool = True,
-           cli: bool = True) -> Any:
+           cli: bool = True, deprecated: Sequence[str] = (), repeatable: bool = False) -> Any:
     """A dataclass field that is also a command-line option.
 
     `flags`: the long flag and short aliases (default `--field-name`); `min`/`max`: bounds checked by the CLI;
     `panel`: the `--help` section; `negatable`: a bool gets `--x/--no-x` (else only `--x`); `cli=False` keeps a
-    field off the command line (set by the command itself). A list default becomes a repeatable option."""
+    field off the command line (set by the command itself). A list default becomes a repeatable option.
+
+    `deprecated`: old spellings of the flag, kept working for one release as hidden aliases that print a notice
+    (`lmlab.core.commands.builder.deprecated_aliases`). `repeatable`: a single-valued field whose flag is
+    repeatable on the commands that take several values (e.g. `--retriever`) parses the same way here, and the
+    command refuses a second value (docs/options.md: one flag, one type)."""
     metadata = {"help": help_text, "flags": tuple(flags), "min": min, "max": max, "panel": panel,
-                "envvar": envvar, "negatable": negatable, "cli": cli}
+                "envvar": envvar, "negatable": negatable, "cli": cli, "deprecated": tuple(deprecated),
+                "repeatable": repeatable}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -75,6 +85,23 @@ def field_metadata(cls: type, name: str) -> dict[str, Any]:
 #: --device's meaning, on every command (the inference fields and Typer types are in lmlab.core.commands.devices).
 DEVICE_HELP = ("Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or "
                "cuda:N.")
+#: `--index-kind`: the FAISS index of a vector store (lmlab.core.retrieval.vector_store.INDEX_KINDS).
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+def data_option(help_text: str, *, deprecated: Sequence[str] = ()) -> Any:
+    """`--data/-d`: the command's main input, one dataset (docs/options.md: the main-input rule)."""
+    return option(None, help_text, flags=("--data", "-d"), panel=MODEL_AND_DATA, deprecated=deprecated)
+
+
+def output_dir_option(help_text: str, default: Path | None = None, *, deprecated: Sequence[str] = ()) -> Any:
+    """`--output-dir/-o`: the folder the command creates (a run directory, an index, a store)."""
+    return option(default, help_text, flags=("--output-dir", "-o"), panel=RUN_AND_OUTPUT, deprecated=deprecated)
+
+
+def index_kind_option(help_text: str, *, deprecated: Sequence[str] = ()) -> Any:
+    """`--index-kind flat|ivf|hnsw`: the FAISS index a new vector store is built with."""
+    return option("flat", help_text, deprecated=deprecated)
 
 
 @dataclass
@@ -82,10 +109,8 @@ class TrainOptions:
     """The run and training options of every trainer; a trainer's options subclass this, add their own fields
     and redeclare the defaults their method wants."""
 
-    data: str | None = option(None, "Training data (default: the method's bundled example).", flags=("--data", "-d"),
-                              panel=MODEL_AND_DATA)
-    output_dir: Path | None = option(None, "Run directory (default: runs/<command>-<timestamp>).",
-                                     flags=("--output-dir", "-o"), panel=RUN_AND_OUTPUT)
+    data: str | None = data_option("Training data (default: the method's bundled example).")
+    output_dir: Path | None = output_dir_option("Run directory (default: runs/<command>-<timestamp>).")
     max_steps: int = option(20, "Optimizer steps to train.", min=1, panel=TRAINING)
     batch_size: int = option(4, "Examples per micro-batch per process.", min=1, panel=TRAINING)
     grad_accum: int = option(1, "Micro-batches per optimizer step.", min=1, panel=TRAINING)
@@ -158,12 +183,27 @@ def _parse_problem(exc: Exception) -> str:
     return str(exc).splitlines()[0]  # tomllib's message ends with "(at line L, column C)"
 
 
+def deprecated_param(spelling: str) -> str:
+    """The hidden parameter of an old spelling (`option(deprecated=...)`): `deprecated_` + its name, so that the old
+    key in a --config file or in a resumed run's config.json reaches it too."""
+    return "deprecated_" + spelling.lstrip("-").replace("-", "_")
+
+
+def _current_keys(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with each old option name that only a deprecated alias still takes renamed to that alias."""
+    known = {p.name for p in ctx.command.params}
+    return {deprecated_param(k) if k not in known and deprecated_param(k) in known else k: v for k, v in values.items()}
+
+
 def _merge(ctx: typer.Context, values: dict[str, Any], *, override: bool) -> None:
     known = {p.name for p in ctx.command.params}
+    values = _current_keys(ctx, values)
     unknown = sorted(set(values) - known)
     if unknown:
         raise LmlabError(f"Unknown option(s) in config: {', '.join(unknown)}.",
                          hint=f"`lmlab {ctx.command.name} --help` lists the options")
+    repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+    values = {k: [v] if k in repeatable and not isinstance(v, list) else v for k, v in values.items()}
     current = dict(ctx.default_map or {})
     ctx.default_map = {**current, **values} if override else {**values, **current}
 
@@ -201,7 +241,7 @@ def resume_callback(ctx: typer.Context, value: Path | None) -> Path | None:
         if made_by is not None and made_by != name:
             raise LmlabError(f"{value} is a run of `lmlab {made_by}`, not of `lmlab {name}`.",
                              hint=f"lmlab {made_by} --resume {value}")
-        options = recorded.get("options", {})
+        options = _current_keys(ctx, recorded.get("options", {}))
         skip = {"resume", "config", "output_dir", "overwrite", "json_output", "quiet"}
         known = {p.name for p in ctx.command.params}
         _merge(ctx, {k: v for k, v in options.items() if k in known and k not in skip}, override=False)

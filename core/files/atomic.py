@@ -52,12 +52,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Replace `path` with `data`."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Replace `path` with `data` as indented JSON (ASCII; values JSON cannot hold are written as str)."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

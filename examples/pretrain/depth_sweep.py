@@ -1,10 +1,10 @@
 """Toy-scale check of the TEV/MLRA paper's claim: with depth and a high learning rate, MHA's
 TEV rises and its loss spikes, while MLRA keeps TEV lower and reaches lower perplexity.
 
-    python examples/pretrain/depth_sweep.py --out runs/depth-sweep [--depths 2 8 24] [--lr 3e-3] [--steps 150]
+    python examples/pretrain/depth_sweep.py -o runs/depth-sweep [--depths 2 8 24] [--lr 3e-3] [--max-steps 150]
 
 Writes one pretrain run per (attention, depth), then results.md (a table) and depth_sweep.png (TEV curves and
-validation perplexity) in --out.
+validation perplexity) in --output-dir.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def spikes(losses: list[float], window: int = 10, factor: float = 1.3) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/depth-sweep"))
+    parser.add_argument("--output-dir", "-o", type=Path, default=Path("runs/depth-sweep"))
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 8, 24])
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=150)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -43,11 +43,11 @@ def main() -> None:
     curves = {}
     for depth in args.depths:
         for attn in ("mha", "mlra"):
-            run = args.out / f"{attn}-{depth}"
+            run = args.output_dir / f"{attn}-{depth}"
             summary = PretrainTrainer(PretrainOptions(
                 attn=attn, n_layer=depth, n_embd=args.width, n_head=4, block_size=64, batch_size=16, lr=args.lr,
-                warmup_steps=10, max_steps=args.steps, eval_every=args.steps, grad_var_every=25, save_every=10_000,
-                seed=args.seed, output_dir=run)).run()
+                warmup_steps=10, max_steps=args.max_steps, eval_every=args.max_steps, grad_var_every=25,
+                save_every=10_000, seed=args.seed, output_dir=run)).run()
             metrics = read_metrics(run / "metrics.jsonl")
             tev = [m["tev_mean"] for m in metrics]
             curves[(attn, depth)] = tev
@@ -60,9 +60,9 @@ def main() -> None:
     header = list(rows[0])
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
-    (args.out / "results.md").write_text(
-        f"lr {args.lr}, width {args.width}, {args.steps} steps, Tiny Shakespeare\n\n" + "\n".join(table) + "\n")
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    (args.output_dir / "results.md").write_text(
+        f"lr {args.lr}, width {args.width}, {args.max_steps} steps, Tiny Shakespeare\n\n" + "\n".join(table) + "\n")
+    (args.output_dir / "results.json").write_text(json.dumps(rows, indent=2))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for (attn, depth), tev in curves.items():
         left.plot(tev, label=f"{attn} · {depth} layers", linestyle="-" if attn == "mha" else "--")
@@ -76,7 +76,7 @@ def main() -> None:
     right.set_ylabel("validation perplexity")
     right.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "depth_sweep.png", dpi=110)
+    fig.savefig(args.output_dir / "depth_sweep.png", dpi=110)
     print("\n".join(table))
 
 

@@ -54,15 +54,13 @@ def show_index(summary: dict[str, Any]) -> None:
 
 
 def _group_callback(command: Callable[..., None]) -> Callable[..., None]:
-    """`command` as the group's own callback: it runs when no subcommand is given."""
+    """`command` (an `options_command`, which takes the Typer context first) as the group's own callback: it runs
+    when no subcommand is given."""
     def callback(ctx: typer.Context, **values: Any) -> None:
         if ctx.invoked_subcommand is None:
-            command(**values)
+            command(ctx, **values)
 
-    signature = inspect.signature(command)
-    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
-    callback.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[context, *signature.parameters.values()])
+    callback.__signature__ = inspect.signature(command)  # type: ignore[attr-defined]
     callback.__doc__ = command.__doc__
     return callback
 

@@ -18,7 +18,7 @@ SEEDS, PER_SEED = 3, 2
 
 def run_demo(output_dir: str, quick: bool) -> None:
     root = Path(output_dir)
-    store = run_index(IndexOptions(output=root / "augment-store"))
+    store = run_index(IndexOptions(output_dir=root / "augment-store"))
     err.print(f"store: {store['total']} instances from {len(store['files'])} file(s), {store['dim']}-dim "
               f"{store['embedder']} ({store['seconds']} s)")
     summaries = {}

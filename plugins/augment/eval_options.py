@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.commands.builder import options_command
-from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TrainOptions, option
+from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TrainOptions, data_option, option
 
 DEFAULT_TRAIN = "augment/seeds.jsonl"
 DEFAULT_TEST = "augment/heldout.jsonl"
@@ -19,21 +19,19 @@ QA_ROWS = "QA rows with input (or question), output (or answer) and context (or 
 
 @dataclass
 class AugmentEvalOptions(TrainOptions):
-    data: str | None = option(None, "The --train file (set by the command).", cli=False)
-    train: str | None = option(None, f"Seed {QA_ROWS}: JSONL/JSON/CSV/Parquet, a saved HF dataset, or a Hub id "
-                               f"(default: bundled examples/{DEFAULT_TRAIN}).", flags=("--train",),
-                               panel=MODEL_AND_DATA)
+    data: str | None = data_option(f"Seed {QA_ROWS}: JSONL/JSON/CSV/Parquet, a saved HF dataset, or a Hub id "
+                                   f"(default: bundled examples/{DEFAULT_TRAIN}).", deprecated=("--train",))
     augmented: list[str] = option([], "An augmented file to measure: one reader is trained on the seeds plus its "
                                   "rows, named by the file's stem. Repeat for several.", flags=("--augmented", "-a"),
                                   panel=MODEL_AND_DATA)
-    test: str | None = option(None, f"Held-out {QA_ROWS} scored with SQuAD EM/F1 (default: bundled "
-                              f"examples/{DEFAULT_TEST}).", flags=("--test",), panel=MODEL_AND_DATA)
+    eval_data: str | None = option(None, f"Held-out {QA_ROWS} scored with SQuAD EM/F1 (default: bundled "
+                                   f"examples/{DEFAULT_TEST}).", panel=MODEL_AND_DATA, deprecated=("--test",))
     model: str = option("all-minilm-l6-v2", "Encoder of the reader: all-minilm-l6-v2 (offline), an HF encoder "
                         "folder, or a Hub id.", flags=("--model", "-m"), panel=MODEL_AND_DATA)
     max_length: int = option(256, "Tokens per (question, context) window; training rows whose answer lies past it "
                              "are skipped and counted.", min=16, panel=MODEL_AND_DATA)
     max_answer_tokens: int = option(30, "Longest predicted answer span, in tokens.", min=1)
-    eval_batch_size: int = option(32, "Windows per batch when predicting on --test.", min=1)
+    eval_batch_size: int = option(32, "Windows per batch when predicting on --eval-data.", min=1)
     max_steps: int = 60
     batch_size: int = 8
     lr: float = 1e-4
@@ -59,4 +57,4 @@ def _show(report: dict[str, Any]) -> None:
 augment_eval = options_command(
     AugmentEvalOptions, _run, show=_show,
     doc="Measure augmented QA data as RADA does: train an extractive reader on the seeds alone and on seeds + "
-        "each --augmented file, and compare SQuAD EM/F1 on --test.")
+        "each --augmented file, and compare SQuAD EM/F1 on --eval-data.")

@@ -27,10 +27,10 @@ def add_instances(store: VectorStore, folder: Path, items: list[Instance], embed
 
 def run_index(opts: IndexOptions) -> dict[str, Any]:
     device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
-    files = opts.store or [str(example("augment/store.jsonl"))]
+    files = [opts.data or str(example("augment/store.jsonl"))]
     items = load_instances(files)
-    folder = Path(opts.output)
-    store = open_store(folder, opts.embedder, opts.index, opts.nlist)
+    folder = Path(opts.output_dir)
+    store = open_store(folder, opts.embedder, opts.index_kind, opts.nlist)
     before = len(store)
     started = time.perf_counter()
     added = 0

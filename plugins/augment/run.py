@@ -11,8 +11,9 @@ from typing import Any
 
 from lmlab.core.commands.devices import inference_dtype, resolve_device
 from lmlab.core.evaluation.backends import Backend, GenerateRequest, load_backend
+from lmlab.core.files.atomic import write_json_atomic
 from lmlab.core.files.paths import example
-from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config, write_json_atomic
+from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import Interrupted, LmlabError
 from lmlab.core.kernel.progress import Progress
@@ -26,7 +27,7 @@ from lmlab.plugins.augment.templates import Template, load_template
 
 COMMAND = "augment"
 # Options that decide what the items are: a folder made with other values cannot be continued.
-PLAN_OPTIONS = ("seeds", "store", "retrieval", "template", "multiplier", "demos", "pool", "temperature", "top_p",
+PLAN_OPTIONS = ("data", "store", "retrieval", "template", "multiplier", "demos", "pool", "temperature", "top_p",
                 "max_new_tokens", "filter", "dedupe", "dedupe_threshold", "limit", "seed", "model", "backend")
 
 
@@ -117,9 +118,9 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     dtype = inference_dtype(opts.model.precision, device)
     template = load_template(opts.template)
     check_mode(opts.retrieval, template)
-    seeds = load_instances(opts.seeds or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
+    seeds = load_instances(opts.data or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
     seeds = seeds[:opts.limit] if opts.limit else seeds
-    options = {**flat_options(opts), "seeds": opts.seeds or str(example("augment/seeds.jsonl")),
+    options = {**flat_options(opts), "data": opts.data or str(example("augment/seeds.jsonl")),
                "store": opts.store or str(example("augment/store.jsonl"))}
     if opts.resume is None and opts.output_dir is not None:
         check_run_folder(opts.output_dir, COMMAND, reusable=True)
@@ -200,9 +201,9 @@ def report(run: RunDir, journal: Journal, items: list[WorkItem], seeds: list[Ins
         "generated_now": generated, "seconds": round(seconds, 2),
         "items_per_s": round(generated / seconds, 3) if seconds and generated else None,
         "augmented": str(journal.augmented_path), "run_dir": str(run.path)}
-    if opts.baseline:
-        baseline = load_instances(opts.baseline)
+    if opts.compare:
+        baseline = load_instances(opts.compare)
         summary["diversity"]["baseline"] = {**diversity([b.input for b in baseline]), "rows": len(baseline),
-                                            "file": opts.baseline}
+                                            "file": opts.compare}
     write_json_atomic(run.path / "report.json", summary)
     return summary

@@ -1,4 +1,4 @@
-"""MLRA, multi-head low-rank attention (Chung, Hong, An, Thorne, Yun, EMNLP 2024; METHODS §3).
+"""MLRA, multi-head low-rank attention (Chung, Hong, An, Thorne, Yun, EMNLP 2024; docs/methods.md#mlra-attention).
 
 Each head's projection W_h (d × d_h) becomes A_h·B_h with A_h: d × r and B_h: r × d_h. Why this stabilises
 pre-training: with weights drawn from N(0, σ²) and a unit-variance LayerNorm output x,

@@ -47,7 +47,7 @@ def run_demo(output_dir: str, quick: bool) -> None:
     err.print(f"reranked BM25's top {ranked['pairs']} for one query: recall@1 {ranked['before']['recall@1']:.2f} → "
               f"{ranked['after']['recall@1']:.2f} ({ranked['variant']}, mean uncertainty "
               f"{ranked['mean_uncertainty']:.4f})")
-    explained = run_explain(ExplainOptions(index=index, model=model, method=["shap"], samples=64,
+    explained = run_explain(ExplainOptions(index=index, model=model, explainer=["shap"], explain_samples=64,
                                            output_dir=root / "retrieve-explain"))
     top = ", ".join(f"{w} ({v:+.3f})" for w, v in explained["methods"]["shap"]["top"][:5])
     err.print(f"SHAP, '{explained['query']}': P(relevant) {explained['probability']:.3f}; top words {top}")

@@ -1,6 +1,6 @@
 """The cross-encoder context reranker: an encoder reads "[CLS] query [SEP] context [SEP]" and a one-unit head on
 its pooled [CLS] state gives the relevance logit z(q, c); P(relevant) = σ(z / T), T = 1 unless a temperature was
-fitted (`retrieve calibrate --temperature`). The model is a plain `AutoModelForSequenceClassification` with
+fitted (`retrieve calibrate --fit-temperature`). The model is a plain `AutoModelForSequenceClassification` with
 `num_labels=1`, so a saved member folder loads in sentence-transformers' CrossEncoder too (same scores).
 """
 

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.core.commands.devices import DeviceOptions
-from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.commands.options import (
+    MODEL_AND_DATA,
+    RUN_AND_OUTPUT,
+    TRAINING,
+    TrainOptions,
+    data_option,
+    group,
+    option,
+    output_dir_option,
+)
 from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER as DEFAULT_ENCODER
 from lmlab.core.retrieval.rerankers import LAST, RerankSettings
 from lmlab.core.retrieval.retrievers import DEFAULT_INDEX
@@ -61,55 +70,56 @@ class RerankTrainOptions(TrainOptions):
 
 @dataclass
 class RerankOptions:
-    queries: str | None = option(None, "KILT/JSONL queries with `input` (default: the bundled "
-                                 "examples/retrieve/dev.jsonl); or --candidates.", panel=MODEL_AND_DATA)
+    data: str | None = data_option("KILT/JSONL queries with `input` (default: the bundled "
+                                   "examples/retrieve/dev.jsonl); or --candidates.", deprecated=("--queries",))
     candidates: str | None = option(None, "Rerank a `retrieve search` JSONL output instead of searching.",
                                     panel=MODEL_AND_DATA)
     index: Path = option(DEFAULT_INDEX, "The retrieval index (corpus and retrievers).", panel=MODEL_AND_DATA)
     model: str = option(LAST, MODEL_HELP, flags=("--model", "-m"), panel=MODEL_AND_DATA)
     retriever: str = option("bm25", "The retriever whose candidates are reranked.", flags=("--retriever", "-r"),
-                            panel=MODEL_AND_DATA)
+                            panel=MODEL_AND_DATA, repeatable=True)
     rerank: RerankSettings = group(RerankSettings)
     top_k: int = option(10, "Documents per query in the output.", min=1)
     limit: int | None = option(None, "Only the first N queries.", min=1, panel=MODEL_AND_DATA)
-    output: Path | None = option(None, "Write the JSONL here instead of stdout.", flags=("--output", "-o"),
-                                 panel=RUN_AND_OUTPUT)
+    output: Path | None = option(None, "Write the JSONL here instead of stdout.", panel=RUN_AND_OUTPUT,
+                                 deprecated=("-o",))
     placement: DeviceOptions = group(DeviceOptions)  # the reranker and a dense retriever
 
 
 @dataclass
 class CalibrateOptions:
-    data: str | None = option(None, "Labelled set: KILT queries (gold pages and BM25 negatives, default: the bundled "
-                              "examples/retrieve/dev.jsonl) or {query, context, label} rows.", flags=("--data", "-d"),
-                              panel=MODEL_AND_DATA)
+    data: str | None = data_option("Labelled set: KILT queries (gold pages and BM25 negatives, default: the bundled "
+                                   "examples/retrieve/dev.jsonl) or {query, context, label} rows.")
     index: Path = option(DEFAULT_INDEX, "The retrieval index (for KILT queries).", panel=MODEL_AND_DATA)
     model: str = option(LAST, MODEL_HELP, flags=("--model", "-m"), panel=MODEL_AND_DATA)
     variant: list[str] = option([], "Variants to compare (repeatable; default: every one the model offers).")
     negatives: int = option(3, "BM25 hard negatives per KILT query.", min=0)
     bins: int = option(10, "Bins of the ECE and the reliability diagram.", min=2)
-    temperature: bool = option(False, "Fit a temperature per variant on the first --fit-fraction of the queries, "
-                               "report ECE on the rest before and after, and save it into the model.")
+    fit_temperature: bool = option(False, "Fit a temperature per variant on the first --fit-fraction of the "
+                                   "queries, report ECE on the rest before and after, and save it into the model.",
+                                   deprecated=("--temperature",))
     fit_fraction: float = option(0.5, "Share of the queries the temperature is fitted on.", min=0.05, max=0.95)
     mc_passes: int = option(8, "mc-dropout: passes T per pair.", min=1)
     batch_size: int = option(32, "Pairs per reranker batch.", min=1)
-    output_dir: Path | None = option(None, "Run directory for results.json and reliability.png (default: "
-                                     "runs/retrieve-calibrate-<timestamp>).", flags=("--output-dir", "-o"),
-                                     panel=RUN_AND_OUTPUT)
+    output_dir: Path | None = output_dir_option("Run directory for results.json and reliability.png (default: "
+                                                "runs/retrieve-calibrate-<timestamp>).")
     placement: DeviceOptions = group(DeviceOptions)  # the reranker
 
 
 @dataclass
 class ExplainOptions:
-    query: str | None = option(None, "The query (default: the first bundled dev query).", panel=MODEL_AND_DATA)
+    query: str | None = option(None, "The query (default: the first bundled dev query).", panel=MODEL_AND_DATA,
+                               repeatable=True)
     context: str | None = option(None, "The context (default: the query's best BM25 page).", panel=MODEL_AND_DATA)
     index: Path = option(DEFAULT_INDEX, "The retrieval index (for the default context).", panel=MODEL_AND_DATA)
     model: str = option(LAST, MODEL_HELP, flags=("--model", "-m"), panel=MODEL_AND_DATA)
-    method: list[str] = option(["lime", "shap"], "Explainers (repeatable): lime, shap.")
-    variant: str = option("plain", "The reranker variant explained (plain is one deterministic pass).")
-    samples: int = option(200, "Perturbed contexts scored per explanation.", min=8)
+    explainer: list[str] = option(["lime", "shap"], "Explainers (repeatable): lime, shap.", deprecated=("--method",))
+    variant: str = option("plain", "The reranker variant explained (plain is one deterministic pass).",
+                          repeatable=True)
+    explain_samples: int = option(200, "Perturbed contexts scored per explanation.", min=8,
+                                  deprecated=("--samples",))
     top: int = option(10, "Words listed per explainer.", min=1)
     seed: int = option(0, "Seed of the perturbations.")
-    output_dir: Path | None = option(None, "Folder for explanation.json and one HTML view per explainer (default: "
-                                     "runs/retrieve-explain-<timestamp>).", flags=("--output-dir", "-o"),
-                                     panel=RUN_AND_OUTPUT)
+    output_dir: Path | None = output_dir_option("Folder for explanation.json and one HTML view per explainer "
+                                                "(default: runs/retrieve-explain-<timestamp>).")
     placement: DeviceOptions = group(DeviceOptions)  # the reranker

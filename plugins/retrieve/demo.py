@@ -26,7 +26,7 @@ def _line(name: str, values: dict) -> str:
 def run_demo(output_dir: str, quick: bool) -> None:
     root = Path(output_dir)
     index = root / "retrieve-index"
-    built = run_index(IndexOptions(output=index, generator_model=GENERATOR,
+    built = run_index(IndexOptions(output_dir=index, generator_model=GENERATOR,
                                    retriever=["bm25"] if quick else ["bm25", "dense", "generative"]))
     err.print(f"index: {built['documents']} pages, built {', '.join(built['built'])} in {built['seconds']} s")
     search = SearchSettings(index=index, fuse=["bm25", "dense"])

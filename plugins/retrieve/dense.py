@@ -23,15 +23,15 @@ def document_text(title: str, text: str) -> str:
 
 
 def check(options: dict[str, Any]) -> None:
-    kind = options.get("index", "flat")
+    kind = options.get("index_kind", "flat")
     if kind not in INDEX_KINDS:
-        raise LmlabError(f"Unknown --index '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
+        raise LmlabError(f"Unknown --index-kind '{kind}'.", hint=f"use one of: {', '.join(INDEX_KINDS)}")
 
 
 def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Embed the documents the store in `folder` does not hold yet (an interrupted build resumes)."""
     embedder_name = options.get("embedder", DEFAULT_EMBEDDER)
-    store = open_store(folder, embedder_name, options.get("index", "flat"))
+    store = open_store(folder, embedder_name, options.get("index_kind", "flat"))
     if any(d.id not in store.ids for d in corpus.documents):  # the model loads only when there is work
         device, dtype = placement(options)
         embedder = Embedder(embedder_name, batch_size=int(options.get("batch_size", 32)), device=device, dtype=dtype)

@@ -20,9 +20,9 @@ def run_index(opts: IndexOptions) -> dict[str, Any]:
         spec = retriever_spec(name)
         if spec.check is not None:
             spec.check(options)
-    corpus = Corpus.load(opts.corpus or example("retrieve/corpus.jsonl"))
+    corpus = Corpus.load(opts.data or example("retrieve/corpus.jsonl"))
     started = time.perf_counter()
-    index = RetrievalIndex.create(opts.output, corpus)
+    index = RetrievalIndex.create(opts.output_dir, corpus)
     for name in names:
         settings = index.build(name, options)
         log(f"{name}: built in {settings['seconds']} s")

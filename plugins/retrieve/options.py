@@ -6,7 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmlab.core.commands.devices import DeviceOptions
-from lmlab.core.commands.options import BACKEND, MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, group, option
+from lmlab.core.commands.options import (
+    BACKEND,
+    MODEL_AND_DATA,
+    RUN_AND_OUTPUT,
+    TRAINING,
+    IndexKind,
+    TrainOptions,
+    data_option,
+    group,
+    index_kind_option,
+    option,
+    output_dir_option,
+)
 from lmlab.core.evaluation.backends import BackendOptions
 from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.retrieval.rerankers import RERANK, RerankSettings
@@ -19,15 +31,17 @@ RETRIEVE = "Retrieval"
 
 @dataclass
 class IndexOptions:
-    corpus: str | None = option(None, "Documents {id, title, text} (JSONL/JSON/CSV/Parquet/saved dataset; default: "
-                                "the bundled examples/retrieve/corpus.jsonl).", panel=MODEL_AND_DATA)
-    output: Path = option(DEFAULT_INDEX, "The index folder; building into one that indexes the same corpus "
-                          "replaces only the retrievers named.", flags=("--output", "-o"), panel=RUN_AND_OUTPUT)
+    data: str | None = data_option("Documents {id, title, text} (JSONL/JSON/CSV/Parquet/saved dataset; default: "
+                                   "the bundled examples/retrieve/corpus.jsonl).", deprecated=("--corpus",))
+    output_dir: Path = output_dir_option("The index folder; building into one that indexes the same corpus "
+                                         "replaces only the retrievers named.", DEFAULT_INDEX,
+                                         deprecated=("--output",))
     retriever: list[str] = option(BUILT_BY_DEFAULT, "Retrievers to build (repeatable): bm25, dense, generative "
                                   "(the title trie), or one a plugin adds.", flags=("--retriever", "-r"))
     embedder: str = option(DEFAULT_EMBEDDER, "dense: sentence-transformers model (the packaged all-minilm-l6-v2, a "
                            "folder, or a cached Hub name).", panel=MODEL_AND_DATA)
-    index: str = option("flat", "dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents or more).")
+    index_kind: IndexKind = index_kind_option("dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents "
+                                              "or more).", deprecated=("--index",))
     batch_size: int = option(32, "dense: texts per embedding batch.", min=1)
     k1: float = option(1.5, "bm25: term-frequency saturation k1.", min=0.0)
     b: float = option(0.75, "bm25: length normalisation b.", min=0.0, max=1.0)
@@ -63,30 +77,29 @@ class SearchSettings:
 
 @dataclass
 class SearchOptions:
-    query: list[str] = option([], "A query (repeatable); or use --queries.", panel=MODEL_AND_DATA)
-    queries: str | None = option(None, "Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text "
-                                 "file with one query per line (default: the bundled examples/retrieve/dev.jsonl).",
-                                 panel=MODEL_AND_DATA)
+    query: list[str] = option([], "A query (repeatable); or use --data.", panel=MODEL_AND_DATA)
+    data: str | None = data_option("Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text file "
+                                   "with one query per line (default: the bundled examples/retrieve/dev.jsonl).",
+                                   deprecated=("--queries",))
     search: SearchSettings = group(SearchSettings)
     retriever: str = option("fused", "bm25, dense, generative, generative-rerank (decoded titles rescored given "
                             "dense contexts), fused, or one a plugin adds.",
-                            flags=("--retriever", "-r"), panel=RETRIEVE)
+                            flags=("--retriever", "-r"), panel=RETRIEVE, repeatable=True)
     top_k: int = option(10, "Documents per query.", min=1, panel=RETRIEVE)
     rerank: str | None = option(None, "Rerank the candidates with this reranker: a `retrieve train-reranker` run, "
                                 "a registered reranker, or last (the one last trained on the index).", panel=RERANK)
     reranking: RerankSettings = group(RerankSettings)
     format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
                          "title).", panel=RUN_AND_OUTPUT)
-    output: Path | None = option(None, "Write the results here instead of stdout.", flags=("--output", "-o"),
-                                 panel=RUN_AND_OUTPUT)
+    output: Path | None = option(None, "Write the results here instead of stdout.", panel=RUN_AND_OUTPUT,
+                                 deprecated=("-o",))
     placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
 
 @dataclass
 class EvalOptions:
-    data: str | None = option(None, "KILT-format queries {id, input, output: [{answer, provenance: [{wikipedia_id, "
-                              "title}]}]} (default: the bundled examples/retrieve/dev.jsonl).", flags=("--data", "-d"),
-                              panel=MODEL_AND_DATA)
+    data: str | None = data_option("KILT-format queries {id, input, output: [{answer, provenance: [{wikipedia_id, "
+                                   "title}]}]} (default: the bundled examples/retrieve/dev.jsonl).")
     search: SearchSettings = group(SearchSettings)
     retriever: list[str] = option([], "Retrievers to evaluate (repeatable): bm25, dense, generative, "
                                   "generative-rerank, fused, or a plugin's (default: every one built, and fused).",
@@ -99,9 +112,8 @@ class EvalOptions:
                                      "evaluated, fused when it is).", panel=RERANK)
     reranking: RerankSettings = group(RerankSettings)
     ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), min=1, panel=RETRIEVE)
-    output_dir: Path | None = option(None, "Run directory for results.json, rankings.jsonl and recall.png "
-                                     "(default: runs/retrieve-eval-<timestamp>).", flags=("--output-dir", "-o"),
-                                     panel=RUN_AND_OUTPUT)
+    output_dir: Path | None = output_dir_option("Run directory for results.json, rankings.jsonl and recall.png "
+                                                "(default: runs/retrieve-eval-<timestamp>).")
     limit: int | None = option(None, "Use only the first N queries.", min=1, panel=MODEL_AND_DATA)
     placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
@@ -144,6 +156,6 @@ class QuestionOptions:
                                 min=0.0, panel=BACKEND)
     max_new_tokens: int = option(40, "Tokens per question.", min=1, panel=BACKEND)
     output: Path = option(Path("runs/retrieve-questions.jsonl"), "Pairs {input, title, wikipedia_id} to train on "
-                          "(appended to; a rerun skips documents already done).", flags=("--output", "-o"),
-                          panel=RUN_AND_OUTPUT)
+                          "(appended to; a rerun skips documents already done).", panel=RUN_AND_OUTPUT,
+                          deprecated=("-o",))
     limit: int | None = option(None, "Only the first N documents.", min=1, panel=MODEL_AND_DATA)

@@ -14,12 +14,12 @@ from lmlab.core.kernel.errors import DataError, LmlabError
 def read_queries(inline: list[str], path: str | None) -> list[tuple[str, str]]:
     """(id, text) pairs; inline queries are numbered q1, q2, ...; neither given: the bundled held-out queries."""
     if inline and path:
-        raise LmlabError("Give queries with --query or with --queries, not both.", hint="use one of them")
+        raise LmlabError("Give queries with --query or with --data, not both.", hint="use one of them")
     if inline:
         return [(f"q{n}", q) for n, q in enumerate(inline, 1)]
     if path is None:
         path = str(example("retrieve/dev.jsonl"))
-        log(f"no --query or --queries: searching the bundled {path}")
+        log(f"no --query or --data: searching the bundled {path}")
     source = Path(path)
     if source.is_file() and source.suffix.lower() not in FILE_FORMATS:
         lines = source.read_text(encoding="utf-8").splitlines()

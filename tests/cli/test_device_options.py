@@ -90,7 +90,7 @@ def test_every_trainer_takes_device(name: str) -> None:
 @pytest.mark.parametrize("args", [("train-orpo", "--device", "cuda", "--max-steps", "1"),
                                   ("augment", "index", "--device", "cuda")])
 def test_a_trainer_or_indexer_asked_for_a_missing_gpu_writes_nothing(args: tuple[str, ...], tmp_path) -> None:
-    done = run_cli(*args, "--output-dir" if args[0] != "augment" else "--output", str(tmp_path / "out"))
+    done = run_cli(*args, "--output-dir", str(tmp_path / "out"))
     assert done.returncode == 2, done.stderr
     assert "no CUDA GPU is visible" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

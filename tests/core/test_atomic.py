@@ -17,7 +17,6 @@ from lmlab.core.files.atomic import (
     atomic_dir,
     atomic_file,
     atomic_path,
-    write_bytes_atomic,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
@@ -57,8 +56,6 @@ def test_a_write_that_completes_replaces_the_whole_file(tmp_path: Path) -> None:
     write_text_atomic(target, "old content, longer than the new\n")
     write_text_atomic(target, "new\n")
     assert target.read_text() == "new\n"
-    write_bytes_atomic(target, b"\x00\x01")
-    assert target.read_bytes() == b"\x00\x01"
     write_json_atomic(target, {"path": tmp_path, "n": 1})
     assert json.loads(target.read_text()) == {"path": str(tmp_path), "n": 1}
     assert leftovers(tmp_path, "out.txt") == []

@@ -159,7 +159,7 @@ def test_training_memorises_a_small_set(tmp_path: Path, tiny_bert: Path) -> None
     untrained, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=64), seed=42)
     items = [Instance(r["id"], r["question"], r["answer"], r["context"]) for r in rows]
     before = squad_scores(predict(untrained, tok, items), [[r["answer"]] for r in rows])["f1"]
-    report = run_eval(_options(tmp_path, tiny_bert, train=str(memorise), test=str(memorise), max_steps=30,
+    report = run_eval(_options(tmp_path, tiny_bert, data=str(memorise), eval_data=str(memorise), max_steps=30,
                                      batch_size=3))
     after = report["systems"]["seeds"]["f1"]
     assert after >= 80.0 and after >= before + 50.0, (before, after)
@@ -172,7 +172,8 @@ def test_run_eval_compares_seeds_with_each_augmented_file(tmp_path: Path, tiny_b
     train = write_jsonl(tmp_path / "seeds.jsonl", seeds)
     augmented = write_jsonl(tmp_path / "augmented-rada.jsonl", extra)
     test = write_jsonl(tmp_path / "heldout.jsonl", qa_rows(PEOPLE[4:], "t"))
-    opts = _options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test), max_steps=2)
+    opts = _options(tmp_path, tiny_bert, data=str(train), augmented=[str(augmented)], eval_data=str(test),
+                    max_steps=2)
     report = run_eval(opts)
     eval_dir = tmp_path / "eval"
     assert json.loads((eval_dir / "report.json").read_text()) == json.loads(json.dumps(report))
@@ -195,11 +196,11 @@ def test_run_eval_compares_seeds_with_each_augmented_file(tmp_path: Path, tiny_b
 
     weights = eval_dir / "seeds" / "model" / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
-    resumed = run_eval(_options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test),
+    resumed = run_eval(_options(tmp_path, tiny_bert, data=str(train), augmented=[str(augmented)], eval_data=str(test),
                                 max_steps=2, output_dir=None, resume=eval_dir))
     assert resumed["systems"] == report["systems"] and weights.stat().st_mtime_ns == stamp  # nothing retrained
     with pytest.raises(LmlabError, match="max_steps"):
-        run_eval(_options(tmp_path, tiny_bert, train=str(train), augmented=[str(augmented)], test=str(test),
+        run_eval(_options(tmp_path, tiny_bert, data=str(train), augmented=[str(augmented)], eval_data=str(test),
                           max_steps=3, output_dir=None, resume=eval_dir))
 
 
@@ -207,7 +208,7 @@ def test_bad_input_fails_before_any_training(tmp_path: Path, tiny_bert: Path) ->
     train = write_jsonl(tmp_path / "seeds.jsonl", qa_rows(PEOPLE[:1], "s"))
     no_context = write_jsonl(tmp_path / "aug.jsonl", [{"question": "Where?", "answer": "Lyon"}])
     with pytest.raises(DataError, match=r"aug\.jsonl:1: field 'context'"):
-        run_eval(_options(tmp_path, tiny_bert, train=str(train), test=str(train), augmented=[str(no_context)]))
+        run_eval(_options(tmp_path, tiny_bert, data=str(train), eval_data=str(train), augmented=[str(no_context)]))
     with pytest.raises(LmlabError, match="'seeds' is already taken"):
-        run_eval(_options(tmp_path, tiny_bert, train=str(train), test=str(train), augmented=[str(train)]))
+        run_eval(_options(tmp_path, tiny_bert, data=str(train), eval_data=str(train), augmented=[str(train)]))
     assert not (tmp_path / "eval").exists()

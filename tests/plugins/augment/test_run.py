@@ -20,7 +20,7 @@ from tests.plugins.augment.conftest import SEEDS
 
 
 def served(server, seeds: Path, out: Path, *extra: str) -> list[str]:
-    return ["augment", "--backend", "openai", "--base-url", server.url, "--model", "fake", "--seeds", str(seeds),
+    return ["augment", "--backend", "openai", "--base-url", server.url, "--model", "fake", "--data", str(seeds),
             "--retrieval", "none", "-o", str(out), *extra]
 
 
@@ -130,7 +130,7 @@ def test_malformed_seed_rows_are_one_clear_error(tmp_path: Path, capsys: pytest.
                                                  message: str) -> None:
     seeds = write_jsonl(tmp_path / "seeds.jsonl", [SEEDS[0], row])
     with pytest.raises(SystemExit) as info:
-        main(["augment", "--seeds", str(seeds), "-o", str(tmp_path / "run")])
+        main(["augment", "--data", str(seeds), "-o", str(tmp_path / "run")])
     err = " ".join(capsys.readouterr().err.split())
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -145,7 +145,7 @@ def test_malformed_seed_rows_are_one_clear_error(tmp_path: Path, capsys: pytest.
 def test_bad_options_are_refused_before_anything_is_written(seeds: Path, tmp_path: Path, args: tuple[str, ...],
                                                             message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
-        main(["augment", "--seeds", str(seeds), *args, "-o", str(tmp_path / "run")])
+        main(["augment", "--data", str(seeds), *args, "-o", str(tmp_path / "run")])
     err = " ".join(capsys.readouterr().err.split())
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -155,7 +155,7 @@ def test_a_bad_store_row_stops_augment_before_its_run_folder_exists(seeds: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     store = write_jsonl(tmp_path / "store.jsonl", [{"id": "x", "input": "q?", "output": ["a"], "context": "c"}])
     with pytest.raises(SystemExit) as info:
-        main(["augment", "--seeds", str(seeds), "--store", str(store), "-o", str(tmp_path / "run")])
+        main(["augment", "--data", str(seeds), "--store", str(store), "-o", str(tmp_path / "run")])
     err = " ".join(capsys.readouterr().err.split())
     assert info.value.code == 2 and "store.jsonl:1: field 'output': expected str, got list" in err
     assert not (tmp_path / "run").exists()
@@ -164,24 +164,24 @@ def test_a_bad_store_row_stops_augment_before_its_run_folder_exists(seeds: Path,
 def test_index_builds_a_store_grows_it_and_names_bad_rows(store_file: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     store = tmp_path / "store"
-    lmlab(["augment", "index", "--store", str(store_file), "--output", str(store), "--json"])
+    lmlab(["augment", "index", "--data", str(store_file), "--output-dir", str(store), "--json"])
     first = json.loads(capsys.readouterr().out)
     assert first["added"] == 6 and first["dim"] == 384 and (store / "index.faiss").is_file()
     more = write_jsonl(tmp_path / "more.jsonl", [{"id": "y1", "input": "q?", "output": "a", "context": "a b"}])
-    lmlab(["augment", "index", "--store", str(store_file), "--store", str(more), "--output", str(store), "--json"])
+    lmlab(["augment", "index", "--data", str(more), "-o", str(store), "--json"])
     second = json.loads(capsys.readouterr().out)
     assert second["added"] == 1 and second["already_there"] == 6 and second["total"] == 7
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "z", "input": "", "output": "a"}])
     with pytest.raises(SystemExit) as info:
-        main(["augment", "index", "--store", str(bad), "--output", str(tmp_path / "other")])
+        main(["augment", "index", "--data", str(bad), "--output-dir", str(tmp_path / "other")])
     err = " ".join(capsys.readouterr().err.split())
     assert info.value.code == 2 and "bad.jsonl:1: field 'input': is empty" in err
 
 
 def test_a_local_model_augments_with_retrieval_from_an_indexed_store(store_file: Path, seeds: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
-    lmlab(["augment", "index", "--store", str(store_file), "--output", str(tmp_path / "store"), "-q"])
-    lmlab(["augment", "--model", "tiny-llama", "--seeds", str(seeds), "--store", str(tmp_path / "store"),
+    lmlab(["augment", "index", "--data", str(store_file), "-o", str(tmp_path / "store"), "-q"])
+    lmlab(["augment", "--model", "tiny-llama", "--data", str(seeds), "--store", str(tmp_path / "store"),
           "--multiplier", "2", "--max-new-tokens", "6", "-o", str(tmp_path / "run"), "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert summary["planned"] == 6 and summary["error"] == 0

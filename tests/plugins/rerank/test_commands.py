@@ -71,7 +71,7 @@ def test_train_reranker_writes_members_swa_and_records_itself(trained: dict[str,
 
 def test_rerank_gives_probability_and_uncertainty(trained: dict[str, Any], rerank_files: dict[str, Path],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = lmlab("retrieve", "rerank", "--index", str(rerank_files["index"]), "--queries",
+    code, out, _ = lmlab("retrieve", "rerank", "--index", str(rerank_files["index"]), "--data",
                          str(rerank_files["heldout"]), "--top-k", "3", "--rerank-depth", "5", "--json",
                          capsys=capsys)
     assert code == 0
@@ -90,7 +90,7 @@ def test_rerank_a_search_output_and_the_explanation_score(trained: dict[str, Any
                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     found = tmp_path / "found.jsonl"
     code, _, _ = lmlab("retrieve", "search", "--index", str(rerank_files["index"]), "-r", "bm25", "--query",
-                       "closest planet to the sun", "--top-k", "4", "-o", str(found), capsys=capsys)
+                       "closest planet to the sun", "--top-k", "4", "--output", str(found), capsys=capsys)
     assert code == 0
     code, out, _ = lmlab("retrieve", "rerank", "--index", str(rerank_files["index"]), "--candidates", str(found),
                          "--model", str(trained["run"]), "--variant", "plain", "--explain-weight", "0.5",
@@ -108,7 +108,7 @@ def test_calibrate_compares_every_variant_and_fits_temperatures(trained: dict[st
                                                                 rerank_files: dict[str, Path], tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = lmlab("retrieve", "calibrate", "--index", str(rerank_files["index"]), "--data",
-                         str(rerank_files["train"]), "--model", str(trained["model"]), "--temperature",
+                         str(rerank_files["train"]), "--model", str(trained["model"]), "--fit-temperature",
                          "--mc-passes", "3", "-o", str(tmp_path / "cal"), "--json", capsys=capsys)
     assert code == 0
     summary = json_of(out)
@@ -124,7 +124,7 @@ def test_calibrate_compares_every_variant_and_fits_temperatures(trained: dict[st
 def test_explain_writes_json_and_html_views(trained: dict[str, Any], rerank_files: dict[str, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = lmlab("retrieve", "explain", "--index", str(rerank_files["index"]), "--model",
-                         str(trained["model"]), "--query", "closest planet to the sun", "--samples", "24", "-o",
+                         str(trained["model"]), "--query", "closest planet to the sun", "--explain-samples", "24", "-o",
                          str(tmp_path / "ex"), "--json", capsys=capsys)
     assert code == 0
     summary = json_of(out)
@@ -168,7 +168,7 @@ def test_search_with_rerank(trained: dict[str, Any], rerank_files: dict[str, Pat
     (["train-reranker", "--max-steps", "5", "--swa-window", "9"], "--swa-window 9 is longer than the run"),
     (["rerank", "--model", "nowhere"], "'nowhere' is neither a reranker folder"),
     (["rerank", "--retriever", "nosuch"], "Unknown retriever 'nosuch'"),
-    (["explain", "--method", "grad"], "Unknown --method 'grad'"),
+    (["explain", "--explainer", "grad"], "Unknown --explainer 'grad'"),
 ])
 def test_bad_options_exit_2(args: list[str], expected: str, rerank_files: dict[str, Path],
                             capsys: pytest.CaptureFixture[str]) -> None:

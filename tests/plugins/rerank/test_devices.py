@@ -97,7 +97,7 @@ def test_open_folder_places_the_members_on_the_device_in_the_dtype(tmp_path: Pat
                                      ["retrieve", "calibrate"], ["retrieve", "explain", "--context", "x"]])
 def test_every_reranking_command_refuses_a_missing_gpu_with_a_hint(command: list[str], tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    where = "--output" if command[1] == "index" else "--index"
+    where = "--output-dir" if command[1] == "index" else "--index"
     with pytest.raises(SystemExit) as exit_info:
         main([*command, where, str(tmp_path / "none"), "--device", "cuda:1"])
     message = " ".join(capsys.readouterr().err.split())

@@ -67,5 +67,5 @@ def built_index(retrieval_files: dict[str, Path]) -> Path:
     from lmlab.plugins.retrieve.options import IndexOptions
 
     out = retrieval_files["folder"] / "index"
-    run_index(IndexOptions(corpus=str(retrieval_files["corpus"]), output=out, generator_model="tiny-llama"))
+    run_index(IndexOptions(data=str(retrieval_files["corpus"]), output_dir=out, generator_model="tiny-llama"))
     return out

@@ -62,15 +62,15 @@ def test_dense_search_after_loading_equals_cosine_similarity_of_fresh_embeddings
 def test_rebuilding_one_retriever_keeps_the_others(built_index: Path, tmp_path: Path,
                                                    retrieval_files: dict[str, Path]) -> None:
     before = json.loads((built_index / "index.json").read_text())["retrievers"]
-    lmlab(["retrieve", "index", "--corpus", str(retrieval_files["corpus"]), "-o", str(built_index),
+    lmlab(["retrieve", "index", "--data", str(retrieval_files["corpus"]), "-o", str(built_index),
            "--retriever", "bm25", "--k1", "1.2", "--quiet"])
     after = json.loads((built_index / "index.json").read_text())["retrievers"]
     assert after["bm25"]["k1"] == 1.2 and after["dense"] == before["dense"]
     other = write_jsonl(tmp_path / "other.jsonl", [{"id": "1", "title": "A", "text": "a"}])
     with pytest.raises(SystemExit) as info:
-        main(["retrieve", "index", "--corpus", str(other), "-o", str(built_index), "--retriever", "bm25"])
+        main(["retrieve", "index", "--data", str(other), "-o", str(built_index), "--retriever", "bm25"])
     assert info.value.code == 2
-    lmlab(["retrieve", "index", "--corpus", str(retrieval_files["corpus"]), "-o", str(built_index),
+    lmlab(["retrieve", "index", "--data", str(retrieval_files["corpus"]), "-o", str(built_index),
            "--retriever", "bm25", "--quiet"])
 
 
@@ -158,7 +158,7 @@ def test_a_plugin_retriever_is_searched_and_evaluated_by_name(built_index: Path,
 def test_a_malformed_corpus_is_refused_with_file_line_and_field(tmp_path: Path, rows: list[dict], where: str,
                                                                 capsys: pytest.CaptureFixture) -> None:
     corpus = write_jsonl(tmp_path / "bad.jsonl", rows)
-    lmlab(["retrieve", "index", "--corpus", str(corpus), "-o", str(tmp_path / "index"), "-r", "bm25"], code=2)
+    lmlab(["retrieve", "index", "--data", str(corpus), "-o", str(tmp_path / "index"), "-r", "bm25"], code=2)
     err = " ".join(capsys.readouterr().err.split())
     assert f"bad.jsonl:{where.split(':')[0].split()[1]}" in err and where.split(": ")[1] in err
     assert "Traceback" not in err and not (tmp_path / "index").exists()
@@ -183,13 +183,15 @@ def test_malformed_queries_and_bad_options_exit_2_with_a_hint(built_index: Path,
     assert not (tmp_path / "k0").exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--index", "nope"), ("--bm25-method", "okapi")])
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--index-kind", "nope", "'nope' is not one of 'flat', 'ivf', 'hnsw'"),
+    ("--bm25-method", "okapi", "Unknown --bm25-method 'okapi'")])
 def test_bad_build_options_are_refused_before_anything_is_built(tmp_path: Path, retrieval_files: dict[str, Path],
-                                                                flag: str, value: str,
+                                                                flag: str, value: str, message: str,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    lmlab(["retrieve", "index", "--corpus", str(retrieval_files["corpus"]), "-o", str(tmp_path / "index"), flag,
+    lmlab(["retrieve", "index", "--data", str(retrieval_files["corpus"]), "-o", str(tmp_path / "index"), flag,
            value], code=2)
-    assert f"Unknown {flag} '{value}'" in capsys.readouterr().err and not (tmp_path / "index").exists()
+    assert message in capsys.readouterr().err and not (tmp_path / "index").exists()
 
 
 def test_the_quick_demo_step_indexes_and_evaluates_the_bundled_example(tmp_path: Path,

@@ -49,7 +49,7 @@ def test_questions_are_written_once_per_page_and_feed_training(built_index: Path
     out = tmp_path / "questions.jsonl"
     with loopback_server(Writer, fake) as url:
         base = ["retrieve", "questions", "--index", str(built_index), "--backend", "openai", "--base-url", url,
-                "--model", "fake", "-o", str(out), "--json"]
+                "--model", "fake", "--output", str(out), "--json"]
         lmlab([*base, "--limit", "4"])
         first = json.loads(capsys.readouterr().out)
         with out.open("a") as f:
