@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
 from lmlab.core.bench.memory import peak_rss_mb
 from lmlab.core.commands.options import DEVICE_HELP, RUN_AND_OUTPUT, option
 from lmlab.core.kernel.errors import LmlabError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, so that `--help` never loads it
+    import torch
 
 PRECISION_HELP = "Inference dtype: auto (bf16 on a GPU that has it, else fp32), fp32 or bf16."
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -59,6 +61,8 @@ class DeviceOptions:
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """The torch device `spec` names; a GPU asked for that is not there is refused with a hint (exit 2).
     `meta` is accepted for tests that check every tensor is made on the model's device."""
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
     spec = (spec or "auto").strip().lower()
@@ -78,6 +82,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def has_native_bf16(device: torch.device) -> bool:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
@@ -87,6 +93,8 @@ def has_native_bf16(device: torch.device) -> bool:
 
 def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The dtype a model runs inference in on `device` for `--precision`."""
+    import torch
+
     if precision not in PRECISIONS:
         raise LmlabError(f"Unknown --precision '{precision}'.", hint=f"use one of: {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -102,6 +110,8 @@ def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
 def enable_tf32() -> None:
     """Let float32 matmuls use TF32 tensor cores on Ampere and later (what PyTorch's docs advise for training
     and inference alike; no effect on the CPU)."""
+    import torch
+
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -117,6 +127,8 @@ def place(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | Non
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter (or buffer); the CPU for a module holding neither."""
+    import torch
+
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
@@ -124,6 +136,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def synchronize(device: torch.device | str) -> None:
     """Wait for the device's queued work (before reading a clock); nothing to wait for on the CPU."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -131,6 +145,8 @@ def synchronize(device: torch.device | str) -> None:
 
 def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:
     """(MiB, source): `torch.cuda.max_memory_allocated` on a GPU, the process's peak RSS on the CPU."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
@@ -139,6 +155,8 @@ def peak_memory_mb(device: torch.device | str) -> tuple[float, str]:
 
 def describe(device: torch.device | str) -> str:
     """The device in words for reports: "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
