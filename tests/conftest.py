@@ -31,6 +31,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def refused(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run `lmlab ARGS` in-process, assert it was refused with exit 2 and no traceback, and return its stderr with
+    Rich's line wrapping undone."""
+    from lmlab.cli.app import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err, err
+    return " ".join(err.split())
+
+
 @contextmanager
 def loopback_server(handler: type[BaseHTTPRequestHandler], fake: object) -> Iterator[str]:
     """A threaded HTTP server on 127.0.0.1 answering with `handler` (which reads `self.server.fake`); yields

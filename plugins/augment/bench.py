@@ -28,7 +28,7 @@ class AugmentBenchOptions(BenchOptions):
     synthetic: int = o.option(100_000, "Rows of the synthetic store.", min=100)
     queries: int = o.option(200, "Queries per store.", min=1)
     k: int = o.option(10, "Nearest items per query.", min=1)
-    seed: int = o.option(0, "Seed of the prompts, sampling and synthetic store.", panel=o.RUN_AND_OUTPUT)
+    seed: int = 0
 
 
 def _settings(opts: AugmentBenchOptions) -> Settings:

@@ -51,7 +51,7 @@ class RerankBenchOptions(BenchOptions):
     bayes_pairs: int = o.option(0, "bayes: time the variants on the first N pairs (0: all).", min=0)
     explain_samples: int = o.option(64, "Masked contexts per explanation.", min=8)
     explain_pairs: int = o.option(8, "Pairs explained (the first N), per explainer.", min=1)
-    seed: int = o.option(0, "Seed of the corpus, the queries and the explainers.", panel=o.RUN_AND_OUTPUT)
+    seed: int = 0
 
 
 def _settings(opts: RerankBenchOptions) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class RetrieveBenchOptions(BenchOptions):
     export: Path | None = o.option(None, "Also write the corpus, the queries and ~2000 others (corpus.jsonl, "
                                    "queries.jsonl, train.jsonl) into this folder, to train a generator for "
                                    "--generator (docs/benchmarks.md#bench-retrieve).", panel=o.RUN_AND_OUTPUT)
-    seed: int = o.option(0, "Seed of the corpus, the queries and the decoding model.", panel=o.RUN_AND_OUTPUT)
+    seed: int = 0
 
 
 def _settings(opts: RetrieveBenchOptions) -> dict[str, Any]:

@@ -33,11 +33,15 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-def test_pretrain_with_only_block_loaded_exits_2_naming_the_pretrain_plugin(tmp_path: Path) -> None:
-    proc = run_cli("pretrain", "--arch", "block", *TINY, "-o", str(tmp_path / "run"),
-                   env={"LMLAB_PLUGINS": "block"})
-    err = words(proc.stderr)
+def refused_with(plugins_env: str, *args: str) -> str:
+    """Run `lmlab ARGS` with LMLAB_PLUGINS=plugins_env; assert exit 2 and return stderr unwrapped."""
+    proc = run_cli(*args, env={"LMLAB_PLUGINS": plugins_env})
     assert proc.returncode == 2, proc.stderr
+    return words(proc.stderr)
+
+
+def test_pretrain_with_only_block_loaded_exits_2_naming_the_pretrain_plugin(tmp_path: Path) -> None:
+    err = refused_with("block", "pretrain", "--arch", "block", *TINY, "-o", str(tmp_path / "run"))
     assert "The command `lmlab pretrain` comes from plugin 'pretrain', which LMLAB_PLUGINS=block leaves out." in err
     assert "hint: load it too: LMLAB_PLUGINS=block,pretrain, or unset LMLAB_PLUGINS" in err
     assert "Traceback" not in err and "No such command" not in err
@@ -61,10 +65,7 @@ def test_the_core_owns_mha_and_gpt_in_process() -> None:
 
 
 def test_an_attention_whose_plugin_is_left_out_names_that_plugin(tmp_path: Path) -> None:
-    proc = run_cli("pretrain", "--attn", "mlra", *TINY, "-o", str(tmp_path / "run"),
-                   env={"LMLAB_PLUGINS": "block,pretrain"})
-    err = words(proc.stderr)
-    assert proc.returncode == 2, proc.stderr
+    err = refused_with("block,pretrain", "pretrain", "--attn", "mlra", *TINY, "-o", str(tmp_path / "run"))
     assert "The attention 'mlra' comes from plugin 'mlra', which LMLAB_PLUGINS=block,pretrain leaves out." in err
     assert "LMLAB_PLUGINS=block,pretrain,mlra, or unset LMLAB_PLUGINS" in err and "Traceback" not in err
 
@@ -79,9 +80,8 @@ def test_rerank_without_retrieve_names_retrieve_for_its_retrievers_and_commands(
     assert proc.stdout.strip() == ("The retriever 'bm25' comes from plugin 'retrieve', which LMLAB_PLUGINS=rerank "
                                    "leaves out. (hint: load it too: LMLAB_PLUGINS=rerank,retrieve, or unset "
                                    "LMLAB_PLUGINS)")
-    proc = run_cli("retrieve", "index", env={"LMLAB_PLUGINS": "rerank"})
-    assert proc.returncode == 2, proc.stderr
-    assert "The command `lmlab retrieve index` comes from plugin 'retrieve'" in words(proc.stderr)
+    assert "The command `lmlab retrieve index` comes from plugin 'retrieve'" in refused_with("rerank", "retrieve",
+                                                                                            "index")
 
 
 class RaisingPlugin:
