@@ -11,7 +11,7 @@ from lmlab.core.kernel.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
-    from lmlab.plugins.mapo.command import train_mapo
+    from lmlab.plugins.mapo.options import train_mapo
 
     app.command("train-mapo")(train_mapo)
     from lmlab.plugins.mapo.bench import bench_mapo

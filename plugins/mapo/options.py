@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, TRAINING, TrainOptions, option
+from lmlab.core.training.trainer import trainer_command
 
 
 @dataclass
@@ -36,3 +37,9 @@ class MapoOptions(TrainOptions):
                                           negatable=False, panel=TRAINING)
     samples: int = option(4, "Prompts in the before/after sample grid.", min=0, panel=RUN_AND_OUTPUT)
     sample_steps: int = option(20, "Denoising steps per sample.", min=1, panel=RUN_AND_OUTPUT)
+
+
+#: The command (`lmlab train-mapo`).
+train_mapo = trainer_command(
+    MapoOptions, "lmlab.plugins.mapo.train:MapoTrainer", extra="diffusion",
+    doc="Align a text-to-image diffusion model to preference pairs with MaPO (or Diffusion-DPO for comparison).")

@@ -10,7 +10,7 @@ from lmlab.core.kernel.hookspecs import hookimpl
 
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
-    from lmlab.plugins.orpo.command import train_orpo
+    from lmlab.plugins.orpo.options import train_orpo
 
     app.command("train-orpo")(train_orpo)
     from lmlab.plugins.orpo.bench import bench_orpo

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.core.commands.options import MODEL_AND_DATA, TRAINING, TrainOptions, option
+from lmlab.core.training.trainer import trainer_command
 
 
 @dataclass
@@ -40,3 +41,9 @@ class OrpoOptions(TrainOptions):
     gradient_checkpointing: bool = option(False, "Recompute each decoder layer's activations in the backward instead "
                                           "of keeping them: less memory for long sequences, a slower step.",
                                           negatable=False, panel=TRAINING)
+
+
+#: The command (`lmlab train-orpo`).
+train_orpo = trainer_command(
+    OrpoOptions, "lmlab.plugins.orpo.train:OrpoTrainer",
+    doc="Preference-train a causal LM with ORPO (no reference model): NLL on chosen + λ·odds-ratio loss.")

@@ -16,7 +16,7 @@ from lmlab.core.kernel.hookspecs import hookimpl
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.pretrain.bench import bench_pretrain
-    from lmlab.plugins.pretrain.command import pretrain
+    from lmlab.plugins.pretrain.options import pretrain
     from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
 
     app.command("pretrain")(pretrain)

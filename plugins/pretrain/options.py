@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmlab.core.commands.options import MODEL_AND_DATA, TrainOptions, option
+from lmlab.core.training.trainer import trainer_command
 
 
 @dataclass
@@ -42,3 +43,10 @@ class PretrainOptions(TrainOptions):
     grad_var_every: int = option(0, "Measure the embedding-gradient variance across micro-batches every N steps "
                                  "(expensive; 0: off).", min=0)
     eval_every: int = option(50, "Validation loss every N steps.", min=0)
+
+
+#: The command (`lmlab pretrain`).
+pretrain = trainer_command(
+    PretrainOptions, "lmlab.plugins.pretrain.train:PretrainTrainer",
+    doc="Pre-train a small language model from scratch (any registered architecture and attention), logging TEV "
+        "(token embedding variability) and validation perplexity.")
