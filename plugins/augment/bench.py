@@ -24,7 +24,7 @@ class AugmentBenchOptions(BenchOptions):
     model: str = o.option("smollm2-135m", "Generator (hf backend).", flags=("--model", "-m"), panel=o.MODEL_AND_DATA)
     requests: int = o.option(16, "Augmentation prompts generated.", min=1)
     batch_size: int = o.option(16, "Prompts per batch (batched).", min=1)
-    max_new_tokens: int = o.option(32, "Tokens sampled per prompt.", min=1)
+    max_new_tokens: int = o.option(32, "Tokens sampled per prompt.", min=1, deprecated=("--new-tokens",))
     synthetic: int = o.option(100_000, "Rows of the synthetic store.", min=100)
     queries: int = o.option(200, "Queries per store.", min=1)
     k: int = o.option(10, "Nearest items per query.", min=1)

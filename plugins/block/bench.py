@@ -33,9 +33,11 @@ class BlockBenchOptions(BenchOptions):
     block_len: int = o.option(4, "Tokens per block, L_B: 1, 2, 4 or 8.")
     vocab_size: int = o.option(4096, "Vocabulary of every model (and of the perplexity part's BPE, cached).", min=260)
     prefill_heavy_prompt: int = o.option(512, "Prompt tokens of the prefill-heavy setting.", min=1)
-    prefill_heavy_max_new_tokens: int = o.option(64, "Tokens generated per sequence, prefill-heavy.", min=1)
+    prefill_heavy_max_new_tokens: int = o.option(64, "Tokens per sequence, prefill-heavy.", min=1,
+                                                 deprecated=("--prefill-heavy-tokens",))
     decode_heavy_prompt: int = o.option(64, "Prompt tokens of the decode-heavy setting.", min=1)
-    decode_heavy_max_new_tokens: int = o.option(512, "Tokens generated per sequence, decode-heavy.", min=1)
+    decode_heavy_max_new_tokens: int = o.option(512, "Tokens per sequence, decode-heavy.", min=1, deprecated=(
+        "--decode-heavy-tokens",))
     runs: int = o.option(DEFAULT_RUNS, "Timed runs per system and setting, after one warm-up (the paper's: 5).", min=1)
     train_steps: int = o.option(40, "`lmlab pretrain` steps for block and vanilla before their perplexity (0: skip).",
                                 min=0)

@@ -34,7 +34,7 @@ class ServeBenchOptions(BenchOptions):
     vocab_size: int = o.option(4096, "Vocabulary: the byte-level BPE `lmlab pretrain` trains on Tiny Shakespeare "
                                "(cached).", min=260)
     prompt_tokens: int = o.option(64, "Tokens of every prompt.", min=1)
-    max_new_tokens: int = o.option(32, "max_tokens of every request.", min=1)
+    max_new_tokens: int = o.option(32, "max_tokens of every request.", min=1, deprecated=("--max-tokens",))
     concurrency: str = o.option("1,16,64,200", "Comma-separated concurrency levels: requests in flight at once.")
     requests: int = o.option(1000, "Requests per level at most (at least the largest --concurrency).", min=1)
     max_seconds: float = o.option(6.0, "Per level: stop issuing new requests after this many seconds.", min=0.0)

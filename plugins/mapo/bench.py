@@ -25,7 +25,7 @@ class MapoBenchOptions(BenchOptions):
                           panel=o.MODEL_AND_DATA)
     data: str | None = o.data_option("Pick-a-Pic-style pairs (default: examples/mapo/pairs.jsonl, else synthetic).")
     batch_size: int = o.option(4, "Preference pairs per step.", min=1)
-    max_steps: int = o.option(8, f"Timed optimizer steps (after {WARMUP_STEPS} untimed warm-up steps).", min=1)
+    max_steps: int = o.option(8, f"Timed steps (after {WARMUP_STEPS} warm-up).", min=1, deprecated=("--steps",))
     resolution: int | None = o.option(None, "Training resolution (default: UNet sample size × VAE factor).", min=8)
     unet_scale: int = o.option(1, "Multiply the UNet's channel widths by N (random init from --seed, other parts "
                                "unchanged), so the UNet dominates the step as at SDXL scale.", min=1)

@@ -26,7 +26,8 @@ class OrpoBenchOptions(BenchOptions):
     batch_size: int = o.option(8, "Preference pairs per step.", min=1)
     max_length: int = o.option(512, "Longest prompt + response, in tokens; rows are built to fit, so neither "
                                "system truncates.", min=64)
-    max_steps: int = o.option(6, f"Timed optimizer steps (after {WARMUP_STEPS} untimed warm-up step).", min=1)
+    max_steps: int = o.option(6, f"Timed optimizer steps (after {WARMUP_STEPS} untimed warm-up step).", min=1,
+                              deprecated=("--steps",))
     rows: int = o.option(64, "Synthetic preference rows to build.", min=1)
 
 

@@ -33,7 +33,7 @@ class PretrainBenchOptions(BenchOptions):
     n_head: int = o.option(6, "Attention heads.", min=1)
     block_size: int = o.option(256, "Context length in tokens.", min=8)
     batch_size: int = o.option(8, "Sequences per step.", min=1)
-    max_steps: int = o.option(10, f"Timed optimizer steps (after {WARMUP_STEPS} untimed warm-up steps).", min=1)
+    max_steps: int = o.option(10, f"Timed steps (after {WARMUP_STEPS} warm-up).", min=1, deprecated=("--steps",))
     vocab_size: int = o.option(4096, "Vocabulary of the BPE trained on the corpus (cached).", min=260)
 
 

@@ -41,12 +41,12 @@ class RerankBenchOptions(BenchOptions):
     model: str | None = o.option(None, "A trained reranker (`retrieve train-reranker` run or its model/ folder), "
                                  "ideally on this corpus (docs/benchmarks.md#bench-rerank says how); default: an "
                                  "untrained all-MiniLM-L6-v2, and no quality.", flags=("--model", "-m"),
-                                 panel=o.MODEL_AND_DATA)
+                                 panel=o.MODEL_AND_DATA, deprecated=("--reranker",))
     batch_size: int = o.option(32, "Pairs per batch (every system).", min=1)
     max_length: int = o.option(256, "Longest query + context in tokens (ours, cross-encoder, bayes, explain).", min=8)
     repeats: int = o.option(3, "Timed passes of ours, cross-encoder and ours-bf16 (the median is reported), after "
                             "one warm-up pass.", min=1)
-    mc_passes: int = o.option(8, "mc-dropout: stochastic passes T.", min=2)
+    mc_passes: int = o.option(8, "mc-dropout: stochastic passes T.", min=2, deprecated=("--passes",))
     members: int = o.option(3, "ensemble: members M of the untrained model (seeds 0..M-1).", min=2)
     bayes_pairs: int = o.option(0, "bayes: time the variants on the first N pairs (0: all).", min=0)
     explain_samples: int = o.option(64, "Masked contexts per explanation.", min=8)
