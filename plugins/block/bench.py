@@ -17,8 +17,7 @@ from lmlab.plugins.block import twins
 from lmlab.plugins.block.perplexity import train_all, training_note
 from lmlab.plugins.block.shape import PREFIX, arch_opt, check_shape
 
-SYSTEMS = {"block": System(), "vanilla": System(),
-           "hf-gptneox": System(requires="transformers", install="pip install transformers")}
+SYSTEMS = {"block": System(), "vanilla": System(), "hf-gptneox": System("transformers", "pip install transformers")}
 SETTINGS, DEFAULT_RUNS = ("prefill_heavy", "decode_heavy"), 3  # the paper's protocol times 5 runs (--runs 5)
 SPEED_TARGETS = {"block_vs_hf_decode_heavy": (">=", 10.0), "block_vs_hf_prefill_heavy": (">=", 5.0),
                  "vanilla_vs_hf_decode_heavy": (">=", 2.0), "vanilla_vs_hf_prefill_heavy": (">=", 2.0)}
