@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lmlab.core.commands import options as o
 from lmlab.core.commands.builder import Alias, deprecated_aliases, options_command
 from lmlab.core.kernel.errors import LmlabError
-from tests.conftest import run_cli, write_jsonl
+from tests.conftest import refused, run_cli, write_jsonl
 
 
 @dataclass
@@ -111,3 +111,16 @@ def test_the_old_retrieve_spellings_still_build_and_search_an_index(tmp_path: Pa
     assert json.loads((tmp_path / "found.jsonl").read_text())["results"][0]["id"] == "1"
     assert "note: --queries is deprecated; use --data" in found.stderr
     assert "note: -o is deprecated; use --output" in found.stderr
+
+
+@pytest.mark.parametrize(("args", "notice"), [
+    (("bench", "serve", "--max-tokens", "8", "--concurrency", "0"),
+     "note: --max-tokens is deprecated; use --max-new-tokens"),
+    (("bench", "block", "--decode-heavy-tokens", "8", "--block-len", "3"),
+     "note: --decode-heavy-tokens is deprecated; use --decode-heavy-max-new-tokens"),
+    (("bench", "orpo", "--steps", "1", "--systems", "vllm"), "note: --steps is deprecated; use --max-steps"),
+])
+def test_a_bench_flag_renamed_to_the_vocabulary_keeps_its_old_spelling(capsys: pytest.CaptureFixture[str],
+                                                                       args: tuple[str, ...], notice: str) -> None:
+    err = refused(capsys, *args)  # refused for another reason, after the old flag was taken and noticed
+    assert notice in err and "No such option" not in err

@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 
 @pytest.mark.slow
 def test_tiny_bench_orpo_reports_both_systems_on_the_same_tokens() -> None:
-    result = run_cli("bench", "orpo", "--rows", "4", "--batch-size", "2", "--steps", "1", "--max-length", "64",
+    result = run_cli("bench", "orpo", "--rows", "4", "--batch-size", "2", "--max-steps", "1", "--max-length", "64",
                      "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
