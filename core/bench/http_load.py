@@ -238,16 +238,16 @@ def serve_and_measure(command: list[str], prompts: list[str], settings: dict[str
 
 
 def load_levels(text: str, requests: int) -> list[int]:
-    """`--concurrency 1,16,64` → [1, 16, 64] (each a positive whole number; duplicates dropped, order kept), with
+    """`--concurrency-levels 1,16,64` → [1, 16, 64] (each a positive whole number; duplicates dropped, order kept), with
     `--requests` at least the largest level (a level needs one request per slot)."""
     values = [part.strip() for part in text.split(",") if part.strip()]
     if not values or not all(v.isdigit() and int(v) >= 1 for v in values):
-        raise LmlabError(f"--concurrency must be comma-separated whole numbers of 1 or more, got '{text}'.",
-                         hint="e.g. --concurrency 1,16,64,200")
+        raise LmlabError(f"--concurrency-levels must be comma-separated whole numbers of 1 or more, got '{text}'.",
+                         hint="e.g. --concurrency-levels 1,16,64,200")
     levels = list(dict.fromkeys(int(v) for v in values))
     if requests < max(levels):
-        raise LmlabError(f"--requests {requests} is below the largest --concurrency {max(levels)}: a level needs at "
-                         "least one request per slot.", hint=f"use --requests {max(levels)} or more")
+        raise LmlabError(f"--requests {requests} is below the largest --concurrency-levels {max(levels)}: a level "
+                         "needs at least one request per slot.", hint=f"use --requests {max(levels)} or more")
     return levels
 
 
@@ -259,7 +259,7 @@ def prompt_facts(prompts: list[str], tokenizer: Any, max_tokens: int, context: i
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     if max(lengths) + max_tokens > context:
         raise LmlabError(f"A prompt re-encodes to {max(lengths)} tokens, which with --max-new-tokens {max_tokens} "
-                         f"exceeds --context {context}.", hint="raise --context or lower --prompt-tokens")
+                         f"exceeds --block-size {context}.", hint="raise --block-size or lower --prompt-tokens")
     return {"prompts_sha256": hashlib.sha256("\0".join(prompts).encode()).hexdigest(),
             "prompt_tokens_served": {"min": min(lengths), "max": max(lengths)},
             "prompts": f"random slices of {source} (random.Random(seed)), cut to --prompt-tokens tokens and decoded; "

@@ -27,7 +27,7 @@ class AugmentBenchOptions(BenchOptions):
     max_new_tokens: int = o.option(32, "Tokens sampled per prompt.", min=1, deprecated=("--new-tokens",))
     synthetic: int = o.option(100_000, "Rows of the synthetic store.", min=100)
     queries: int = o.option(200, "Queries per store.", min=1)
-    k: int = o.option(10, "Nearest items per query.", min=1)
+    top_k: int = o.option(10, "Nearest items per query.", min=1, deprecated=("--k",))
     seed: int = 0
 
 
@@ -35,7 +35,7 @@ def _settings(opts: AugmentBenchOptions) -> Settings:
     return {"model": opts.model, "requests": opts.requests, "batch_size": opts.batch_size,
             "new_tokens": opts.max_new_tokens, "sampling": f"temperature {TEMPERATURE}, top-p {TOP_P}, seed + i per "
             "request, no stop strings", "store_rows": len(inputs.store_texts()), "synthetic": opts.synthetic,
-            "queries": opts.queries, "k": opts.k, "seed": opts.seed, "synthetic_store": inputs.SYNTHETIC_STORE,
+            "queries": opts.queries, "k": opts.top_k, "seed": opts.seed, "synthetic_store": inputs.SYNTHETIC_STORE,
             "timing": "generation: one pass after a warm-up request; embedding: one pass after a warm-up; queries: "
                       "median of 3 passes after a warm-up; bundled queries are the first store rows' vectors"}
 

@@ -29,14 +29,15 @@ class ServeBenchOptions(BenchOptions):
     n_embd: int = o.option(256, "Width of both models.", min=8)
     n_head: int = o.option(4, "Attention heads.", min=1)
     block_len: int = o.option(4, "Tokens per block, L_B: 1, 2, 4 or 8.")
-    context: int = o.option(256, "Context (block_size) of both models: a multiple of --block-len, at least "
+    block_size: int = o.option(256, "Context of both models: a multiple of --block-len, at least "
                             "--prompt-tokens + --max-new-tokens.", min=1)
     vocab_size: int = o.option(4096, "Vocabulary: the byte-level BPE `lmlab pretrain` trains on Tiny Shakespeare "
                                "(cached).", min=260)
     prompt_tokens: int = o.option(64, "Tokens of every prompt.", min=1)
     max_new_tokens: int = o.option(32, "max_tokens of every request.", min=1, deprecated=("--max-tokens",))
-    concurrency: str = o.option("1,16,64,200", "Comma-separated concurrency levels: requests in flight at once.")
-    requests: int = o.option(1000, "Requests per level at most (at least the largest --concurrency).", min=1)
+    concurrency_levels: str = o.option("1,16,64,200", "Comma-separated levels: requests in flight at once.",
+                                       deprecated=("--concurrency",))
+    requests: int = o.option(1000, "Requests per level at most (at least the largest level).", min=1)
     max_seconds: float = o.option(6.0, "Per level: stop issuing new requests after this many seconds.", min=0.0)
     batch_size: int = o.option(64, "--max-batch-size of the dynamic-batching servers.", min=2)
     timeout: float = o.option(300.0, "Seconds a request may take before it counts as dropped.", min=1.0)
@@ -45,19 +46,19 @@ class ServeBenchOptions(BenchOptions):
 def _settings(opts: ServeBenchOptions) -> dict[str, Any]:
     from lmlab.core.models.architectures import check_model_choice
 
-    levels, n = load.load_levels(opts.concurrency, opts.requests), opts.n_layer
+    levels, n = load.load_levels(opts.concurrency_levels, opts.requests), opts.n_layer
     least = check_shape(n, opts.n_embd, opts.n_head, opts.block_len, {"serve": (opts.prompt_tokens,
                                                                               opts.max_new_tokens)})
-    if opts.context % opts.block_len or opts.context < least:
-        raise LmlabError(f"--context {opts.context} must be a multiple of --block-len {opts.block_len} and at least "
-                         f"--prompt-tokens + --max-new-tokens = {opts.prompt_tokens + opts.max_new_tokens}.",
-                         hint=f"e.g. --context {least}")
-    check_model_choice("block", "mha", block_size=opts.context, n_layer=n, n_head=opts.n_head, n_embd=opts.n_embd,
+    if opts.block_size % opts.block_len or opts.block_size < least:
+        raise LmlabError(f"--block-size {opts.block_size} must be a multiple of --block-len {opts.block_len} and at "
+                         f"least --prompt-tokens + --max-new-tokens = {opts.prompt_tokens + opts.max_new_tokens}.",
+                         hint=f"e.g. --block-size {least}")
+    check_model_choice("block", "mha", block_size=opts.block_size, n_layer=n, n_head=opts.n_head, n_embd=opts.n_embd,
                        arch_opt=arch_opt(opts.block_len, n))
     return {"n_layer": n, "n_embd": opts.n_embd, "n_head": opts.n_head, "block_len": opts.block_len, "prefix": PREFIX,
-            "block_layers": n // 2, "token_layers": n - n // 2, "context": opts.context, "vocab_size": opts.vocab_size,
-            "prompt_tokens": opts.prompt_tokens, "max_tokens": opts.max_new_tokens, "concurrency": levels,
-            "requests_per_level": opts.requests, "max_seconds_per_level": opts.max_seconds,
+            "block_layers": n // 2, "token_layers": n - n // 2, "context": opts.block_size,
+            "vocab_size": opts.vocab_size, "prompt_tokens": opts.prompt_tokens, "max_tokens": opts.max_new_tokens,
+            "concurrency": levels, "requests_per_level": opts.requests, "max_seconds_per_level": opts.max_seconds,
             "timeout_seconds": opts.timeout, "modes": {"batch1": 1, "dynamic": opts.batch_size},
             "batch_window_ms": BATCH_WINDOW_MS, "max_queue": MAX_QUEUE, "warmup_requests": WARMUP_REQUESTS,
             "seed": opts.seed, "dtype": "float32",

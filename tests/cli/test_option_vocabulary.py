@@ -14,11 +14,6 @@ from lmlab.cli.app import build_command
 
 #: The bench subcommands' own flags that break the vocabulary today. They are being moved onto the options
 #: dataclasses (`lmlab.core.bench.benchmark.BenchOptions`); each pair leaves this set when its bench does.
-BENCH_EXEMPT: frozenset[tuple[str, str]] = frozenset({
-    ("bench serve", "--concurrency"),  # a comma-separated list (str); elsewhere requests in flight (int)
-    ("bench serve", "--context"),  # a context length (int); retrieve explain's is the context text (str)
-    ("bench augment", "--k"),  # one k (int); retrieve eval's --k is repeatable (list[int])
-})
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 RETIRED = {"--steps": "--max-steps", "--max-tokens": "--max-new-tokens", "--new-tokens": "--max-new-tokens"}
@@ -55,9 +50,8 @@ def _long(param: Any) -> str:
 
 def _options() -> list[tuple[str, Any]]:
     """(command, option) for every option `--help` shows, on every command and group."""
-    found = [(name, param) for name, command in _walk(build_command()) for param in command.params
-             if param.param_type_name == "option" and not getattr(param, "hidden", False)]
-    return [(name, param) for name, param in found if (name, _long(param)) not in BENCH_EXEMPT]
+    return [(name, param) for name, command in _walk(build_command()) for param in command.params
+            if param.param_type_name == "option" and not getattr(param, "hidden", False)]
 
 
 @pytest.fixture(scope="module")

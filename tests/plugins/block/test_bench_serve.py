@@ -11,16 +11,18 @@ from lmlab.core.bench.http_load import percentile
 from lmlab.plugins.block.bench_serve import BENCHMARK, MODES
 from tests.conftest import refused, run_cli
 
-TINY = ("--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--context", "64", "--vocab-size", "512",
-        "--prompt-tokens", "16", "--max-new-tokens", "8", "--concurrency", "1,4", "--requests", "6",
+TINY = ("--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "64", "--vocab-size", "512",
+        "--prompt-tokens", "16", "--max-new-tokens", "8", "--concurrency-levels", "1,4", "--requests", "6",
         "--max-seconds", "0.5", "--batch-size", "8")
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--concurrency", "0"), "--concurrency must be comma-separated whole numbers of 1 or more, got '0'."),
-    (("--concurrency", "1,abc"), "--concurrency must be comma-separated whole numbers of 1 or more, got '1,abc'."),
-    (("--requests", "10"), "--requests 10 is below the largest --concurrency 200"),
-    (("--context", "66"), "--context 66 must be a multiple of --block-len 4"),
+    (("--concurrency-levels", "0"), "--concurrency-levels must be comma-separated whole numbers of 1 or more, got "
+                                     "'0'."),
+    (("--concurrency-levels", "1,abc"),
+     "--concurrency-levels must be comma-separated whole numbers of 1 or more, got '1,abc'."),
+    (("--requests", "10"), "--requests 10 is below the largest --concurrency-levels 200"),
+    (("--block-size", "66"), "--block-size 66 must be a multiple of --block-len 4"),
     (("--systems", "vllm"), "Unknown --systems value(s): vllm."),
 ])
 def test_bad_options_are_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], args: tuple[str, ...],
