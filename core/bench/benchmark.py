@@ -151,7 +151,7 @@ class Benchmark:
             same_inputs(results, *self.same_as)
         if self.finish is not None:
             self.finish(settings, results)
-        ratios = {r.name: r.value(results) for r in self.ratio_list(settings)}
+        ratios = ratio_values(self.ratio_list(settings), results)
         return make_report(self.name, machine(threads, self.versions), settings, results, ratios)
 
     def show(self, report: dict[str, Any]) -> None:
@@ -256,7 +256,7 @@ def same_for_all(results: Results, key: str, label: str) -> None:
         (lookup(result, parent) if parent else result)[label] = same
 
 
-def ratio_values(ratios: Sequence[Ratio], results: Results) -> dict[str, float]:
+def ratio_values(ratios: Sequence[Ratio | Figure], results: Results) -> dict[str, float]:
     """The ratios that `results` allow (a skipped system's are left out, as in the report), by name."""
     values = {r.name: r.value(results) for r in ratios}
     return {name: value for name, value in values.items() if value is not None}

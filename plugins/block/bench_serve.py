@@ -144,7 +144,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
         AutoTokenizer.from_pretrained(settings["tokenizer_dir"]).save_pretrained(tmp)
         for mode, size in settings["modes"].items():
             command = ["serve-block", tmp, "--max-batch-size", str(size), "--batch-window-ms", str(BATCH_WINDOW_MS),
-                       "--max-queue", str(MAX_QUEUE), "--max-tokens", str(settings["max_tokens"]), "--precision",
+                       "--max-queue", str(MAX_QUEUE), "--max-new-tokens", str(settings["max_tokens"]), "--precision",
                        "fp32"]  # the settings' dtype (auto would be bf16 on a GPU)
             out[mode] = {"max_batch_size": size, **load.serve_and_measure(command, prompts, settings, WARMUP_REQUESTS)}
     return out
