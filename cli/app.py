@@ -26,18 +26,14 @@ from typer.models import DefaultPlaceholder
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from lmlab.cli.doctor_command import doctor
-from lmlab.cli.eval_command import eval_app
-from lmlab.cli.generate_command import generate
-from lmlab.core.commands.demo import demo_steps
-from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, record_peak_memory
+from lmlab.cli.commands import doctor, eval_app, generate
+from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, demo_steps, record_peak_memory
 from lmlab.core.evaluation.backends import backends
 from lmlab.core.evaluation.scoring import benchmarks
 from lmlab.core.kernel.console import err, print_json
 from lmlab.core.kernel.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
 from lmlab.core.kernel.plugins import call_each, left_out_error, left_out_plugins, left_out_registrant, plugin_infos
-from lmlab.core.models.architectures import architectures
-from lmlab.core.models.attention import attention_types
+from lmlab.core.models.architectures import architectures, attention_types
 from lmlab.core.retrieval.rerankers import rerankers
 from lmlab.core.retrieval.retrievers import retrievers
 

@@ -1,4 +1,5 @@
-"""The smoke check behind `lmlab doctor`: every command once, at toy size, on one device.
+"""`lmlab demo`'s steps (each plugin contributes one through `register_demo_steps`) and the smoke check behind
+`lmlab doctor`: every command once, at toy size, on one device.
 
 Each step is one `lmlab` process (as a user runs it), so what it checks is the command a user types: its
 exit code, and the peak memory it used on the device (CUDA's allocator peak on a GPU, peak RSS on the CPU),
@@ -26,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
+from lmlab.core.kernel.plugins import collect
 
 PEAK_MEMORY_DIR = "LMLAB_PEAK_MEMORY_DIR"
 SIZES = ("tiny", "small")
@@ -224,3 +226,18 @@ def run_smoke(out: Path, device: str, size: str, only: Sequence[str] = (), timeo
         if on_outcome is not None:
             on_outcome(outcome)
     return list(outcomes.values())
+
+
+@dataclass
+class DemoStep:
+    """One demo step: `run(output_dir, quick)`; `quick` steps use only tiny random models."""
+
+    name: str
+    title: str
+    order: int
+    run: Callable[[str, bool], None]
+    quick: bool = True
+
+
+def demo_steps() -> list[DemoStep]:
+    return sorted(collect("register_demo_steps", "demo", key=lambda s: s.name).values(), key=lambda s: s.order)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.commands.demo import DemoStep
+from lmlab.core.commands.doctor import DemoStep
 from lmlab.core.commands.options import MODEL_AND_DATA, RUN_AND_OUTPUT, group, option
 from lmlab.core.evaluation.backends import BackendOptions, load_backend
 from lmlab.core.evaluation.request_cache import RequestCache
@@ -30,10 +30,9 @@ from lmlab.core.evaluation.scoring import (
 )
 from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
-from lmlab.core.kernel.console import err, log
+from lmlab.core.kernel.console import Progress, err, log
 from lmlab.core.kernel.errors import Interrupted, LmlabError
 from lmlab.core.kernel.plugins import not_registered
-from lmlab.core.kernel.progress import Progress
 from lmlab.core.training.report import accuracy_table, plot_accuracy
 
 

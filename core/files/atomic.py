@@ -2,7 +2,10 @@
 sibling of the target, is fsynced, gets the modes the umask asks for and is renamed over the target, and the
 folder holding it is fsynced; a reader (or a rerun after a crash or a power loss) sees the old content or all of
 the new, never part of it. A write that fails removes the temporary, and one that fills the disk (or the quota)
-raises `DiskFull` naming the target and the space left, as a checkpoint write does."""
+raises `DiskFull` naming the target and the space left, as a checkpoint write does.
+
+Append-only JSONL files that long jobs write as they go are reread with `read_complete_lines`: a line torn by a
+process that died mid-write is cut off, so the rerun appends after the last complete row and never duplicates one."""
 
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
-from lmlab.core.kernel.errors import DiskFull
+from lmlab.core.kernel.errors import DiskFull, LmlabError
 
 
 @contextmanager
@@ -158,3 +161,33 @@ def _size(n: float) -> str:
             return f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def read_complete_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of `path`, each an object with a string `id`; a torn last line is removed from the
+    file. A malformed complete line is one clear error naming the file and line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    rows = []
+    for n, line in enumerate(data[:end].splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise LmlabError(f"{path}:{n}: not a JSON line (the file was edited by hand?).",
+                             hint="restore it, or start a new run with another --output-dir") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            raise LmlabError(f"{path}:{n}: field 'id': missing.", hint="start a new run with another --output-dir")
+        rows.append(row)
+    return rows
+
+
+def sync(*files: IO[str]) -> None:
+    """Flush and fsync: what was appended survives a crash from here on."""
+    for f in files:
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,4 +1,5 @@
-"""Load records (JSONL, JSON, CSV, Parquet, saved or Hub datasets), each tagged with where it came from."""
+"""Load records (JSONL, JSON, CSV, Parquet, saved or Hub datasets), each tagged with where it came from, and
+find the bundled example data (examples/ in the source tree, installed editable)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.kernel.errors import DataError
+from lmlab.core.kernel.errors import DataError, LmlabError
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -320,3 +321,15 @@ def _short(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def examples_dir() -> Path:
+    found = Path(__file__).resolve().parents[2] / "examples"
+    if not found.is_dir():
+        raise LmlabError("The bundled examples folder was not found next to the lmlab sources.",
+                         hint="install lmlab from a clone with `pip install -e .`, or pass --data explicitly")
+    return found
+
+
+def example(relative: str) -> Path:
+    return examples_dir() / relative

@@ -28,7 +28,7 @@ def register_demo_steps(register: Any) -> None:
 
 @hookspec
 def register_attention(register: Any) -> None:
-    """Register attention types for `pretrain --attn`: register(AttentionSpec(...)) (see core.models.attention)."""
+    """Register attention types for `pretrain --attn`: register(AttentionSpec(...)) (see core.models.architectures)."""
 
 
 @hookspec

@@ -1,7 +1,7 @@
 """The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
 
 `LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none; a name that matches no installed
-plugin is warned about); the core's own plugin (`lmlab.core.models.builtin`: MHA, GPT, the model presets) is always
+plugin is warned about); the core's own plugin (`lmlab.core.models.presets`: MHA, GPT, the model presets) is always
 loaded, first. A name a registry lacks is explained by `not_registered`: the plugin LMLAB_PLUGINS leaves out that
 would register it, or the plugin whose hook raised.
 """
@@ -23,7 +23,7 @@ from lmlab.core.kernel import hookspecs
 from lmlab.core.kernel.console import err
 from lmlab.core.kernel.errors import LmlabError
 
-CORE_PLUGIN = "lmlab.core.models.builtin"
+CORE_PLUGIN = "lmlab.core.models.presets"
 
 
 @dataclass

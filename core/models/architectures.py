@@ -1,4 +1,4 @@
-"""What `pretrain --arch` chooses from, and what every registered architecture provides.
+"""What `pretrain --arch` and `--attn` choose from, and what every registered architecture and attention provides.
 
 A plugin adds an architecture with the `register_architectures` hook:
 
@@ -36,9 +36,13 @@ and may have
 model from config.json and reads model.safetensors into it (`load_weights`; safetensors only, nothing unpickled).
 `load_model_folder` dispatches on config.json's "arch", so `lmlab generate` runs any registered architecture.
 
-Data. `lmlab.core.training.text_corpus` (text sources, tokenizer training and caching, memory-mapped token files) and
-`lmlab.core.training.token_windows` (batches of next-token windows in a seeded epoch order) are there for any
-architecture's training task.
+Attention. A registered attention (`register_attention`) is causal self-attention over [B, T, C] → [B, T, C]. It
+must call its output projection `c_proj` (the model scales that layer's init by 1/√(2·n_layer), nanoGPT's residual
+rule). Its settings arrive as `options` (from `--attn-opt KEY=VALUE`), validated by its own `parse_options`; an
+attention without one takes no options.
+
+Data. `lmlab.core.training.text_corpus` (text sources, tokenizer training and caching, memory-mapped token files,
+and next-token windows in a seeded epoch order) is there for any architecture's training task.
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lmlab.core.kernel.errors import LmlabError, ModelError
 from lmlab.core.kernel.plugins import collect, not_registered
-from lmlab.core.models.attention import AttentionConfig, AttentionSpec, attention_types
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -264,3 +267,35 @@ def load_weights(model: LanguageModel, folder: str | Path) -> None:
         raise ModelError(f"{folder}: no model.safetensors.", hint=MODEL_HINT) from None
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"{path}: weights do not fit config.json ({exc}).", hint=MODEL_HINT) from None
+
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass
+class AttentionConfig:
+    """The model's shape as an attention (or an architecture's option parser) sees it, plus attention options."""
+
+    n_embd: int
+    n_head: int
+    n_layer: int
+    block_size: int
+    dropout: float = 0.0
+    bias: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttentionSpec:
+    """`build(config)` returns the attention module; `parse_options(raw, config)` turns `--attn-opt` pairs into
+    its options (defaults filled in) or raises LmlabError; None means the attention takes no options."""
+
+    name: str
+    description: str
+    build: Callable[[AttentionConfig], nn.Module]
+    parse_options: Callable[[dict[str, str], AttentionConfig], dict[str, Any]] | None = None
+
+
+def attention_types() -> dict[str, AttentionSpec]:
+    return collect("register_attention", "attention", key=lambda spec: spec.name)

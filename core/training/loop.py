@@ -40,12 +40,11 @@ from lmlab.core.commands.devices import enable_tf32, has_native_bf16, resolve_de
 from lmlab.core.files import checkpoint
 from lmlab.core.files.atomic import write_text_atomic
 from lmlab.core.files.runs import RunDir
-from lmlab.core.kernel.console import log, set_quiet
+from lmlab.core.kernel.console import Progress, log, set_quiet
 from lmlab.core.kernel.errors import Interrupted, LmlabError, TrainingDiverged
-from lmlab.core.kernel.progress import Progress
 from lmlab.core.kernel.signals import StopRequest
 from lmlab.core.training.report import plot_metrics
-from lmlab.core.training.schedules import lr_lambda
+from lmlab.core.training.trainer import lr_lambda
 
 
 @dataclass

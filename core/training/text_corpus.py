@@ -1,6 +1,6 @@
 """A text corpus for pre-training any architecture: read text from files, folders, record files or datasets;
 train or load a tokenizer (a trained one cached by corpus and vocabulary); tokenise once into memory-mapped
-train/val token files that later runs reuse. `core.training.token_windows` cuts those files into training windows."""
+train/val token files that later runs reuse; and cut those files into next-token training windows."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from lmlab.core.files.atomic import atomic_dir
 from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, load_records
@@ -247,3 +248,34 @@ def _tokenizer_hash(tokenizer: Any) -> str:
     else:
         parts = [json.dumps(sorted(tokenizer.get_vocab().items()))]
     return _hash([type(tokenizer).__name__, str(tokenizer.eos_token_id), *parts])
+
+
+class TokenWindows:
+    def __init__(self, tokens: np.ndarray, block_size: int) -> None:
+        self.tokens, self.block_size = tokens, block_size
+
+    def __len__(self) -> int:
+        return max(len(self.tokens) - 1, 0) // self.block_size
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """{"input_ids", "targets"}: int64 [len(indices), block_size], the targets shifted by one token."""
+        L = self.block_size
+        rows = torch.from_numpy(np.stack([self.tokens[i * L:i * L + L + 1] for i in indices]).astype(np.int64))
+        return {"input_ids": rows[:, :-1].contiguous(), "targets": rows[:, 1:].contiguous()}
+
+    def epoch_batches(self, epoch: int, global_batch: int, seed: int) -> list[list[int]]:
+        """The epoch's global batches of window indices: a permutation seeded by (seed, epoch), its last batch
+        filled up from the start of the permutation so that every batch is full."""
+        n = len(self)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        order += [order[i % n] for i in range((-n) % global_batch)]
+        return [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
+
+    def evenly_spaced(self, count: int) -> list[int]:
+        """Up to `count` window indices spread evenly from the first window to the last."""
+        n = len(self)
+        return np.linspace(0, n - 1, num=min(n, count)).astype(int).tolist()
+
+    def sample(self, count: int, generator: torch.Generator) -> list[int]:
+        """`count` window indices drawn uniformly with replacement."""
+        return torch.randint(0, len(self), (count,), generator=generator).tolist()

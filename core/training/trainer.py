@@ -6,6 +6,7 @@ the shared loop, so a method module keeps only what is its own (data, model, tas
 
 `trainer_command(Options, "module:Trainer", doc=...)` is the matching Typer command: its options come from
 the options dataclass (`lmlab.core.commands.options`), the trainer class is imported only when the command runs.
+Learning-rate schedules (multipliers of the peak rate by optimizer step) are here too.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import importlib
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lmlab.core.commands.builder import options_command
 from lmlab.core.commands.options import TrainOptions
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.console import err
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.training.schedules import check_schedule
 
 if TYPE_CHECKING:
     import torch
@@ -149,3 +150,32 @@ def trainer_command(options: type[TrainOptions], trainer: str, *, doc: str, extr
         return made[-1].run()
 
     return options_command(options, run, doc=doc, show=lambda summary: made[-1].show(summary))
+
+
+SCHEDULES = ("constant", "linear", "cosine", "inverse_sqrt")
+
+
+def check_schedule(name: str) -> None:
+    """Fail early, before any model is loaded, on an unknown --schedule."""
+    if name not in SCHEDULES:
+        raise LmlabError(f"Unknown --schedule '{name}'.", hint=f"choose one of {', '.join(SCHEDULES)}")
+
+
+def lr_lambda(name: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup over `warmup` steps, then the named decay (inverse_sqrt is the ORPO authors' choice)."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if name == "constant":
+            return 1.0
+        if name == "inverse_sqrt":
+            return math.sqrt(max(warmup, 1)) / math.sqrt(max(step, max(warmup, 1)))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if name == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}")
+    return factor

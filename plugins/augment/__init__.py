@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmlab.core.commands.demo import DemoStep
+from lmlab.core.commands.doctor import DemoStep
 from lmlab.core.kernel.hookspecs import hookimpl
 
 

@@ -16,7 +16,7 @@ SYNTHETIC_STORE = f"unit vectors around {CENTRES} random centres in {DIM} dimens
 def augment_prompts(count: int, seed: int, demos: int) -> list[str]:
     """The first `count` prompts `lmlab augment` writes for the bundled seeds (the extractive-QA template), with
     `demos` seed-only demonstrations each, so no store is needed."""
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
     from lmlab.plugins.augment.plan import plan
     from lmlab.plugins.augment.records import load_instances
     from lmlab.plugins.augment.templates import load_template
@@ -29,7 +29,7 @@ def augment_prompts(count: int, seed: int, demos: int) -> list[str]:
 
 def store_texts() -> list[str]:
     """The texts `lmlab augment index` embeds for the bundled store."""
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
     from lmlab.plugins.augment.records import embed_text, load_instances
 
     return [embed_text(x) for x in load_instances(str(example("augment/store.jsonl")))]

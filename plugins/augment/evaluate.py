@@ -22,8 +22,7 @@ from typing import Any
 
 from lmlab.core.files import checkpoint
 from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
-from lmlab.core.files.paths import example
-from lmlab.core.files.records import SkipLog
+from lmlab.core.files.records import SkipLog, example
 from lmlab.core.files.runs import (
     RunDir,
     absolute_paths,

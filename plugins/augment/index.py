@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.files.paths import example
-from lmlab.core.kernel.console import log
-from lmlab.core.kernel.progress import Progress
+from lmlab.core.files.records import example
+from lmlab.core.kernel.console import Progress, log
 from lmlab.core.retrieval.embeddings import Embedder
 from lmlab.core.retrieval.vector_store import VectorStore, add_missing, open_store
 from lmlab.plugins.augment.options import IndexOptions

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from lmlab.core.files.jsonl import read_complete_lines, sync
+from lmlab.core.files.atomic import read_complete_lines, sync
 
 FINAL = ("kept", "filtered", "duplicate", "malformed")
 

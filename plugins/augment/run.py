@@ -12,11 +12,10 @@ from typing import Any
 from lmlab.core.commands.devices import inference_dtype, resolve_device
 from lmlab.core.evaluation.backends import Backend, GenerateRequest, load_backend
 from lmlab.core.files.atomic import write_json_atomic
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config
-from lmlab.core.kernel.console import log
+from lmlab.core.kernel.console import Progress, log
 from lmlab.core.kernel.errors import Interrupted, LmlabError
-from lmlab.core.kernel.progress import Progress
 from lmlab.core.kernel.signals import StopRequest
 from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
 from lmlab.plugins.augment.journal import Journal

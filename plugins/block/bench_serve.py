@@ -70,7 +70,7 @@ def _settings(opts: ServeBenchOptions) -> dict[str, Any]:
 def _prepare(opts: ServeBenchOptions, settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """The prompts (seeded random slices of Tiny Shakespeare cut to --prompt-tokens tokens and decoded) and the BPE
     `lmlab pretrain` trains on it, saved into `scratch` for the workers; their facts go into the settings."""
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
     from lmlab.core.models.loading import cache_dir
     from lmlab.core.training.text_corpus import read_texts, resolve_tokenizer
 

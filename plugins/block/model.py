@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmlab.core.kernel.errors import LmlabError, ModelError
-from lmlab.core.models.architectures import ArchConfig, save_model_folder
-from lmlab.core.models.attention import AttentionSpec
+from lmlab.core.models.architectures import ArchConfig, AttentionSpec, save_model_folder
 from lmlab.core.models.kv_cache import KVCache, to_device
 from lmlab.core.models.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.core.serving.generation import PAD_ID

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.models.architectures import reject_unknown
-from lmlab.core.models.attention import AttentionConfig
+from lmlab.core.models.architectures import AttentionConfig, reject_unknown
 
 BLOCK_LENGTHS = (1, 2, 4, 8)
 KEYS = ("block_len", "prefix", "split")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.core.evaluation.scoring import BenchmarkSpec
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.hookspecs import hookimpl
 
 

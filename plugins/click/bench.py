@@ -32,7 +32,7 @@ class ClickBenchOptions(BenchOptions):
 
 
 def _settings(opts: ClickBenchOptions) -> dict[str, Any]:
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
 
     return {"model": opts.model, "data": opts.data or str(example("eval/click")), "limit": opts.limit,
             "lm_eval_batch_size": opts.lm_eval_batch_size, "seed": opts.seed}

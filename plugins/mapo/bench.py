@@ -104,8 +104,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
+    from lmlab.core.bench.memory import TensorPeak
     from lmlab.core.bench.replay import replay_training
-    from lmlab.core.bench.tensor_memory import TensorPeak
     from lmlab.core.training.loop import TrainConfig, make_accelerator
 
     device = w.worker_setup(settings)

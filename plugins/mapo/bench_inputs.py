@@ -27,7 +27,7 @@ def _pairs(data: str | None, scratch: Path) -> tuple[str, str]:
     if data:
         return data, data
     try:
-        from lmlab.core.files.paths import example
+        from lmlab.core.files.records import example
 
         bundled = example("mapo/pairs.jsonl")
     except LmlabError:

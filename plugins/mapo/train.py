@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from lmlab.core.files.paths import example
-from lmlab.core.files.records import SkipLog, load_records
+from lmlab.core.files.records import SkipLog, example, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError, require
 from lmlab.core.models.loading import replace_dir

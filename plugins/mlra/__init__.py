@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmlab.core.kernel.hookspecs import hookimpl
-from lmlab.core.models.attention import AttentionSpec
+from lmlab.core.models.architectures import AttentionSpec
 
 
 @hookimpl

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.models.attention import AttentionConfig
+from lmlab.core.models.architectures import AttentionConfig
 from lmlab.core.models.transformer import CAUSAL, attend
 
 TARGETS = ("q", "k", "v", "o")

@@ -14,7 +14,7 @@ SHORTEST = 128  # shortest full sequence (prompt + longer response) in tokens, w
 
 
 def _word_pool() -> list[str]:
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
 
     words: list[str] = []
     for line in example("orpo/preferences.jsonl").read_text().splitlines():

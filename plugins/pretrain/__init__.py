@@ -1,6 +1,6 @@
 """Stable pre-training (Chung et al., EMNLP 2024): a nanoGPT-style GPT with TEV monitoring. `lmlab pretrain`,
 `lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture are the core's (registered by
-`lmlab.core.models.builtin`); other attentions (`mlra`) and architectures (`block`) come from other plugins through
+`lmlab.core.models.presets`); other attentions (`mlra`) and architectures (`block`) come from other plugins through
 the hooks; `lmlab generate` (core) runs any of them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from lmlab.core.commands.demo import DemoStep
+from lmlab.core.commands.doctor import DemoStep
 from lmlab.core.kernel.hookspecs import hookimpl
 
 

@@ -19,7 +19,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from lmlab.core.commands.devices import model_device
-from lmlab.core.training.token_windows import TokenWindows
+from lmlab.core.training.text_corpus import TokenWindows
 from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
 
 

@@ -27,7 +27,7 @@ def tokenizer_train(
     from transformers import AutoTokenizer
 
     from lmlab.core.files.atomic import atomic_dir
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
     from lmlab.core.files.runs import new_run_path
     from lmlab.core.kernel.errors import LmlabError
     from lmlab.core.training.report import summary_table

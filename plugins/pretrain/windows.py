@@ -14,7 +14,7 @@ def prepare_windows(settings: dict[str, Any], n_steps: int) -> dict[str, Any]:
     """Tokenise the corpus (BPE of settings["vocab_size"] trained on it and cached, tokens memory-mapped and cached)
     and pick the windows of `n_steps` full batches; sets the settings' vocabulary size and data description and
     returns what only the workers read (`tokens_dir`, `order`, …)."""
-    from lmlab.core.files.paths import example
+    from lmlab.core.files.records import example
     from lmlab.core.models.loading import cache_dir
     from lmlab.core.training.text_corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
     from lmlab.plugins.pretrain.task import PretrainTask

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lmlab.core.commands.demo import DemoStep
+from lmlab.core.commands.doctor import DemoStep
 from lmlab.core.kernel.hookspecs import hookimpl
 from lmlab.core.retrieval.rerankers import RerankerSpec
 

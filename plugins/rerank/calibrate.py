@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lmlab.core.files.atomic import write_json_atomic
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.console import err
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 from lmlab.plugins.rerank.calibrate import run_calibrate

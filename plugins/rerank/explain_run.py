@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.core.files.atomic import write_json_atomic
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.kilt import load_kilt

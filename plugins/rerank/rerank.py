@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.files.atomic import write_jsonl_atomic
-from lmlab.core.files.paths import example
-from lmlab.core.files.records import load_records
+from lmlab.core.files.records import example, load_records
 from lmlab.core.kernel.console import json_stdout
 from lmlab.core.kernel.errors import DataError
 from lmlab.core.retrieval.kilt import KiltQuery, load_kilt, retrieval_metrics

@@ -22,8 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmlab.core.files.atomic import atomic_path
-from lmlab.core.files.paths import example
-from lmlab.core.files.records import SkipLog
+from lmlab.core.files.records import SkipLog, example
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.rerankers import record_reranker

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.console import err
 from lmlab.plugins.retrieve.evaluate import run_eval
 from lmlab.plugins.retrieve.index import run_index

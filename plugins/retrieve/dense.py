@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmlab.core.kernel.console import Progress
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.kernel.progress import Progress
 from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
 from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex, placement
 from lmlab.core.retrieval.vector_store import INDEX_KINDS, VectorStore, add_missing, open_store

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any
 
 from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.retrieval.kilt import load_kilt, recall_at_k, retrieval_metrics

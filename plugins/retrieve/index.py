@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.console import log
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex, retriever_spec
 from lmlab.plugins.retrieve.options import IndexOptions

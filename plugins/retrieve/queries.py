@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmlab.core.files.paths import example
-from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, load_records
+from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, example, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
 

@@ -11,9 +11,8 @@ import json
 from typing import Any
 
 from lmlab.core.evaluation.backends import GenerateRequest, load_backend
-from lmlab.core.files.jsonl import read_complete_lines, sync
-from lmlab.core.kernel.console import log
-from lmlab.core.kernel.progress import Progress
+from lmlab.core.files.atomic import read_complete_lines, sync
+from lmlab.core.kernel.console import Progress, log
 from lmlab.core.retrieval.retrievers import Document, RetrievalIndex
 from lmlab.plugins.retrieve.options import QuestionOptions
 

@@ -21,6 +21,8 @@ from lmlab.core.kernel.plugins import load_plugins, pm
 from lmlab.core.models.architectures import (
     ArchConfig,
     ArchitectureSpec,
+    AttentionConfig,
+    AttentionSpec,
     build_model,
     check_model_choice,
     find_model_folder,
@@ -28,7 +30,6 @@ from lmlab.core.models.architectures import (
     reject_unknown,
     save_model_folder,
 )
-from lmlab.core.models.attention import AttentionConfig, AttentionSpec
 from lmlab.core.serving.generation import Sampling, generate, sample_tokens
 from lmlab.core.training.text_corpus import train_tokenizer
 

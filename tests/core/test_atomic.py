@@ -17,11 +17,11 @@ from lmlab.core.files.atomic import (
     atomic_dir,
     atomic_file,
     atomic_path,
+    read_complete_lines,
     write_json_atomic,
     write_jsonl_atomic,
     write_text_atomic,
 )
-from lmlab.core.files.jsonl import read_complete_lines
 from lmlab.core.kernel.errors import EXIT_INTERNAL, DiskFull
 
 

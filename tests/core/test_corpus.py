@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.errors import DataError, LmlabError, ModelError
 from lmlab.core.training import text_corpus as corpus
 from lmlab.core.training.text_corpus import (

@@ -10,7 +10,7 @@ import pytest
 from lmlab.core.kernel import plugins
 from lmlab.core.kernel.hookspecs import hookimpl
 from lmlab.core.kernel.plugins import load_plugins, plugin_infos, pm
-from lmlab.core.models.attention import attention_types
+from lmlab.core.models.architectures import attention_types
 
 
 class FakePlugin:

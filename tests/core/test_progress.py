@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmlab.core.kernel.progress import Progress
+from lmlab.core.kernel.console import Progress
 
 
 def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:

@@ -18,8 +18,7 @@ from lmlab.core.kernel import plugins
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.kernel.hookspecs import hookimpl
 from lmlab.core.kernel.plugins import load_plugins, plugin_infos, pm
-from lmlab.core.models.architectures import architectures, check_model_choice
-from lmlab.core.models.attention import AttentionSpec, attention_types
+from lmlab.core.models.architectures import AttentionSpec, architectures, attention_types, check_model_choice
 from lmlab.core.models.gpt import GPT_ARCH
 from lmlab.core.models.transformer import MHA_SPEC
 from tests.conftest import run_cli

@@ -1,11 +1,11 @@
-"""Next-token windows over a token stream (lmlab.core.training.token_windows)."""
+"""Next-token windows over a token stream (lmlab.core.training.text_corpus)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from lmlab.core.training.token_windows import TokenWindows
+from lmlab.core.training.text_corpus import TokenWindows
 
 TOKENS = np.arange(23, dtype=np.uint16)  # (23 - 1) // 4 = 5 windows of 4 inputs and 4 targets
 

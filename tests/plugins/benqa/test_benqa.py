@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.core.commands.demo import demo_steps
+from lmlab.core.commands.doctor import demo_steps
 from lmlab.core.evaluation.backends import ChoiceRequest, GenerateRequest
 from lmlab.core.evaluation.request_cache import RequestCache
 from lmlab.core.evaluation.scoring import (
@@ -23,7 +23,7 @@ from lmlab.core.evaluation.scoring import (
     score_items,
     summarize,
 )
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.plugins.benqa.data import parse_answer
 from tests.conftest import run_cli

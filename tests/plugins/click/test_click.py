@@ -9,7 +9,7 @@ import pytest
 
 from lmlab.core.evaluation.request_cache import RequestCache
 from lmlab.core.evaluation.scoring import EvalContext, EvalSettings, benchmarks, score_items, summarize
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from lmlab.plugins.click.data import load_click
 from tests.conftest import run_cli
 

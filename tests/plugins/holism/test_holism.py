@@ -25,7 +25,7 @@ from lmlab.core.evaluation.scoring import (
     score_items,
     summarize,
 )
-from lmlab.core.files.paths import example
+from lmlab.core.files.records import example
 from tests.conftest import run_cli, write_jsonl
 
 SEED = example("holism/items.jsonl")

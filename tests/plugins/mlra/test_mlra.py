@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.models.architectures import ArchConfig, load_model_folder
-from lmlab.core.models.attention import AttentionConfig, AttentionSpec
+from lmlab.core.models.architectures import ArchConfig, AttentionConfig, AttentionSpec, load_model_folder
 from lmlab.core.models.gpt import GPT
 from lmlab.core.models.transformer import MHA_SPEC
 from lmlab.plugins.mlra import register_attention
