@@ -1,11 +1,7 @@
-"""The `lmlab` console script and `python -m lmlab.cli` (what torchrun launches): Ctrl-C is handled before
-anything heavy is imported.
-
-An interrupt that lands while a module is being imported stops the process at once (exit 130, one line): there
-is nothing to save yet, and a KeyboardInterrupt raised inside torch's or transformers' import machinery can
-surface as a RecursionError, a raw traceback, or be swallowed. Anywhere else it is an ordinary
-KeyboardInterrupt, so a running command can save its work first (the training loop installs its own handler).
-"""
+"""The `lmlab` console script and `python -m lmlab.cli` (what torchrun launches), Ctrl-C handled before anything heavy
+is imported: an interrupt during an import exits 130 at once (there is nothing to save yet, and a KeyboardInterrupt
+inside torch's or transformers' import machinery can surface as a RecursionError or a raw traceback, or be
+swallowed); anywhere else it is an ordinary KeyboardInterrupt, so a running command can save its work first."""
 
 from __future__ import annotations
 

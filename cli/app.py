@@ -1,12 +1,12 @@
-"""The `lmlab` command: core commands (plugins, generate, demo) plus everything plugins register.
-
-Errors: an LmlabError prints one red line and its hint and exits 2 (130 when interrupted); anything else
-prints a short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one).
-"""
+"""The `lmlab` command: the core's commands (plugins, generate, doctor, demo, eval NAME) plus everything plugins
+register. An LmlabError prints one red line and its hint and exits 2 (130 when interrupted); anything else prints a
+short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one)."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
+import functools
 import inspect
 import os
 import sys
@@ -26,10 +26,13 @@ from typer.models import DefaultPlaceholder
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress and logs only
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from lmlab.cli.commands import doctor, eval_app, generate
-from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, demo_steps, record_peak_memory
+from lmlab.core.commands import options as o
+from lmlab.core.commands.builder import options_command
+from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt, describe, resolve_device
+from lmlab.core.commands.doctor import PEAK_MEMORY_DIR, SIZES, Outcome, demo_steps, record_peak_memory, run_smoke
 from lmlab.core.evaluation.backends import backends
-from lmlab.core.evaluation.scoring import benchmarks
+from lmlab.core.evaluation.run import EvalOptions, print_summary, run_evaluation
+from lmlab.core.evaluation.scoring import BenchmarkSpec, benchmarks
 from lmlab.core.kernel.console import err, print_json
 from lmlab.core.kernel.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, LmlabError
 from lmlab.core.kernel.plugins import call_each, left_out_error, left_out_plugins, left_out_registrant, plugin_infos
@@ -53,20 +56,11 @@ class PluginGroup(TyperGroup):
         except USAGE_ERRORS:
             if not args or self.get_command(ctx, args[0]) is not None:
                 raise
-            path = (*_group_path(ctx), args[0])
+            path = (*o.command_name(ctx).split(), args[0])
             plugin = _left_out_provider(path)
             if plugin is None:
                 raise
             raise left_out_error(f"The command `lmlab {' '.join(path)}`", plugin) from None
-
-
-def _group_path(ctx: Any) -> tuple[str, ...]:
-    """The command words from `lmlab` down to this context's group (none for `lmlab` itself)."""
-    names: list[str] = []
-    while ctx.parent is not None:
-        names.insert(0, ctx.info_name)
-        ctx = ctx.parent
-    return tuple(names)
 
 
 def _left_out_provider(path: tuple[str, ...]) -> str | None:
@@ -139,14 +133,9 @@ def plugins_command(
     infos = plugin_infos()
     from lmlab.core.models.loading import model_aliases
 
-    model_aliases()  # these calls fill in what each plugin registered
-    demo_steps()
-    attention_types()
-    architectures()
-    backends()
-    benchmarks()
-    retrievers()
-    rerankers()
+    for registry in (model_aliases, demo_steps, attention_types, architectures, backends, benchmarks, retrievers,
+                     rerankers):
+        registry()  # collecting each registry notes what each plugin registered
     if json_output:
         print_json([vars(info) for info in infos])
         return
@@ -161,8 +150,85 @@ def plugins_command(
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
-app.command("generate")(generate)
-app.command("doctor")(doctor)
+@app.command("generate")
+def generate(
+    model_dir: Annotated[Path, typer.Argument(help="A run directory of `lmlab pretrain` (any registered "
+                                              "architecture) or its model/ folder.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.", show_default="a newline")] = "\n",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 means greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Sample from the k likeliest tokens.",
+                     show_default=False)] = 50,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Sample from the smallest set of "
+                     "tokens whose probability reaches p (1: all).")] = 1.0,
+    stop: Annotated[list[str], typer.Option("--stop", help="Stop before this text, repeatable.",
+                    show_default=False)] = [],  # noqa: B006 (typer reads the default; it is never mutated)
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Keep generating past the end-of-text token.")]
+    = False,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the sampling.")] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_output: o.JsonOpt = False,
+) -> None:
+    """Continue a prompt with a saved model (KV-cached where its architecture has the generation interface): a
+    run of any registered architecture (`lmlab plugins` lists them)."""
+    from lmlab.core.commands.devices import inference_dtype
+    from lmlab.core.serving.generation import generate_text
+
+    where = resolve_device(device)
+    done = generate_text(model_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, stop=stop, ignore_eos=ignore_eos, seed=seed, device=where,
+                         dtype=inference_dtype(precision, where))
+    if json_output:
+        print_json({"prompt": prompt, "completion": done.text, "finish_reason": done.finish_reason,
+                    "tokens": len(done.tokens)})
+    else:
+        typer.echo(prompt + done.text)
+
+
+@app.command("doctor")
+def doctor(
+    device: DeviceOpt = "auto",
+    size: Annotated[str, typer.Option("--size", help="tiny (fewest steps, smallest models: what the test suite runs "
+                                      "on the CPU) or small (a few more steps, SmolLM2-135M for eval).")] = "small",
+    step: Annotated[list[str], typer.Option("--step", help="Run only this step (repeatable; a step whose input "
+                                            "step is not run is skipped).", show_default=False, metavar="<str>")] = [],  # noqa: B006
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds one step may take.")] = 600.0,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for the steps' runs and logs.")]
+    = Path("runs/doctor"),
+    json_output: o.JsonOpt = False,
+) -> None:
+    """Run every lmlab command once at toy size on --device (trainers with bf16 on a GPU, resume, LoRA, gradient
+    checkpointing, FSDP2 on one rank, generate, serve-block under concurrent requests, eval, retrieve,
+    train-reranker, augment eval) and print each step's exit code, seconds and peak memory. Exits 1 if any failed."""
+    if size not in SIZES:
+        raise LmlabError(f"Unknown --size '{size}'.", hint=f"use one of: {', '.join(SIZES)}")
+    where = resolve_device(device)
+    err.print(f"lmlab doctor on [bold]{describe(where)}[/bold], size {size}; logs in {escape(str(output_dir))}")
+
+    def show(outcome: Outcome) -> None:
+        status = "skipped" if outcome.exit_code is None else f"exit {outcome.exit_code}"
+        peak = f"{outcome.peak_mb:.0f} MiB ({outcome.memory_source})" if outcome.peak_mb is not None else "-"
+        err.print(f"{outcome.name}: {status} · {outcome.seconds:.1f} s · peak {peak} {outcome.note}".rstrip())
+
+    outcomes = run_smoke(output_dir, str(where), size, step, timeout, on_outcome=show)
+    failed = [x.name for x in outcomes if x.exit_code not in (0, None)]
+    if json_output:
+        print_json({"device": describe(where), "size": size, "failed": failed,
+                    "steps": [vars(x) for x in outcomes]})
+    else:
+        table = Table(title=f"lmlab doctor · {describe(where)}")
+        for column in ("step", "exit", "seconds", "peak MiB", "memory source"):
+            table.add_column(column)
+        for x in outcomes:
+            table.add_row(x.name, "skipped" if x.exit_code is None else str(x.exit_code), f"{x.seconds:.1f}",
+                          "-" if x.peak_mb is None else f"{x.peak_mb:.0f}", x.memory_source or x.note)
+        err.print(table)
+        err.print(f"[bold]{len(outcomes) - len(failed)}/{len(outcomes)} steps passed[/bold]" +
+                  (f"; failed: {escape(', '.join(failed))} (see their .log in {escape(str(output_dir))})"
+                   if failed else ""))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("demo")
@@ -186,24 +252,32 @@ def demo_command(
     err.print(f"Every run directory (config.json, metrics.jsonl, plots, model) is under [bold]{output_dir}[/bold].")
 
 
-_registered = False
+def eval_command(spec: BenchmarkSpec) -> Any:
+    """`lmlab eval NAME`: the EvalOptions plus the benchmark's own options, as fields of a dataclass made for it (so
+    `--help` and shell completion show them all)."""
+    own = [(b.name, type(b.default) if b.default is not None else str | None,
+            o.option(b.default, b.help, panel="Benchmark")) for b in spec.options]
+    options = dataclasses.make_dataclass(f"{spec.name.title()}EvalOptions", own, bases=(EvalOptions,))
+
+    def run(opts: Any) -> dict[str, Any]:
+        shared = {f.name: getattr(opts, f.name) for f in dataclasses.fields(EvalOptions) if f.name != "options"}
+        return run_evaluation(EvalOptions(**shared, options={b.name: getattr(opts, b.name) for b in spec.options}))
+
+    return options_command(options, run, doc=spec.description, show=print_summary, fixed={"benchmark": spec.name})
 
 
+@functools.cache  # once per process: the app is built once
 def _register_plugin_commands() -> None:
-    """Call each plugin's register_commands once, noting what it added; a plugin that raises is skipped."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
+    """Call each plugin's register_commands, noting what it added; a plugin that raises is skipped. Then add
+    `lmlab eval`, one subcommand per registered benchmark."""
     for info, thunk in call_each("register_commands", app=app, bench=bench):
         seen = len(app.registered_commands), len(app.registered_groups), len(bench.registered_commands)
         in_groups = {group.name: len(group.typer_instance.registered_commands) for group in app.registered_groups}
         try:
             thunk()
-        except Exception as exc:  # drop whatever the broken plugin managed to add
+        except Exception as exc:  # drop whatever the broken plugin managed to add (bench is one of the groups)
             info.error = f"register_commands: {type(exc).__name__}: {exc}"
             del app.registered_commands[seen[0]:], app.registered_groups[seen[1]:]
-            del bench.registered_commands[seen[2]:]
             for group in app.registered_groups:
                 del group.typer_instance.registered_commands[in_groups[group.name]:]
             continue
@@ -216,7 +290,11 @@ def _register_plugin_commands() -> None:
                 info.add("commands", f"{group.name} {command.name}")
         for command in bench.registered_commands[seen[2]:]:
             info.add("benchmarks", f"bench {command.name or command.callback.__name__}")
-    app.add_typer(eval_app(), name="eval")
+    eval_app = typer.Typer(help="Evaluate a model on a benchmark (CLIcK, BEnQA, holism, and plugins' own).",
+                           no_args_is_help=True)
+    for name, spec in sorted(benchmarks().items()):
+        eval_app.command(name)(eval_command(spec))
+    app.add_typer(eval_app, name="eval")
     _name_left_out_plugins(app)
     for info in plugin_infos():
         if info.error:

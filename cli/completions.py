@@ -1,18 +1,11 @@
 """Shell completion scripts for `lmlab`: `python -m lmlab.cli.completions [--check] [--dir DIR]`.
-
 Writes completions/lmlab.{bash,zsh,fish}; with `--check` writes nothing and exits 1 listing stale files.
 
-The scripts are Typer's, exactly what `lmlab --show-completion SHELL` prints and `--install-completion`
-installs. They must be Typer's, not click's: Typer 0.29 vendors its own click (`typer._click`) and its
-runtime answers `_LMLAB_COMPLETE=complete_bash`, while the script from
-`click.shell_completion.get_completion_class("bash")` sends `bash_complete`, which Typer rejects
-("Shell complete not supported.") so tab does nothing.
-
-A script depends only on the program name (`lmlab`) and the completion variable (`_LMLAB_COMPLETE`),
-never on the commands: at tab time the shell runs `lmlab` itself, which completes against whatever
-plugins are loaded then. So generation does not build the app, and the output is the same whichever
-plugins (third-party or broken ones included) or LMLAB_PLUGINS the generating environment has.
-"""
+The scripts are Typer's (what `lmlab --show-completion SHELL` prints), not click's: Typer vendors its own click,
+whose runtime answers `_LMLAB_COMPLETE=complete_bash`, while click's script sends `bash_complete`, which Typer
+rejects ("Shell complete not supported."), so tab would do nothing. A script depends only on the program name and
+the completion variable, never on the commands (at tab time the shell runs `lmlab`, which completes against the
+plugins loaded then), so generating one does not build the app and gives the same output in any environment."""
 
 from __future__ import annotations
 
@@ -48,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     folder: Path = args.dir or default_dir()
     stale = []
     for shell in SHELLS:
-        path = folder / f"{PROG_NAME}.{shell}"
-        text = render(shell)
-        current = path.read_text(encoding="utf-8") if path.is_file() else None
-        if current == text:
+        path, text = folder / f"{PROG_NAME}.{shell}", render(shell)
+        if path.is_file() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(path)
         if not args.check:

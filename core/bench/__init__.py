@@ -1,2 +1,2 @@
-"""Benchmarks: systems and the loop that runs them, the worker subprocess, step-time replay, reports, the
-machine and memory readings, and the synthetic KILT set of `bench retrieve`."""
+"""Benchmarks: declaring and running one, its worker subprocesses, the machine and memory readings, HTTP load and
+`bench retrieve`'s synthetic KILT set."""

@@ -1,30 +1,23 @@
-"""Load on an lmlab HTTP server over real loopback HTTP: start `lmlab <serve command>` in a subprocess on a free
-port, drive it with closed-loop clients at one concurrency level after another, read its /metrics, stop it with
-SIGTERM (it drains) and keep its exit code. `lmlab bench serve` measures with it (docs/benchmarks.md#bench-serve).
-
-Per level: requests sent, answered with 200, errors (another status, or the connection failed), dropped (no answer
-within the timeout), wall seconds from the first request to the last answer, requests/s (answered / wall), p50 and
-p99 latency of the answered requests, generated tokens/s (their usage.completion_tokens / wall), the server's mean
-batch size over the level (its /metrics batch-size histogram before and after), the CPU seconds of the server and
-of the load generator, and the share of the CPU other processes took. The client shares the machine's cores with
-the server, as any loopback benchmark does; what it costs is in each level's client_cpu_seconds.
-
-A level reads its load from the benchmark's settings: requests_per_level, max_seconds_per_level, timeout_seconds,
-max_tokens (of every request) and threads.
-"""
+"""Load on an lmlab HTTP server over real loopback HTTP: start `lmlab <serve command>` on a free port, drive it
+with closed-loop clients at one concurrency level after another (its load from the benchmark's settings), read its
+/metrics, stop it with SIGTERM (it drains) and keep its exit code. docs/benchmarks.md#bench-serve says what each
+level's figures mean; the client shares the machine's cores with the server, and its cost is client_cpu_seconds."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
+import random
 import resource
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,30 +30,24 @@ STARTUP_SECONDS = 120.0
 DRAIN_SECONDS = 30.0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(command: list[str], settings: dict[str, Any], log_file: Any) -> tuple[subprocess.Popen, str, float]:
     """`lmlab COMMAND --port P` on a free loopback port with `settings["threads"]` threads, its log into
     `log_file`; (process, base URL, seconds until /health answered 200). It runs where the calling benchmark worker
     runs: it inherits the worker's environment (`CUDA_VISIBLE_DEVICES`, `LMLAB_DEVICE`: core.bench.worker)."""
     import httpx
 
-    port = _free_port()
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     args = [sys.executable, "-m", "lmlab.cli", *command, "--port", str(port), "--drain-seconds", str(DRAIN_SECONDS)]
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"])}
     tick = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     while time.perf_counter() - tick < STARTUP_SECONDS and proc.poll() is None:
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return proc, url, round(time.perf_counter() - tick, 2)
-        except httpx.TransportError:
-            pass
         time.sleep(0.1)
     if proc.poll() is None:
         proc.kill()
@@ -139,13 +126,10 @@ def percentile(values: list[float], q: float) -> float:
 async def run_level(url: str, prompts: list[str], concurrency: int, requests: int, max_seconds: float,
                     settings: dict[str, Any]) -> dict[str, Any]:
     """`concurrency` clients in a closed loop, each sending its next completion as soon as its last one is answered:
-    up to `requests` in all, none started after `max_seconds` (but the first `concurrency`); wait for every one
-    sent, then the level's figures.
-
-    Each client is its own httpx.AsyncClient with one connection: one client shared by all (its pool sized
-    concurrency + 8) cost 24 ms of CPU per request at concurrency 64 and more on the 2-core machine the figures
-    in docs/benchmarks.md come from (httpcore scans its whole pool on every request), so the load generator, not the
-    server, capped the requests/s near 38; with a connection each, 2.5-4 ms."""
+    up to `requests` in all, none started after `max_seconds` (but the first `concurrency`); the level's figures once
+    every one sent is answered. Each client is its own httpx.AsyncClient with one connection: one shared by all cost
+    24 ms of CPU per request at concurrency 64 (httpcore scans its whole pool on every request), so the load
+    generator, not the server, capped the requests/s (docs/benchmarks.md); with a connection each, 2.5-4 ms."""
     import httpx
 
     timeout, body = settings["timeout_seconds"], {"max_tokens": settings["max_tokens"], "temperature": 0}
@@ -209,8 +193,6 @@ FIGURES = {
 def text_prompts(text: str, tokenizer: Any, n_tokens: int, count: int, seed: int) -> list[str]:
     """`count` prompts of `n_tokens` tokens each: seeded random slices of `text`, cut to `n_tokens` tokens and decoded
     back to text (16 characters a token: far more than n tokens of English text)."""
-    import random
-
     rng, span = random.Random(seed), 16 * n_tokens
     starts = [rng.randrange(max(1, len(text) - span)) for _ in range(count)]
     return [tokenizer.decode(tokenizer(text[s:s + span], add_special_tokens=False)["input_ids"][:n_tokens])
@@ -221,8 +203,6 @@ def serve_and_measure(command: list[str], prompts: list[str], settings: dict[str
                       warmup_requests: int) -> dict[str, Any]:
     """Start `lmlab COMMAND`, warm it up with `warmup_requests` requests, run every level of
     `settings["concurrency"]`, stop it; its startup seconds, warm-up, levels (`c<N>`) and exit code."""
-    import tempfile
-
     with tempfile.NamedTemporaryFile("w", prefix="lmlab-serve-", suffix=".log") as log_file:
         proc, url, startup = start_server(command, settings, log_file)
         out: dict[str, Any] = {"startup_seconds": startup}
@@ -254,8 +234,6 @@ def load_levels(text: str, requests: int) -> list[int]:
 def prompt_facts(prompts: list[str], tokenizer: Any, max_tokens: int, context: int, source: str) -> dict[str, Any]:
     """What a report's settings say about the `text_prompts` of `source` every server gets (how they are made, their
     sha256 and re-encoded token counts); refused when the longest with `max_tokens` does not fit `context`."""
-    import hashlib
-
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     if max(lengths) + max_tokens > context:
         raise LmlabError(f"A prompt re-encodes to {max(lengths)} tokens, which with --max-new-tokens {max_tokens} "

@@ -1,11 +1,15 @@
-"""The machine a benchmark runs on: CPU, cores, versions, its measured GEMM peak, and how much of the CPU other
-processes took meanwhile (contention spoils ratios on small machines)."""
+"""The machine a benchmark runs on: CPU, cores, versions, its measured GEMM peak, how much of the CPU other
+processes took meanwhile (contention spoils ratios on small machines), and this process's memory: its RSS and peak
+RSS in MiB (`core.bench.tensor_memory` counts the peak bytes of live tensors on any device)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
+import resource
+import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -28,12 +32,10 @@ def cpu_count() -> int:
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 
@@ -53,8 +55,6 @@ def machine(threads: int, packages: Sequence[str] = ("torch",)) -> dict[str, Any
 
 def cpu_seconds() -> CpuReading | None:
     """(wall clock, busy CPU seconds of the whole machine, CPU seconds of our finished children), Linux only."""
-    import resource
-
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     except (OSError, ValueError):
@@ -111,3 +111,34 @@ def pool_gemm_peak(rows: list[dict[str, Any]]) -> float:
         r["gemm_peak_gflops_worker"] = r["gemm_peak_gflops"]
         r["gemm_peak_gflops"] = peak
     return peak
+
+
+def rss_mb() -> float:
+    """Resident set size now (Linux /proc; elsewhere the peak, which is the best we can read)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process since it started or since `reset_peak_rss()`: VmHWM on Linux, not getrusage's
+    ru_maxrss, which `reset_peak_rss()` does not reset and which in a child never drops below the RSS its parent had
+    when it forked (Linux carries it over exec), hiding a small worker's own peak; elsewhere ru_maxrss."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS to the current RSS (Linux ≥ 4.0, /proc/self/clear_refs; False where unsupported), so that
+    a transient peak while loading does not hide what the measured region costs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

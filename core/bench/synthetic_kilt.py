@@ -1,24 +1,7 @@
-"""The corpus of `lmlab bench retrieve`: a few thousand encyclopedic pages about invented towns, rivers, companies,
-species and people, and KILT-style queries answered by one page each, generated from a seed (nothing is
-downloaded, and the same seed gives the same pages and queries on every machine).
-
-Pages: each entity has a generated name and a few attributes (region, founding year, products, landmarks,
-occupation, habitat, ...) written out by templates in 2-4 sentences. Names are shared across kinds the way real
-ones are, so titles are prefixes of other titles ("Varno", "Varno River", "Varno Mills"), which is what
-trie-constrained decoding must get right. Attribute values repeat across pages (dozens of towns per region,
-dozens of painters, towns known for wool), so no single cue names a page.
-
-Queries: half ask for an entity's name from its region (a lexical cue that narrows the search to a few dozen
-pages) and two descriptive attributes (its product, landmark, occupation, habitat, colour, ...); the others ask
-for one attribute of a named entity, whose name is shared with other pages ("In what year was the town of Varno
-founded?" next to the page of Varno Mills, "a company founded in 1905 ... in Varno, a town in ..."). Each
-descriptive cue, and each kind word ("town", "company", "painter"), uses the page's own words with probability
-`lexical_share` (default 0.3) and otherwise a paraphrase that shares no stem with them (`sheep fleece` for wool,
-`artist who paints` for painter, `very old fortress` for ancient castle). BM25 matches the region and the lexical
-cues but not the paraphrases, and is misled by shared names; a sentence encoder matches paraphrases and the page
-a name belongs to, but hardly sees which region a page is in. The two make different mistakes, which is what
-fusing their rankings corrects (docs/benchmarks.md: with the default settings, RRF's recall@1 is
-0.05-0.08 above the better of the two on seeds 0-4).
+"""The corpus of `lmlab bench retrieve`, generated from a seed (nothing downloaded; the same on every machine):
+encyclopedic pages about invented towns, rivers, companies, species and people, and KILT-style queries answered by
+one page each. How it is built so that BM25 and a sentence encoder make different mistakes (shared names, so that
+titles are prefixes of other titles; paraphrased cues) is in docs/benchmarks.md (bench retrieve, "The corpus").
 
 Query i depends only on (seed, i) and the pages, so the first n queries of a larger set are the same n queries:
 queries beyond the bench's own can serve as training data for a title generator on the same pages.
@@ -162,14 +145,12 @@ def _entities(documents: int, rng: random.Random) -> list[Entity]:
     seas = [f"{names.new()} {rng.choice(['Sea', 'Bay', 'Gulf'])}" for _ in range(max(3, documents // 300))]
     counts = {kind: max(1, round(share * documents)) for kind, share in KINDS}
     counts["person"] += documents - sum(counts.values())
-    entities: list[Entity] = []
-    titles: set[str] = set()
+    entities: dict[str, Entity] = {}  # by title, in the order made
 
     def add(entity: Entity) -> bool:
-        if entity.title in titles:
+        if entity.title in entities:
             return False
-        titles.add(entity.title)
-        entities.append(entity)
+        entities[entity.title] = entity
         return True
 
     towns: list[Entity] = []
@@ -217,20 +198,20 @@ def _entities(documents: int, rng: random.Random) -> list[Entity]:
         given = rng.choice(FEMALE + MALE)
         name = f"{given} {rng.choice(towns).name if rng.random() < 0.3 else names.new()}"
         occupation, home = rng.choice(OCCUPATIONS), rng.choice(towns)
-        return Entity("person", name if name not in titles else f"{name} ({occupation[0]})", name, {
+        return Entity("person", name if name not in entities else f"{name} ({occupation[0]})", name, {
             "born": rng.randrange(1800, 1995), "occupation": occupation, "hometown": home.name,
             "region": home.facts["region"], "studied": f"University of {rng.choice(towns).name}",
             "known_for": rng.choice(KNOWN_FOR), "workplace": rng.choice(WORKPLACES),
             "pronoun": "She" if given in FEMALE else "He"})
 
     make("river", river)
-    for entity in entities:
+    for entity in entities.values():
         if entity.kind == "river":
             next(t for t in towns if t.name == entity.facts["through"]).facts.setdefault("river", entity.name)
     make("company", company)
     make("species", species)
     make("person", person)
-    return entities
+    return list(entities.values())
 
 
 def _town_text(e: Entity, rng: random.Random) -> str:
@@ -286,19 +267,6 @@ TEXTS = {"town": _town_text, "river": _river_text, "company": _company_text, "sp
          "person": _person_text}
 
 
-class _Cues:
-    """Writes a cue with the page's words with probability `p`, else with one of its paraphrases."""
-
-    def __init__(self, rng: random.Random, p: float) -> None:
-        self.rng, self.p = rng, p
-
-    def __call__(self, lexical: str, paraphrases: Sequence[str]) -> str:
-        return lexical if self.rng.random() < self.p else self.rng.choice(list(paraphrases))
-
-    def pair(self, pair: Pair) -> str:
-        return self(pair[0], pair[1])
-
-
 def _which(rng: random.Random, kind: str, region: str, described: list[str], where: str = "is in") -> str:
     """'Which <kind> <clause>, <clause> and <clause>?': its region and two descriptive clauses, in random order."""
     clauses = [f"{where} the {region} region", *rng.sample(described, 2)]
@@ -307,56 +275,60 @@ def _which(rng: random.Random, kind: str, region: str, described: list[str], whe
 
 
 def _question(e: Entity, rng: random.Random, p: float) -> tuple[str, str]:
-    """One (query, answer) about entity `e`: its name from its region and descriptive attributes, or one
-    attribute of it by name."""
-    f, cue = e.facts, _Cues(rng, p)
+    """One (query, answer) about `e`: its name from its region and descriptive attributes, or an attribute by name."""
+    f = e.facts
+
+    def cue(lexical: str, paraphrases: Sequence[str]) -> str:
+        """The page's own words with probability `p`, else one of their paraphrases."""
+        return lexical if rng.random() < p else rng.choice(list(paraphrases))
+
     ask_name = rng.random() < ASK_NAME
     if e.kind == "town":
-        kind = cue.pair(KIND_WORDS["town"])
+        kind = cue(*KIND_WORDS["town"])
         adjective, landmark = f["landmark"]
         if ask_name:
             return _which(rng, kind, f["region"], [
-                f"is {cue('known for', ('famous for',))} its {cue.pair(f['product'])}",
-                f"has {_article(cue.pair(adjective))} {cue.pair(landmark)}"]), e.name
+                f"is {cue('known for', ('famous for',))} its {cue(*f['product'])}",
+                f"has {_article(cue(*adjective))} {cue(*landmark)}"]), e.name
         if rng.random() < 0.5:
             return f"In what year was the {kind} of {e.name} {cue('founded', ('established', 'set up'))}?", \
                 str(f["founded"])
         return f"What is the {kind} of {e.name} {cue('known for', ('famous for',))}?", f["product"][0]
     if e.kind == "river":
-        kind = cue.pair(KIND_WORDS["river"])
+        kind = cue(*KIND_WORDS["river"])
         if ask_name:
             return _which(rng, kind, f["region"], [
-                f"is {cue('known for', ('famous for',))} its {cue.pair(f['feature'])}",
+                f"is {cue('known for', ('famous for',))} its {cue(*f['feature'])}",
                 f"{cue('flows into', ('empties into', 'drains into'))} the {f['mouth']}"]), e.name
         if rng.random() < 0.5:
             return f"Into which sea does the {e.name} {cue('flow', ('empty', 'drain'))}?", f["mouth"]
         return f"Where does the {e.name} {cue('rise', ('have its source', 'begin'))}?", f["source"]
     if e.kind == "company":
-        kind = cue.pair(KIND_WORDS["company"])
+        kind = cue(*KIND_WORDS["company"])
         if ask_name:
             return _which(rng, kind, f["region"], [
-                f"{cue('makes', ('produces', 'manufactures'))} {cue.pair(f['product'])}",
-                f"{cue('supplies', ('sells to', 'serves'))} {cue.pair(f['customers'])}"]), e.name
+                f"{cue('makes', ('produces', 'manufactures'))} {cue(*f['product'])}",
+                f"{cue('supplies', ('sells to', 'serves'))} {cue(*f['customers'])}"]), e.name
         if rng.random() < 0.5:
             return f"Who {cue('founded', ('established', 'set up'))} the {kind} {e.name}?", f["founder"]
         return f"What does {e.name} {cue('make', ('produce', 'manufacture'))}?", f["product"][0]
     if e.kind == "species":
         group = f["group"]
-        kind = cue.pair(group[:2])
-        described = [f"{cue('is found in the', ('lives in',))} {cue.pair(f['habitat'])}",
-                     f"has {cue.pair(f['colour'])} {group[2]}"]
+        kind = cue(*group[:2])
+        described = [f"{cue('is found in the', ('lives in',))} {cue(*f['habitat'])}",
+                     f"has {cue(*f['colour'])} {group[2]}"]
         if group[0] not in PLANTS:
-            described.append(f"{cue('feeds on', ('eats',))} {cue.pair(f['food'])}")
+            described.append(f"{cue('feeds on', ('eats',))} {cue(*f['food'])}")
         if ask_name:
             return _which(rng, kind, f["region"], described), e.name
         if group[0] in PLANTS:
             return f"What colour are the {group[2]} of the {e.name}?", f["colour"][0]
         return f"What does the {e.name} {cue('feed on', ('eat',))}?", f["food"][0]
-    occupation = cue.pair(f["occupation"])
+    occupation = cue(*f["occupation"])
     if ask_name:
         return _which(rng, occupation, f["region"], [
-            f"is {cue('known for', ('famous for',))} {cue.pair(f['known_for'])}",
-            f"{cue('worked', ('was employed',))} for years at {cue.pair(f['workplace'])}"], "comes from"), e.name
+            f"is {cue('known for', ('famous for',))} {cue(*f['known_for'])}",
+            f"{cue('worked', ('was employed',))} for years at {cue(*f['workplace'])}"], "comes from"), e.name
     if rng.random() < 0.5:
         return f"Which town is the {occupation} {e.name} {cue('from', ('a native of',))}?", f["hometown"]
     return f"Where did the {occupation} {e.name} {cue('study', ('get an education', 'train'))}?", f["studied"]
@@ -364,9 +336,8 @@ def _question(e: Entity, rng: random.Random, p: float) -> tuple[str, str]:
 
 def bench_corpus(documents: int, queries: int, seed: int, *,
                  lexical_share: float = 0.3) -> tuple[list[Document], list[KiltQuery]]:
-    """`documents` pages (ids `p00001`...) and `queries` KILT queries (ids `q00001`...), each answered by one
-    page whose text contains the answer; `lexical_share` is the chance that a descriptive cue uses the page's
-    own words rather than a paraphrase."""
+    """`documents` pages (ids `p00001`...) and `queries` KILT queries (ids `q00001`...), each answered by one page
+    whose text contains it; `lexical_share`: the chance that a cue uses the page's own words, not a paraphrase."""
     if documents < 10:
         raise ValueError(f"the bench corpus needs at least 10 documents, got {documents}")
     rng = random.Random(f"lmlab-bench-retrieve-{seed}")

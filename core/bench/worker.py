@@ -1,22 +1,17 @@
-"""One benchmark system per subprocess, so that its peak memory is its own, and how a worker measures.
-
-`run_worker` starts a fresh interpreter that calls a plugin's `"module:function"` with (system, settings) and
-hands its JSON result back; `run_measured` adds how much of the CPU other processes took meanwhile. Core never
-imports a plugin: the worker's entry point is a string the plugin passes in.
-
-Every system of a benchmark runs on the device its settings name (`settings["device"]`, `core.commands.devices.describe`
-of the bench's `--device`): the worker sees that device only (`CUDA_VISIBLE_DEVICES` is set for it: empty on the
-CPU, so no library in it can pick a GPU by itself; the one chosen GPU otherwise, as `cuda`), and `worker_device`
-is that device inside it. A worker reads its clock with `clock(device)` (which waits for the device's queued work
-first) and its memory with `memory_mb` / `start_peak` / `read_peak` (CUDA's allocator on a GPU, RSS on the CPU:
-`settings["memory_source"]` says which).
-"""
+"""One benchmark system per subprocess (so that its peak memory is its own), and how a worker measures. Core never
+imports a plugin: `run_worker` runs the plugin's `"module:function"` in a fresh interpreter, which sees only the
+device its settings name (`device_env`: on the CPU no GPU at all, so no library in it can pick one by itself)."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
 import importlib
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmlab.core.bench.machine import BUSY_SHARE, cpu_seconds, other_cpu_share
-from lmlab.core.bench.memory import reset_peak_rss, rss_mb
+from lmlab.core.bench.machine import BUSY_SHARE, cpu_seconds, other_cpu_share, peak_rss_mb, reset_peak_rss, rss_mb
+from lmlab.core.commands.devices import peak_memory_mb, resolve_device, synchronize
+from lmlab.core.kernel.console import log, set_quiet
 from lmlab.core.kernel.errors import LmlabError
 
 if TYPE_CHECKING:  # torch is imported where a worker measures: the BM25 workers never load it
@@ -39,11 +35,9 @@ WORKER_ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFO
 
 def run_worker(entry: str, system: str, settings: dict[str, Any], *, threads: int,
                env: Mapping[str, str] | None = None, retry_hint: str | None = None) -> dict[str, Any]:
-    """Run `entry` ("package.module:function", called as function(system, settings) -> JSON-able dict) in a
-    fresh interpreter with `threads` OpenMP threads and return its result.
-
-    A LmlabError raised in the worker comes back as the same error; a crash becomes a LmlabError quoting the
-    last lines of the worker's output."""
+    """The result of `entry` ("package.module:function", called as function(system, settings) -> JSON-able dict) in
+    a fresh interpreter with `threads` OpenMP threads. A LmlabError raised there comes back as the same error; a
+    crash becomes a LmlabError quoting the last lines of the worker's output."""
     code = "from lmlab.core.bench.worker import worker_main; worker_main()"
     full_env = {**os.environ, "OMP_NUM_THREADS": str(threads), **WORKER_ENV,
                 **device_env(settings.get("device", "cpu")), **(env or {})}
@@ -64,10 +58,7 @@ def run_worker(entry: str, system: str, settings: dict[str, Any], *, threads: in
 
 def run_measured(entry: str, system: str, settings: dict[str, Any], *, threads: int,
                  env: Mapping[str, str] | None = None, retry_hint: str | None = None) -> dict[str, Any]:
-    """`run_worker`, plus the CPU share other processes took meanwhile (`other_processes_cpu_share`), with a
-    warning on stderr when it is above `BUSY_SHARE`."""
-    from lmlab.core.kernel.console import log
-
+    """`run_worker`, plus the CPU share other processes took meanwhile (warned about above `BUSY_SHARE`)."""
     before = cpu_seconds()
     result = run_worker(entry, system, settings, threads=threads, env=env, retry_hint=retry_hint)
     other = other_cpu_share(before, cpu_seconds(), threads)
@@ -92,17 +83,12 @@ def device_env(described: str) -> dict[str, str]:
 
 def worker_device(settings: dict[str, Any]) -> torch.device:
     """The device a worker runs its system on: the CPU, or the one GPU `device_env` left it (`cuda`)."""
-    from lmlab.core.commands.devices import resolve_device
-
     return resolve_device("cuda" if settings.get("device", "cpu").startswith("cuda") else "cpu")
 
 
 def clock(device: torch.device) -> float:
     """`time.perf_counter()` once the device's queued work is done (a GPU runs asynchronously)."""
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter()
 
 
@@ -121,7 +107,7 @@ def start_peak(device: torch.device) -> tuple[float, bool]:
     if device.type == "cuda":
         import torch
 
-        torch.cuda.synchronize(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return memory_mb(device), True
     return memory_mb(device), reset_peak_rss()
@@ -129,8 +115,6 @@ def start_peak(device: torch.device) -> tuple[float, bool]:
 
 def read_peak(device: torch.device) -> float:
     """The peak memory (MiB) since `start_peak` (or since the worker started), from `settings["memory_source"]`."""
-    from lmlab.core.commands.devices import peak_memory_mb, synchronize
-
     synchronize(device)
     return peak_memory_mb(device)[0]
 
@@ -149,10 +133,7 @@ def worker_main() -> None:
 
 
 def tensors_sha256(named: Iterable[tuple[str, Any]]) -> str:
-    """A fingerprint of named tensors (weights, batches), so a report can say two systems started from the same
-    model and saw the same data."""
-    import hashlib
-
+    """A fingerprint of named tensors, so a report can say two systems started from the same weights and data."""
     digest = hashlib.sha256()
     for name, tensor in named:
         digest.update(name.encode())
@@ -164,18 +145,13 @@ def worker_setup(settings: dict[str, Any]) -> torch.device:
     """A worker's preamble: quiet logs, the run's torch thread count, and the device it runs on."""
     import torch
 
-    from lmlab.core.kernel.console import set_quiet
-
     set_quiet(True)
     torch.set_num_threads(settings["threads"])
     return worker_device(settings)
 
 
 def seeded_batches(n_rows: int, batch_size: int, n_steps: int, seed: int) -> list[list[int]]:
-    """The row indices of each step: seeded random batches, reshuffled after each pass over the rows, the same
-    for every system."""
-    import random
-
+    """Each step's row indices, the same for every system: seeded batches, reshuffled after each pass over the rows."""
     rng = random.Random(seed + 1)
     stream: list[int] = []
     while len(stream) < n_steps * batch_size:
@@ -186,9 +162,8 @@ def seeded_batches(n_rows: int, batch_size: int, n_steps: int, seed: int) -> lis
 
 
 def trainer_step_timer(device: torch.device, steps: int) -> Any:
-    """A transformers `TrainerCallback` that times each step of an HF Trainer (an anchor's training loop) between
-    on_step_begin and on_step_end on `device`'s clock (`.times`), and reads the peak memory after the `steps`-th
-    step (`.peak_mb`)."""
+    """A transformers `TrainerCallback` timing each step of an anchor's HF Trainer on `device`'s clock (`.times`), and
+    reading the peak memory after the `steps`-th step (`.peak_mb`)."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -208,20 +183,66 @@ def trainer_step_timer(device: torch.device, steps: int) -> Any:
 
 
 def ranking_figures(rankings: list[list[str]], queries: list[Any], ks: tuple[int, ...]) -> dict[str, float]:
-    """KILT's recall@k for each k and MRR (`core.retrieval.kilt`) of the page ids each of `queries` was given, in
-    order, rounded to 4 digits."""
+    """KILT's recall@k for each k and MRR of the ranked page ids each of `queries` was given, rounded to 4 digits."""
     from lmlab.core.retrieval.kilt import retrieval_metrics
 
     metrics = retrieval_metrics({q.id: ranked for q, ranked in zip(queries, rankings, strict=True)}, queries, ks)
     return {key: round(float(metrics[key]), 4) for key in (*(f"recall@{k}" for k in ks), "mrr")}
 
 
+class _Finished(Exception):
+    """Raised after the last step, so the loop stops before its final save."""
+
+
+class _Replay:
+    """Wraps a TrainTask: replays a fixed batch order (or hands out batches collated beforehand), calls
+    `before_step(i)` as step i starts (i = number of steps once they are all done), then records the peak
+    memory and ends the run. One collation per step: the loop runs with grad_accum 1 on one process."""
+
+    def __init__(self, task: Any, order: list[list[int]], peak: Callable[[], float],
+                 collated: list[Any] | None, before_step: Callable[[int], None] | None) -> None:
+        self.task, self.order, self.peak = task, order, peak
+        self.collated, self.before_step = collated, before_step
+        self.step, self.peak_mb = 0, 0.0
+
+    def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
+        return [*self.order, [-1] * global_batch]
+
+    def collate(self, indices: list[int]) -> Any:
+        step, self.step = self.step, self.step + 1
+        if self.before_step is not None:
+            self.before_step(step)
+        if indices[0] < 0:
+            self.peak_mb = self.peak()
+            raise _Finished
+        return self.collated[step] if self.collated is not None else self.task.collate(indices)
+
+    def __getattr__(self, name: str) -> Any:  # counts, loss, after_step: the wrapped task's
+        return getattr(self.task, name)
+
+
+def replay_training(model: Any, task: Any, order: list[list[int]], cfg: Any, accelerator: Any, *,
+                    peak: Callable[[], float] = peak_rss_mb, collated: list[Any] | None = None,
+                    before_step: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], float]:
+    """A method's real training step timed: the shared loop (`core.training.loop.train`, grad_accum 1, one process)
+    over exactly `order`, one batch per step (`collated`: the batches already collated), in a throwaway run folder;
+    the per-step metrics (metrics.jsonl: loss, step_time, …) and the peak memory (MB) read after the last step."""
+    from lmlab.core.files.runs import RunDir
+    from lmlab.core.training.loop import train
+
+    replay = _Replay(task, order, peak, collated, before_step)
+    with tempfile.TemporaryDirectory(prefix="lmlab-bench-run-") as tmp:
+        run = RunDir(Path(tmp))
+        with contextlib.suppress(_Finished):
+            train(model, replay, cfg, run, accelerator)
+        records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line]
+    return records, replay.peak_mb
+
+
 def replay_steps(model: Any, task: Any, order: list[list[int]], device: torch.device, precision: str = "fp32",
                  **config: Any) -> tuple[list[dict[str, Any]], float]:
-    """The shared training loop timed over `order`, one batch per step (`core.bench.replay.replay_training`), at a
-    constant lr with no warm-up and no save, in `precision` (`make_accelerator`); `config`: the rest of TrainConfig
-    (lr, batch_size, max_grad_norm, seed, …). Returns the per-step metrics and the peak memory after the last step."""
-    from lmlab.core.bench.replay import replay_training
+    """`replay_training` at a constant lr with no warm-up and no save, in `precision` (`make_accelerator`);
+    `config`: the rest of TrainConfig (lr, batch_size, max_grad_norm, seed, …)."""
     from lmlab.core.training.loop import TrainConfig, make_accelerator
 
     cfg = TrainConfig(max_steps=len(order) + 1, schedule="constant", warmup_steps=0, save_every=10**9, **config)
@@ -238,8 +259,6 @@ def memory_figures(after_load: float, peak: float) -> dict[str, float]:
 def first_loss(loss_of: Callable[[], Any], device: torch.device) -> tuple[float, tuple[float, bool]]:
     """A training system's first-batch loss, `loss_of()` without gradients (what the report compares between
     systems), then the measured region started after a garbage collection (`start_peak`)."""
-    import gc
-
     import torch
 
     with torch.no_grad():
@@ -253,3 +272,15 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     start = clock(device)
     out = fn()
     return clock(device) - start, out
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 3, device: torch.device | None = None) -> tuple[float, Any]:
+    """Median seconds of `repeats` calls of `fn` after a warm-up call (on `device`'s clock if given), and the last."""
+    now = time.perf_counter if device is None else lambda: clock(device)
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        start = now()
+        out = fn()
+        times.append(now() - start)
+    return statistics.median(times), out

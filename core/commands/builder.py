@@ -1,13 +1,7 @@
-"""Typer commands built from options dataclasses (`lmlab.core.commands.options`): one declaration per option.
-
-`options_command(Options, run, doc=...)` gives a command whose flags, help texts, bounds, defaults and
-`--help` panels come from the dataclass's fields (nested `group` dataclasses flattened), plus `--config`,
-`--json` and `--quiet`. The command builds the dataclass from what was typed, calls `run(options)`, and
-prints the returned summary as JSON (`--json`) or through `show(summary)`.
-
-Old spellings of a flag (`option(deprecated=...)`, or `deprecated_aliases` on a plain Typer function) stay
-accepted as hidden options that print "note: OLD is deprecated; use NEW" on stderr (docs/options.md).
-"""
+"""Typer commands built from options dataclasses (`lmlab.core.commands.options`): `options_command` gives a command
+whose flags, help, bounds, defaults and `--help` panels come from the fields (`group` dataclasses flattened), plus
+`--config`, `--json` and `--quiet`. Old spellings of a flag (`option(deprecated=...)`, or `deprecated_aliases` on a
+plain Typer function) stay accepted as hidden options that print "note: OLD is deprecated; use NEW" on stderr."""
 
 from __future__ import annotations
 
@@ -26,7 +20,9 @@ from lmlab.core.commands import options as o
 from lmlab.core.kernel.console import print_json, set_json, set_quiet
 from lmlab.core.kernel.errors import LmlabError
 
-CLI_ONLY = ("config", "json_output", "quiet")
+# The options every built command adds: name → (default, type, typer.Option).
+CLI_ONLY = {"config": (None, Path | None, o.CONFIG), "json_output": (False, bool, o.JSON),
+            "quiet": (False, bool, o.QUIET)}
 
 
 @dataclass
@@ -139,30 +135,23 @@ def _parameter(field: CliField) -> inspect.Parameter:
 def options_command(cls: type, run: Callable[[Any], dict[str, Any]], *, doc: str,
                     show: Callable[[dict[str, Any]], None], fixed: dict[str, Any] | None = None,
                     defaults: Any | None = None) -> Callable[..., None]:
-    """A Typer command function for the options dataclass `cls` (see the module docstring).
-
-    `fixed`: values of non-CLI fields the command sets itself; `defaults`: an instance whose values replace the
-    dataclass defaults (e.g. a group's defaults chosen by the parent)."""
+    """A Typer command function for the options dataclass `cls`: it builds the dataclass from what was typed, calls
+    `run(options)` and prints the summary as JSON (`--json`) or through `show(summary)`. `fixed`: values of non-CLI
+    fields the command sets itself; `defaults`: an instance whose values replace the dataclass defaults."""
     declared = sorted(cli_fields(cls, defaults), key=lambda f: o.panel_rank(f.metadata["panel"]))
 
     def command(**values: Any) -> None:
         set_quiet(values["quiet"])
-        json_output = values["json_output"]
-        set_json(json_output)
+        set_json(values["json_output"])
         summary = run(build_options(cls, {k: v for k, v in values.items() if k not in CLI_ONLY}, fixed))
-        if json_output:
+        if values["json_output"]:
             print_json(summary)
         elif not values["quiet"]:
             show(summary)
 
     params = [_parameter(field) for field in declared]
-    params += [
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[Path | None,
-                          o.CONFIG]),
-        inspect.Parameter("json_output", inspect.Parameter.KEYWORD_ONLY, default=False,
-                          annotation=Annotated[bool, o.JSON]),
-        inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, o.QUIET]),
-    ]
+    params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                 annotation=Annotated[kind, info]) for name, (default, kind, info) in CLI_ONLY.items()]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
@@ -180,8 +169,7 @@ class Alias:
 
 def _option_info(parameter: inspect.Parameter) -> tuple[Any, Any]:
     """(type, typer OptionInfo) of a parameter annotated `Annotated[type, typer.Option(...)]`."""
-    annotation, info = typing.get_args(parameter.annotation)[:2]
-    return annotation, info
+    return typing.get_args(parameter.annotation)[:2]
 
 
 def _declarations(info: Any) -> list[str]:

@@ -1,16 +1,7 @@
-"""Where a model runs and in what dtype, for every command that runs one outside the training loop.
-
-`--device auto|cpu|cuda|cuda:N` (auto: the first CUDA GPU when there is one, else the CPU) and `--precision
-auto|fp32|bf16` (auto: bf16 on a GPU that has it, fp32 elsewhere) are declared here once (`device_option`,
-`precision_option`, or the `DeviceOptions` group) and resolved by `resolve_device` / `inference_dtype`; `place`
-moves a model there. The training loop keeps accelerate's placement (`lmlab.core.training.loop.make_accelerator`).
-
-`LMLAB_DEVICE` sets `--device` when the flag is not given.
-
-What a benchmark needs to time and measure a device honestly is here too: `synchronize` before reading a
-clock, and `peak_memory` (CUDA's allocator peak on a GPU, the process's peak RSS on the CPU), each saying which
-source it read.
-"""
+"""Where a model runs and in what dtype, for every command that runs one outside the training loop (which keeps
+accelerate's placement): `--device` (env LMLAB_DEVICE) and `--precision`, declared once here and resolved by
+`resolve_device` / `inference_dtype`; `place` moves a model there. What a benchmark needs to time and measure a
+device honestly is here too: `synchronize` before reading a clock, and `peak_memory_mb`, naming the source it read."""
 
 from __future__ import annotations
 
@@ -20,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from lmlab.core.bench.memory import peak_rss_mb
+from lmlab.core.bench.machine import peak_rss_mb
 from lmlab.core.commands.options import DEVICE_HELP, RUN_AND_OUTPUT, option
 from lmlab.core.kernel.errors import LmlabError
 

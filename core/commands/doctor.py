@@ -1,15 +1,8 @@
-"""`lmlab demo`'s steps (each plugin contributes one through `register_demo_steps`) and the smoke check behind
-`lmlab doctor`: every command once, at toy size, on one device.
-
-Each step is one `lmlab` process (as a user runs it), so what it checks is the command a user types: its
-exit code, and the peak memory it used on the device (CUDA's allocator peak on a GPU, peak RSS on the CPU),
-which every lmlab process records at exit when `LMLAB_PEAK_MEMORY_DIR` names a folder (`record_peak_memory`).
-Steps that need an earlier step's output (resume, generate, serve) are skipped when it failed. The serving step
-starts the server, sends concurrent completions over loopback HTTP, and stops it with SIGTERM.
-
-Sizes: "tiny" (the test suite runs this on the CPU: fewest steps, the smallest models) and "small" (the default:
-a few more steps and the 135M SmolLM2 for evaluation; minutes on one GPU).
-"""
+"""`lmlab demo`'s steps (one per plugin, through `register_demo_steps`) and the smoke check behind `lmlab doctor`:
+every command once, at toy size ("tiny": what the test suite runs on the CPU; "small": a few more steps and SmolLM2-135M
+for evaluation), on one device. Each step is one `lmlab` process, as a user runs it; it reports its exit code and the
+peak memory it used (CUDA's allocator peak on a GPU, else peak RSS), which every lmlab process records at exit when
+LMLAB_PEAK_MEMORY_DIR names a folder. A step whose input step failed is skipped."""
 
 from __future__ import annotations
 
@@ -41,7 +34,7 @@ def record_peak_memory() -> None:
     folder = os.environ.get(PEAK_MEMORY_DIR)
     if not folder:
         return
-    from lmlab.core.bench.memory import peak_rss_mb
+    from lmlab.core.bench.machine import peak_rss_mb
 
     record: dict[str, Any] = {"pid": os.getpid(), "rss_peak_mb": round(peak_rss_mb(), 1)}
     torch = sys.modules.get("torch")
@@ -95,6 +88,7 @@ def steps(out: Path, device: str, size: str) -> list[Step]:
                 "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "1", "-m"]
     augmented = _seed_rows(out / "augmented.jsonl", 3)
+    index = ["--index", str(out / "index")]
     return [
         Step("train-orpo", [*orpo, "--max-steps", train_steps, "-o", str(out / "orpo")]),
         Step("train-orpo --resume", ["train-orpo", "--resume", str(out / "orpo"), "--max-steps",
@@ -117,18 +111,15 @@ def steps(out: Path, device: str, size: str) -> list[Step]:
                             "8" if small else "2", "-o", str(out / "eval-click"), *dev, *q]),
         Step("retrieve index", ["retrieve", "index", "-r", "bm25", "-r", "dense", "-o", str(out / "index"),
                                 *dev, *q]),
-        Step("retrieve search", ["retrieve", "search", "--index", str(out / "index"), "-r", "dense", "--query",
-                                 "Which planet is nearest the Sun?", "--top-k", "3", *dev, *q],
+        Step("retrieve search", ["retrieve", "search", *index, "-r", "dense", "--query",
+                                 "Which planet is nearest the Sun?", "--top-k", "3", *dev, *q], needs="retrieve index"),
+        Step("retrieve train --method reinforce", ["retrieve", "train", *index, "--method", "reinforce", "--model",
+                                                   "tiny-llama", "--max-steps", train_steps, "--batch-size", "2",
+                                                   "--num-beams", "2", "-o", str(out / "reinforce"), *q, *dev],
              needs="retrieve index"),
-        Step("retrieve train --method reinforce", ["retrieve", "train", "--index", str(out / "index"), "--method",
-                                                   "reinforce", "--model", "tiny-llama", "--max-steps", train_steps,
-                                                   "--batch-size", "2", "--num-beams", "2", "-o",
-                                                   str(out / "reinforce"), *q, *dev],
-             needs="retrieve index"),
-        Step("retrieve train-reranker", ["retrieve", "train-reranker", "--index", str(out / "index"), "--members",
-                                         "2", "--max-steps", train_steps, "--batch-size", "2", "--max-length", "64",
-                                         "--swa-window", "2", "--swa-every", "1", "-o", str(out / "reranker"), *q,
-                                         *dev],
+        Step("retrieve train-reranker", ["retrieve", "train-reranker", *index, "--members", "2", "--max-steps",
+                                         train_steps, "--batch-size", "2", "--max-length", "64", "--swa-window", "2",
+                                         "--swa-every", "1", "-o", str(out / "reranker"), *q, *dev],
              needs="retrieve index"),
         Step("augment eval", ["augment", "eval", "-a", str(augmented), "--max-steps", train_steps, "--max-length",
                               "128", "-o", str(out / "augment-eval"), *dev, *q]),

@@ -1,19 +1,7 @@
-"""Command-line options, declared once: one dataclass field per option.
-
-A command's options are a dataclass whose fields carry their flag, help text, bounds and `--help` panel
-(`option(...)`); `lmlab.core.commands.builder.options_command` turns the dataclass into the Typer command, so adding
-an option is one line in one dataclass. Groups every command of a kind shares are declared here once
-(`TrainOptions`: the run and training options of every trainer) or beside what they configure
-(`lmlab.core.evaluation.backends.BackendOptions`), and reused by subclassing or nesting (`group(...)`). A subclass that
-only wants another default redeclares the field with a plain value: its flag and help come from the base.
-
-`--config` and `--resume` fill click's default_map, so values typed on the command line always win; a
-resumed run re-reads its own config.json so `--resume RUN` alone continues with the same settings.
-
-Every command speaks one vocabulary (docs/options.md): `data_option` (`--data/-d`, the main input),
-`output_dir_option` (`--output-dir/-o`, the folder the command creates), `index_kind_option` (`--index-kind`);
-`option(deprecated=...)` keeps a renamed flag's old spelling working for one release.
-"""
+"""Command-line options, declared once: a command's options are a dataclass whose fields (`option(...)`) carry their
+flag, help text, bounds and `--help` panel, shared by subclassing or nesting (`group(...)`); the builder turns the
+dataclass into the Typer command (docs/options.md). `--config` and `--resume` fill click's default_map, so flags typed
+on the command line win and `--resume RUN` alone continues with the settings in the run's config.json."""
 
 from __future__ import annotations
 
@@ -53,11 +41,9 @@ def option(default: Any, help_text: str, *, flags: Sequence[str] = (), min: floa
 
     `flags`: the long flag and short aliases (default `--field-name`); `min`/`max`: bounds checked by the CLI;
     `panel`: the `--help` section; `negatable`: a bool gets `--x/--no-x` (else only `--x`); `cli=False` keeps a
-    field off the command line (set by the command itself). A list default becomes a repeatable option.
-
-    `deprecated`: old spellings of the flag, kept working for one release as hidden aliases that print a notice
-    (`lmlab.core.commands.builder.deprecated_aliases`). `repeatable`: a single-valued field whose flag is
-    repeatable on the commands that take several values (e.g. `--retriever`) parses the same way here, and the
+    field off the command line (set by the command itself); a list default makes a repeatable option. `deprecated`:
+    old spellings, kept for one release as hidden aliases that print a notice. `repeatable`: a single-valued field
+    whose flag is repeatable where a command takes several values (`--retriever`) parses the same way here, and the
     command refuses a second value (docs/options.md: one flag, one type)."""
     metadata = {"help": help_text, "flags": tuple(flags), "min": min, "max": max, "panel": panel,
                 "envvar": envvar, "negatable": negatable, "cli": cli, "deprecated": tuple(deprecated),
@@ -83,8 +69,7 @@ def field_metadata(cls: type, name: str) -> dict[str, Any]:
 
 
 #: --device's meaning, on every command (the inference fields and Typer types are in lmlab.core.commands.devices).
-DEVICE_HELP = ("Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or "
-               "cuda:N.")
+DEVICE_HELP = "Where the model runs: auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
 #: `--index-kind`: the FAISS index of a vector store (lmlab.core.retrieval.vector_store.INDEX_KINDS).
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
@@ -143,13 +128,6 @@ class TrainOptions:
                            save_every=self.save_every, **overrides)
 
 
-def _normalise(data: dict[str, Any], path: Path) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path}: a config file must map option names to values.",
-                         hint="e.g. `lr: 1e-5` in YAML or `lr = 1e-5` in TOML")
-    return {key.lstrip("-").replace("-", "_"): value for key, value in data.items()}
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
     """Read YAML, TOML or JSON whose keys are option names (`max-steps` or `max_steps`)."""
     if not path.is_file():
@@ -170,7 +148,10 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (ValueError, yaml.YAMLError) as exc:
         raise LmlabError(f"{path}: cannot parse config file ({_parse_problem(exc)}).",
                          hint="check the syntax; keys are option names such as max-steps") from None
-    return _normalise(data, path)
+    if not isinstance(data, dict):
+        raise LmlabError(f"{path}: a config file must map option names to values.",
+                         hint="e.g. `lr: 1e-5` in YAML or `lr = 1e-5` in TOML")
+    return {key.lstrip("-").replace("-", "_"): value for key, value in data.items()}
 
 
 def _parse_problem(exc: Exception) -> str:

@@ -1,21 +1,13 @@
 """The `hf` backend: a local transformers causal LM, batched and length-sorted.
 
-Log-likelihood follows lm-evaluation-harness's tokenisation exactly (context and continuation encoded as
-one string, trailing context whitespace moved to the continuation, left truncation to the model's length)
-so per-item predictions agree with it, but it is computed differently:
-- choices whose model input is the same token sequence (single-token answers such as " A".." E") share one
-  forward pass: one pass per question;
-- the LM head runs only at the positions that predict continuation tokens, never over the whole
-  [batch, length, vocab] logits tensor;
-- on CPU, sequences run one at a time in sorted order, each reusing the KV cache of the longest token prefix
-  it shares with the previous one (the shared instruction, few-shot examples, or a passage several
-  questions ask about). Padding-free single sequences were faster than padded batches on CPU (16.1 s vs
-  22.4 s for 26 CLIcK prompts, batch 8) and CLIcK prompts share 39% of their tokens this way. On a GPU,
-  where batching pays, sequences run in length-sorted padded batches instead.
-
-The model runs on `--device` in `--precision`'s dtype (`lmlab.core.commands.devices`). Every input is made on the
-model's device, and scores stay there until the whole call is done: one host read per `loglik` call, not one
-per choice.
+Log-likelihood follows lm-evaluation-harness's tokenisation exactly (context and continuation encoded as one
+string, trailing context whitespace moved to the continuation, left truncation), so per-item predictions agree
+with it; but choices with the same model input (single-token answers " A".." E") share one forward pass, and the
+LM head runs only where continuation tokens are predicted. On CPU, sequences run one at a time in sorted order,
+each reusing the KV cache of the prefix it shares with the previous one: faster than padded batches (16.1 s vs
+22.4 s for 26 CLIcK prompts, batch 8; CLIcK prompts share 39% of their tokens). On a GPU, where batching pays,
+they run in length-sorted padded batches. Every input is made on the model's device and scores stay there: one
+host read per `loglik` call, not one per choice.
 """
 
 from __future__ import annotations
@@ -58,8 +50,7 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 class HFBackend:
-    """Batched log-likelihood scoring and greedy generation with a local model. The model `options` name is
-    loaded onto `options.device` in `options.precision`'s dtype; a `model` passed in runs where it is."""
+    """Scoring and generation with `options.model` on `options.device` (a `model` passed in runs where it is)."""
 
     def __init__(self, options: BackendOptions, model: Any = None, tokenizer: Any = None,
                  share_prefixes: bool | None = None) -> None:
@@ -77,11 +68,9 @@ class HFBackend:
         if self.chat_template and not getattr(tokenizer, "chat_template", None):
             raise LmlabError(f"--chat-template: the tokenizer of '{options.model}' has no chat template.",
                              hint="drop --chat-template for base models")
-        chat = ":chat" if self.chat_template else ""
-        self.identity = f"hf:{options.model}{chat}:{fingerprint(model)}"
+        self.identity = f"hf:{options.model}{':chat' if self.chat_template else ''}:{fingerprint(model)}"
         on_cpu = self.device.type == "cpu"
-        self.share_prefixes = on_cpu if share_prefixes is None else share_prefixes
-        self.share_prefixes = self.share_prefixes and plain_head(model)
+        self.share_prefixes = (on_cpu if share_prefixes is None else share_prefixes) and plain_head(model)
 
     @property
     def device(self) -> torch.device:
@@ -117,8 +106,7 @@ class HFBackend:
             row = []
             for continuation in request.continuations:
                 context, target = self._encode_pair(self._as_chat(request.context), continuation)
-                if not target:
-                    target = [self.tokenizer.eos_token_id]
+                target = target or [self.tokenizer.eos_token_id]
                 tokens = (context + target)[-(self.max_length + 1):][:-1]
                 row.append((inputs.setdefault(tuple(tokens), len(inputs)), target))
             choices.append(row)
@@ -135,12 +123,11 @@ class HFBackend:
             order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                owners, logprobs = self._score_batch([sequences[i] for i in batch], [wanted[i] for i in batch],
-                                                     batch)
+                owners, logprobs = self._score_batch([sequences[i] for i in batch], [wanted[i] for i in batch], batch)
                 keys += owners
                 parts.append(logprobs)
             values = torch.cat(parts)
-        scores = dict(zip(keys, host_floats(values), strict=True))
+        scores = dict(zip(keys, values.cpu().tolist(), strict=True))  # the one copy from the device per call
         return [[scores[(seq, tuple(target))] for seq, target in row] for row in choices]
 
     def _score_shared(self, seqs: list[tuple[int, ...]], targets: list[list[list[int]]]
@@ -169,19 +156,16 @@ class HFBackend:
             for target in targets[i]:
                 start = len(seq) - len(target) - shared
                 picked = hidden[start:start + len(target)]
-                sums.append(token_logprobs(picked, head.weight, torch.tensor(target, device=device),
-                                           head.bias).sum())
+                sums.append(token_logprobs(picked, head.weight, torch.tensor(target, device=device), head.bias).sum())
                 keys.append((i, tuple(target)))
         return keys, torch.stack(sums)
 
     def _score_batch(self, seqs: list[tuple[int, ...]], targets: list[list[list[int]]], ids: list[int]
                      ) -> tuple[list[tuple[int, tuple[int, ...]]], torch.Tensor]:
-        """(keys, summed log-probabilities [len(keys)] on the model's device) for one padded batch, built on
-        the host and copied to the device once."""
+        """(keys, summed log-probabilities on the model's device) for one padded batch, copied there once."""
         device = self.device
         width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(seqs), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         positions, tokens, segments, keys = [], [], [], []
         for b, (seq, wanted) in enumerate(zip(seqs, targets, strict=True)):
@@ -200,9 +184,8 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
-        """Every completion is one row of a batch: rows with the same budget and stop strings run together,
-        longest prompts first; sampled rows draw with their own seed (`RowSampler`), so a request's texts do
-        not depend on which other requests share its batch."""
+        """Every completion is one row: rows with the same budget and stop strings run together, longest prompts
+        first, sampled rows with their own seed (`RowSampler`), so a text does not depend on its batch-mates."""
         tok = self.tokenizer
         tok.padding_side, tok.truncation_side = "left", "left"
         prompts = [self._as_chat(r.prompt) for r in requests]
@@ -267,27 +250,14 @@ class RowSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.generators is None or self.rows is None:
-            self.generators = [None if seed is None else generator(scores.device, seed) for seed in self.seeds]
+            # torch samples a device's tensors only with that device's generator
+            self.generators = [None if seed is None else torch.Generator(scores.device).manual_seed(seed)
+                               for seed in self.seeds]
             self.rows = torch.tensor([p.temperature > 0 for p in self.params], device=scores.device)
         drawn = sample_tokens(scores, self.params, self.generators)
         only = torch.full_like(scores, -float("inf")).scatter_(1, drawn[:, None], 0.0)
         return torch.where(self.rows[:, None], only, scores)
 
 
-def generator(device: torch.device, seed: int) -> torch.Generator:
-    """A random generator on `device` (torch samples a device's tensors only with that device's generator)."""
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def host_floats(values: torch.Tensor) -> list[float]:
-    """The values as Python floats: the one copy from the device a scoring call makes."""
-    return values.cpu().tolist()
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))

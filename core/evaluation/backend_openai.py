@@ -1,9 +1,6 @@
-"""The `openai` backend: any OpenAI-compatible HTTP server (vLLM, llama.cpp server, ...).
-
-It speaks plain HTTP through `httpx` rather than the openai SDK: one dependency fewer, and scoring choices needs
-`echo` + `logprobs` on the `/completions` endpoint, which the SDKs treat as legacy. Requests run a few at a time
-on one shared client; connection errors, timeouts, 429 and 5xx are retried with exponential backoff.
-"""
+"""The `openai` backend: any OpenAI-compatible HTTP server (vLLM, llama.cpp server, ...), through plain `httpx`
+rather than the openai SDK (one dependency fewer; scoring needs `echo` + `logprobs` on `/completions`, which the
+SDKs treat as legacy). Connection errors, timeouts, 429 and 5xx are retried with exponential backoff."""
 
 from __future__ import annotations
 
@@ -99,20 +96,17 @@ class OpenAIBackend:
         if len(offsets) != len(values):
             raise _malformed(url, "text_offset and token_logprobs differ in length")
         start, end = len(context), len(context) + len(continuation)
-        total = 0.0
-        for offset, value in zip(offsets, values, strict=True):
-            if not start <= offset < end:  # context tokens, or anything the server generated after the prompt
-                continue
-            if value is None:
-                raise LmlabError(f"The server at {url} returned no log-probability for the first token of the "
-                                 f"continuation {continuation!r}.", hint="give every choice a non-empty context")
-            total += float(value)
-        return total
+        # the continuation's tokens only: not the context's, nor anything the server generated after the prompt
+        picked = [value for offset, value in zip(offsets, values, strict=True) if start <= offset < end]
+        if None in picked:
+            raise LmlabError(f"The server at {url} returned no log-probability for the first token of the "
+                             f"continuation {continuation!r}.", hint="give every choice a non-empty context")
+        return sum(float(value) for value in picked)
 
     def _generate_one(self, request: GenerateRequest) -> list[str]:
         if self._api != "chat":
             try:
-                return self._complete(request)
+                return self._texts(request, chat=False)
             except HTTPStatusError as exc:
                 if exc.status != 404:
                     raise
@@ -120,25 +114,22 @@ class OpenAIBackend:
                     raise LmlabError(f"The server at {exc.url} has no completions endpoint (HTTP 404: "
                                      f"{exc.detail}).", hint="use --api chat") from exc
                 self._api = "chat"  # "auto": remembered for the rest of the run
-        return self._chat(request)
+        return self._texts(request, chat=True)
 
-    def _complete(self, request: GenerateRequest) -> list[str]:
-        url = self.base_url + "/completions"
-        data = self._post("/completions", {"model": self.options.model, "prompt": request.prompt,
-                                           **self._sampling(request)})
-        return [cut_at_stop(_text(_field(choice, url, "text"), url), request.stop)
-                for choice in _choices(data, url, request.n)]
-
-    def _chat(self, request: GenerateRequest) -> list[str]:
-        url = self.base_url + "/chat/completions"
-        messages = [{"role": "user", "content": request.prompt}]
-        data = self._post("/chat/completions", {"model": self.options.model, "messages": messages,
-                                                **self._sampling(request)})
+    def _texts(self, request: GenerateRequest, chat: bool) -> list[str]:
+        """The request's texts from /chat/completions (the prompt as one user turn) or /completions."""
+        path = "/chat/completions" if chat else "/completions"
+        url = self.base_url + path
+        prompt = {"messages": [{"role": "user", "content": request.prompt}]} if chat else {"prompt": request.prompt}
+        data = self._post(path, {"model": self.options.model, **prompt, **self._sampling(request)})
         texts = []
         for choice in _choices(data, url, request.n):
-            message = _field(choice, url, "message")
-            content = (message.get("content") or "") if isinstance(message, dict) else None
-            texts.append(cut_at_stop(_text(content, url), request.stop))
+            if chat:
+                message = _field(choice, url, "message")
+                text = (message.get("content") or "") if isinstance(message, dict) else None
+            else:
+                text = _field(choice, url, "text")
+            texts.append(cut_at_stop(_text(text, url), request.stop))
         return texts
 
     @staticmethod
@@ -200,13 +191,10 @@ class OpenAIBackend:
             delay = BACKOFF_S * 2**attempt * random.uniform(1.0, 1.2)
             try:
                 response = self._client.post(url, json=body)
-            except httpx.TimeoutException as exc:
-                if last:
+            except httpx.TransportError as exc:  # a timeout is one too
+                if last and isinstance(exc, httpx.TimeoutException):
                     raise LmlabError(f"The server at {url} did not answer within {self.options.timeout:g} s "
                                      f"({attempts} attempts).", hint="raise --timeout") from exc
-                time.sleep(delay)
-                continue
-            except httpx.TransportError as exc:
                 if last:
                     raise LmlabError(f"Cannot reach the server at {url} ({attempts} attempts; {exc}).",
                                      hint="start the server or pass --base-url") from exc
@@ -272,8 +260,7 @@ def _choices(data: dict[str, Any], url: str, n: int) -> list[Any]:
     if not isinstance(choices, list) or len(choices) < n:
         raise _malformed(url, f"expected {n} choice{'s' if n > 1 else ''}, got "
                               f"{len(choices) if isinstance(choices, list) else type(choices).__name__}")
-    ordered = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
-    return ordered[:n]
+    return sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)[:n]
 
 
 def _text(value: Any, url: str) -> str:

@@ -1,8 +1,5 @@
-"""Text-model backends behind one small interface: score choices by log-likelihood, or generate text.
-
-The core registers `hf` (local transformers, lmlab.core.evaluation.backend_hf) and `openai` (any OpenAI-compatible
-server, lmlab.core.evaluation.backend_openai) through the `register_backends` hook; plugins add their own the same way.
-"""
+"""Text-model backends behind one small interface: score choices by log-likelihood, or generate text. The core
+registers `hf` (backend_hf) and `openai` (backend_openai) through `register_backends`; plugins add their own."""
 
 from __future__ import annotations
 
@@ -28,10 +25,9 @@ class ChoiceRequest:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """`n` completions of `prompt`, each cut at the first of `stop` (which is not included). temperature 0 is
-    greedy; above 0, a draw from softmax(logits / temperature) restricted to the smallest set of tokens whose
-    probability reaches top_p. With a `seed`, the same request gives the same texts again (completion i is drawn
-    with seed + i); without one, sampling follows the process's random state."""
+    """`n` completions of `prompt`, each cut before the first of `stop`. temperature 0 is greedy; above 0, a draw
+    from softmax(logits / temperature) over the smallest set of tokens whose probability reaches top_p. With a
+    `seed` the same request gives the same texts (completion i drawn with seed + i)."""
 
     prompt: str
     max_tokens: int = 256
@@ -58,17 +54,14 @@ class Backend(Protocol):
 
     def loglik(self, requests: Sequence[ChoiceRequest]) -> list[list[float]]:
         """For each request, the log-likelihood of each continuation given the context."""
-        ...
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
         """For each request, its `n` generated texts (without the prompt)."""
-        ...
 
 
 @dataclass
 class BackendOptions:
-    """Everything a backend may need; each backend reads the fields that apply to it. Any command that talks to a
-    model through a backend nests these (`lmlab.core.commands.options.group`) to get the same flags."""
+    """Everything a backend may need (each reads its own fields); a command that uses a backend nests these."""
 
     model: str = option("smollm2-135m", "Model: alias, local HF folder or Hub id (hf backend), or the server's "
                         "model name (openai backend).", flags=("--model", "-m"), panel=MODEL_AND_DATA)
@@ -114,5 +107,4 @@ def load_backend(name: str, options: BackendOptions) -> Backend:
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text before the first stop string (servers and generate() differ in whether they apply `stop`)."""
-    cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
-    return text[:cut]
+    return text[:min((text.find(s) for s in stop if s and s in text), default=len(text))]

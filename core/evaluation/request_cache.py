@@ -1,8 +1,6 @@
 """A request cache: answers keyed by (model identity, request kind, request), so an interrupted evaluation
-resumes without redoing finished requests and a different model never reuses another's answers.
-
-SQLite from the standard library: one file, transactional commits per chunk, nothing else to install.
-"""
+resumes without redoing finished requests and a different model never reuses another's answers (SQLite: one
+file, a transaction per chunk, nothing to install)."""
 
 from __future__ import annotations
 
@@ -36,8 +34,7 @@ class RequestCache:
         except sqlite3.Error as exc:
             raise LmlabError(f"{self.path}: cannot open the request cache ({exc}).",
                              hint="choose another --output-dir, or delete the damaged cache.sqlite") from exc
-        self.hits = 0
-        self.computed = 0
+        self.hits = self.computed = 0
 
     def close(self) -> None:
         self.db.close()
@@ -51,14 +48,11 @@ class RequestCache:
         """Answers for `requests` in order. Missing ones are computed longest first, `chunk` at a time, and
         each chunk is committed before the next starts (an interruption loses at most one chunk)."""
         keys = [request_key(identity, kind, r) for r in requests]
-        answers: dict[str, Any] = {}
-        for key in dict.fromkeys(keys):
-            found = self.get(key)
-            if found is not None:
-                answers[key] = found
-        self.hits += sum(1 for k in keys if k in answers)
+        answers = {key: answer for key in dict.fromkeys(keys) if (answer := self.get(key)) is not None}
+        found = sum(1 for k in keys if k in answers)
+        self.hits += found
         if progress is not None:
-            progress(sum(1 for k in keys if k in answers))
+            progress(found)
         todo = {k: r for k, r in zip(keys, requests, strict=True) if k not in answers}
         order = sorted(todo, key=lambda k: -todo[k].size())
         for start in range(0, len(order), chunk):

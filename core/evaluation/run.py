@@ -1,13 +1,10 @@
 """One evaluation run: load a benchmark, score it through a backend with the request cache, write the run
-directory (config.json, results.json, samples.jsonl, accuracy.png, cache.sqlite) and return the summary.
-
-Rerunning with the same --output-dir (or `--resume RUN`) reuses every answer already in the run's cache; a folder
-made by another command is refused, and a new folder is removed again when the backend fails before answering
-anything (an unreachable server leaves no run folder behind).
-"""
+directory (config.json, results.json, samples.jsonl, accuracy.png, cache.sqlite) and return the summary. A rerun
+into the same folder (or `--resume RUN`) reuses every cached answer; an unreachable backend leaves no folder."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from collections import Counter
@@ -38,8 +35,7 @@ from lmlab.core.training.report import accuracy_table, plot_accuracy
 
 @dataclass
 class EvalOptions:
-    """What to evaluate and how (one field per `lmlab eval NAME` option); the model and everything its backend
-    needs are in `model`, whose fields appear on the command line as the eval's own."""
+    """One field per `lmlab eval NAME` option; the backend's fields (`model`) appear on the command line too."""
 
     benchmark: str
     model: BackendOptions = group(BackendOptions)
@@ -63,8 +59,7 @@ class EvalOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
     def flat(self) -> dict[str, Any]:
-        """Every option by its command-line name (what config.json records and `--resume` reads back);
-        the API key is left out."""
+        """Every option by its command-line name, as config.json records it for `--resume` (no API key)."""
         own = {k: v for k, v in asdict(self).items() if k not in ("model", "options")}
         backend = {k: v for k, v in asdict(self.model).items() if k != "api_key"}
         return {**own, **backend, **self.options}
@@ -96,12 +91,10 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     run = RunDir(run_path, checkpoints=False)
     run.write_config(command, {**replace(opts, options=options).flat(), "data": str(data)})
     cache = RequestCache(run.path / "cache.sqlite")
-    judges: dict[tuple[str, str], Any] = {}
 
-    def backend_for(name: str, model: str) -> Any:
-        if (name, model) not in judges:
-            judges[(name, model)] = load_backend(name, replace(opts.model, model=model))
-        return judges[(name, model)]
+    @functools.cache
+    def backend_for(name: str, model: str) -> Any:  # a judge model, built once
+        return load_backend(name, replace(opts.model, model=model))
 
     started = time.perf_counter()
     try:

@@ -1,12 +1,9 @@
 """The evaluation runner every `lmlab eval NAME` shares: items → cached backend requests → per-item results →
-accuracy overall and per breakdown (category, language, ...).
-
-A benchmark (registered through `register_benchmarks`) only loads its files into `EvalItem`s and, for
-generate mode, parses an answer; scoring, caching, resume, tables and plots live here.
-"""
+accuracy overall and per breakdown. A benchmark only loads its files into `EvalItem`s (and parses answers)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,12 +21,9 @@ MODES = ("loglik", "generate")
 
 @dataclass
 class EvalItem:
-    """One question.
-
-    loglik mode scores `choices` (one continuation per option) after `prompt`; generate mode sends
-    `generate_prompt` (default: `prompt`) and the benchmark's `parse` maps the text to an option index.
-    Items with a `rubric` are always generated and scored in [0, 1] by the benchmark's `judge`.
-    """
+    """One question: loglik mode scores `choices` after `prompt`; generate mode sends `generate_prompt` (default:
+    `prompt`) and `parse` maps the text to an option index. Rubric items are generated and scored in [0, 1] by
+    the benchmark's `judge`."""
 
     id: str
     prompt: str
@@ -132,14 +126,8 @@ def limit_items(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
     buckets: dict[str, list[EvalItem]] = defaultdict(list)
     for item in items:
         buckets[next(iter(item.groups.values()), "")].append(item)
-    chosen: list[EvalItem] = []
-    depth = 0
-    while len(chosen) < limit:
-        for bucket in buckets.values():
-            if depth < len(bucket) and len(chosen) < limit:
-                chosen.append(bucket[depth])
-        depth += 1
-    return chosen
+    rounds = itertools.zip_longest(*buckets.values())  # every bucket's first item, then every second one, ...
+    return [item for row in rounds for item in row if item is not None][:limit]
 
 
 def score_items(spec: BenchmarkSpec, items: Sequence[EvalItem], backend: Backend, ctx: EvalContext
@@ -184,8 +172,7 @@ def _result(item: EvalItem, pred: int | None, **extra: Any) -> dict[str, Any]:
 
 
 def summarize(spec: BenchmarkSpec, results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy overall and for each breakdown value; unparsed generated answers count as wrong and are
-    counted under `unparsed`."""
+    """Accuracy overall and per breakdown value; unparsed generated answers count as wrong (and as `unparsed`)."""
     def block(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {"n": len(rows), "accuracy": sum(r["correct"] for r in rows) / len(rows) if rows else None}
 

@@ -1,11 +1,8 @@
-"""Atomic, durable writes: the one way lmlab writes a whole file or folder. The new content goes to a temporary
-sibling of the target, is fsynced, gets the modes the umask asks for and is renamed over the target, and the
-folder holding it is fsynced; a reader (or a rerun after a crash or a power loss) sees the old content or all of
-the new, never part of it. A write that fails removes the temporary, and one that fills the disk (or the quota)
-raises `DiskFull` naming the target and the space left, as a checkpoint write does.
-
-Append-only JSONL files that long jobs write as they go are reread with `read_complete_lines`: a line torn by a
-process that died mid-write is cut off, so the rerun appends after the last complete row and never duplicates one."""
+"""Atomic, durable writes, the one way lmlab writes a whole file or folder: the content goes to a temporary sibling,
+is fsynced, gets the umask's modes and is renamed over the target, and the folder is fsynced, so a reader (or a rerun
+after a crash or a power loss) sees the old content or all of the new. A write that fills the disk (or the quota)
+raises `DiskFull` naming the target and the space left. Append-only JSONL files that long jobs write as they go are
+reread with `read_complete_lines`, which cuts off a line torn by a process that died mid-write."""
 
 from __future__ import annotations
 
@@ -24,8 +21,8 @@ from lmlab.core.kernel.errors import DiskFull, LmlabError
 
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """A fresh temporary path next to `target` for the body to write (torch.save, safetensors, ...); when the body
-    returns, the file is fsynced and renamed over `target`; when it raises, the temporary is removed."""
+    """A temporary path next to `target` for the body to write (torch.save, safetensors, ...); renamed over `target`
+    when the body returns, removed when it raises."""
     target = Path(target)
     tmp: Path | None = None
     try:
@@ -50,7 +47,6 @@ def atomic_file(target: str | Path) -> Iterator[TextIO]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace `path` with `text` (UTF-8)."""
     with atomic_file(path) as f:
         f.write(text)
 
@@ -61,15 +57,14 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Replace `path` with one JSON object per line (UTF-8, not escaped to ASCII), one line per row of `rows`."""
+    """Replace `path` with one JSON object per line (UTF-8, not escaped to ASCII)."""
     with atomic_file(path) as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
-    """Write a folder through `write(tmp)` into a temp sibling, give it the umask's modes, fsync it and rename it
-    into place. When `target` appeared meanwhile (another process finished first), theirs is as good as ours and
-    ours is removed."""
+    """Write a folder through `write(tmp)` into a temp sibling and rename it into place. When `target` appeared
+    meanwhile (another process finished first), theirs is as good as ours and ours is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with _disk_full_as_error(target):
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -90,8 +85,7 @@ def atomic_dir(target: Path, write: Callable[[Path], None]) -> Path:
 
 
 def rename_into_place(staged: Path, target: Path) -> None:
-    """Rename a finished (fsynced) file or folder over `target` and fsync the folder holding it, so the rename
-    itself survives a power loss."""
+    """Rename a fsynced file or folder over `target`, then fsync its folder so the rename survives a power loss."""
     os.replace(staged, target)
     fsync_path(target.parent)
 
@@ -135,8 +129,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def disk_full(target: Path, detail: str, *, what: str = "", hint: str | None = None) -> DiskFull:
-    """The error for a write of `target` (a `what`, e.g. "checkpoint ") that filled the disk: it names the target,
-    the space left on its folder and `detail` (what failed)."""
+    """The error for a write of `target` (a `what`, e.g. "checkpoint ") that filled the disk, naming the space left."""
     free = shutil.disk_usage(target.parent).free
     return DiskFull(f"Disk full while writing {what}{target}: {_size(free)} free on {target.parent} ({detail}).",
                     hint=hint or f"free some space, then run the command again: {target} was left as it was")
@@ -144,7 +137,7 @@ def disk_full(target: Path, detail: str, *, what: str = "", hint: str | None = N
 
 @contextmanager
 def _disk_full_as_error(target: Path) -> Iterator[None]:
-    """Turn a full disk in the body into `disk_full(target, ...)`; any other failure passes through unchanged."""
+    """Turn a full disk in the body into `disk_full(target, ...)`; other failures pass through."""
     try:
         yield
     except DiskFull:
@@ -171,8 +164,7 @@ def read_complete_lines(path: Path) -> list[dict[str, Any]]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
+        os.truncate(path, end)
     rows = []
     for n, line in enumerate(data[:end].splitlines(), start=1):
         try:

@@ -1,24 +1,15 @@
 """Durable checkpoints: everything needed to continue bit-for-bit, written to a temp dir, fsynced, then renamed.
 
-checkpoints/step-000040/ holds model.safetensors, optimizer.pt, scheduler.pt, rng-<rank>.pt and, written
-last, state.json: step, epoch, position in the epoch, whether FSDP wrote it, and a manifest ("files") with
-every other file's size and sha256. Each file, the temp folder and, after the rename, the checkpoints folder
-are fsynced, so a crash or a power loss leaves the previous checkpoints and either no new one or a whole one.
+checkpoints/step-000040/ holds model.safetensors, optimizer.pt, scheduler.pt, rng-<rank>.pt (each process its own:
+the loop seeds them differently) and, written last, state.json: step, epoch, position in the epoch, whether FSDP
+wrote it, and a manifest ("files") with every other file's size and sha256 (one from before manifests is intact
+when its state.json reads). A crash or a power loss leaves either no new checkpoint or a whole one; a failed write
+(a full disk above all) removes the temp folder and raises the same error on every process, so none is left waiting.
 
-`resume_point` checks the newest checkpoint against its manifest and falls back, with a warning naming it and
-what is wrong, to the newest intact one; rotation keeps the newest `keep` intact ones and never the one just
-written. A write that fails (a full disk above all) removes the temp folder and raises the same error on every
-process, so no process is left waiting for another. Checkpoints written before manifests existed are accepted
-when their state.json reads.
-
-Under FSDP (accelerate's `fsdp_version: 2`) the shards of every process are gathered whole onto process 0
-(accelerate's `get_state_dict` for the weights, torch's `get_optimizer_state_dict` for AdamW's moments) and
-written to the same files; loading reads them on process 0 and hands each process its shard. Nothing is
-unpickled: weights are safetensors and the rest goes through `torch.load(weights_only=True)`, always with a
-`map_location` (the optimizer's moments onto this process's device, everything else onto the CPU), so no process
-loads a tensor onto the GPU that saved it (N copies on cuda:0 under DDP).
-
-Each process saves and restores its own RNG state (rng-<rank>.pt): the loop seeds every process differently.
+Under FSDP2 the shards are gathered whole onto process 0 and written to the same files; loading reads them there
+and hands each process its shard. Nothing is unpickled (safetensors, `torch.load(weights_only=True)`), always with
+a `map_location` (AdamW's moments onto this process's device, the rest onto the CPU), so no process loads a tensor
+onto the GPU that saved it (N copies on cuda:0 under DDP).
 """
 
 from __future__ import annotations
@@ -164,9 +155,8 @@ def save(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, opti
             honour_umask(tmp)  # safetensors writes 0600 whatever the umask
             fsync_path(tmp)
 
-    _together(accelerator, target, tmp, prepare)
-    _together(accelerator, target, tmp, write)
-    _together(accelerator, target, tmp, seal)
+    for step in (prepare, write, seal):
+        _together(accelerator, target, tmp, step)
     if main:
         shutil.rmtree(target, ignore_errors=True)
         rename_into_place(tmp, target)
@@ -187,17 +177,13 @@ def load(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module, opti
                          f"{'with' if accelerator.is_fsdp2 else 'without'} it.",
                          hint="resume with the accelerate config the run started with")
     if accelerator.is_fsdp2:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+        from torch.distributed.checkpoint import state_dict as dsd
 
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        options = dsd.StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
         main = accelerator.is_main_process
-        set_model_state_dict(model, load_file(folder / MODEL) if main else {}, options=options)
+        dsd.set_model_state_dict(model, load_file(folder / MODEL) if main else {}, options=options)
         moments = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True) if main else {}
-        set_optimizer_state_dict(model, optimizer, moments, options=options)
+        dsd.set_optimizer_state_dict(model, optimizer, moments, options=options)
     else:
         load_model(accelerator.unwrap_model(model), str(folder / MODEL))
         # Straight onto this process's device (a multi-process CPU run names its device "cpu:0", which torch.load
@@ -218,8 +204,7 @@ def _gathered_optimizer(model: torch.nn.Module, optimizer: Any) -> dict[str, Any
     """The optimizer's state with every shard gathered, keyed by parameter name, on process 0 ({} elsewhere)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                               cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def _folders(checkpoints: Path) -> list[Path]:

@@ -18,24 +18,17 @@ from lmlab.core.kernel.errors import DataError, LmlabError
 
 FILE_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-SUPPORTED = (
-    "supported: .jsonl / .ndjson (one JSON object per line), .json (a list of objects), "
-    ".csv (with a header), .parquet, a folder of such files, a saved Hugging Face dataset folder, "
-    "or a Hub id like owner/name"
-)
-HUB_HINT = (
-    "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
-)
+SUPPORTED = ("supported: .jsonl / .ndjson (one JSON object per line), .json (a list of objects), .csv (with a "
+             "header), .parquet, a folder of such files, a saved Hugging Face dataset folder, or a Hub id like "
+             "owner/name")
+HUB_HINT = "no network? download it elsewhere and pass the local path, e.g. a .jsonl or a saved dataset folder"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
 class Record:
-    """One row and where it came from.
-
-    `line` is 1-based: the line number for JSONL and CSV (the CSV header is line 1), the item index for a
-    JSON list, the row index for Parquet and Hugging Face datasets.
-    """
+    """One row and where it came from. `line` is 1-based: the line number for JSONL and CSV (the CSV header is
+    line 1), the item index for a JSON list, the row index for Parquet and Hugging Face datasets."""
 
     data: dict[str, Any]
     path: str
@@ -50,10 +43,8 @@ class Record:
             allowed = types if isinstance(types, tuple) else (types,)
             if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
                 names = " or ".join(t.__name__ for t in allowed)
-                raise DataError(
-                    f"expected {names}, got {_type_name(value)}", path=self.path, line=self.line, field=field,
-                    hint=f"make '{field}' a {names} in every row",
-                )
+                raise DataError(f"expected {names}, got {_type_name(value)}", path=self.path, line=self.line,
+                                field=field, hint=f"make '{field}' a {names} in every row")
         return value
 
 
@@ -78,11 +69,8 @@ class SkipLog:
         """E.g. "skipped 3 rows: 2 × tie (first at a.jsonl:4), 1 × empty response"; "" if none."""
         if not self._counts:
             return ""
-        parts = []
-        for reason, count in self._counts.most_common():
-            first = self._first.get(reason)
-            where = f" (first at {first.path}:{first.line})" if first else ""
-            parts.append(f"{count} × {reason}{where}")
+        firsts = {reason: f" (first at {r.path}:{r.line})" for reason, r in self._first.items()}
+        parts = [f"{count} × {reason}{firsts.get(reason, '')}" for reason, count in self._counts.most_common()]
         total = self.total
         return f"skipped {total} row{'' if total == 1 else 's'}: " + ", ".join(parts)
 
@@ -90,9 +78,7 @@ class SkipLog:
         return dict(self._counts)
 
 
-def load_records(
-    source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train"
-) -> list[Record]:
+def load_records(source: str | os.PathLike, *, required: Sequence[str] = (), split: str = "train") -> list[Record]:
     """Every record in `source` (a file, a folder, a saved dataset or a Hub id); DataError on any problem."""
     if isinstance(required, str):
         required = (required,)
@@ -109,13 +95,8 @@ def load_records(
     for record in records:
         for field in required:
             if record.data.get(field) is None:
-                raise DataError(
-                    "missing required field",
-                    path=record.path,
-                    line=record.line,
-                    field=field,
-                    hint=_present(record.data),
-                )
+                raise DataError("missing required field", path=record.path, line=record.line, field=field,
+                                hint=_present(record.data))
     return records
 
 
@@ -147,10 +128,8 @@ def _read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"is not UTF-8 text ({e.reason})", path=str(path), line=line, hint="re-save the file as UTF-8"
-        ) from None
+        raise DataError(f"is not UTF-8 text ({e.reason})", path=str(path), line=raw.count(b"\n", 0, e.start) + 1,
+                        hint="re-save the file as UTF-8") from None
     if not text.strip():
         raise _empty(str(path))
     return text
@@ -165,13 +144,10 @@ def _parse_jsonl(text: str, path: str) -> list[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(
-                f"line is not valid JSON ({e.msg}, column {e.colno})", path=path, line=number, hint=hint
-            ) from None
+            raise DataError(f"line is not valid JSON ({e.msg}, column {e.colno})", path=path, line=number,
+                            hint=hint) from None
         if not isinstance(value, dict):
-            raise DataError(
-                f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint
-            )
+            raise DataError(f"expected a JSON object, got {_type_name(value)}", path=path, line=number, hint=hint)
         records.append(Record(value, path, number))
     return records
 
@@ -181,39 +157,26 @@ def _parse_json(text: str, path: str) -> list[Record]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(
-            f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint
-        ) from None
+        raise DataError(f"is not valid JSON ({e.msg}, column {e.colno})", path=path, line=e.lineno, hint=hint) from None
     if isinstance(value, dict):
         lists = [v for v in value.values() if isinstance(v, list)]
         if len(lists) != 1:
-            keys = _names(value) or "none"
-            raise DataError(
-                f"expected a list of objects or an object holding one list, got an object (keys: {keys})",
-                path=path,
-                hint=hint,
-            )
+            raise DataError("expected a list of objects or an object holding one list, got an object (keys: "
+                            f"{_names(value) or 'none'})", path=path, hint=hint)
         value = lists[0]
     if not isinstance(value, list):
         raise DataError(f"expected a list of objects, got {_type_name(value)}", path=path, hint=hint)
-    if not value:
-        raise _empty(path, "the JSON list has no items")
     for index, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise DataError(
-                f"expected each list item to be a JSON object, got {_type_name(item)} (item {index})",
-                path=path,
-                line=index,
-                hint=hint,
-            )
-    return [Record(item, path, index) for index, item in enumerate(value, start=1)]
+            raise DataError(f"expected each list item to be a JSON object, got {_type_name(item)} (item {index})",
+                            path=path, line=index, hint=hint)
+    return _numbered(value, path, "the JSON list has no items")
 
 
 def _parse_csv(text: str, path: str) -> list[Record]:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
-    records = []
-    start = 1
+    records, start = [], 1
     try:
         for row in reader:
             line, start = start, reader.line_num + 1
@@ -225,12 +188,8 @@ def _parse_csv(text: str, path: str) -> list[Record]:
                     raise DataError(f"duplicate column name '{duplicates[0]}'", path=path, line=line)
                 header = row
             elif len(row) != len(header):
-                raise DataError(
-                    f"expected {len(header)} columns (as in the header), got {len(row)}",
-                    path=path,
-                    line=line,
-                    hint="quote values that contain commas",
-                )
+                raise DataError(f"expected {len(header)} columns (as in the header), got {len(row)}", path=path,
+                                line=line, hint="quote values that contain commas")
             else:
                 records.append(Record(dict(zip(header, row, strict=True)), path, line))
     except csv.Error as e:
@@ -250,9 +209,7 @@ def _load_parquet(path: Path) -> list[Record]:
         rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"is not a readable Parquet file ({_short(e)})", path=str(path)) from None
-    if not rows:
-        raise _empty(str(path), "the Parquet file has no rows")
-    return [Record(row, str(path), index) for index, row in enumerate(rows, start=1)]
+    return _numbered(rows, str(path), "the Parquet file has no rows")
 
 
 def _load_saved(path: Path, split: str) -> list[Record]:
@@ -266,10 +223,10 @@ def _load_saved(path: Path, split: str) -> list[Record]:
         raise DataError(f"could not load the saved dataset ({_short(e)})", path=str(path)) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            available = _names(loaded) or "none"
-            raise DataError(f"has no split '{split}'", path=str(path), hint=f"available splits: {available}")
+            raise DataError(f"has no split '{split}'", path=str(path),
+                            hint=f"available splits: {_names(loaded) or 'none'}")
         loaded = loaded[split]
-    return _from_hf(loaded, str(path))
+    return _numbered(loaded.to_list(), str(path), "the dataset has no rows")
 
 
 def _saved_without_shards(path: Path) -> bool:
@@ -285,16 +242,15 @@ def _load_hub(name: str, split: str) -> list[Record]:
     try:
         loaded = datasets.load_dataset(name, split=split)
     except Exception as e:
-        raise DataError(
-            f"could not be loaded from the Hugging Face Hub ({_short(e)})", path=name, hint=HUB_HINT
-        ) from None
-    return _from_hf(loaded, name)
+        raise DataError(f"could not be loaded from the Hugging Face Hub ({_short(e)})", path=name,
+                        hint=HUB_HINT) from None
+    return _numbered(loaded.to_list(), name, "the dataset has no rows")
 
 
-def _from_hf(dataset: Any, path: str) -> list[Record]:
-    rows = dataset.to_list()
+def _numbered(rows: list[dict[str, Any]], path: str, empty: str) -> list[Record]:
+    """Rows as records numbered from 1; DataError with the hint `empty` when there are none."""
     if not rows:
-        raise _empty(path, "the dataset has no rows")
+        raise _empty(path, empty)
     return [Record(row, path, index) for index, row in enumerate(rows, start=1)]
 
 

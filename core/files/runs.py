@@ -40,8 +40,7 @@ def git_commit() -> str | None:
 def new_run_path(command: str, output_dir: Path | None) -> Path:
     if output_dir is not None:
         return Path(output_dir)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{command}-{stamp}"
+    return Path("runs") / f"{command}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
 def absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +100,9 @@ def check_run_folder(path: Path, command: str, *, overwrite: bool = False, reusa
         raise LmlabError(f"{path} is not an lmlab run folder (no config.json; it holds {shown}), so --overwrite "
                          "will not delete it.", hint="choose another --output-dir")
     what = f"a run of `lmlab {owner}`" if owner else "files of something else"
-    if reusable:
-        raise LmlabError(f"{path} already holds {what} ({shown}).",
-                         hint=f"choose another --output-dir; only a folder of `lmlab {command}` is reused")
-    raise LmlabError(f"{path} already holds {what} ({shown}).",
-                     hint=f"`--resume {path}` to continue it, or `--overwrite` to replace it")
+    hint = (f"choose another --output-dir; only a folder of `lmlab {command}` is reused" if reusable
+            else f"`--resume {path}` to continue it, or `--overwrite` to replace it")
+    raise LmlabError(f"{path} already holds {what} ({shown}).", hint=hint)
 
 
 def clear_run_folder(path: Path) -> None:

@@ -1,2 +1,1 @@
-"""The plugin kernel: the plugin manager and its hooks, errors and exit codes, the console, optional extras,
-signals and progress. Everything else in lmlab imports from here; this imports nothing of lmlab's."""
+"""The plugin kernel: plugins and hooks, errors, exit codes, extras and signals, the console and progress bars."""

@@ -46,11 +46,9 @@ def print_json(data: Any) -> None:
 
 
 class Progress:
-    """`total` units of work, `completed` of them already done.
-
-    On a terminal (and without --quiet): a bar with the label, n/total, an info text and the ETA. Otherwise a log
-    line made from `line` (fields: label, completed, total, info) each `every` units, or at each tenth of the
-    total when `every` is None. Use it as a context manager, or call `close()`."""
+    """`total` units of work, `completed` of them already done: on a terminal (without --quiet) a bar with the label,
+    n/total, an info text and the ETA; otherwise a log line from `line` (fields: label, completed, total, info) each
+    `every` units, or at each tenth of the total when `every` is None. A context manager, or call `close()`."""
 
     def __init__(self, label: str, total: int, *, completed: int = 0, every: int | None = None,
                  line: str = "{label}: {completed}/{total}", transient: bool = False) -> None:

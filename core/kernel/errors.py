@@ -1,10 +1,14 @@
-"""One error family for everything a user can fix, the exit codes the CLI maps them to, and `require`: an optional
-dependency imported when first needed, a missing one being one clear error naming the pip extra."""
+"""One error family for everything a user can fix and the exit codes the CLI maps them to; `require` (an optional
+dependency imported when first needed, a missing one being one clear error naming the pip extra); `StopRequest`."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -29,15 +33,8 @@ class LmlabError(Exception):
 class DataError(LmlabError):
     """Bad input data: names the file, the line or row, and the field."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | None = None,
-        line: int | None = None,
-        field: str | None = None,
-        hint: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None,
+                 hint: str | None = None) -> None:
         where = ""
         if path is not None:
             where = f"{path}:{line}: " if line is not None else f"{path}: "
@@ -61,14 +58,34 @@ class Interrupted(LmlabError):
 
 
 class CheckpointWriteFailed(LmlabError):
-    """A checkpoint could not be written; its temp folder was removed and the previous checkpoint is intact.
-    Exit code 1."""
+    """A checkpoint could not be written; its temp folder was removed, the previous one is intact. Exit code 1."""
 
     exit_code = EXIT_INTERNAL
 
 
 class DiskFull(CheckpointWriteFailed):
     """The disk filled up while a checkpoint was written; names the path and the space left. Exit code 1."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM as a flag that long work checks at a safe point (after a training step, after a chunk of
+    augmentation), so it saves what it has and exits 130 instead of dying mid-write. `with stop.installed():`
+    catches both; `stop.signal` is the first one received, or None."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
 
 
 def require(module: str, needed_by: str, extra: str, *, package: str | None = None,

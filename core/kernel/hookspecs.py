@@ -33,8 +33,7 @@ def register_attention(register: Any) -> None:
 
 @hookspec
 def register_architectures(register: Any) -> None:
-    """Register model architectures for `pretrain --arch` and `generate`: register(ArchitectureSpec(...)) (see
-    lmlab.core.models.architectures)."""
+    """Register model architectures for `pretrain --arch` and `generate`: register(ArchitectureSpec(...)) (as above)."""
 
 
 @hookspec
@@ -54,5 +53,4 @@ def register_retrievers(register: Any) -> None:
 
 @hookspec
 def register_rerankers(register: Any) -> None:
-    """Register rerankers for `lmlab retrieve rerank` and `--rerank`: register(RerankerSpec(...)) (see
-    lmlab.core.retrieval.rerankers)."""
+    """Register rerankers for `retrieve rerank` and `--rerank`: register(RerankerSpec(...)) (see core.retrieval)."""

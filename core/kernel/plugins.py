@@ -1,10 +1,7 @@
-"""The one plugin manager: entry points in group "lmlab" are loaded once; a broken plugin is reported, not fatal.
-
-`LMLAB_PLUGINS=a,b` loads only those entry points (an empty value loads none; a name that matches no installed
-plugin is warned about); the core's own plugin (`lmlab.core.models.presets`: MHA, GPT, the model presets) is always
-loaded, first. A name a registry lacks is explained by `not_registered`: the plugin LMLAB_PLUGINS leaves out that
-would register it, or the plugin whose hook raised.
-"""
+"""The one plugin manager: the core's own plugin (`lmlab.core.models.presets`) first, then the entry points of group
+"lmlab", loaded once; a broken plugin is reported, not fatal. `LMLAB_PLUGINS=a,b` loads only those entry points (empty:
+none; a name no installed plugin has is warned about); `not_registered` explains a name a registry lacks: the plugin
+LMLAB_PLUGINS leaves out that would register it, or the plugin whose hook raised."""
 
 from __future__ import annotations
 
@@ -58,11 +55,16 @@ _collected: dict[str, Collected] = {}
 _loaded = False
 
 
-def _selected() -> set[str] | None:
+def lazy(package: str, module: str, name: str) -> Callable[..., Any]:
+    """`package.module.name`, imported on its first call: what a plugin registers or a command runs (a retriever's
+    opener, a command body) without importing torch and its like when lmlab starts (`lmlab --help` stays fast)."""
+    return lambda *args: getattr(importlib.import_module(f"{package}.{module}"), name)(*args)
+
+
+def _selected() -> list[str] | None:
+    """The plugins LMLAB_PLUGINS names, in its order (None: it is unset, so every one)."""
     raw = os.environ.get("LMLAB_PLUGINS")
-    if raw is None:
-        return None
-    return {name.strip() for name in raw.split(",") if name.strip()}
+    return None if raw is None else [name.strip() for name in raw.split(",") if name.strip()]
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -75,7 +77,10 @@ def load_plugins() -> pluggy.PluginManager:
     _infos["core"] = PluginInfo("core", "lmlab", _version("lmlab"))
     wanted = _selected()
     entry_points = md.entry_points(group=hookspecs.PROJECT)
-    _warn_unknown(wanted, sorted(entry_points.names))
+    installed = sorted(entry_points.names)
+    for name in sorted(set(wanted or ()) - set(installed) - {"core"}):  # a typo loads nothing: say so
+        message = f"LMLAB_PLUGINS names '{name}', which is not an installed plugin; installed: {', '.join(installed)}"
+        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
     for ep in entry_points:
         if wanted is not None and ep.name not in wanted:
             continue
@@ -98,13 +103,6 @@ def load_plugins() -> pluggy.PluginManager:
         if plugin is not None:
             info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return pm
-
-
-def _warn_unknown(wanted: set[str] | None, installed: list[str]) -> None:
-    """A yellow warning for each LMLAB_PLUGINS name that no installed plugin has (a typo loads nothing)."""
-    for name in sorted((wanted or set()) - set(installed) - {"core"}):
-        message = f"LMLAB_PLUGINS names '{name}', which is not an installed plugin; installed: {', '.join(installed)}"
-        err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def _version(dist: str) -> str | None:
@@ -135,11 +133,9 @@ NOUNS = {"eval": "benchmark", "demo": "demo step", "models": "model alias", "bac
 
 
 def collect(hook_name: str, kind: str, key: Callable[[Any], str]) -> dict[str, Any]:
-    """Run a `register_*` hook and return what was registered, by name, attributed to its plugin.
-
-    The first plugin to register a name keeps it (the core first, then entry points in load order); a later
-    registration of the same name is refused, noted on that plugin's info and warned about once per process. A
-    plugin whose hook raises keeps what it registered before; its error is noted for `not_registered`."""
+    """Run a `register_*` hook and return what was registered, by name. The first plugin to register a name keeps it
+    (the core first, then entry points in load order); a later one is refused, noted on its info and warned about
+    once. A plugin whose hook raises keeps what it registered before; its error is noted for `not_registered`."""
     load_plugins()
     collected = Collected(kind, key)
     found: dict[str, Any] = {}
@@ -189,9 +185,8 @@ def left_out_error(what: str, plugin: str, error: type[LmlabError] = LmlabError)
     """`what` (e.g. "The attention 'mlra'") comes from `plugin`, which LMLAB_PLUGINS leaves out: that sentence, and
     how to load the plugin as well."""
     raw = os.environ.get("LMLAB_PLUGINS", "")
-    names = [name.strip() for name in raw.split(",") if name.strip()]
     return error(f"{what} comes from plugin '{plugin}', which LMLAB_PLUGINS={raw} leaves out.",
-                 hint=f"load it too: LMLAB_PLUGINS={','.join([*names, plugin])}, or unset LMLAB_PLUGINS")
+                 hint=f"load it too: LMLAB_PLUGINS={','.join([*(_selected() or []), plugin])}, or unset LMLAB_PLUGINS")
 
 
 def left_out_plugins(hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:

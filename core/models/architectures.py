@@ -1,48 +1,27 @@
-"""What `pretrain --arch` and `--attn` choose from, and what every registered architecture and attention provides.
+"""What `pretrain --arch` and `--attn` choose from, and what every registered architecture and attention provides
+(docs/plugins.md, "Architectures", shows a worked plugin).
 
-A plugin adds an architecture with the `register_architectures` hook:
+Config. Every model is built from one `ArchConfig`: the shared shape, `arch`, `attn`, and the parsed
+`attn_options` and `arch_options`. `parse_options(raw, shape)` turns the `--arch-opt KEY=VALUE` pairs and the
+model's shape (an `AttentionConfig`: the vocabulary is unknown until the corpus is tokenised) into
+JSON-serialisable options, defaults filled in, or raises LmlabError (`reject_unknown` gives the standard one).
+`check_model_choice` runs both parsers and builds nothing, so a trainer calls it before any slow work.
 
-    @hookimpl
-    def register_architectures(register):
-        register(ArchitectureSpec("block", "Block Transformer", build=BlockTransformer, parse_options=parse_options))
-
-Config. Every model is built from one `ArchConfig`: the shape all architectures share (vocab_size, block_size,
-n_layer, n_head, n_embd, dropout, bias), the names `arch` and `attn` (from `register_attention`), and the
-already-parsed `attn_options` and `arch_options`. Architecture-specific settings come from `--arch-opt KEY=VALUE`:
-`parse_options(raw, shape)` receives the raw pairs and the model's shape (an `AttentionConfig`: everything but the
-vocabulary, which is unknown until the corpus is tokenised) and returns JSON-serialisable options with their
-defaults filled in, or raises LmlabError (`reject_unknown` gives the standard one, naming the valid keys). An
-architecture without `parse_options` takes no options. Both parsers run in `check_model_choice`, which builds
-nothing, so a trainer calls it before any slow work (tokenising the corpus).
-
-Model. `build(config, attention)` returns a `LanguageModel`: an `nn.Module` that has
-
+Model. `build(config, attention)` returns a `LanguageModel`: an `nn.Module` with
     config: ArchConfig                          what it was built from (saved as config.json)
     forward(idx, targets=None, reduction="mean", return_logits=True) -> (logits, loss)
-        idx [B, T] token ids, T ≤ config.block_size. With targets [B, T] (-1 = ignored): logits [B, T, V] (None
-        when return_logits is False) and the cross-entropy, "mean" or "sum" over the targets, or [B, T] with
-        "none". Without targets: (logits whose last position predicts the next token, None).
-    num_params() -> int                          the parameter count a run reports
-    get_input_embeddings() -> nn.Embedding       the token embedding (what TEV monitors)
-    save(folder)                                 config.json + model.safetensors; `save_model_folder` does it
+        idx [B, T], T ≤ config.block_size. With targets [B, T] (-1 = ignored): logits [B, T, V] (None when
+        return_logits is False) and the cross-entropy ("mean", "sum", or [B, T] with "none"). Without targets:
+        (logits whose last position predicts the next token, None).
+    num_params() -> int, get_input_embeddings() -> nn.Embedding (what TEV monitors), save(folder)
+and optionally `prefill` / `decode` (the generation interface, lmlab.core.serving.generation) and
+`prepare_batch(batch, generator)` (a training batch rewritten before the loss; targets it does not predict -1).
+`load(folder, config, attention)` rebuilds a saved model; without one, `load_model_folder` builds it from
+config.json's "arch" and reads model.safetensors into it (`load_weights`; nothing unpickled).
 
-and may have
-    prefill(idx, real) / decode(tokens, state)  the generation interface (lmlab.core.serving.generation): KV-cached
-                                                 generation; without it generation recomputes every context
-    prepare_batch(batch, generator) -> batch     a training batch of next-token windows rewritten (e.g. padded)
-                                                 before the loss; targets it does not predict set to -1
-
-`load(folder, config, attention)` rebuilds a saved model; without one, `load_model_folder` builds the
-model from config.json and reads model.safetensors into it (`load_weights`; safetensors only, nothing unpickled).
-`load_model_folder` dispatches on config.json's "arch", so `lmlab generate` runs any registered architecture.
-
-Attention. A registered attention (`register_attention`) is causal self-attention over [B, T, C] → [B, T, C]. It
-must call its output projection `c_proj` (the model scales that layer's init by 1/√(2·n_layer), nanoGPT's residual
-rule). Its settings arrive as `options` (from `--attn-opt KEY=VALUE`), validated by its own `parse_options`; an
-attention without one takes no options.
-
-Data. `lmlab.core.training.text_corpus` (text sources, tokenizer training and caching, memory-mapped token files,
-and next-token windows in a seeded epoch order) is there for any architecture's training task.
+Attention. A registered attention is causal self-attention [B, T, C] → [B, T, C] whose output projection is
+called `c_proj` (the model scales its init by 1/√(2·n_layer), nanoGPT's residual rule); its `--attn-opt`
+settings arrive as `options`, validated by its own `parse_options`.
 """
 
 from __future__ import annotations
@@ -63,6 +42,34 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_HINT = "pass a model folder written by `lmlab pretrain` (config.json + model.safetensors)"
+
+
+@dataclass
+class AttentionConfig:
+    """The model's shape as an attention (or an architecture's option parser) sees it, plus attention options."""
+
+    n_embd: int
+    n_head: int
+    n_layer: int
+    block_size: int
+    dropout: float = 0.0
+    bias: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttentionSpec:
+    """`build(config)` returns the attention module; `parse_options(raw, config)` turns `--attn-opt` pairs into
+    its options (defaults filled in) or raises LmlabError; None means the attention takes no options."""
+
+    name: str
+    description: str
+    build: Callable[[AttentionConfig], nn.Module]
+    parse_options: Callable[[dict[str, str], AttentionConfig], dict[str, Any]] | None = None
+
+
+def attention_types() -> dict[str, AttentionSpec]:
+    return collect("register_attention", "attention", key=lambda spec: spec.name)
 
 
 @dataclass
@@ -175,11 +182,10 @@ def build_model(arch: str, attn: str, *, vocab_size: int, block_size: int, n_lay
                 dropout: float = 0.0, attn_opt: Iterable[str] = (),
                 arch_opt: Iterable[str] = ()) -> tuple[LanguageModel, ArchConfig]:
     """The registered architecture `arch` with the registered attention `attn`, every option validated."""
-    attn_options, arch_options = check_model_choice(arch, attn, block_size=block_size, n_layer=n_layer,
-                                                    n_head=n_head, n_embd=n_embd, dropout=dropout,
-                                                    attn_opt=attn_opt, arch_opt=arch_opt)
-    config = ArchConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                        dropout=dropout, arch=arch, attn=attn, attn_options=attn_options, arch_options=arch_options)
+    shape = {"block_size": block_size, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "dropout": dropout}
+    attn_options, arch_options = check_model_choice(arch, attn, **shape, attn_opt=attn_opt, arch_opt=arch_opt)
+    config = ArchConfig(vocab_size=vocab_size, **shape, arch=arch, attn=attn, attn_options=attn_options,
+                        arch_options=arch_options)
     return _checked(architectures()[arch].build(config, attention_types()[attn]), arch), config
 
 
@@ -240,13 +246,11 @@ def load_model_folder(folder: str | Path) -> LanguageModel:
     config = read_model_config(folder)
     archs, attentions = architectures(), attention_types()
     if config.arch not in archs:
-        raise not_registered("register_architectures", config.arch,
-                             f"{folder}: architecture '{config.arch}' is not installed.",
-                             hint=_missing_hint("architectures", archs), error=ModelError)
+        raise not_registered("register_architectures", config.arch, f"{folder}: architecture '{config.arch}' is not "
+                             "installed.", hint=_missing_hint("architectures", archs), error=ModelError)
     if config.attn not in attentions:
-        raise not_registered("register_attention", config.attn,
-                             f"{folder}: attention type '{config.attn}' is not installed.",
-                             hint=_missing_hint("attention types", attentions), error=ModelError)
+        raise not_registered("register_attention", config.attn, f"{folder}: attention type '{config.attn}' is not "
+                             "installed.", hint=_missing_hint("attention types", attentions), error=ModelError)
     spec, attention = archs[config.arch], attentions[config.attn]
     if spec.load is not None:
         return _checked(spec.load(folder, config, attention), config.arch)
@@ -268,34 +272,3 @@ def load_weights(model: LanguageModel, folder: str | Path) -> None:
     except (RuntimeError, SafetensorError) as exc:
         raise ModelError(f"{path}: weights do not fit config.json ({exc}).", hint=MODEL_HINT) from None
 
-
-if TYPE_CHECKING:
-    from torch import nn
-
-
-@dataclass
-class AttentionConfig:
-    """The model's shape as an attention (or an architecture's option parser) sees it, plus attention options."""
-
-    n_embd: int
-    n_head: int
-    n_layer: int
-    block_size: int
-    dropout: float = 0.0
-    bias: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AttentionSpec:
-    """`build(config)` returns the attention module; `parse_options(raw, config)` turns `--attn-opt` pairs into
-    its options (defaults filled in) or raises LmlabError; None means the attention takes no options."""
-
-    name: str
-    description: str
-    build: Callable[[AttentionConfig], nn.Module]
-    parse_options: Callable[[dict[str, str], AttentionConfig], dict[str, Any]] | None = None
-
-
-def attention_types() -> dict[str, AttentionSpec]:
-    return collect("register_attention", "attention", key=lambda spec: spec.name)

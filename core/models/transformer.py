@@ -1,13 +1,9 @@
-"""Transformer pieces every architecture shares: multi-head attention, the MLP, the GPT-2 (pre-LN, sequential)
-and GPT-NeoX (pre-LN, parallel residual) layers, a stack of them, and the one attention computation that
-applies rotary positions, padding masks and a KV cache for any registered attention.
-
-Attention protocol. A registered attention (`core.models.architectures`) is causal self-attention [B, T, C] → [B, T, C].
-To take part in cached generation, rotary positions and padding masks it also splits into
+"""Transformer pieces every architecture shares: multi-head attention, the MLP, the GPT-2 and GPT-NeoX layers, a
+stack of them, rotary positions, and `attend`: the one attention computation that applies rotary positions,
+padding masks and a KV cache for any registered attention that also splits into
     qkv(x) -> (q, k, v), each [B, T, H, d_h]      its projections
     project(y) -> [B, T, C]                         its output projection, y [B, T, H, d_h]
-and `attend` does the rest. MHA below and MLRA do; an attention without them still trains (its own forward)
-and generates through the recomputing path of `lmlab.core.serving.generation`.
+(MHA and MLRA do; one without them still trains, and generates by recomputing).
 """
 
 from __future__ import annotations
@@ -26,11 +22,9 @@ from lmlab.core.models.kv_cache import KVCache
 
 @dataclass
 class Step:
-    """What every layer's attention needs for one forward over a stack. The default is plain causal attention.
-
-    positions [B, T] or [1, T]: rotary positions (used only by a stack with a Rotary, which fills `rotation`, their
-    cos and sin, once for all its layers); mask [B, 1, T, S] (True: may attend) or None with `is_causal`; cache:
-    the stack's KVCache, whose `begin` made the mask."""
+    """What every layer's attention needs for one forward over a stack (default: plain causal attention).
+    positions [B, T] or [1, T]: rotary positions (a stack with a Rotary fills `rotation`, their cos and sin, once
+    for all its layers); mask [B, 1, T, S] (True: may attend) or None with `is_causal`; cache: the stack's KVCache."""
 
     positions: Tensor | None = None
     mask: Tensor | None = None
@@ -52,8 +46,8 @@ def supports_cache(attn: nn.Module) -> bool:
 
 
 def attend(attn: nn.Module, x: Tensor, step: Step, layer: int = 0, rotary: Rotary | None = None) -> Tensor:
-    """Scaled dot-product attention of `attn`'s projections of x, with rotary positions, the step's mask and
-    its KV cache (layer `layer` of it)."""
+    """Scaled dot-product attention softmax(q·kᵀ/√d_h + mask)·v over `attn`'s projections of x, with rotary
+    positions, the step's mask and layer `layer` of its KV cache."""
     q, k, v = (t.transpose(1, 2) for t in attn.qkv(x))  # [B, H, T, d_h]
     if rotary is not None:
         cos, sin = step.rotation if step.rotation is not None else rotary.angles(step.positions, q.dtype)
@@ -101,8 +95,7 @@ class CausalSelfAttention(nn.Module):
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
-        return q, k, v
+        return self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
 
     def project(self, y: Tensor) -> Tensor:
         return self.resid_dropout(self.c_proj(y.flatten(2)))

@@ -1,11 +1,7 @@
-"""Calibration of predicted probabilities: expected calibration error, reliability diagrams and temperature
-scaling (Guo et al., ICML 2017), for any binary prediction such as a reranker's P(relevant).
-
-For a binary label the diagram compares, per bin of predicted probability, the mean prediction (confidence)
-with the fraction of positives (accuracy): ECE = Σ_b (n_b / N) · |accuracy_b − confidence_b|. Bins are equal
-width over [0, 1] (the last one closed) or equal mass (the predictions sorted and cut into groups whose sizes
-differ by at most one; Nixon et al. 2019's adaptive ECE).
-"""
+"""Calibration of binary predictions such as a reranker's P(relevant): expected calibration error, reliability
+diagrams and temperature scaling (Guo et al., ICML 2017). Per bin, confidence is the mean prediction and accuracy the
+fraction of positives; bins are equal width over [0, 1] (the last one closed) or equal mass (sizes differing by at most
+one: Nixon et al. 2019's adaptive ECE)."""
 
 from __future__ import annotations
 
@@ -106,8 +102,7 @@ def plot_reliability(curves: Mapping[str, Sequence[Bin]], out: Path, title: str)
         ax.bar([(b.lower + b.upper) / 2 for b in found], [b.accuracy for b in found],
                width=[max(b.upper - b.lower, 0.02) for b in found], alpha=0.6, edgecolor="black", linewidth=0.5)
         ax.plot([b.confidence for b in found], [b.accuracy for b in found], marker="o", markersize=3)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("predicted probability", fontsize=8)
         ax.tick_params(labelsize=7)

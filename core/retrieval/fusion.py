@@ -1,10 +1,6 @@
-"""Fuse the rankings of several retrievers into one: reciprocal rank fusion and a weighted sum of scores.
-
-Each input ranking lists one retriever's documents best first, as doc ids or (doc_id, score) pairs (a
-`Ranked` is one); a document listed twice in one ranking keeps its first (best) place. Both fusions return
-(doc_id, fused score) best first, ties broken by the document's best place in any single ranking, then by id,
-so that the order is the same on every run.
-"""
+"""Fuse several retrievers' rankings (doc ids or (doc_id, score) pairs such as a `Ranked`, best first; a document
+listed twice keeps its first place) by reciprocal rank fusion or a weighted sum of scores. Both return (doc_id, fused
+score) best first, ties broken by the best place in any one ranking, then by id, so every run gives the same order."""
 
 from __future__ import annotations
 
@@ -55,8 +51,7 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[Entry]], k: int = 60,
 
 
 def _normalised(scores: list[float], normalise: str) -> list[float]:
-    """minmax maps to [0, 1], zscore to (s - mean) / population std; under either, a ranking whose scores are
-    all equal carries no information and gives 0 to each; "none" keeps the raw scores."""
+    """minmax to [0, 1], zscore by the population std, "none" raw; under the first two, equal scores give 0 each."""
     if normalise == "none":
         return scores
     low, high = min(scores), max(scores)

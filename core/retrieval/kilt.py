@@ -1,16 +1,10 @@
 """KILT-format queries and KILT's page-level retrieval metrics.
 
-A KILT row is `{"id", "input", "output": [{"answer", "provenance": [{"wikipedia_id", "title", ...}]}]}`. Each
-output with provenance gives one evidence set: the distinct `wikipedia_id`s of its provenance, any one set being
-enough to support the answer.
-
-The metrics reproduce facebookresearch/KILT `kilt/eval_retrieval.py` (commit 2664322) with its default rank key,
-`wikipedia_id`: ids are compared as `str(id).strip()`, later duplicates in a ranking are dropped
-(`_remove_duplicates`), identical evidence sets count once (`get_rank`), and the means run over every query, a
-query without provenance scoring 0 (`compute` divides by the number of queries). KILT has no MRR; ours uses the
-rank `get_rank` builds, as recall@k and success@k do. One deliberate difference: an output whose provenance is
-an empty list gives no evidence set (KILT would count an empty set that can never be found in recall's
-denominator).
+A row is `{"id", "input", "output": [{"answer", "provenance": [{"wikipedia_id", "title", ...}]}]}`; each output with
+provenance gives one evidence set (its distinct `wikipedia_id`s), any one set enough to support the answer. The
+metrics reproduce KILT's `kilt/eval_retrieval.py` (commit 2664322, rank key `wikipedia_id`), plus MRR on the same rank,
+except that an output with an empty provenance list gives no evidence set (KILT would count one that can never be
+found in recall's denominator).
 """
 
 from __future__ import annotations
@@ -118,13 +112,9 @@ def _guesses(ranking: Sequence[str]) -> list[str]:
 
 
 def _sets(evidence: Evidence) -> list[set[str]]:
-    """The distinct non-empty evidence sets (`get_rank`: "no duplicate evidence set")."""
-    sets: list[set[str]] = []
-    for pages in evidence:
-        found = {str(page).strip() for page in pages}
-        if found and found not in sets:
-            sets.append(found)
-    return sets
+    """The distinct non-empty evidence sets (`get_rank`: "no duplicate evidence set"), in order."""
+    distinct = dict.fromkeys(frozenset(str(page).strip() for page in pages) for pages in evidence if pages)
+    return [set(pages) for pages in distinct]
 
 
 def _kilt_rank(ranking: Sequence[str], evidence: Evidence) -> tuple[list[bool | str], int]:
@@ -184,9 +174,8 @@ def reciprocal_rank(ranking: Sequence[str], evidence: Evidence) -> float:
 
 def retrieval_metrics(rankings: Mapping[str, Sequence[str]], queries: Sequence[KiltQuery],
                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float | int]:
-    """Means over all `queries`, as KILT's `compute` takes them: a query without provenance scores 0 and still
-    counts (reported as `without_provenance`). Every query needs a ranking (`validate_input`); rankings of other
-    ids are ignored. Keys: r_precision, recall@k and success@k for each k, mrr, queries, without_provenance."""
+    """Means over all `queries`, one without provenance scoring 0 (counted in `without_provenance`); every query needs
+    a ranking (`validate_input`), others are ignored. Keys: r_precision, recall@k and success@k per k, mrr, queries."""
     for k in ks:
         _check_k(k)
     missing = [query.id for query in queries if query.id not in rankings]
@@ -198,10 +187,9 @@ def retrieval_metrics(rankings: Mapping[str, Sequence[str]], queries: Sequence[K
         return math.fsum(values) / count if count else 0.0
 
     result: dict[str, float | int] = {"r_precision": mean([r_precision(rankings[q.id], q.evidence) for q in queries])}
-    for k in ks:
-        result[f"recall@{k}"] = mean([recall_at_k(rankings[q.id], q.evidence, k) for q in queries])
-    for k in ks:
-        result[f"success@{k}"] = mean([success_at_k(rankings[q.id], q.evidence, k) for q in queries])
+    for name, metric in (("recall", recall_at_k), ("success", success_at_k)):
+        for k in ks:
+            result[f"{name}@{k}"] = mean([metric(rankings[q.id], q.evidence, k) for q in queries])
     result["mrr"] = mean([reciprocal_rank(rankings[q.id], q.evidence) for q in queries])
     result["queries"] = count
     result["without_provenance"] = sum(not q.evidence for q in queries)

@@ -1,15 +1,6 @@
-"""Rerankers: a second stage that rescores a retriever's candidates for a query, with an uncertainty.
-
-A reranker plugs in through the `register_rerankers` hook with a `RerankerSpec`. A trained reranker is a folder
-holding `reranker.json` (`{"kind": NAME, ...}`): `open_reranker(FOLDER, options)` finds the spec of that kind and
-opens it; a spec that needs no folder (a reranker behind an API, say) is opened by its name. `Reranking` wraps any
-retriever so that `retrieve search --rerank`, `retrieve eval --rerank` and `retrieve rerank` share one pipeline:
-the retriever's top `depth` candidates are rescored and sorted by the reranker's score, best first.
-
-Each candidate gets a `Relevance`: the score that ranks it (P(relevant), plus λ·agg(importance) when the
-explanation score is on, the Bayesian/XAI paper), the predictive probability, its spread over ensemble members or MC
-dropout passes, and the binary entropy of the probability.
-"""
+"""Rerankers: a second stage that rescores a retriever's candidates for a query, with an uncertainty. A trained one is
+a folder with `reranker.json` (`{"kind": NAME, ...}`), opened by the `RerankerSpec` of that kind; one that needs no
+folder is opened by name. `Reranking` is the pipeline of `retrieve search|eval --rerank` and `retrieve rerank`."""
 
 from __future__ import annotations
 
@@ -138,10 +129,9 @@ def context_of(doc: Document) -> str:
 
 
 class Reranking:
-    """A retriever whose top `depth` candidates are rescored by a reranker (`Retriever` protocol). With
-    `explain_weight` λ > 0 the reranker's best `explain_depth` candidates are reordered among themselves by
-    P(relevant) + λ·agg(importance) (the reranker's `explanation_scores`). `details` holds the last search's
-    Relevance per query and candidate id."""
+    """A retriever whose top `depth` candidates are rescored by a reranker. With `explain_weight` λ > 0 the best
+    `explain_depth` are reordered among themselves by P(relevant) + λ·agg(importance) (the Bayesian/XAI paper's
+    explanation score); `details` holds the last search's Relevance per query and candidate id."""
 
     def __init__(self, retriever: Retriever | None, reranker: Reranker, corpus: Corpus, depth: int, *,
                  explain_weight: float = 0.0, explain_depth: int = 5) -> None:

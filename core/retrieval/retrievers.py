@@ -1,14 +1,6 @@
-"""Retrievers behind one interface, the corpus they index and the index folder they share.
-
-A retriever plugs in through the `register_retrievers` hook with a `RetrieverSpec`: `build` writes its files
-into the index folder once (`lmlab retrieve index`), `open` loads them for searching. The `retrieve` plugin
-registers bm25, dense, generative and fused; a third-party package adds its own the same way, and every
-command that searches (`retrieve search`, `retrieve eval`, rerankers that mine negatives) finds it by name.
-
-An index folder holds `index.json` (the corpus it was built from, and each retriever's recorded settings),
-`corpus.jsonl` (the documents, so that a search prints titles without the original file) and one sub-folder
-per retriever.
-"""
+"""Retrievers behind one interface (`RetrieverSpec`, registered through `register_retrievers`), the corpus they index
+and the index folder they share: `index.json` (the corpus's source and each retriever's recorded settings),
+`corpus.jsonl` (so that a search prints titles without the original file) and one sub-folder per retriever."""
 
 from __future__ import annotations
 
@@ -108,11 +100,9 @@ class Retriever(Protocol):
 
 @dataclass(frozen=True)
 class RetrieverSpec:
-    """A retriever kind. `build(corpus, folder, options)` writes its files into `folder` and returns the settings
-    to record (None: nothing to build, e.g. a fusion of others); `open(index, options)` returns a Retriever;
-    `check(options)` raises LmlabError for options it cannot build with, before any retriever is built.
-    `options` is the command's options as a dict; each retriever reads the keys it knows (a model's device and dtype
-    through `placement`)."""
+    """A retriever kind. `build(corpus, folder, options)` writes its files once (`lmlab retrieve index`) and returns
+    the settings to record (None: nothing to build, e.g. a fusion); `open(index, options)` returns a Retriever;
+    `check(options)` refuses bad options before anything is built. `options`: the command's, as a dict."""
 
     name: str
     help: str
@@ -122,9 +112,8 @@ class RetrieverSpec:
 
 
 def placement(options: dict[str, Any]) -> tuple[torch.device, torch.dtype]:
-    """(device, dtype) a retriever's or reranker's model runs in: the `device` and `dtype` the command resolved
-    from --device/--precision into `options`, else auto (the first CUDA GPU when there is one, bf16 where it has
-    it; the CPU in fp32)."""
+    """(device, dtype) of a retriever's or reranker's model: those the command resolved from --device/--precision
+    into `options`, else auto (the first CUDA GPU, in bf16 where it has it; else the CPU in fp32)."""
     from lmlab.core.commands.devices import inference_dtype, resolve_device
 
     device = resolve_device(options.get("device"))

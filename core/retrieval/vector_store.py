@@ -1,14 +1,7 @@
-"""A vector store on faiss-cpu: unit vectors plus one metadata row each, saved to a folder, searched by inner
-product (the cosine similarity of normalised embeddings). Shared by `augment` and `retrieve`.
-
-Index kinds: `flat` (exact, the default: every query is scored against every vector), `ivf` (inverted lists over k-means
-cells, trained on the first vectors added; `nprobe` cells are scanned) and `hnsw` (a navigable small-world
-graph). The approximate kinds pay off from roughly 10^5 vectors; below that flat is exact and as fast.
-
-A store folder holds `index.faiss`, `items.jsonl` (the metadata rows, in vector order) and `store.json` (the
-embedder, dimension, index settings and count); it is written to a temporary sibling and renamed into place,
-so an interrupted save leaves the previous store whole.
-"""
+"""A vector store on faiss-cpu, shared by `augment` and `retrieve`: unit vectors plus one metadata row each, searched by
+inner product (the cosine of normalised embeddings), `flat` (exact), `ivf` or `hnsw` (approximate, worth it from ~10^5
+vectors). A folder holds `index.faiss`, `items.jsonl` (the rows, in vector order) and `store.json`, written to a
+temporary sibling and renamed into place, so an interrupted save leaves the previous store whole."""
 
 from __future__ import annotations
 

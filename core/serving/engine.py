@@ -1,11 +1,6 @@
-"""The serving engine: one thread that owns the model and batches every request's generation continuously.
-
-Requests are `submit`ted from any thread (the HTTP server's event loop) and wait in a bounded queue. The engine
-thread runs a `RunningBatch` (lmlab.core.serving.generation): when the batch is empty it waits `batch_window_ms` for
-more requests to arrive and starts them together; while it runs, waiting requests join it whenever the batch
-lets them (every step for a GPT, between blocks for the Block Transformer), up to `max_batch_size` sequences;
-finished sequences leave it at once. Each request's tokens come back on its own `Ticket` as they are made.
-"""
+"""The serving engine: one thread owns the model and batches every request's generation continuously (a
+`RunningBatch`): requests wait in a bounded queue, join the batch whenever it lets them (every step for a GPT,
+between blocks for the Block Transformer) and leave it as they finish; tokens come back on each `Ticket`."""
 
 from __future__ import annotations
 

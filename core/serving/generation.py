@@ -1,29 +1,15 @@
-"""Text generation for any registered architecture: one interface, used by `lmlab generate`, the demo, the
-benchmarks and (later) the server.
+"""Text generation for any registered architecture: `lmlab generate`, the demo, the benchmarks and the server.
 
-An architecture generates fast by giving its model two methods (the generation interface):
+A model generates fast through the generation interface (docs/plugins.md, "Generation"):
+    prefill(idx, real) -> (logits, state)   idx [B, T] left-padded prompts, real [B, T] bool (False: padding);
+                                            fills the KV caches; logits [B, V] predict each next token
+    decode(tokens, state) -> logits         tokens [B]: one new token per sequence, one cached step
+whose state has `full()`, `keep(rows)`, `kv_bytes_per_sequence()` and `merge(other)` (plus `joinable()` where
+sequences may join only at some steps, as between the Block Transformer's blocks). Without it, `Recompute`
+runs the whole context for every token. A full context starts again from the last half of each sequence.
 
-    prefill(idx, real) -> (logits, state)
-        idx [B, T] left-padded prompts, real [B, T] bool (False: padding). Runs the prompts once, filling the
-        model's KV caches; logits [B, V] predict each sequence's next token.
-    decode(tokens, state) -> logits
-        tokens [B]: one new token per sequence; one cached step; logits [B, V] predict the token after it.
-
-and the state it returns has `full()` (decode cannot take another token: the context is full), `keep(rows)`
-(only these sequences go on; finished ones leave the batch), `kv_bytes_per_sequence()` (what the caches hold
-now) and `merge(other)` (another prefill's sequences join the batch; a state that allows it only at some steps,
-as the Block Transformer's between blocks, says so with `joinable()`). A model without them still generates, by
-recomputing the whole context for every token (`Recompute`).
-
-`RunningBatch` drives either, one token per step, with sequences joining and leaving (what a server needs);
-`generate_tokens` runs one to the end: batched prompts of any lengths (left-padded), per-sequence sampling (greedy or
-temperature / top-k / top-p with its own seed), stop strings, EOS and a per-sequence token budget. When the
-context is full it starts again from the last half of each sequence (a new prefill), so generation may run past
-the model's context length.
-
-Everything runs on the model's device and in its dtype (`load_generator` places it: `core.commands.devices`): every
-tensor generation makes names that device, each sequence's `torch.Generator` is made there, and a decode step
-reads back to the host once (the step's tokens, for stop strings, EOS and the events).
+Everything runs on the model's device and in its dtype: every tensor is made there, each sequence's
+`torch.Generator` too, and a decode step reads back to the host once (its tokens, for stops, EOS and events).
 """
 
 from __future__ import annotations
@@ -31,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -71,16 +57,6 @@ class Completion:
     finish_reason: str
     text: str | None = None
     kv_bytes: int = 0
-
-
-class DecodeState(Protocol):
-    def full(self) -> bool: ...
-
-    def keep(self, rows: Sequence[int]) -> None: ...
-
-    def kv_bytes_per_sequence(self) -> int: ...
-
-    def merge(self, other: DecodeState) -> None: ...
 
 
 def sample_tokens(logits: Tensor, params: Sequence[Sampling],
@@ -132,9 +108,20 @@ def left_pad(sequences: Sequence[Sequence[int]], device: torch.device | str = "c
     return idx, real
 
 
-class _RecomputeState:
-    def __init__(self, contexts: list[Tensor]) -> None:
-        self.contexts = contexts
+class Recompute:
+    """The generation interface for a model without one, and its own decode state (the contexts so far): every
+    step runs forward over each (cropped) context."""
+
+    def __init__(self, model: LanguageModel, contexts: list[Tensor] | None = None) -> None:
+        self.model, self.contexts = model, contexts or []
+
+    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, Recompute]:
+        state = Recompute(self.model, [row[mask] for row, mask in zip(idx, real, strict=True)])
+        return state._next(), state
+
+    def decode(self, tokens: Tensor, state: Recompute) -> Tensor:
+        state.contexts = [torch.cat((c, t.view(1))) for c, t in zip(state.contexts, tokens, strict=True)]
+        return state._next()
 
     def full(self) -> bool:
         return False
@@ -145,44 +132,15 @@ class _RecomputeState:
     def kv_bytes_per_sequence(self) -> int:
         return 0
 
-    def merge(self, other: _RecomputeState) -> None:
+    def merge(self, other: Recompute) -> None:
         self.contexts += other.contexts
 
-
-class Recompute:
-    """The generation interface for a model without one: every step runs forward over each sequence's context
-    (cropped to the model's block_size)."""
-
-    def __init__(self, model: LanguageModel) -> None:
-        self.model = model
-
-    def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, _RecomputeState]:
-        state = _RecomputeState([row[mask] for row, mask in zip(idx, real, strict=True)])
-        return self._next(state), state
-
-    def decode(self, tokens: Tensor, state: _RecomputeState) -> Tensor:
-        state.contexts = [torch.cat((c, t.view(1))) for c, t in zip(state.contexts, tokens, strict=True)]
-        return self._next(state)
-
-    def _next(self, state: _RecomputeState) -> Tensor:
+    def _next(self) -> Tensor:
         block = self.model.config.block_size
-        windows = [c[-block:] for c in state.contexts]
+        windows = [c[-block:] for c in self.contexts]
         if len({len(w) for w in windows}) == 1:
             return self.model(torch.stack(windows))[0][:, -1]
         return torch.cat([self.model(w[None])[0][:, -1] for w in windows])
-
-
-def decoder_of(model: LanguageModel) -> Any:
-    """The model itself when it implements the generation interface, else its recomputing stand-in."""
-    if callable(getattr(model, "prefill", None)) and callable(getattr(model, "decode", None)):
-        return model
-    return Recompute(model)
-
-
-def _stopped(text: str, stops: Sequence[str]) -> int | None:
-    """Where the first stop string starts in `text`, or None."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
 
 
 class LiveSequence:
@@ -196,12 +154,12 @@ class LiveSequence:
 
 class RunningBatch:
     """Sequences generated together, one token each per `step`: they join with `add` (prefilled, then merged into
-    the running caches, at a point where the state allows it: `can_join`) and leave as they finish, so a server
-    batches requests continuously. `generate_tokens` is one batch run to the end."""
+    the running caches when `can_join`) and leave as they finish."""
 
     def __init__(self, model: LanguageModel, *, eos_id: int | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None) -> None:
-        self.model, self.decoder = model, decoder_of(model)
+        cached = callable(getattr(model, "prefill", None)) and callable(getattr(model, "decode", None))
+        self.model, self.decoder = model, model if cached else Recompute(model)
         self.device = model_device(model)
         self.eos_id, self.tokenizer = eos_id, tokenizer
         self.live: list[LiveSequence] = []
@@ -274,7 +232,7 @@ class RunningBatch:
             reason = "eos"
         elif p.stop:
             text = self.tokenizer.decode(seq.tokens)
-            cut = _stopped(text, p.stop)
+            cut = min((text.find(s) for s in p.stop if s and s in text), default=None)
             if cut is not None:
                 text, reason = text[:cut], "stop"
         if reason is None and len(seq.tokens) >= p.max_tokens:
@@ -293,10 +251,8 @@ def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], samp
     params = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
     if len(params) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(params)} Sampling settings")
-    done: list[Completion | None] = [None] * len(prompts)
-    for i, p in enumerate(params):
-        if p.max_tokens <= 0:
-            done[i] = Completion([], "length", "" if tokenizer is not None else None)
+    done: list[Completion | None] = [Completion([], "length", "" if tokenizer is not None else None)
+                                     if p.max_tokens <= 0 else None for p in params]
     batch = RunningBatch(model, eos_id=eos_id, tokenizer=tokenizer)
     live = [i for i in range(len(prompts)) if done[i] is None]
     if live:
@@ -333,8 +289,7 @@ def generate(model: LanguageModel, idx: Tensor, max_new_tokens: int, temperature
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
                    ) -> tuple[LanguageModel, PreTrainedTokenizerBase]:
-    """The model saved in `path` (a model folder or a run directory holding model/), placed on `device` in
-    `dtype` (None: as saved) in eval mode, and the tokenizer saved beside it."""
+    """The model saved in `path` (a model folder or a run directory), on `device` in `dtype`, and its tokenizer."""
     from transformers import AutoTokenizer
 
     folder = find_model_folder(path)
@@ -350,8 +305,7 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", dtype: 
 def generate_text(path: str | Path, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int | None,
                   seed: int, top_p: float = 1.0, stop: Sequence[str] = (), ignore_eos: bool = False,
                   device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Completion:
-    """The continuation of `prompt` by the model saved in `path` (run on `device` in `dtype`), stopping at EOS
-    (unless ignore_eos), a stop string or max_new_tokens."""
+    """The continuation of `prompt` by the model saved in `path`, up to EOS, a stop string or max_new_tokens."""
     model, tokenizer = load_generator(path, device, dtype)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
     sampling = Sampling(max_new_tokens, temperature, top_p, top_k, seed, tuple(stop), ignore_eos)

@@ -1,15 +1,7 @@
-"""An OpenAI-compatible HTTP server (FastAPI) over the serving engine (lmlab.core.serving.engine): what
-`lmlab serve-block` runs, for a model of any registered architecture.
-
-Endpoints: POST /v1/completions (prompt as a string or a list, max_tokens, temperature, top_p, top_k, seed,
-stop, n, echo, logprobs, stream as server-sent events ending in `data: [DONE]`, usage counts), POST
-/v1/chat/completions (when the tokenizer has a chat template), GET /v1/models, GET /health, GET /metrics.
-
-Every request is validated and bounded (body size, prompt tokens, max_tokens, n, the engine's queue); failures
-are OpenAI-style JSON errors: 400 bad request, 401 missing or wrong API key, 413 body too large, 422 wrong
-types, 429 queue full, 503 shutting down. `echo` with `logprobs` scores a prompt (what `lmlab eval --backend
-openai` and lm-evaluation-harness's `local-completions` use): each token's log-probability under the model,
-from one forward pass.
+"""An OpenAI-compatible HTTP server (FastAPI) over the serving engine: what `lmlab serve-block` runs, for any
+registered architecture. /v1/completions, /v1/chat/completions (with a chat template), /v1/models, /health and
+/metrics; every request bounded, every failure an OpenAI-style JSON error. `echo` with `logprobs` scores a prompt
+(what `lmlab eval --backend openai` and lm-evaluation-harness's `local-completions` use) in one forward pass.
 """
 
 from __future__ import annotations
@@ -52,10 +44,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
 
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error",
-                   param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+    def response(self) -> JSONResponse:
+        """The OpenAI-style JSON error."""
+        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
+                                       "code": self.status}}, self.status)
 
 
 class _Common(BaseModel):
@@ -119,6 +111,10 @@ class Server:
                          f"{(time.perf_counter() - start) * 1000:.0f} ms")
             return response
 
+        @app.exception_handler(ApiError)
+        async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+            return exc.response()
+
         app.post("/v1/completions")(self.completions)
         app.post("/v1/chat/completions")(self.chat_completions)
         app.get("/v1/models")(self.models)
@@ -138,7 +134,7 @@ class Server:
                 raise ApiError(413, f"Request body over {self.limits.max_body_bytes} bytes.")
             return await call_next(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.kind, exc.param)
+            return exc.response()
 
     async def _body(self, request: Request, model: type[BaseModel]) -> Any:
         raw = await request.body()
@@ -303,40 +299,33 @@ class Server:
 
     @staticmethod
     def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
-        text = text.rstrip("\ufffd")
-        hold = max((len(s) - 1 for s in stops), default=0)
-        return text[:len(text) - hold] if hold else text
+        text = text.rstrip("\ufffd")  # an incomplete character, and what could start a stop string, wait
+        return text[:len(text) - max((len(s) - 1 for s in stops), default=0)]
 
     # ---- routes -------------------------------------------------------------------------------------------------
 
     async def completions(self, request: Request) -> Any:
-        try:
-            body = await self._body(request, CompletionRequest)
-            prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-            if not prompts:
-                raise ApiError(400, "prompt is an empty list.", param="prompt")
-            return await self._run(request, [self._encode(p) for p in prompts], body, chat=False)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.kind, exc.param)
+        body = await self._body(request, CompletionRequest)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts:
+            raise ApiError(400, "prompt is an empty list.", param="prompt")
+        return await self._run(request, [self._encode(p) for p in prompts], body, chat=False)
 
     async def chat_completions(self, request: Request) -> Any:
-        try:
-            body = await self._body(request, ChatRequest)
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ApiError(400, f"Model '{self.model_name}' has no chat template: use /v1/completions.")
-            messages = [m.model_dump() for m in body.messages]
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
-            return await self._run(request, [ids], body, chat=True)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.kind, exc.param)
+        body = await self._body(request, ChatRequest)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ApiError(400, f"Model '{self.model_name}' has no chat template: use /v1/completions.")
+        messages = [m.model_dump() for m in body.messages]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        return await self._run(request, [ids], body, chat=True)
 
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "owned_by": "lmlab"}]}
 
     async def health(self) -> Any:
         if self.stopping:
-            return error_response(503, "The server is shutting down.", "server_error")
+            return ApiError(503, "The server is shutting down.", "server_error").response()
         return {"status": "ok"}
 
     async def metrics(self) -> dict[str, Any]:
@@ -358,7 +347,6 @@ def run_server(server: Server, host: str, port: int, *, drain_seconds: float = 3
     stop the engine and return (the process exits 0, unlike uvicorn's own handling, which re-raises the signal)."""
     import contextlib
     import signal
-    import threading
 
     import uvicorn
 
@@ -393,12 +381,10 @@ def run_server(server: Server, host: str, port: int, *, drain_seconds: float = 3
 
 
 class InThread:
-    """A Server run by uvicorn on a background thread (the demo, embedding in a script): `url`, and `stop()`,
-    which lets requests in flight finish, then stops the engine."""
+    """A Server on a background thread (the demo, a script): `url`, and `stop()`, which drains, then stops."""
 
     def __init__(self, server: Server, host: str = "127.0.0.1", port: int = 0) -> None:
         import socket
-        import threading
 
         import uvicorn
 
@@ -407,8 +393,7 @@ class InThread:
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
         self.server, self.url = server, f"http://{host}:{port}"
-        config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off")
+        config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uvicorn.run, name="lmlab-http", daemon=True)
         self._thread.start()

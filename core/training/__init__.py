@@ -1,2 +1,1 @@
-"""Training: the trainer skeleton and the one training loop, schedules, batching, per-token log-probs, the
-head loss, pre-training text and its windows, and the reports a run writes."""
+"""Training: the trainer skeleton, the one loop, log-probs and the head loss, pre-training text, run reports."""

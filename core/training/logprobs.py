@@ -1,10 +1,7 @@
-"""Per-token log-probabilities without materialising the [B, T, V] logits.
-
-Only the positions a loss needs (no padding, no ignored prompt tokens) go through the LM head, and they go
-through it in chunks; the backward pass recomputes each chunk's logits instead of keeping them, so peak
-memory is one chunk of logits rather than the whole batch (a route TRL never merged).
-Written by hand because the fused kernels that do this (Liger, Apple's cut-cross-entropy) need Triton/GPU.
-"""
+"""Per-token log-probabilities without materialising the [B, T, V] logits: only the positions a loss needs (no
+padding, no ignored prompt tokens) go through the LM head, in chunks, and the backward pass recomputes each chunk's
+logits instead of keeping them, so peak memory is one chunk of logits rather than the whole batch (a route TRL never
+merged). Written by hand because the fused kernels that do this (Liger, Apple's cut-cross-entropy) need Triton/GPU."""
 
 from __future__ import annotations
 
@@ -81,11 +78,9 @@ def plain_head(lm: nn.Module) -> bool:
 
 
 class TokenLogprobModel(nn.Module):
-    """Wraps a causal LM so that forward returns log p(targets) at chosen flat positions of the batch.
-
-    `positions` index the flattened [B*T] batch; `targets[i]` is the token predicted at `positions[i]`.
-    Wrapping (rather than calling the decoder from outside) keeps DDP/FSDP gradient sync working.
-    """
+    """A causal LM whose forward returns log p(targets) at `positions` of the flattened [B*T] batch (`targets[i]` is
+    the token predicted at `positions[i]`). Wrapping it, rather than calling the decoder from outside, keeps DDP/FSDP
+    gradient sync working."""
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()

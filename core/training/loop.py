@@ -1,21 +1,16 @@
-"""The one training loop every lmlab trainer uses (ORPO, MaPO, pretrain).
+"""The one training loop every lmlab trainer uses. A method supplies a `TrainTask`; the loop supplies the rest on
+`accelerate`: the data order, gradient accumulation, exact loss normalisation, lr schedule, clipping, metrics.jsonl,
+progress, atomic checkpoints, bit-for-bit `--resume`, the NaN/Inf guard and a clean save on SIGINT/SIGTERM.
 
-A method supplies a `TrainTask`; the loop supplies the rest on `accelerate`: the data order, gradient
-accumulation, exact loss normalisation across micro-batches and processes, lr schedule, clipping,
-metrics.jsonl, progress, atomic checkpoints, bit-for-bit `--resume`, the NaN/Inf guard, and a clean save on
-SIGINT/SIGTERM. Launched with `torchrun`/`accelerate launch`, N processes with per-process batch B/N give
-the same trajectory as one process with batch B, because every loss term is divided by its global count.
-
-Under several processes the model arrives with the same weights on every process (the trainer seeds its init);
-the loop then seeds each process's RNGs with seed + rank, so dropout masks and a method's noise differ between
-processes while the data order (a function of seed and epoch) stays shared. A stop signal received by any one
-process stops all of them after the same step: the flag travels in the tensor of metrics every step already
-reduces, and every process saves and exits there.
+N processes with per-process batch B/N follow the same trajectory as one with batch B: every loss term is divided
+by its global count. The model arrives with the same weights on every process (the trainer seeds its init); each
+process's RNGs are then seeded with seed + rank, so dropout and a method's noise differ while the data order (a
+function of seed and epoch) stays shared. A stop signal on any process stops all of them after the same step: the
+flag travels in the tensor of metrics every step already reduces, and every process saves and exits there.
 
 Host syncs: a step reads the device back once (its metrics, gradient norm and the stop flag, which the NaN guard
 needs before the update); several processes also wait once for the global token counts. Counts are taken from
-the host batch before it moves (pinned, non-blocking on a GPU), so they cost no sync.
-"""
+the host batch before it moves (pinned, non-blocking on a GPU), so they cost no sync."""
 
 from __future__ import annotations
 
@@ -36,13 +31,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from rich.markup import escape
 
-from lmlab.core.commands.devices import enable_tf32, has_native_bf16, resolve_device, synchronize
+from lmlab.core.commands.devices import enable_tf32, inference_dtype, resolve_device, synchronize
 from lmlab.core.files import checkpoint
 from lmlab.core.files.atomic import write_text_atomic
 from lmlab.core.files.runs import RunDir
 from lmlab.core.kernel.console import Progress, log, set_quiet
-from lmlab.core.kernel.errors import Interrupted, LmlabError, TrainingDiverged
-from lmlab.core.kernel.signals import StopRequest
+from lmlab.core.kernel.errors import Interrupted, LmlabError, StopRequest, TrainingDiverged
 from lmlab.core.training.report import plot_metrics
 from lmlab.core.training.trainer import lr_lambda
 
@@ -66,7 +60,10 @@ class TrainConfig:
 
 
 class TrainTask(Protocol):
-    """What a method gives the loop."""
+    """What a method gives the loop. It may also define `after_step(model, step, no_sync) -> dict[str, float]`: extra
+    metrics after each optimizer step (TEV, validation loss, …), called on every process with the unwrapped model;
+    `no_sync()` is a context manager for any backward pass it runs, so that it never touches the training gradients'
+    sync."""
 
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
         """The epoch's global batches (dataset indices); must depend only on epoch and global batch size."""
@@ -84,42 +81,23 @@ class TrainTask(Protocol):
         so that summing over micro-batches and processes gives the global mean."""
 
 
-class MonitoredTask(TrainTask, Protocol):
-    """A task that also measures the model after each optimizer step (TEV, validation loss, …)."""
-
-    def after_step(self, model: torch.nn.Module, step: int,
-                   no_sync: Any) -> dict[str, float]:
-        """Extra metrics for `step` (called on every process with the unwrapped model; `no_sync()` is a context
-        manager for any backward pass it runs, so that it never touches the training gradients' sync)."""
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
 def make_accelerator(precision: str = "auto", device: str = "auto") -> Accelerator:
-    """Mixed precision: "auto" is bf16 autocast where the GPU has it and fp32 on CPU; "bf16" asks for bf16
-    autocast on any device (weights, optimizer state and the loss stay float32); "fp32" never autocasts.
-    `device` (--device): auto (accelerate's choice: one GPU per process when there are GPUs), cpu, cuda, or
-    cuda:N for a single process (under several processes accelerate gives each its own GPU by local rank).
-    CPU multi-process runs use gloo via torchrun."""
-    if precision not in PRECISIONS:
-        raise LmlabError(f"Unknown --precision '{precision}'.", hint=f"use one of: {', '.join(PRECISIONS)}")
+    """Mixed precision: "auto" is bf16 autocast where the GPU has it and fp32 on CPU; "bf16" asks for bf16 autocast
+    on any device (weights, optimizer state and the loss stay float32); "fp32" never autocasts. `device`: auto (one
+    GPU per process when there are GPUs), cpu, cuda, or cuda:N for a single process (under several processes
+    accelerate gives each its own GPU by local rank); CPU multi-process runs use gloo via torchrun."""
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1 and device.strip().lower().startswith("cuda:"):
         raise LmlabError(f"--device {device}: with {processes} processes each one trains on its own GPU.",
                          hint="use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs")
     where = resolve_device(device)
+    # autocast exactly where an inference command would run in bf16 (the same checks of --precision)
+    mixed = "bf16" if inference_dtype(precision, where) == torch.bfloat16 else "no"
     if where.type == "cuda" and where.index is not None:
         torch.cuda.set_device(where)  # accelerate's single-process device is the current CUDA device
-    cuda = where.type == "cuda"
-    native = has_native_bf16(where)
-    if precision == "bf16" and not native:
-        raise LmlabError(f"--precision bf16: {where} has no native bfloat16 support.",
-                         hint="use --precision fp32 (or auto)")
-    mixed = "bf16" if precision == "bf16" or (precision == "auto" and cuda and native) else "no"
-    if cuda:
+    if where.type == "cuda":
         enable_tf32()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed)
+    accelerator = Accelerator(cpu=where.type != "cuda", mixed_precision=mixed)
     if not accelerator.is_main_process:
         set_quiet(True)  # one process talks
     return accelerator
@@ -177,10 +155,6 @@ class _MetricsSink:
             self.board.close()
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir, accelerator: Accelerator,
           *, resume: bool = False) -> dict[str, Any]:
     """Train `model` for cfg.max_steps optimizer steps; returns the last step's metrics and timings, and the
@@ -190,8 +164,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * cfg.grad_accum * world
     optimizer = make_optimizer(model, cfg.weight_decay, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps,
-                                                                       cfg.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, cfg.max_steps))
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "global_batch": global_batch}
     skeleton = _skeleton(model) if accelerator.is_fsdp2 else None
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -216,11 +189,6 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
     synchronize(accelerator.device)
     started = time.perf_counter()
     first_step = state["step"]
-
-    def save() -> Path:
-        return checkpoint.save(run.checkpoints, accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
-                               state=dict(state), keep=cfg.keep_checkpoints)
-
     model.train()
     with stop.installed():
         try:
@@ -237,7 +205,7 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 tick = time.perf_counter()
                 record, stopping = _step(model, task, accelerator, optimizer, indices, cfg, world, rank, trainable,
                                          stop)
-                if not (_finite(record["loss"]) and _finite(record["grad_norm"])):
+                if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
                     last = checkpoint.latest(run.checkpoints)
                     raise TrainingDiverged(
                         f"Training diverged at step {state['step'] + 1}: loss={record['loss']}, "
@@ -260,7 +228,8 @@ def train(model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run: RunDir
                 progress.update(state["step"], f"loss {record['loss']:.4f} · {record['examples_per_s']:.1f} ex/s · "
                                                 f"lr {record['lr']:.3g}")
                 if stopping or state["step"] % cfg.save_every == 0 or state["step"] == cfg.max_steps:
-                    where = save()
+                    where = checkpoint.save(run.checkpoints, accelerator, model=model, optimizer=optimizer,
+                                            scheduler=scheduler, state=dict(state), keep=cfg.keep_checkpoints)
                 if stopping:  # a signal reached some process: every process saved this step and stops here
                     raise Interrupted(f"Interrupted at step {state['step']}; saved {where}.",
                                       hint=f"continue with --resume {run.path}")
@@ -290,8 +259,7 @@ def _check_parallelism(accelerator: Accelerator) -> None:
 def _skeleton(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of `model` whose parameters sit on the meta device (no memory; ties kept), to take the weights
     gathered at the end of an FSDP run."""
-    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
-            for p in model.parameters()}
+    memo = {id(p): torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad) for p in model.parameters()}
     return copy.deepcopy(model, memo)
 
 
@@ -312,9 +280,8 @@ def _whole(model: torch.nn.Module, skeleton: torch.nn.Module, device: torch.devi
 def _step(model: torch.nn.Module, task: TrainTask, accelerator: Accelerator, optimizer: Any,
           indices: list[int], cfg: TrainConfig, world: int, rank: int, trainable: list[torch.nn.Parameter],
           stop: StopRequest) -> tuple[dict[str, float], bool]:
-    """One optimizer step's forward/backward over this process's micro-batches of the global batch; returns its
-    metrics (with the gradient norm) and whether a stop signal reached any process by the end of its backward,
-    read back from the device once."""
+    """One optimizer step's forward/backward over this process's micro-batches: its metrics (with the gradient norm)
+    and whether a stop signal reached any process by the end of its backward, read back from the device once."""
     size = cfg.batch_size
     micro = [indices[(m * world + rank) * size:(m * world + rank + 1) * size] for m in range(cfg.grad_accum)]
     collated = [task.collate(ix) for ix in micro]
@@ -361,9 +328,8 @@ def _global_totals(local: dict[str, float], accelerator: Accelerator) -> dict[st
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from, so no step appears twice, and any line
-    that does not parse (the last one, torn by a crash mid-write) with a warning; the file is replaced
-    atomically."""
+    """Drop metric lines written after the checkpoint we resume from, so no step appears twice, and with a warning
+    any line that does not parse (the last one, torn by a crash mid-write); the file is replaced atomically."""
     if not path.exists():
         return
     keep, torn = [], []

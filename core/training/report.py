@@ -10,6 +10,16 @@ from typing import Any
 from rich.table import Table
 
 
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend (imported when a plot is drawn: it is slow to import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -25,11 +35,7 @@ def plot_runs(runs: Mapping[str, Path], keys: Sequence[str], out: Path, title: s
     """Several runs' metrics.jsonl on one figure: one panel per metric against the step, one line per run, named
     by its key in `runs` (a single unnamed run, key "", gets no legend). Returns the runs' labels as the legend
     shows them (empty, and no file written, when there is nothing to plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = {name: read_metrics(path) for name, path in runs.items()}
     keys = [k for k in keys if any(k in r for run in rows.values() for r in run)]
     if not keys:
@@ -68,11 +74,7 @@ def summary_table(title: str, values: dict[str, Any]) -> Table:
 
 def plot_accuracy(by: dict[str, dict[str, dict[str, Any]]], out: Path, title: str) -> Path | None:
     """One horizontal bar panel per breakdown (category, language, ...), accuracy in percent with n."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels = [(key, values) for key, values in by.items() if values]
     if not panels:
         return None
@@ -98,14 +100,9 @@ def plot_accuracy(by: dict[str, dict[str, dict[str, Any]]], out: Path, title: st
     return out
 
 
-def plot_lines(series: Mapping[str, Mapping[float, float]], out: Path, title: str, *, xlabel: str,
-               ylabel: str) -> Path:
+def plot_lines(series: Mapping[str, Mapping[float, float]], out: Path, title: str, *, xlabel: str, ylabel: str) -> Path:
     """One line per named series of (x, y) points, e.g. recall@k against k for each retriever."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, points in series.items():
         xs = sorted(points)

@@ -165,12 +165,10 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> Iterator[list[list[int]]]:
 
 def tokenize_corpus(texts: Sequence[str], tokenizer: Any, cache: Path, val_fraction: float = 0.1, *,
                     sources: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Memory-mapped (train, val) token streams and their metadata, tokenised once and reused after.
-
-    Documents are joined with (and each ended by) the eos token; the last `val_fraction` of the stream is the
-    validation split. The files live under `cache` in a folder keyed by the corpus, the tokenizer and the split;
-    meta["reused"] says whether this call found them there.
-    """
+    """Memory-mapped (train, val) token streams and their metadata, tokenised once and reused after: documents are
+    joined with (and each ended by) the eos token, the last `val_fraction` of the stream is the validation split, and
+    the files live under `cache` in a folder keyed by the corpus, the tokenizer and the split (meta["reused"]: whether
+    this call found them there)."""
     if not 0 <= val_fraction < 1:
         raise LmlabError(f"--val-fraction must be at least 0 and below 1, got {val_fraction}.",
                          hint="0.1 holds out the last tenth of the tokens")

@@ -1,13 +1,8 @@
-"""The one trainer skeleton: what `train-orpo`, `train-mapo`, `pretrain` (and every later trainer) do around
-the shared loop, so a method module keeps only what is its own (data, model, task, loss, outputs).
-
-    check → accelerator → run path → setup (data, model, task) → run directory + config.json
-          → before_training → core.training.loop.train → summary → save outputs, plot, summary.json
-
-`trainer_command(Options, "module:Trainer", doc=...)` is the matching Typer command: its options come from
-the options dataclass (`lmlab.core.commands.options`), the trainer class is imported only when the command runs.
-Learning-rate schedules (multipliers of the peak rate by optimizer step) are here too.
-"""
+"""The one trainer skeleton, what every trainer does around the shared loop (check → accelerator → run path →
+setup → run directory and config.json → before_training → loop → summary → outputs, plot, summary.json), so that a
+method keeps only its own data, model, task, loss and outputs; `trainer_command` makes its Typer command. The
+learning-rate schedules (multipliers of the peak rate by optimizer step) and the length-grouped batches of a
+method's task are here too."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import importlib
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,8 +47,8 @@ class Trainer(ABC):
 
     def check(self) -> None:
         """Validate options that need nothing loaded, before anything slow happens (extend, then call super)."""
-        check_schedule(self.opts.schedule)
         opts = self.opts
+        check_schedule(opts.schedule)
         if not (math.isfinite(opts.lr) and opts.lr > 0):
             raise LmlabError(f"--lr must be a finite number above 0, got {opts.lr}.", hint="e.g. --lr 1e-5")
         for flag, value, example_value in (("--max-grad-norm", opts.max_grad_norm, "1.0"),
@@ -179,3 +174,24 @@ def lr_lambda(name: str, warmup: int, total: int) -> Callable[[int], float]:
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}")
     return factor
+
+
+def length_grouped_batches(lengths: Sequence[int], global_batch: int, *, seed: int, epoch: int,
+                           group: int = 64) -> list[list[int]]:
+    """Deterministic batches, a function of (seed, epoch, global batch) only, so that resuming and changing the
+    number of processes replay exactly the same data: shuffle, sort by length within groups of `group` batches
+    (little padding), shuffle the batches. The last batch is filled by wrapping around the shuffled order, so no
+    example is left out and every batch is full (each process always gets the same number of examples)."""
+    import torch
+
+    n = len(lengths)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    order += [order[i % n] for i in range((-n) % global_batch)]
+    span = global_batch * group
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start:start + span], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]

@@ -18,33 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-# (count word, number, shape, plural)
-SHAPES = [
-    ("a", 1, "circle", "circle"),
-    ("a", 1, "square", "square"),
-    ("a", 1, "triangle", "triangle"),
-    ("two", 2, "circle", "circles"),
-    ("two", 2, "square", "squares"),
-    ("three", 3, "triangle", "triangles"),
-]
-COLOURS = {
-    "red": (214, 39, 40),
-    "orange": (245, 135, 25),
-    "yellow": (245, 205, 35),
-    "green": (44, 160, 44),
-    "blue": (31, 90, 200),
-    "purple": (128, 60, 175),
-    "pink": (240, 120, 185),
-    "brown": (140, 86, 45),
-}
-BACKGROUNDS = {
-    "white": (245, 245, 245),
-    "black": (25, 25, 25),
-    "gray": (140, 140, 140),
-    "blue": (70, 130, 215),
-    "green": (90, 175, 90),
-    "yellow": (240, 220, 110),
-}
+# (count word, number, shape, noun)
+SHAPES = [("a", 1, "circle", "circle"), ("a", 1, "square", "square"), ("a", 1, "triangle", "triangle"),
+          ("two", 2, "circle", "circles"), ("two", 2, "square", "squares"), ("three", 3, "triangle", "triangles")]
+COLOURS = {"red": (214, 39, 40), "orange": (245, 135, 25), "yellow": (245, 205, 35), "green": (44, 160, 44),
+           "blue": (31, 90, 200), "purple": (128, 60, 175), "pink": (240, 120, 185), "brown": (140, 86, 45)}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (25, 25, 25), "gray": (140, 140, 140), "blue": (70, 130, 215),
+               "green": (90, 175, 90), "yellow": (240, 220, 110)}
 OUTLINE = (20, 20, 28)
 SUPERSAMPLE = 4
 NAME = re.compile(r"^\d{4}_[ab]\.png$")
@@ -52,15 +32,8 @@ NAME = re.compile(r"^\d{4}_[ab]\.png$")
 
 def all_captions() -> list[tuple[str, int, str, str, str]]:
     """(caption, count, shape, colour, background) for every combination whose colour differs from the background."""
-    out = []
-    for word, count, shape, plural in SHAPES:
-        for colour in COLOURS:
-            for bg in BACKGROUNDS:
-                if colour == bg:
-                    continue
-                noun = shape if count == 1 else plural
-                out.append((f"{word} {colour} {noun} on a {bg} background", count, shape, colour, bg))
-    return out
+    return [(f"{word} {colour} {noun} on a {bg} background", count, shape, colour, bg)
+            for word, count, shape, noun in SHAPES for colour in COLOURS for bg in BACKGROUNDS if colour != bg]
 
 
 def layout(rng: np.random.Generator, count: int) -> list[tuple[float, float, float, float]]:
@@ -161,10 +134,8 @@ def main() -> None:
     write_jsonl(args.out / "pairs.jsonl", rows[: args.pairs])
     write_jsonl(args.out / "heldout.jsonl", rows[args.pairs :])
     nbytes = sum(p.stat().st_size for p in images.iterdir() if NAME.match(p.name))
-    print(
-        f"wrote {args.pairs} training pairs ({args.ties} ties), {args.heldout} held-out pairs, "
-        f"{2 * total} images ({nbytes / 1e6:.2f} MB) under {args.out}"
-    )
+    print(f"wrote {args.pairs} training pairs ({args.ties} ties), {args.heldout} held-out pairs, "
+          f"{2 * total} images ({nbytes / 1e6:.2f} MB) under {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ from functools import partial
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, Results, Settings, bench_command
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System, median_seconds
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, System, bench_command, ran
 from lmlab.core.commands import options as o
 from lmlab.plugins.augment import bench_inputs as inputs
 
@@ -31,7 +29,7 @@ class AugmentBenchOptions(BenchOptions):
     seed: int = 0
 
 
-def _settings(opts: AugmentBenchOptions) -> Settings:
+def _settings(opts: AugmentBenchOptions) -> dict[str, Any]:
     return {"model": opts.model, "requests": opts.requests, "batch_size": opts.batch_size,
             "new_tokens": opts.max_new_tokens, "sampling": f"temperature {TEMPERATURE}, top-p {TOP_P}, seed + i per "
             "request, no stop strings", "store_rows": len(inputs.store_texts()), "synthetic": opts.synthetic,
@@ -40,7 +38,7 @@ def _settings(opts: AugmentBenchOptions) -> Settings:
                       "median of 3 passes after a warm-up; bundled queries are the first store rows' vectors"}
 
 
-def _finish(settings: Settings, results: Results) -> None:
+def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     generated = [r for name, r in results.items() if name in GENERATORS and ran(r)]
     settings["same_generated_texts"] = all(len({r[s]["texts_sha256"] for r in generated}) == 1
                                            for s in PROMPT_SETS) if len(generated) == 2 else None
@@ -128,7 +126,7 @@ def _retrieval(system: str, settings: dict[str, Any], device: Any) -> dict[str, 
                          normalize_embeddings=True)
     else:
         encode = Embedder(device=str(device)).encode
-    seconds, embedded = median_seconds(lambda: encode(texts), 1, device)
+    seconds, embedded = w.median_seconds(lambda: encode(texts), 1, device)
     vectors, queries = inputs.synthetic_store(settings["synthetic"], settings["queries"], settings["seed"])
     stores = {"bundled": ("flat", embedded, embedded[:settings["queries"]]), "synthetic": ("flat", vectors, queries)}
     if system == "lmlab-store":
@@ -137,11 +135,11 @@ def _retrieval(system: str, settings: dict[str, Any], device: Any) -> dict[str, 
     out: dict[str, Any] = {"texts_per_s": round(len(texts) / seconds, 1), "queries_per_s": {}}
     for name, (kind, rows, asked) in stores.items():
         if system == "st-numpy":
-            seconds, _ = median_seconds(lambda m=rows, q=asked: inputs.exact_top_k(m, q, k))
+            seconds, _ = w.median_seconds(lambda m=rows, q=asked: inputs.exact_top_k(m, q, k))
         else:
             index = VectorStore(StoreInfo("all-minilm-l6-v2", inputs.DIM, index=kind))
             build_s, _ = w.timed(lambda i=index, m=rows: i.add(m, [{"id": str(n)} for n in range(len(m))]), device)
-            seconds, hits = median_seconds(lambda i=index, q=asked: i.search(q, k))
+            seconds, hits = w.median_seconds(lambda i=index, q=asked: i.search(q, k))
         out["queries_per_s"][name] = round(len(asked) / seconds, 1)
         if system == "lmlab-store" and name != "bundled":
             found = sum(len({h.position for h in row} & truth) for row, truth in zip(hits, exact, strict=True))

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from lmlab.core.files.records import example
+from lmlab.plugins.augment.records import embed_text, load_instances
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -16,10 +19,7 @@ SYNTHETIC_STORE = f"unit vectors around {CENTRES} random centres in {DIM} dimens
 def augment_prompts(count: int, seed: int, demos: int) -> list[str]:
     """The first `count` prompts `lmlab augment` writes for the bundled seeds (the extractive-QA template), with
     `demos` seed-only demonstrations each, so no store is needed."""
-    from lmlab.core.files.records import example
-    from lmlab.plugins.augment.plan import plan
-    from lmlab.plugins.augment.records import load_instances
-    from lmlab.plugins.augment.templates import load_template
+    from lmlab.plugins.augment.plan import load_template, plan
 
     seeds = load_instances(str(example("augment/seeds.jsonl")), need_context=True)
     items = plan(seeds, None, None, load_template("extractive-qa"), mode="none", multiplier=-(-count // len(seeds)),
@@ -29,9 +29,6 @@ def augment_prompts(count: int, seed: int, demos: int) -> list[str]:
 
 def store_texts() -> list[str]:
     """The texts `lmlab augment index` embeds for the bundled store."""
-    from lmlab.core.files.records import example
-    from lmlab.plugins.augment.records import embed_text, load_instances
-
     return [embed_text(x) for x in load_instances(str(example("augment/store.jsonl")))]
 
 
@@ -47,8 +44,7 @@ def synthetic_store(rows: int, queries: int, seed: int) -> tuple[np.ndarray, np.
         x = centres[rng.integers(0, CENTRES, n)] + NOISE * rng.normal(size=(n, DIM)).astype(np.float32)
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
-    vectors = around(rows)
-    return vectors, around(queries)
+    return around(rows), around(queries)
 
 
 def exact_top_k(matrix: np.ndarray, queries: np.ndarray, k: int) -> list[list[int]]:

@@ -6,9 +6,10 @@
                             (each a run folder: config.json, metrics.jsonl, model/ (encoder + span head),
                              predictions.jsonl, summary.json; checkpoints/ until it finishes)
 
-Every system gets the same options and seed (same head initialisation, same number of optimizer steps), so
-the F1 difference is the data's; this is RADA's comparison (Seo et al. 2024, Table 1: seed-only vs augmented
-readers). `--resume EVAL_FOLDER` keeps the finished systems and continues the rest.
+Every system gets the same options and seed (same head initialisation, same number of optimizer steps), so the
+F1 difference is the data's: RADA's comparison (Seo et al. 2024, Table 1). EM and F1 are those of the official
+SQuAD v1.1 script (evaluate-v1.1.py, Rajpurkar et al. 2016), a prediction scoring its best match among the gold
+answers; as in v1.1 (unlike v2.0), two answers that both normalise to nothing have EM 1 but F1 0.
 """
 
 from __future__ import annotations
@@ -16,28 +17,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from lmlab.core.files import checkpoint
 from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.records import SkipLog, example
-from lmlab.core.files.runs import (
-    RunDir,
-    absolute_paths,
-    check_run_folder,
-    clear_run_folder,
-    new_run_path,
-    run_config,
-)
+from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, clear_run_folder, new_run_path, run_config
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.training.trainer import Trainer
-from lmlab.plugins.augment.eval_options import DEFAULT_TEST, DEFAULT_TRAIN, AugmentEvalOptions
+from lmlab.plugins.augment.command import DEFAULT_TEST, DEFAULT_TRAIN, AugmentEvalOptions
 from lmlab.plugins.augment.reader import ReaderConfig, SpanTask, features, load_reader, load_tokenizer, predict
 from lmlab.plugins.augment.records import Instance, load_instances
-from lmlab.plugins.augment.squad import exact_match, f1, squad_scores
 
 BASELINE = "seeds"
 COMMAND = "augment eval"  # as typed after `lmlab` (config.json's cli_command, which --resume checks)
@@ -46,6 +43,44 @@ DUPLICATE = "duplicate of a training row"
 #: Options that do not change what a system learns: a resumed eval may differ from the recorded ones in these.
 UNRECORDED = ("resume", "output_dir", "overwrite")
 RENAMED = {"train": "data", "test": "eval_data"}  # what evals recorded before --train/--test were renamed
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """evaluate-v1.1.py's normalize_answer: lower, remove punctuation, remove articles, fix whitespace."""
+    no_punctuation = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", no_punctuation).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """evaluate-v1.1.py's exact_match_score: 1.0 when both normalise to the same string, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1(prediction: str, gold: str) -> float:
+    """evaluate-v1.1.py's f1_score: harmonic mean of token precision and recall (a token counts as often as it
+    occurs in both); 0.0 when no token is shared."""
+    predicted, wanted = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    same = sum((Counter(predicted) & Counter(wanted)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(predicted), same / len(wanted)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_over_golds(metric: Callable[[str, str], float], prediction: str, golds: Sequence[str]) -> float:
+    """evaluate-v1.1.py's metric_max_over_ground_truths: the prediction's best score against any gold answer."""
+    return max(metric(prediction, gold) for gold in golds)
+
+
+def squad_scores(predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Corpus EM and F1 in percent (100 × the mean over questions, as the script prints them)."""
+    if len(predictions) != len(golds) or not golds:
+        raise ValueError(f"need one prediction per question, got {len(predictions)} for {len(golds)}")
+    em = sum(best_over_golds(exact_match, p, g) for p, g in zip(predictions, golds, strict=True))
+    overlap = sum(best_over_golds(f1, p, g) for p, g in zip(predictions, golds, strict=True))
+    return {"exact_match": 100.0 * em / len(golds), "f1": 100.0 * overlap / len(golds)}
 
 
 class ReaderTrainer(Trainer):
@@ -122,9 +157,9 @@ def combine(seeds: list[Instance], extra: list[Instance], skips: SkipLog) -> lis
     for item in extra:
         if _key(item) in seen:
             skips.add(DUPLICATE)
-            continue
-        seen.add(_key(item))
-        kept.append(item)
+        else:
+            seen.add(_key(item))
+            kept.append(item)
     return kept
 
 
@@ -141,12 +176,6 @@ def system_names(augmented: list[str]) -> list[str]:
 
 def _absolute(path: str) -> str:
     return os.path.abspath(path) if Path(path).exists() else path
-
-
-def _recorded(opts: AugmentEvalOptions, train: str, test: str) -> dict[str, Any]:
-    """What the eval's config.json records: every option, the data paths absolute."""
-    return {**dataclasses.asdict(opts), "data": _absolute(train), "eval_data": _absolute(test),
-            "augmented": [_absolute(path) for path in opts.augmented]}
 
 
 def _eval_dir(opts: AugmentEvalOptions, recorded: dict[str, Any], main: bool) -> Path:
@@ -181,14 +210,11 @@ def _system_options(opts: AugmentEvalOptions, path: Path, resuming: bool) -> Aug
     """How to run one system in `path`: None when it already finished (resumed eval), a resume of its
     checkpoint when it was interrupted, else a fresh run (an unfinished folder without checkpoint is ours:
     the caller clears it)."""
-    fresh = dataclasses.replace(opts, output_dir=path, resume=None, overwrite=False)
-    if not resuming:
-        return fresh
-    if (path / "summary.json").is_file():
+    if resuming and (path / "summary.json").is_file():
         return None
-    if checkpoint.latest(path / "checkpoints") is not None:
+    if resuming and checkpoint.latest(path / "checkpoints") is not None:
         return dataclasses.replace(opts, output_dir=None, resume=path, overwrite=False)
-    return fresh
+    return dataclasses.replace(opts, output_dir=path, resume=None, overwrite=False)
 
 
 def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
@@ -207,7 +233,8 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
     systems = [(BASELINE, [train], []), *((name, [train, path], load_instances(path, need_context=True))
                                          for name, path in zip(names, opts.augmented, strict=True))]
     accelerator = make_accelerator(opts.precision, opts.device)
-    recorded = _recorded(opts, train, test)
+    recorded = {**dataclasses.asdict(opts), "data": _absolute(train), "eval_data": _absolute(test),
+                "augmented": [_absolute(path) for path in opts.augmented]}  # config.json's, the data paths absolute
     eval_dir = shared_run_path(accelerator, _eval_dir(opts, recorded, accelerator.is_main_process))
     if opts.resume is None:
         RunDir(eval_dir, main=accelerator.is_main_process, checkpoints=False).write_config(
@@ -232,9 +259,8 @@ def run_eval(opts: AugmentEvalOptions) -> dict[str, Any]:
             summary = ReaderTrainer(system_opts, rows, held_out, system=name, files=files, skips=skips).run()
             if accelerator.is_main_process:  # finished: model/ and summary.json are all a resume needs
                 shutil.rmtree(path / "checkpoints", ignore_errors=True)
-        results[name] = {"exact_match": summary["exact_match"], "f1": summary["f1"], "n_train": summary["n_train"],
-                         "n_rows": summary["n_rows"], "skipped": summary["skipped"], "test_overlap": overlap,
-                         "run_dir": str(path)}
+        results[name] = {**{k: summary[k] for k in ("exact_match", "f1", "n_train", "n_rows", "skipped")},
+                         "test_overlap": overlap, "run_dir": str(path)}
     for result in results.values():
         result["f1_delta"] = result["f1"] - results[BASELINE]["f1"]
     report = {"command": COMMAND, "eval_dir": str(eval_dir), "model": opts.model, "test": recorded["eval_data"],

@@ -1,30 +1,127 @@
-"""Which prompts an augmentation run sends: for each seed, `multiplier` work items, each with its own
-demonstrations and target context chosen by the retrieval mode (RADA, Seo et al. 2024):
+"""The prompts an augmentation run sends: prompt templates, and the run's work items (RADA, Seo et al. 2024).
 
-- demos: in-context retrieval. The demonstrations are drawn from the store items nearest the seed (a new
-  combination for every item, widening the pool of demonstrations); the target is the seed's own context.
-- context: target-context retrieval. The target is a store context near the seed (item j takes the j-th
-  nearest distinct context); the demonstrations are seeds.
-- both: retrieved demonstrations and a retrieved context.
-- none: the seed-only baseline: other seeds as demonstrations, the seed's own context as the target.
+A template (TOML, YAML or JSON) has an `instruction`, the `demo` format of one demonstration (e.g. "Context:
+{context}\\nQuestion: {input}\\nAnswer: {output}"), the `target` that ends the prompt (a prefix of demo: the model
+writes the rest) and a `check` (span: the answer occurs in the context; choice: an option letter; none). The demo
+format is also the parser: a generation that does not read as the rest of a demonstration is malformed.
 
-Everything is a function of the run's seed and the item's id, so a rerun plans the same items.
+Each seed gets `multiplier` work items, whose demonstrations and target context the retrieval mode chooses (see
+`plan`). Everything is a function of the run's seed and the item's id, so a rerun plans the same items.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import tomllib
+import yaml
 
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.vector_store import Hit, VectorStore
 from lmlab.plugins.augment.records import Instance, from_row
-from lmlab.plugins.augment.templates import Template
 
+BUILT_IN = Path(__file__).resolve().parent / "templates"
+CHECKS = ("span", "choice", "none")
+FIELD = re.compile(r"\{(input|output|context)\}")
+OPTION_LINE = re.compile(r"^\s*\(?([A-Ea-e])[.)]\s+\S", re.MULTILINE)
 MODES = ("demos", "context", "both", "none")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    instruction: str
+    demo: str
+    target: str
+    check: str = "span"
+
+    @property
+    def needs_context(self) -> bool:
+        return "{context}" in self.target
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """A blank line ends the new demonstration, and so does the start of another one (the label that opens
+        the target's last line, e.g. "Question:")."""
+        label = FIELD.sub("", self.target.rsplit("\n", 1)[-1]).strip()
+        return ("\n\n", f"\n{label}") if label else ("\n\n",)
+
+    def render_demo(self, item: Instance) -> str:
+        return self.demo.format(input=item.input, output=item.output, context=item.context or "")
+
+    def prompt(self, demos: list[Instance], context: str | None) -> str:
+        """The instruction, each demonstration, then the target (with `context` when the template has one)."""
+        parts = [self.instruction, *(self.render_demo(d) for d in demos), self.target.format(context=context or "")]
+        return "\n\n".join(p.strip("\n") for p in parts)
+
+    def parse(self, generated: str) -> dict[str, str] | None:
+        """The fields the model wrote after the target ({"input": ..., "output": ...}), or None if it does
+        not read as the rest of a demonstration (or a field is empty)."""
+        found = _pattern(self.demo[len(self.target):]).match(generated)
+        if found is None:
+            return None
+        fields = {k: v.strip() for k, v in found.groupdict().items()}
+        return fields if all(fields.values()) else None
+
+
+def _pattern(rest: str) -> re.Pattern[str]:
+    """A regex for the demo's remainder: literal text with any whitespace flexible, each field lazy; the last
+    field runs to the end of its line (anything the model wrote after it is ignored)."""
+    pieces = FIELD.split(rest)
+    regex = ""
+    for n, piece in enumerate(pieces):
+        if n % 2:
+            last = n == len(pieces) - 2 or not "".join(pieces[n + 1:]).strip()
+            regex += f"(?P<{piece}>[^\\n]*\\S)" if last else f"(?P<{piece}>.+?)"
+        else:
+            regex += "".join(r"\s*" if part.isspace() else re.escape(part) for part in re.split(r"(\s+)", piece)
+                             if part)
+    return re.compile(r"\s*" + regex, re.DOTALL)
+
+
+def load_template(spec: str) -> Template:
+    """A built-in template by name, or a template file; LmlabError naming the file and field otherwise."""
+    path = BUILT_IN / f"{spec}.toml" if (BUILT_IN / f"{spec}.toml").is_file() else Path(spec).expanduser()
+    built_in = ", ".join(sorted(p.stem for p in BUILT_IN.glob("*.toml")))
+    hint = f"built in: {built_in}; or a TOML/YAML/JSON file with instruction, demo, target"
+    if not path.is_file():
+        raise LmlabError(f"Unknown template '{spec}' (no such built-in template or file).", hint=hint)
+    try:
+        parse = {".toml": tomllib.loads, ".json": json.loads}.get(path.suffix, yaml.safe_load)
+        data = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise LmlabError(f"{path}: cannot read the template ({str(exc).splitlines()[0]}).", hint=hint) from None
+    if not isinstance(data, dict):
+        raise LmlabError(f"{path}: a template maps instruction, demo and target to text.", hint=hint)
+    for key in ("instruction", "demo", "target"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise LmlabError(f"{path}: field '{key}' is missing or not text.", hint=hint)
+    template = Template(name=str(data.get("name") or path.stem), instruction=data["instruction"], demo=data["demo"],
+                        target=data["target"], check=str(data.get("check", "span")))
+    rest = template.demo[len(template.target):]
+    if not template.demo.startswith(template.target):
+        raise LmlabError(f"{path}: field 'target' must be the start of 'demo' (the model writes the rest).",
+                         hint='e.g. demo = "Context: {context}\\nQuestion: {input}\\nAnswer: {output}", '
+                              'target = "Context: {context}\\nQuestion:"')
+    if set(FIELD.findall(rest)) != {"input", "output"}:
+        raise LmlabError(f"{path}: the part of 'demo' after 'target' must hold {{input}} and {{output}} and no "
+                         "{context}.", hint="the model writes the input and the output; the context is given")
+    if template.check not in CHECKS:
+        raise LmlabError(f"{path}: field 'check' is '{template.check}'.", hint=f"use one of: {', '.join(CHECKS)}")
+    if template.check == "span" and not template.needs_context:
+        raise LmlabError(f"{path}: check 'span' needs a {{context}} in 'target'.", hint="or use check = 'none'")
+    return template
+
+
+def option_letters(question: str) -> set[str]:
+    """The option letters a multiple-choice question lists, one per line ("A. ...", "(B) ...")."""
+    return {m.upper() for m in OPTION_LINE.findall(question)}
 
 
 @dataclass(frozen=True)
@@ -102,6 +199,6 @@ def plan(seeds: list[Instance], vectors: np.ndarray | None, store: VectorStore |
             items.append(WorkItem(id=f"{seed.id}#{j}", seed=seed, sample=j, demos=tuple(chosen),
                                   context=context if template.needs_context else None,
                                   context_id=context_id if template.needs_context else None,
-                                  prompt=template.prompt(chosen, context), request_seed=stable_int(run_seed, seed.id,
-                                                                                                   j, "sample")))
+                                  prompt=template.prompt(chosen, context),
+                                  request_seed=stable_int(run_seed, seed.id, j, "sample")))
     return items

@@ -1,16 +1,11 @@
-"""The extractive QA reader that `lmlab augment eval` trains to measure an augmented set, as RADA measures its
-data by the F1 of a reader trained on it (Seo et al. 2024). The paper's readers are T5-base generating the
-answer; ours is the BERT-style span reader (Devlin et al. 2019, §4.2): an encoder (`transformers.AutoModel`,
-the offline MiniLM by default) and one linear layer giving each token a start and an end logit, so an answer is
-always a span of the context and a small encoder trains on two CPU cores in a minute.
+"""The extractive QA reader `lmlab augment eval` trains. RADA scores augmented data by the F1 of a reader trained
+on it (Seo et al. 2024; its readers are T5-base generating the answer). Ours is BERT's span reader (Devlin et al.
+2019, §4.2), so an answer is always a span of the context and a small encoder trains on two CPU cores in a minute:
 
     (question, context) → encoder → Linear(hidden, 2) → start/end logits → best span (start ≤ end, ≤ 30 tokens)
 
-Training rows whose answer is not in the context, or lies past the `max_length` window, are skipped and
-counted. Questions are cut to at most `max_question_tokens` (64, as BERT's run_squad.py `max_query_length`).
-Prediction reads a long context in overlapping windows (as run_squad.py's doc stride) and keeps the best span
-of any window, so every held-out question gets an answer from its whole context.
-"""
+As in BERT's run_squad.py, questions are cut (max_query_length) and a long context is read in overlapping windows
+(doc stride), the best span of any window winning."""
 
 from __future__ import annotations
 
@@ -22,11 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.retrieval.embeddings import embedder_path
-from lmlab.core.training.batching import length_grouped_batches
+from lmlab.core.training.trainer import length_grouped_batches
 from lmlab.plugins.augment.records import Instance
 
 HEAD_FILE = "span_head.safetensors"
@@ -71,8 +67,7 @@ class SpanReader(nn.Module):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         logits = self.span(hidden).float().masked_fill((attention_mask == 0)[..., None], torch.finfo(torch.float32).min)
-        start, end = logits.unbind(-1)
-        return start, end
+        return logits.unbind(-1)
 
     def save(self, folder: Path, tokenizer: Any) -> None:
         """An HF encoder folder plus the span head: `load_reader` on it gives this reader back."""
@@ -135,10 +130,6 @@ def load_reader(config: ReaderConfig, *, seed: int) -> tuple[SpanReader, Any]:
     return reader, tokenizer
 
 
-def _question_budget(max_length: int, max_question_tokens: int) -> int:
-    return min(max_question_tokens, max_length // 2)
-
-
 def _cut_questions(tokenizer: Any, questions: Sequence[str], budget: int) -> list[str]:
     """Each question cut after its `budget`-th token (at that token's last character)."""
     encoded = tokenizer(list(questions), add_special_tokens=False, return_offsets_mapping=True)
@@ -151,7 +142,7 @@ def _encode(tokenizer: Any, examples: Sequence[Instance], config: ReaderConfig, 
     many overlapping windows as the context needs, half a window of overlap."""
     if not examples:
         return []
-    budget = _question_budget(config.max_length, config.max_question_tokens)
+    budget = min(config.max_question_tokens, config.max_length // 2)
     questions = _cut_questions(tokenizer, [e.input for e in examples], budget)
     room = config.max_length - budget - tokenizer.num_special_tokens_to_add(pair=True)
     encoded = tokenizer(questions, [e.context for e in examples], truncation="only_second",
@@ -203,16 +194,12 @@ def features(instances: Sequence[Instance], tokenizer: Any, *, max_length: int =
 
 def collate(feats: Sequence[SpanFeature], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask (/ token_type_ids) and the start/end targets."""
-    width = max(len(f.input_ids) for f in feats)
-    batch = {"input_ids": torch.full((len(feats), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(feats), width), dtype=torch.long)}
+    ids = [torch.tensor(f.input_ids, dtype=torch.long) for f in feats]
+    batch = {"input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),
+             "attention_mask": pad_sequence([torch.ones_like(i) for i in ids], batch_first=True)}
     if feats[0].token_type_ids is not None:
-        batch["token_type_ids"] = torch.zeros((len(feats), width), dtype=torch.long)
-    for i, f in enumerate(feats):
-        batch["input_ids"][i, :len(f.input_ids)] = torch.tensor(f.input_ids)
-        batch["attention_mask"][i, :len(f.input_ids)] = 1
-        if f.token_type_ids is not None:
-            batch["token_type_ids"][i, :len(f.token_type_ids)] = torch.tensor(f.token_type_ids)
+        batch["token_type_ids"] = pad_sequence([torch.tensor(f.token_type_ids, dtype=torch.long) for f in feats],
+                                               batch_first=True)
     batch["start"] = torch.tensor([f.start for f in feats], dtype=torch.long)
     batch["end"] = torch.tensor([f.end for f in feats], dtype=torch.long)
     return batch
@@ -233,8 +220,7 @@ class SpanTask:
         self.feats, self.pad_id, self.seed = feats, pad_id, seed
 
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
-        return length_grouped_batches([len(f.input_ids) for f in self.feats], global_batch, seed=self.seed,
-                                      epoch=epoch)
+        return length_grouped_batches([len(f.input_ids) for f in self.feats], global_batch, seed=self.seed, epoch=epoch)
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         return collate([self.feats[i] for i in indices], self.pad_id)
@@ -255,8 +241,7 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, first: int, 
     """(score, i, j) maximising start[i] + end[j] over context tokens first ≤ i ≤ j ≤ last, j - i < max_tokens."""
     start, end = start_logits[first:last + 1], end_logits[first:last + 1]
     scores = start[:, None] + end[None, :]
-    span = torch.arange(len(start))
-    allowed = (span[None, :] >= span[:, None]) & (span[None, :] - span[:, None] < max_tokens)
+    allowed = torch.ones_like(scores, dtype=torch.bool).triu().tril(max_tokens - 1)  # 0 ≤ j - i < max_tokens
     flat = int(scores.masked_fill(~allowed, float("-inf")).argmax())
     i, j = divmod(flat, len(start))
     return float(scores[i, j]), first + i, first + j

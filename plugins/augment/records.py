@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,7 @@ class Instance:
     source: str | None = None
 
     def as_row(self) -> dict[str, Any]:
-        return {"id": self.id, "input": self.input, "output": self.output, "context": self.context,
-                "source": self.source}
+        return asdict(self)
 
 
 def _text(record: Record, field: str, required: bool) -> str | None:
@@ -58,9 +57,10 @@ def instance(record: Record, *, need_context: bool) -> Instance:
 
 def load_instances(paths: str | Sequence[str], *, need_context: bool = False) -> list[Instance]:
     """Every instance in `paths` (files, folders, saved datasets); ids must be unique across them."""
+    paths = [paths] if isinstance(paths, str) else paths
     found: list[Instance] = []
     where: dict[str, str] = {}
-    for path in [paths] if isinstance(paths, str) else paths:
+    for path in paths:
         for record in load_records(path):
             item = instance(record, need_context=need_context)
             if item.id in where:
@@ -69,8 +69,7 @@ def load_instances(paths: str | Sequence[str], *, need_context: bool = False) ->
             where[item.id] = f"{record.path}:{record.line}"
             found.append(item)
     if not found:
-        raise DataError("has no rows", path=", ".join([paths] if isinstance(paths, str) else paths),
-                        hint="add at least one instance")
+        raise DataError("has no rows", path=", ".join(paths), hint="add at least one instance")
     return found
 
 

@@ -1,33 +1,154 @@
-"""`lmlab augment`: plan the work items, generate them chunk by chunk through a backend, parse, filter and
-dedupe each generation, and append what is kept, resumably (see journal.py), then write report.json."""
+"""`lmlab augment`: plan the work items, generate them chunk by chunk through a backend, parse each generation,
+apply RADA's answer-in-context filter (the one the authors found useful) and near-duplicate removal, append what
+is kept, resumably (see `Journal`), then write report.json with distinct-n, the diversity figure."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import time
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lmlab.core.commands.devices import inference_dtype, resolve_device
 from lmlab.core.evaluation.backends import Backend, GenerateRequest, load_backend
-from lmlab.core.files.atomic import write_json_atomic
+from lmlab.core.files.atomic import read_complete_lines, sync, write_json_atomic
 from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, new_run_path, run_config
 from lmlab.core.kernel.console import Progress, log
-from lmlab.core.kernel.errors import Interrupted, LmlabError
-from lmlab.core.kernel.signals import StopRequest
-from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, diversity
-from lmlab.plugins.augment.journal import Journal
-from lmlab.plugins.augment.options import AugmentOptions
-from lmlab.plugins.augment.plan import WorkItem, check_mode, plan
+from lmlab.core.kernel.errors import Interrupted, LmlabError, StopRequest
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER, Embedder
+from lmlab.core.retrieval.vector_store import VectorStore, open_store
+from lmlab.plugins.augment.command import AugmentOptions, add_instances
+from lmlab.plugins.augment.plan import Template, WorkItem, check_mode, load_template, option_letters, plan
 from lmlab.plugins.augment.records import Instance, embed_text, load_instances
-from lmlab.plugins.augment.templates import Template, load_template
 
 COMMAND = "augment"
 # Options that decide what the items are: a folder made with other values cannot be continued.
 PLAN_OPTIONS = ("data", "store", "retrieval", "template", "multiplier", "demos", "pool", "temperature", "top_p",
                 "max_new_tokens", "filter", "dedupe", "dedupe_threshold", "limit", "seed", "model", "backend")
+FINAL = ("kept", "filtered", "duplicate", "malformed")  # the outcomes that end an item; "error" is retried
+WORD = re.compile(r"\w+")
+
+
+class Journal:
+    """augmented.jsonl (the kept rows) and journal.jsonl (each finished item's outcome), appended so that a run
+    killed at any moment and rerun makes every item once: a kept row is written before its journal line, both are
+    fsynced after every chunk, and on a rerun a torn last line is cut off and a kept row without its journal line
+    gets it back. Items that ended in an error are not done, so a rerun retries them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.augmented_path, self.journal_path = folder / "augmented.jsonl", folder / "journal.jsonl"
+        self.kept: list[dict[str, Any]] = read_complete_lines(self.augmented_path)
+        self.status: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        for row in read_complete_lines(self.journal_path):
+            self._note(row)
+        self.out: IO[str] = open(self.augmented_path, "a", encoding="utf-8")
+        self.log: IO[str] = open(self.journal_path, "a", encoding="utf-8")
+        for row in self.kept:
+            if self.status.get(row["id"]) != "kept":
+                self._write_journal({"id": row["id"], "status": "kept"})
+        self.flush()
+        self.resumed = len(self.status)
+
+    def _note(self, row: dict[str, Any]) -> None:
+        self.status[row["id"]] = row.get("status", "error")
+        if row.get("status") == "error":
+            self.errors[row["id"]] = str(row.get("error", ""))
+        else:
+            self.errors.pop(row["id"], None)
+
+    def done(self, item_id: str) -> bool:
+        return self.status.get(item_id) in FINAL
+
+    def _write_journal(self, row: dict[str, Any]) -> None:
+        self.log.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._note(row)
+
+    def record(self, outcome: dict[str, Any], kept: dict[str, Any] | None) -> None:
+        """One finished item: its kept row (if any) first, then its journal line."""
+        if kept is not None:
+            self.out.write(json.dumps(kept, ensure_ascii=False) + "\n")
+            self.kept.append(kept)
+        self._write_journal(outcome)
+
+    def flush(self) -> None:
+        sync(self.out, self.log)
+
+    def close(self) -> None:
+        self.flush()
+        self.out.close()
+        self.log.close()
+
+    def counts(self) -> dict[str, int]:
+        found = Counter(self.status.values())
+        return {status: found[status] for status in (*FINAL, "error")}
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+def answer_span(answer: str, context: str) -> str | None:
+    """The answer as it is written in the context (matched ignoring case and runs of whitespace), or None when
+    the context does not contain it: an extractive answer must be a span of its context."""
+    pattern = r"\s+".join(re.escape(w) for w in answer.split())
+    found = re.search(pattern, context, re.IGNORECASE) if pattern else None
+    return found.group(0) if found else None
+
+
+def choice_answer(answer: str, question: str) -> str | None:
+    """A multiple-choice answer normalised to its letter, or None when it is not one of the question's options."""
+    letter = re.fullmatch(r"\(?([A-Ea-e])[.)]?(\s.*)?", answer.strip())
+    found = letter.group(1).upper() if letter else None
+    return found if found in option_letters(question) else None
+
+
+def shingles(text: str, n: int = 2) -> frozenset[tuple[str, ...]]:
+    """The word n-grams of `text`; a text of fewer than n words is one shingle."""
+    tokens = words(text)
+    return frozenset(tuple(tokens[i:i + n]) for i in range(max(1, len(tokens) - n + 1)))
+
+
+class Deduper:
+    """Near-duplicate removal: a row duplicates an earlier one (or a seed) when the Jaccard similarity of their
+    word-bigram sets reaches `threshold` (1.0: only rows that are the same after lower-casing and dropping
+    punctuation). An inverted index over bigrams means only rows sharing one are compared."""
+
+    def __init__(self, threshold: float = 0.8) -> None:
+        self.threshold = threshold
+        self.sets: list[frozenset[tuple[str, ...]]] = []
+        self.index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+
+    def key(self, question: str, answer: str) -> frozenset[tuple[str, ...]]:
+        return shingles(question) | {("\x00answer", *words(answer))}
+
+    def duplicate(self, question: str, answer: str) -> bool:
+        """Whether (question, answer) is a near-duplicate of a row already added."""
+        mine = self.key(question, answer)
+        rows = {row for gram in mine for row in self.index.get(gram, ())}
+        return any(len(mine & self.sets[row]) / len(mine | self.sets[row]) >= self.threshold for row in rows)
+
+    def add(self, question: str, answer: str) -> None:
+        mine = self.key(question, answer)
+        for gram in mine:
+            self.index[gram].append(len(self.sets))
+        self.sets.append(mine)
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): distinct word n-grams over all word n-grams of the texts; 0 for none."""
+    grams = [tuple(t[i:i + n]) for t in map(words, texts) for i in range(len(t) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def diversity(texts: list[str]) -> dict[str, float]:
+    return {f"distinct_{n}": round(distinct_n(texts, n), 4) for n in (1, 2, 3)}
 
 
 def flat_options(opts: AugmentOptions) -> dict[str, Any]:
@@ -48,8 +169,6 @@ def _check_same_plan(folder: Path, options: dict[str, Any]) -> None:
 def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
     """A store folder, loaded; or the instance files to index (read now, so bad rows stop the run before its
     folder exists)."""
-    from lmlab.core.retrieval.vector_store import VectorStore
-
     if (source / "store.json").is_file():
         return VectorStore.load(source), None
     return None, load_instances(str(source))
@@ -57,10 +176,6 @@ def _open_store(source: Path) -> tuple[Any, list[Instance] | None]:
 
 def _index_into_run(rows: list[Instance], source: Path, run: RunDir, embedder: Callable[[str], Any]) -> Any:
     """The instance files indexed into the run folder's store/ (once: a rerun finds them there)."""
-    from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
-    from lmlab.core.retrieval.vector_store import open_store
-    from lmlab.plugins.augment.index import add_instances
-
     folder = run.path / "store"
     store = open_store(folder, DEFAULT_EMBEDDER, "flat")
     added = add_instances(store, folder, rows, embedder(store.info.embedder), save_every=2048)
@@ -95,14 +210,11 @@ def judge(item: WorkItem, text: str, template: Template, opts: AugmentOptions,
     return "kept", row, None
 
 
-def _generate_chunk(backend: Backend, chunk: list[WorkItem], requests: list[GenerateRequest]
-                    ) -> list[tuple[str | None, str | None]]:
+def _generate_chunk(backend: Backend, requests: list[GenerateRequest]) -> list[tuple[str | None, str | None]]:
     """(text, error) per item: the chunk in one call; if the backend fails, item by item, so that one
     failing request costs only its own item."""
-    try:
+    with contextlib.suppress(LmlabError):
         return [(texts[0], None) for texts in backend.generate(requests)]
-    except LmlabError:
-        pass
     out: list[tuple[str | None, str | None]] = []
     for request in requests:
         try:
@@ -117,24 +229,22 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
     dtype = inference_dtype(opts.model.precision, device)
     template = load_template(opts.template)
     check_mode(opts.retrieval, template)
-    seeds = load_instances(opts.data or str(example("augment/seeds.jsonl")), need_context=template.needs_context)
-    seeds = seeds[:opts.limit] if opts.limit else seeds
-    options = {**flat_options(opts), "data": opts.data or str(example("augment/seeds.jsonl")),
-               "store": opts.store or str(example("augment/store.jsonl"))}
+    data = opts.data or str(example("augment/seeds.jsonl"))
+    store_spec = opts.store or str(example("augment/store.jsonl"))
+    seeds = load_instances(data, need_context=template.needs_context)[:opts.limit]
+    options = {**flat_options(opts), "data": data, "store": store_spec}
     if opts.resume is None and opts.output_dir is not None:
         check_run_folder(opts.output_dir, COMMAND, reusable=True)
     folder = new_run_path(COMMAND, opts.resume or opts.output_dir)
     if folder.exists():
         _check_same_plan(folder, absolute_paths(options))
-    source = Path(opts.store or example("augment/store.jsonl"))
+    source = Path(store_spec)
     store, rows = _open_store(source) if opts.retrieval != "none" else (None, None)
     backend = load_backend(opts.backend, opts.model)  # before the run folder: a bad model leaves none behind
     run = RunDir(folder, checkpoints=False)
     run.write_config(COMMAND, options)
     vectors = None
     if opts.retrieval != "none":
-        from lmlab.core.retrieval.embeddings import Embedder
-
         def embedder(name: str) -> Embedder:
             return Embedder(name, device=device, dtype=dtype)  # where the generator runs
 
@@ -162,7 +272,7 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
                 chunk = todo[start:start + chunk_size]
                 requests = [GenerateRequest(item.prompt, opts.max_new_tokens, template.stop, opts.temperature,
                                             opts.top_p, 1, item.request_seed) for item in chunk]
-                for item, (text, error) in zip(chunk, _generate_chunk(backend, chunk, requests), strict=True):
+                for item, (text, error) in zip(chunk, _generate_chunk(backend, requests), strict=True):
                     if text is None:
                         failures += 1
                         journal.record({"id": item.id, "status": "error", "error": error}, None)
@@ -173,8 +283,7 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
                                     "raw": text}, kept)
                 journal.flush()
                 counts = journal.counts()
-                progress.update(len(items) - sum(1 for i in todo if not journal.done(i.id)),
-                                f"kept {counts['kept']}")
+                progress.update(len(items) - sum(1 for i in todo if not journal.done(i.id)), f"kept {counts['kept']}")
                 if failures >= opts.max_failures:
                     raise LmlabError(f"The backend failed on {failures} items in a row (last: "
                                      f"{journal.errors[chunk[-1].id]}); {counts['kept']} rows are kept so far.",
@@ -184,8 +293,7 @@ def run_augment(opts: AugmentOptions) -> dict[str, Any]:
                           hint=f"rerun with --resume {run.path} to continue where it stopped") from exc
     finally:
         journal.close()
-    seconds = time.perf_counter() - started
-    return report(run, journal, items, seeds, opts, template, seconds, len(todo))
+    return report(run, journal, items, seeds, opts, template, time.perf_counter() - started, len(todo))
 
 
 def report(run: RunDir, journal: Journal, items: list[WorkItem], seeds: list[Instance], opts: AugmentOptions,

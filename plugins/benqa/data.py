@@ -1,16 +1,13 @@
 """Read BEnQA as released (data/BEnQA/<grade>-<subject>.csv, few-shot examples in the sibling
 data/BEnQA-few_shots_examples/<grade>-<subject>-few_shot.csv) and build one item per question and language.
 
-Prompt choices, documented here because the paper does not fix them for log-likelihood scoring:
-- the instruction is in the item's language (English or Bengali) and names the subject and grade;
-- the option letters stay latin a-d in BOTH languages: the release's answer key is latin a-d for both, and
-  identical continuations (" a" ... " d") make the en-bn gap measure the question and option text rather than
-  how a tokenizer treats ক/খ/গ/ঘ;
-- few-shot examples (the first k rows of the subject's few-shot file, at most 5) follow the instruction,
-  each formatted exactly like the question with its answer (or, with chain of thought, its worked solution);
-  an example that is the question itself (one in the release, 8th-Science) is replaced by the next row;
-- chain of thought asks for the paper's final-answer format {"Answer": "x"}.
-"""
+Prompt choices, made here because the paper does not fix them for log-likelihood scoring: the instruction is in the
+item's language and names the subject and grade; the option letters stay latin a-d in BOTH languages (the release's
+answer key is latin a-d for both, and identical continuations " a" ... " d" make the en-bn gap measure the question
+and option text rather than how a tokenizer treats ক/খ/গ/ঘ); few-shot examples (the first k rows of the subject's
+few-shot file, at most 5; one that is the question itself, as in 8th-Science, is replaced by the next row) follow the
+instruction, formatted like the question with its answer or, with chain of thought, its worked solution; chain of
+thought asks for the paper's final-answer format {"Answer": "x"}."""
 
 from __future__ import annotations
 
@@ -151,19 +148,17 @@ def read_questions(path: Path, skipped: SkipLog) -> list[tuple[Record, Question,
             shown = ", ".join(name for name in records[0].data if name) or "none"
             raise DataError("missing column", path=str(path), line=1, field=column,
                             hint=f"expected: {', '.join(COLUMNS)} (present: {shown})")
-    typed = "Question_Type" in present
     rows = []
     for record in records:
-        gold = _letter(record.data["Correct Answer"])
+        data = {column: str(record.data.get(column) or "").strip() for column in (*COLUMNS, "Question_Type")}
+        gold = _letter(data["Correct Answer"])
         if gold is None:
             skipped.add("answer not a-d", record)
             continue
-        data = record.data
-        rows.append((record, Question(
-            text={"en": str(data["English Question"] or "").strip(), "bn": str(data["Bengali Question"] or "").strip()},
-            options={"en": tuple(str(data[c] or "").strip() for c in ("A", "B", "C", "D")),
-                     "bn": tuple(str(data[f"{c} Bn"] or "").strip() for c in ("A", "B", "C", "D"))},
-            gold=gold, solution={}), (str(data["Question_Type"] or "").strip() or None) if typed else None))
+        rows.append((record, Question(text={"en": data["English Question"], "bn": data["Bengali Question"]},
+                                      options={"en": tuple(data[c] for c in "ABCD"),
+                                               "bn": tuple(data[f"{c} Bn"] for c in "ABCD")},
+                                      gold=gold, solution={}), data["Question_Type"] or None))
     return rows
 
 
@@ -186,8 +181,7 @@ def read_shots(path: Path, k: int, cot: bool) -> list[Question]:
                             field=names["Correct Answer"], hint="few-shot examples need a valid answer")
         shots.append(Question(
             text={"en": data["Question"], "bn": data["Question Bn"]},
-            options={"en": tuple(data[c] for c in LETTERS),
-                     "bn": tuple(data[f"{c} Bn"] for c in LETTERS)},
+            options={"en": tuple(data[c] for c in LETTERS), "bn": tuple(data[f"{c} Bn"] for c in LETTERS)},
             gold=gold,
             solution={lang: _solution(data.get(column, ""), gold)
                       for lang, column in (("en", "English_Response"), ("bn", "Bengali_Response"))}))

@@ -7,15 +7,13 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
+
 from lmlab.core.bench import benchmark as b
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, bench_command
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, System, bench_command, ran
 from lmlab.core.commands import options as o
 from lmlab.plugins.block import twins
-from lmlab.plugins.block.perplexity import train_all, training_note
-from lmlab.plugins.block.shape import PREFIX, arch_opt, check_shape
 
 SYSTEMS = {"block": System(), "vanilla": System(), "hf-gptneox": System("transformers", "pip install transformers")}
 SETTINGS, DEFAULT_RUNS = ("prefill_heavy", "decode_heavy"), 3  # the paper's protocol times 5 runs (--runs 5)
@@ -44,9 +42,9 @@ class BlockBenchOptions(BenchOptions):
 
 def _settings(opts: BlockBenchOptions) -> dict[str, Any]:
     lengths = {name: (getattr(opts, f"{name}_prompt"), getattr(opts, f"{name}_max_new_tokens")) for name in SETTINGS}
-    context = check_shape(opts.n_layer, opts.n_embd, opts.n_head, opts.block_len, lengths)
+    context = twins.check_shape(opts.n_layer, opts.n_embd, opts.n_head, opts.block_len, lengths)
     shape = {key: getattr(opts, key) for key in ("batch_size", "n_layer", "n_embd", "n_head", "block_len")}
-    return {**shape, "prefix": PREFIX, "block_layers": opts.n_layer // 2, "token_layers": (opts.n_layer + 1) // 2,
+    return {**shape, "prefix": twins.PREFIX, "block_layers": opts.n_layer // 2, "token_layers": (opts.n_layer + 1) // 2,
             "vocab_size": opts.vocab_size, "context": context, "seed": opts.seed, "dtype": "float32",
             "lengths": {name: {"prompt": p, "decode": n} for name, (p, n) in lengths.items()},
             "warmup_runs": 1, "timed_runs": opts.runs, "timed_runs_note": f"the paper's protocol: one warm-up, then "
@@ -57,12 +55,12 @@ def _settings(opts: BlockBenchOptions) -> dict[str, Any]:
             "tokens_per_s": "tokens generated (batch × decode, checked) / mean wall seconds of the timed runs",
             "kv_bytes": "peak KV-cache bytes per sequence: ours measured (Completion.kv_bytes); hf-gptneox computed, "
                         "2 · layers · (prompt + decode - 1) · width · 4 bytes (what its DynamicCache holds at the end)",
-            "train_steps": opts.train_steps, "training": training_note(opts.train_steps)}
+            "train_steps": opts.train_steps, "training": twins.training_note(opts.train_steps)}
 
 
 def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     if settings["train_steps"]:
-        train_all(results, settings, arch_opt(settings["block_len"], settings["n_layer"]))
+        twins.train_all(results, settings)
     for name in SETTINGS:
         b.same_for_all(results, f"{name}.prompts_sha256", "same_prompts_as_others")
 
@@ -94,8 +92,6 @@ def _columns(s: dict[str, Any]) -> list[Column]:
 
 
 def _lines(report: dict[str, Any]) -> list[str]:
-    from rich.markup import escape
-
     s, measured = report["settings"], {name: r for name, r in report["results"].items() if ran(r)}
     same, exact = ([all(r[name][key] for r in measured.values() for name in SETTINGS)
                     for key in ("same_prompts_as_others", "exact_tokens")])
@@ -128,7 +124,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     device, hf = w.worker_setup(settings), system == "hf-gptneox"
-    model, out = twins.build(system, settings, arch_opt(settings["block_len"], settings["n_layer"]))
+    model, out = twins.build(system, settings)
     out["parameters"] = sum(p.numel() for p in model.to(device).parameters())
     for index, name in enumerate(SETTINGS):
         prompt_len, n = settings["lengths"][name]["prompt"], settings["lengths"][name]["decode"]

@@ -1,6 +1,5 @@
-"""`lmlab bench serve`: `lmlab serve-block` under load over real loopback HTTP, batch 1 against continuous batching,
-for a Block Transformer and its vanilla twin (docs/benchmarks.md#bench-serve says what is compared and how; the load
-generator is core.bench.http_load)."""
+"""`lmlab bench serve`: `lmlab serve-block` under load over loopback HTTP, batch 1 against continuous batching, for a
+Block Transformer and its vanilla twin (docs/benchmarks.md#bench-serve; the load generator is core.bench.http_load)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.bench import http_load as load
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Figure, Ratio, bench_command
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Figure, Ratio, System, bench_command, ran
 from lmlab.core.bench.machine import version
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System
 from lmlab.core.commands import options as o
+from lmlab.core.files.records import example
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.plugins.block.shape import PREFIX, arch_opt, check_shape
+from lmlab.core.models.loading import cache_dir
+from lmlab.plugins.block import twins
 
 MODES = ("batch1", "dynamic")
 BATCH_WINDOW_MS, MAX_QUEUE, WARMUP_REQUESTS = 5.0, 1024, 4  # serve-block's default window; warm-up per server
@@ -44,19 +43,15 @@ class ServeBenchOptions(BenchOptions):
 
 
 def _settings(opts: ServeBenchOptions) -> dict[str, Any]:
-    from lmlab.core.models.architectures import check_model_choice
-
     levels, n = load.load_levels(opts.concurrency_levels, opts.requests), opts.n_layer
-    least = check_shape(n, opts.n_embd, opts.n_head, opts.block_len, {"serve": (opts.prompt_tokens,
-                                                                              opts.max_new_tokens)})
+    least = twins.check_shape(n, opts.n_embd, opts.n_head, opts.block_len,
+                              {"serve": (opts.prompt_tokens, opts.max_new_tokens)})
     if opts.block_size % opts.block_len or opts.block_size < least:
         raise LmlabError(f"--block-size {opts.block_size} must be a multiple of --block-len {opts.block_len} and at "
                          f"least --prompt-tokens + --max-new-tokens = {opts.prompt_tokens + opts.max_new_tokens}.",
                          hint=f"e.g. --block-size {least}")
-    check_model_choice("block", "mha", block_size=opts.block_size, n_layer=n, n_head=opts.n_head, n_embd=opts.n_embd,
-                       arch_opt=arch_opt(opts.block_len, n))
-    return {"n_layer": n, "n_embd": opts.n_embd, "n_head": opts.n_head, "block_len": opts.block_len, "prefix": PREFIX,
-            "block_layers": n // 2, "token_layers": n - n // 2, "context": opts.block_size,
+    return {"n_layer": n, "n_embd": opts.n_embd, "n_head": opts.n_head, "block_len": opts.block_len,
+            "prefix": twins.PREFIX, "block_layers": n // 2, "token_layers": n - n // 2, "context": opts.block_size,
             "vocab_size": opts.vocab_size, "prompt_tokens": opts.prompt_tokens, "max_tokens": opts.max_new_tokens,
             "concurrency": levels, "requests_per_level": opts.requests, "max_seconds_per_level": opts.max_seconds,
             "timeout_seconds": opts.timeout, "modes": {"batch1": 1, "dynamic": opts.batch_size},
@@ -70,8 +65,6 @@ def _settings(opts: ServeBenchOptions) -> dict[str, Any]:
 def _prepare(opts: ServeBenchOptions, settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """The prompts (seeded random slices of Tiny Shakespeare cut to --prompt-tokens tokens and decoded) and the BPE
     `lmlab pretrain` trains on it, saved into `scratch` for the workers; their facts go into the settings."""
-    from lmlab.core.files.records import example
-    from lmlab.core.models.loading import cache_dir
     from lmlab.core.training.text_corpus import read_texts, resolve_tokenizer
 
     texts = [t for _, t in read_texts(str(example("pretrain/tinyshakespeare.txt")))]
@@ -94,7 +87,6 @@ def _lines(report: dict[str, Any]) -> list[str]:
 
 def _ratios(s: dict[str, Any]) -> list[Ratio | Figure]:
     rps, levels, top = "levels.c{}.requests_per_s", s["concurrency"], f"c{max(s['concurrency'])}"
-
     return [*(Ratio(f"requests_per_s_dynamic_vs_batch1_c{c}_{name}", name, name, "dynamic." + rps.format(c),
                     "batch1." + rps.format(c), target=(">=", 3.0) if c == 64 else None)
               for name in ("block", "vanilla") for c in levels),
@@ -121,22 +113,11 @@ bench_serve = bench_command(BENCHMARK)
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Worker: build the system's model with random weights from the seed, save it as `lmlab pretrain` leaves a
-    run's model/, then serve it in each mode and measure every level."""
-    import torch
+    """Worker: the system's model, seeded, saved as `lmlab pretrain` saves one, served in each mode at every level."""
     from transformers import AutoTokenizer
 
-    from lmlab.core.models.architectures import build_model
-
-    torch.manual_seed(settings["seed"])
-    block = system == "block"
-    model, _ = build_model("block" if block else "gpt", "mha", vocab_size=settings["vocab_size"],
-                           block_size=settings["context"], n_layer=settings["n_layer"], n_head=settings["n_head"],
-                           n_embd=settings["n_embd"],
-                           arch_opt=arch_opt(settings["block_len"], settings["n_layer"]) if block else [])
+    model, name = twins.build_ours(system, settings)
     prompts = json.loads(Path(settings["prompts_file"]).read_text())
-    name = f"BlockTransformer {settings['block_layers']}+{settings['token_layers']}, L_B {settings['block_len']}" \
-        if block else "GPT (gpt arch)"
     out: dict[str, Any] = {"implementation": f"{name} · serve-block (continuous batching)",
                            "version": version("lmlab"), "parameters": sum(p.numel() for p in model.parameters())}
     with tempfile.TemporaryDirectory(prefix=f"lmlab-bench-serve-{system}-") as tmp:

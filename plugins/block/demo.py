@@ -1,6 +1,5 @@
-"""The Block Transformer's part of `lmlab demo`: a tiny block model and its vanilla twin trained alike on Tiny
-Shakespeare by `lmlab pretrain` (the real command, in a subprocess: this plugin does not import pretrain), a
-sample from each, and their decode throughput side by side through core's cached generation; then the block
+"""The Block Transformer's part of `lmlab demo`: a tiny block model and its vanilla twin trained alike by `lmlab
+pretrain` (in a subprocess: this plugin does not import pretrain), samples and decode throughput; then the block
 model served over HTTP, concurrent requests answered with and without batching."""
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from lmlab.core.serving.generation import Sampling, generate_text, generate_toke
 
 SHAPE = ("--n-layer", "4", "--n-embd", "128", "--n-head", "2", "--block-size", "128")
 BATCH, PROMPT, NEW = 8, 32, 128  # the throughput check: 8 random prompts of 32 tokens, 128 new tokens each
+SERVE_REQUESTS, SERVE_TOKENS = 16, 24  # the serving check: 16 concurrent requests of 24 tokens
 
 
 def _pretrain(arch: str, folder: Path, steps: int) -> dict:
@@ -34,10 +34,9 @@ def _pretrain(arch: str, folder: Path, steps: int) -> dict:
 def _tokens_per_s(folder: Path) -> float:
     model, _ = load_generator(folder)
     prompts = torch.randint(1, model.config.vocab_size, (BATCH, PROMPT), generator=torch.Generator().manual_seed(0))
-    sampling = Sampling(max_tokens=NEW, temperature=0, ignore_eos=True)
     generate_tokens(model, prompts[:, :8].tolist(), Sampling(max_tokens=8, temperature=0))  # warm-up
     start = time.perf_counter()
-    generate_tokens(model, prompts.tolist(), sampling)
+    generate_tokens(model, prompts.tolist(), Sampling(max_tokens=NEW, temperature=0, ignore_eos=True))
     return BATCH * NEW / (time.perf_counter() - start)
 
 
@@ -54,9 +53,6 @@ def run_demo(output_dir: str, quick: bool) -> None:
         err.print(f"[dim]sample ({arch}):[/dim] ROMEO:{sample}")
     err.print(f"block vs vanilla decode throughput (batch {BATCH}, {PROMPT}-token prompts, {NEW} new tokens, cached): "
               f"[bold]{rates['block'] / rates['gpt']:.2f}×[/bold]; `lmlab bench block` measures it at scale")
-
-
-SERVE_REQUESTS, SERVE_TOKENS = 16, 24
 
 
 def _serve_and_ask(model: object, tokenizer: object, max_batch_size: int) -> tuple[float, str, float]:

@@ -1,28 +1,5 @@
-"""The Block Transformer (Ho, Bae, Kim et al., NeurIPS 2024; docs/methods.md#block-transformer): global-to-local
-language modelling.
-
-A sequence is cut into blocks of L_B tokens. Three parts, each a GPT-NeoX stack from core (pre-LN, parallel
-residual, rotary positions on 25 % of each head's dimensions, final LayerNorm) around the registered attention:
-
-    embedder       e_n = [E_b(x_{n,1}); …; E_b(x_{n,L_B})]          E_b: vocab × D/L_B, concatenated to width D
-    block decoder  h_0 … h_{N-1} = BlockDecoder(e_0 … e_{N-1})      causal over blocks, rotary over block index,
-                                                                     all-pad blocks masked as keys, no LM head
-    prefix         [p_1 … p_r] = Linear(D, r·D)(h_n)                 r = `prefix` vectors, with bias
-    token decoder  for block n+1: TokenDecoder([p_1 … p_r, x_{n+1,1} … x_{n+1,L_B-1}]) at rotary positions
-                   0 … r+L_B-2, causal, never leaving the block; outputs r-1 … r+L_B-2 → untied head →
-                   x_{n+1,1} … x_{n+1,L_B}
-
-Loss: mean token cross-entropy over blocks 1 … N-1 (block 0 has no context and is never predicted), padding
-and blocks after an all-pad block skipped. Training data (`prepare_batch`): each window is shifted right by
-0 … L_B-1 pad tokens, so the first block is left-padded as a prompt is at generation time (simpler than the
-authors' per-document padding, docs/methods.md#block-transformer: only the first block of a window is padded;
-windows run across document boundaries).
-
-Generation (core's interface): `prefill` left-pads the prompts to a block boundary and runs the block decoder
-once, keeping a global KV cache of one entry per block; then per block the prefix of the last block-decoder
-output seeds a local KV cache of at most r + L_B - 1 entries that the token decoder decodes L_B tokens with,
-dropped after the block; the finished block is embedded and takes one cached block-decoder step.
-"""
+"""The Block Transformer (Ho, Bae, Kim et al., NeurIPS 2024; docs/methods.md#block-transformer): blocks of L_B tokens,
+a block decoder over block embeddings and a token decoder inside each block, both GPT-NeoX stacks from core."""
 
 from __future__ import annotations
 
@@ -40,12 +17,11 @@ from lmlab.core.models.kv_cache import KVCache, to_device
 from lmlab.core.models.transformer import Stack, Step, init_normal, padded_causal_mask, scale_residual
 from lmlab.core.serving.generation import PAD_ID
 from lmlab.core.training.logprobs import head_cross_entropy
-from lmlab.plugins.block.options import parse_options
+from lmlab.plugins.block import parse_options
 
 
 class BlockState:
-    """Decode state: the global cache (one entry per block), the local cache of the block being decoded, each
-    sequence's next block position, the block's tokens so far and how many there are."""
+    """Decode state: the global cache (one entry per block), the local cache of the current block, its tokens so far."""
 
     def __init__(self, global_cache: KVCache, local_cache: KVCache, next_block: Tensor, block_len: int) -> None:
         self.global_cache, self.local_cache, self.next_block = global_cache, local_cache, next_block
@@ -90,9 +66,9 @@ class BlockTransformer(nn.Module):
         self.config = replace(config, arch_options=options)
         self.block_len, self.n_prefix, split = options["block_len"], options["prefix"], options["split"]
         D, V = config.n_embd, config.vocab_size
-        self.embedder = nn.Embedding(V, D // self.block_len)
+        self.embedder = nn.Embedding(V, D // self.block_len)  # E_b, vocab × D/L_B
         self.block_decoder = Stack(replace(shape, n_layer=split), attention)
-        self.prefix = nn.Linear(D, self.n_prefix * D, bias=True)
+        self.prefix = nn.Linear(D, self.n_prefix * D, bias=True)  # [p_1 … p_r] = prefix(h_n)
         self.wte = nn.Embedding(V, D)
         self.token_decoder = Stack(replace(shape, n_layer=config.n_layer - split), attention)
         self.lm_head = nn.Linear(D, V, bias=False)
@@ -113,39 +89,33 @@ class BlockTransformer(nn.Module):
     # ---- the three parts --------------------------------------------------------------------------------------
 
     def encode_blocks(self, blocks: Tensor, real: Tensor | None = None) -> Tensor:
-        """Block decoder outputs h [B, N, D] of blocks [B, N, L_B] (`real` [B, N]: False for an all-pad block,
-        masked as a key; positions count the real blocks)."""
-        x = self.embedder(blocks).flatten(2)  # e_n: the block's L_B token vectors concatenated
+        """Block decoder outputs h [B, N, D] of blocks [B, N, L_B]; `real` [B, N] False masks an all-pad block."""
+        x = self.embedder(blocks).flatten(2)  # e_n = [E_b(x_{n,1}); …; E_b(x_{n,L_B})], width D
         if real is None:
             return self.block_decoder(x, Step(torch.arange(blocks.size(1), device=x.device)[None]))
         positions = (real.long().cumsum(1) - 1).clamp(min=0)
         return self.block_decoder(x, Step(positions, padded_causal_mask(real), False))
 
-    def decode_blocks(self, h: Tensor, inputs: Tensor) -> Tensor:
-        """Logits [B, N, L_B, V]: entry n predicts the L_B tokens of the block after the one h[:, n] encodes, from
-        that block's prefix and its first L_B - 1 tokens `inputs` [B, N, L_B - 1] alone."""
-        return self.lm_head(self.decode_hidden(h, inputs))
-
     def decode_hidden(self, h: Tensor, inputs: Tensor) -> Tensor:
-        """The token decoder's outputs [B, N, L_B, D] that `decode_blocks` puts through the LM head."""
+        """Token decoder outputs [B, N, L_B, D]: entry n, from TokenDecoder([p_1 … p_r, x_{n+1,1} … x_{n+1,L_B-1}])
+        (the prefix of h[:, n], then `inputs` [B, N, L_B - 1]) at positions 0 … r+L_B-2, causal, never leaving the
+        block, predicts x_{n+1,1} … x_{n+1,L_B}; all blocks run as one batch of B·N short sequences."""
         B, N, D = h.shape
         r, L = self.n_prefix, self.block_len
         prefix = self.prefix(h).view(B, N, r, D)
         x = torch.cat((prefix, self.wte(inputs)), dim=2).view(B * N, r + L - 1, D)
         out = self.token_decoder(x, Step(torch.arange(r + L - 1, device=x.device)[None]))
-        return out[:, r - 1:].reshape(B, N, L, D)
+        return out[:, r - 1:].reshape(B, N, L, D)  # outputs r-1 … r+L_B-2
 
     # ---- the LanguageModel protocol -----------------------------------------------------------------------------
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean",
                 return_logits: bool = True, attention_mask: Tensor | None = None
                 ) -> tuple[Tensor | None, Tensor | None]:
-        """Logits at position t predict token t+1 (as every architecture's); positions 0 … L_B-2 predict tokens
-        of block 0, which this model never predicts: their logits are 0 and their targets ignored. With targets
-        [B, T] (T a multiple of L_B; -1 ignored): (logits [B, T, V] or None, cross-entropy over the predicted
-        targets). Without: the last position's logits [B, 1, V] (a sequence shorter than a block is left-padded
-        to one). `attention_mask` [B, T] (0: padding) masks all-pad blocks and skips the targets they leave
-        without context."""
+        """Logits at t predict token t+1, as every architecture's; block 0 (positions 0 … L_B-2) is never predicted:
+        its logits are 0 and its targets ignored. With targets [B, T] (T a multiple of L_B; -1 ignored): (logits
+        [B, T, V] or None, the loss over the predicted targets); without: the last position's logits [B, 1, V].
+        `attention_mask` [B, T] (0: padding) masks all-pad blocks and skips the targets they leave without context."""
         B, T = idx.shape
         L = self.block_len
         if T > self.config.block_size:
@@ -181,10 +151,9 @@ class BlockTransformer(nn.Module):
 
     def prepare_batch(self, batch: dict[str, Tensor], generator: torch.Generator | None = None
                       ) -> dict[str, Tensor]:
-        """A training batch of next-token windows as this model trains on them: with a generator (training),
-        each window shifted right by 0 … L_B-1 pad tokens (their targets ignored), as prompts are left-padded at
-        generation time; always the targets of block 0 (positions 0 … L_B-2) marked ignored, so that counting
-        the targets that are not -1 counts what the loss averages over."""
+        """Windows as this model trains on them: with a generator, each shifted right by 0 … L_B-1 pad tokens (their
+        targets ignored), as prompts are left-padded at generation; always block 0's targets ignored, so that the
+        targets that are not -1 count what the loss averages over."""
         idx, targets, L = batch["input_ids"], batch["targets"].clone(), self.block_len
         if generator is not None and L > 1:
             B, T = idx.shape
@@ -209,8 +178,8 @@ class BlockTransformer(nn.Module):
     # ---- the generation interface (core.serving.generation) -------------------------------------------------------
 
     def prefill(self, idx: Tensor, real: Tensor) -> tuple[Tensor, BlockState]:
-        """Left-padded prompts [B, T] → left-padded again to a block boundary, one block-decoder pass into the
-        global cache, the first token's logits [B, V] from the last block's prefix."""
+        """Left-padded prompts [B, T], padded to a block boundary, through the block decoder into the global cache
+        (one entry per block); the first token's logits [B, V] from the last block's prefix."""
         L = self.block_len
         extra = (-idx.size(1)) % L
         idx, real = F.pad(idx, (extra, 0), value=PAD_ID), F.pad(real, (extra, 0), value=False)
@@ -225,8 +194,8 @@ class BlockTransformer(nn.Module):
         return self._start_block(h, state), state
 
     def decode(self, tokens: Tensor, state: BlockState) -> Tensor:
-        """tokens [B] → logits [B, V] of the next token: a token-decoder step inside the block, or, when the
-        token completes the block, one block-decoder step and the next block's first logits."""
+        """tokens [B] → next logits [B, V]: a token-decoder step, or, once the block is complete, a block-decoder
+        step and the next block's first logits."""
         j = state.filled
         state.tokens[:, j] = tokens
         if j < self.block_len - 1:
@@ -240,7 +209,7 @@ class BlockTransformer(nn.Module):
         return self._start_block(h, state)
 
     def _start_block(self, h: Tensor, state: BlockState) -> Tensor:
-        """A fresh local cache seeded with the prefix of h [B, D]; logits of the block's first token."""
+        """A fresh local cache (at most r + L_B - 1 entries) seeded with the prefix of h [B, D]; the first logits."""
         B, D = h.shape
         state.local_cache.reset()
         state.filled = 0

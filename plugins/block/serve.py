@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from lmlab.core.commands.builder import Alias, deprecated_aliases
-from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt
+from lmlab.core.commands.devices import DeviceOpt, PrecisionOpt, describe, inference_dtype, resolve_device
+from lmlab.core.kernel.console import err
 from lmlab.core.kernel.errors import LmlabError
 
 LIMITS = "Limits"
@@ -58,8 +59,6 @@ def serve_block(
 ) -> None:
     """Serve a saved model over the OpenAI HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health,
     /metrics) with continuous batching: concurrent requests share forward passes."""
-    from lmlab.core.commands.devices import describe, inference_dtype, resolve_device
-    from lmlab.core.kernel.console import err
     from lmlab.core.serving.engine import Engine
     from lmlab.core.serving.generation import load_generator
     from lmlab.core.serving.server import Limits, Server, run_server
@@ -70,22 +69,21 @@ def serve_block(
     model, tokenizer = load_generator(run_dir, where, dtype)
     folder = run_dir.resolve()
     name = model_name or (folder.parent.name if folder.name == "model" else folder.name)
+    config = model.config
     limits = Limits(max_tokens=max_new_tokens, max_n=max_n, max_body_bytes=max_body_kb * 1024,
-                    context=model.config.block_size)
+                    context=config.block_size)
     engine = Engine(model, tokenizer, max_batch_size=max_batch_size, batch_window_ms=batch_window_ms,
                     max_queue=max_queue).start()
     server = Server(engine, tokenizer, model_name=name, limits=limits, api_key=api_key or None,
                     log=lambda line: err.print(line, markup=False, highlight=False))
-    config = model.config
 
     def ready() -> None:
-        precision_name = str(dtype).removeprefix("torch.")
         err.print(f"[bold]lmlab serve-block[/bold]: [bold]{name}[/bold] ({config.arch}, {model.num_params():,} "
-                  f"parameters, context {config.block_size}, on {describe(where)} in {precision_name}) "
-                  f"at [bold]http://{host}:{port}/v1[/bold] · batch ≤ {max_batch_size}, window "
-                  f"{batch_window_ms:g} ms, queue ≤ {max_queue}, max_tokens ≤ {max_new_tokens} · "
-                  f"API key {'required' if api_key else 'off'} · pid {os.getpid()} (Ctrl-C or SIGTERM drains and "
-                  f"stops)")
+                  f"parameters, context {config.block_size}, on {describe(where)} in "
+                  f"{str(dtype).removeprefix('torch.')}) at [bold]http://{host}:{port}/v1[/bold] · batch ≤ "
+                  f"{max_batch_size}, window {batch_window_ms:g} ms, queue ≤ {max_queue}, max_tokens ≤ "
+                  f"{max_new_tokens} · API key {'required' if api_key else 'off'} · pid {os.getpid()} (Ctrl-C or "
+                  "SIGTERM drains and stops)")
 
     run_server(server, host, port, drain_seconds=drain_seconds, on_ready=ready)
     err.print("stopped")

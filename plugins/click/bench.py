@@ -1,23 +1,17 @@
-"""`lmlab bench click`: multiple-choice scoring speed, lmlab's hf backend vs lm-evaluation-harness's HFLM.
-
-Same model object, same items, same requests: both systems get the exact (context, continuation) pairs of the
-CLIcK prompt (A-D or A-E), and each returns one log-likelihood per choice; the prediction is the argmax.
-lm-evaluation-harness runs at its own default batch size (1; `--lm-eval-batch-size` to change it) with its
-logits cache on (one forward pass per question for single-token answers), so both do one pass per question.
-Each system runs in its own subprocess with the same torch threads on the same device (`--device`: the model is
-placed there before either system gets it); one warm-up question is not timed.
-Reported: items/s, seconds, and how many per-item predictions agree, with the largest log-likelihood gap.
-"""
+"""`lmlab bench click`: multiple-choice scoring speed, lmlab's hf backend vs lm-evaluation-harness's HFLM, on the same
+model object and the exact (context, continuation) pairs of the CLIcK prompt (A-D or A-E); each returns one
+log-likelihood per choice, the prediction being the argmax. lm-evaluation-harness runs at its default batch size (1;
+`--lm-eval-batch-size`) with its logits cache on, so both do one forward pass per question; each system runs in its own
+subprocess with the same torch threads on the same device, after one untimed warm-up question. Reported: items/s,
+seconds, and how many per-item predictions agree, with the largest log-likelihood gap."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, bench_command
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, System, bench_command, ran
 from lmlab.core.bench.machine import version
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System
 from lmlab.core.bench.worker import clock, worker_device
 from lmlab.core.commands import options as o
 

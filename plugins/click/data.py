@@ -63,8 +63,8 @@ def _records(data: str) -> list[tuple[Record, dict[str, str]]]:
         rows = []
         for record in load_records(data):
             key = next((k for k in CULTURE_IDS if k in str(record.data.get("id", "")).lower()), None)
-            group = "Culture" if key else "Language"
-            rows.append((record, {"category": CULTURE_IDS[key] if key else "Language", "group": group,
+            rows.append((record, {"category": CULTURE_IDS[key] if key else "Language",
+                                  "group": "Culture" if key else "Language",
                                   "source": str(record.data.get("id", "")).split("_")[0]}))
         return rows
     files = sorted(root.glob("*/*/*.json"))

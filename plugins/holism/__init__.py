@@ -12,8 +12,7 @@ from lmlab.core.kernel.hookspecs import hookimpl
 
 @hookimpl
 def register_benchmarks(register: Any) -> None:
-    from lmlab.plugins.holism.data import load_holism
-    from lmlab.plugins.holism.judge import judge
+    from lmlab.plugins.holism.data import judge, load_holism
 
     register(BenchmarkSpec(
         name="holism", description="Holistic knowledge: abduction and revision (which belief gives way, core or "

@@ -1,17 +1,18 @@
-"""Read holism items (the open JSONL format of docs/holism.md), check every rule, and build the prompts.
-
-Abduction and revision items become two-option preference questions: loglik mode scores each option text
-after the prompt (per byte, see BenchmarkSpec.normalize), generate mode shows the options as A/B and parses
-the letter. Argument items carry their rubric and are always generated, then scored by a judge (judge.py).
-"""
+"""Holism items (the open JSONL format of docs/holism.md): read them, check every rule, build the prompts, and judge
+the arguments. Abduction and revision items are two-option preference questions: loglik mode scores each option text
+after the prompt (per byte), generate mode shows them as A/B and parses the letter. Argument items are generated,
+then scored by `judge`: the fraction of rubric points made, by keyword (`--judge keywords`, the default: a point is
+made when one of its keywords appears as a whole word or phrase) or by a judge model asked per point (yes/no)."""
 
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from typing import Any
 
-from lmlab.core.evaluation.scoring import EvalItem, EvalSettings, LoadedData
+from lmlab.core.evaluation.backends import GenerateRequest
+from lmlab.core.evaluation.scoring import EvalContext, EvalItem, EvalSettings, LoadedData
 from lmlab.core.files.records import Record, SkipLog, load_records
 from lmlab.core.kernel.errors import DataError
 
@@ -25,6 +26,10 @@ ASK_LETTER = "Answer with the letter A or B.\nAnswer:"
 ASK_COT = "Think step by step, then give the final answer on the last line as 'Answer: A' or 'Answer: B'.\nReasoning:"
 ARGUMENT_TASK = ("Write a short argument, in a few sentences, that reconciles the observation with the background "
                  "knowledge: say which belief should be kept, which should be revised, and why.")
+KEYWORDS = "keywords"
+# A base model often goes on to write the next prompt; only the argument itself is judged.
+_NEXT_SECTION = re.compile(r"\n\s*(?:Background knowledge|Observation|Question|Argument|Answer)\s*:")
+JUDGE_MAX_TOKENS = 4
 
 
 def _fail(record: Record, field: str, message: str, hint: str = HINT) -> DataError:
@@ -146,13 +151,12 @@ def _rubric(record: Record) -> list[dict[str, Any]]:
 
 def validate(record: Record) -> dict[str, Any]:
     """The item as a clean dict; DataError naming file:line and the field on any violation of the rules."""
-    item: dict[str, Any] = {"id": _text(record, record.data.get("id"), "id"),
-                            "task": _choice(record, record.data.get("task"), "task", TASKS),
-                            "domain": _text(record, record.data.get("domain"), "domain")}
-    item["statements"] = _statements(record)
-    item["observation"] = _text(record, record.data.get("observation"), "observation")
-    item["focus"] = _choice(record, record.data.get("focus"), "focus", KINDS)
-    item["question"] = _text(record, record.data.get("question"), "question")
+    get = record.data.get
+    item: dict[str, Any] = {"id": _text(record, get("id"), "id"), "task": _choice(record, get("task"), "task", TASKS),
+                            "domain": _text(record, get("domain"), "domain"), "statements": _statements(record),
+                            "observation": _text(record, get("observation"), "observation"),
+                            "focus": _choice(record, get("focus"), "focus", KINDS),
+                            "question": _text(record, get("question"), "question")}
     if item["task"] in PREFERENCE_TASKS:
         item["options"], item["gold"] = _options(record, item["statements"])
     else:
@@ -185,22 +189,20 @@ def argument_prompt(item: dict[str, Any]) -> str:
 
 
 def load_holism(data: str, settings: EvalSettings) -> LoadedData:
-    records = load_records(data)
     seen: dict[str, Record] = {}
     checked = []
-    for record in records:
+    pools: dict[str, list[int]] = {}  # the preference items of each task, the few-shot examples' pool
+    for record in load_records(data):
         item = validate(record)
         first = seen.get(item["id"])
         if first is not None:
             raise _fail(record, "id", f"duplicate id {item['id']!r}",
                         hint=f"first used at {first.path}:{first.line}; every id is unique")
         seen[item["id"]] = record
+        if item["task"] in PREFERENCE_TASKS:
+            pools.setdefault(item["task"], []).append(len(checked))
         checked.append(item)
     rng = random.Random(settings.seed)
-    pools: dict[str, list[int]] = {}
-    for n, item in enumerate(checked):
-        if item["task"] in PREFERENCE_TASKS:
-            pools.setdefault(item["task"], []).append(n)
     return LoadedData([_eval_item(n, item, checked, pools, settings, rng) for n, item in enumerate(checked)],
                       SkipLog(), source=data)
 
@@ -226,3 +228,50 @@ def _eval_item(n: int, item: dict[str, Any], checked: list[dict[str, Any]], pool
     return EvalItem(id=item["id"], prompt=loglik_shots + loglik_prompt(item),
                     choices=tuple(f" {o['text']}" for o in item["options"]), gold=item["gold"], groups=groups,
                     labels=LABELS, generate_prompt=generate)
+
+
+def argument_text(text: str) -> str:
+    """The generated argument up to the point where the model starts a new prompt section."""
+    match = _NEXT_SECTION.search(text)
+    return (text[:match.start()] if match else text).strip()
+
+
+def _mentions(answer: str, keyword: str) -> bool:
+    phrase = r"\s+".join(re.escape(word) for word in keyword.lower().split())
+    return re.search(rf"(?<!\w){phrase}(?!\w)", answer) is not None
+
+
+def keyword_score(rubric: Sequence[dict[str, Any]], text: str) -> float:
+    """The fraction of rubric points with at least one keyword in `text`."""
+    answer = argument_text(text).lower()
+    made = sum(1 for point in rubric if any(_mentions(answer, k) for k in point["keywords"]))
+    return made / len(rubric) if rubric else 0.0
+
+
+def judge_prompt(item: EvalItem, text: str, point: str) -> str:
+    situation = item.prompt.split(f"\n{ARGUMENT_TASK}", 1)[0]
+    return (f"{situation}\n\nHere is an argument that tries to reconcile the observation with the background "
+            f"knowledge.\nArgument: {argument_text(text)}\n\nDoes the argument make this point: {point} "
+            "Answer yes or no.\nAnswer:")
+
+
+def is_yes(answer: str) -> bool:
+    words = re.findall(r"[a-z]+", answer.lower())
+    return bool(words) and words[0] == "yes"
+
+
+def judge(items: Sequence[EvalItem], texts: Sequence[str], ctx: EvalContext) -> list[float]:
+    """Scores for the answers `texts` to the argument `items`, by the `--judge` the options name (a judge model is
+    asked through `--judge-backend` and the run's request cache)."""
+    spec = str(ctx.settings.options.get("judge") or KEYWORDS)
+    if spec == KEYWORDS:
+        return [keyword_score(item.rubric, text) for item, text in zip(items, texts, strict=True)]
+    backend = ctx.backend_for(str(ctx.settings.options.get("judge_backend") or "hf"), spec)
+    requests = [GenerateRequest(judge_prompt(item, text, point["point"]), JUDGE_MAX_TOKENS, stop=("\n",))
+                for item, text in zip(items, texts, strict=True) for point in item.rubric]
+    verdicts = iter(ctx.generate(backend, requests))
+    scores = []
+    for item in items:
+        yes = sum(is_yes(next(verdicts)) for _ in item.rubric)
+        scores.append(yes / len(item.rubric) if item.rubric else 0.0)
+    return scores

@@ -20,7 +20,7 @@ def register_commands(app: Any, bench: Any) -> None:
 
 
 def _demo(output_dir: str, quick: bool) -> None:
-    from lmlab.plugins.mapo.demo import run_demo
+    from lmlab.plugins.mapo.train import run_demo
 
     run_demo(output_dir, quick)
 

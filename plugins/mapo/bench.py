@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, Results, Settings, bench_command
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, Settings, System, bench_command, ran
 from lmlab.core.commands import options as o
 from lmlab.plugins.mapo.bench_inputs import prepare, training_inputs
 from lmlab.plugins.mapo.step_parts import StepParts
@@ -52,7 +50,7 @@ def _settings(opts: MapoBenchOptions) -> Settings:
             "memory_target_judged_this_run": opts.unet_scale >= JUDGED_SCALE}
 
 
-def _finish(settings: Settings, results: Results) -> None:
+def _finish(settings: Settings, results: dict[str, dict[str, Any]]) -> None:
     mapo, dpo = results.get("mapo"), results.get("dpo")
     if ran(mapo) and ran(dpo):
         dpo["first_step_mse_abs_diff_vs_mapo"] = max(abs(mapo["first_step"][k] - dpo["first_step"][k])
@@ -104,8 +102,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from lmlab.core.bench.memory import TensorPeak
-    from lmlab.core.bench.replay import replay_training
+    from lmlab.core.bench.tensor_memory import TensorPeak
     from lmlab.core.training.loop import TrainConfig, make_accelerator
 
     device = w.worker_setup(settings)
@@ -133,7 +130,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
                       weight_decay=0.0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
     timing.optimizer_hooks()  # global hooks, left in place: the worker process ends after this run
-    records, peak = replay_training(unet, task, order, cfg, accelerator, peak=lambda: w.read_peak(device),
+    records, peak = w.replay_training(unet, task, order, cfg, accelerator, peak=lambda: w.read_peak(device),
                                     collated=batches, before_step=count_tensors_in_warmup)
     times, reference = [r["step_time"] for r in records], task.reference or torch.nn.Module()  # DPO's, or none
     step_time = statistics.median(times[WARMUP_STEPS:])

@@ -4,6 +4,7 @@ random-init UNet, and in each worker train-mapo's task with the batches of every
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,13 @@ def prepare(opts: Any, settings: dict[str, Any], scratch: Path) -> dict[str, Any
 
 def _pairs(data: str | None, scratch: Path) -> tuple[str, str]:
     """(path the workers load, what the report says about it): --data, the bundled pairs, or synthetic pairs."""
+    from lmlab.core.files.records import example
+
     if data:
         return data, data
-    try:
-        from lmlab.core.files.records import example
-
-        bundled = example("mapo/pairs.jsonl")
-    except LmlabError:
-        bundled = None
-    if bundled is not None and bundled.is_file():
-        return str(bundled), "examples/mapo/pairs.jsonl (bundled)"
+    with contextlib.suppress(LmlabError):  # no bundled examples folder: synthetic pairs
+        if (bundled := example("mapo/pairs.jsonl")).is_file():
+            return str(bundled), "examples/mapo/pairs.jsonl (bundled)"
     return str(synthetic_pairs(scratch, SYNTHETIC_PAIRS)), f"{SYNTHETIC_PAIRS} synthetic 64×64 flat-vs-noisy pairs"
 
 

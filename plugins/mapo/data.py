@@ -89,10 +89,8 @@ def build_pairs(records: list[Record], skips: SkipLog) -> list[ImagePair]:
 
 def paired_transform(winner: Image.Image, loser: Image.Image, resolution: int, *, random: bool,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Resize the shorter side to `resolution`, crop a square, maybe flip: the same for both images.
-
-    Returns both as [3, R, R] in [-1, 1] and SDXL's (orig_h, orig_w, crop_top, crop_left) for the pair.
-    """
+    """Resize the shorter side to `resolution`, crop a square, maybe flip, the same for both images: both as
+    [3, R, R] in [-1, 1], and SDXL's (orig_h, orig_w, crop_top, crop_left) for the pair."""
     if loser.size != winner.size:
         loser = loser.resize(winner.size, Image.BICUBIC)
     orig_w, orig_h = winner.size

@@ -1,9 +1,6 @@
-"""Load a text-to-image diffusion model (SDXL or SD-1.x layout) for MaPO, or build the offline `tiny-sdxl` preset.
-
-`tiny-sdxl` is SDXL's component set at toy size with random weights (seed 0) and a character-level CLIP
-tokenizer; it is written once in diffusers layout under `cache_dir()/models/tiny-sdxl` and then loaded through
-the same local-folder path as a real checkpoint.
-"""
+"""Load a text-to-image diffusion model (SDXL or SD-1.x layout) for MaPO, or build the offline `tiny-sdxl` preset:
+SDXL's component set at toy size with random weights (seed 0) and a character-level CLIP tokenizer, written once in
+diffusers layout under `cache_dir()/models/tiny-sdxl` and then loaded like any local folder."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from diffusers import (
@@ -63,37 +59,29 @@ class DiffusionParts:
             return StableDiffusionXLPipeline(
                 vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
                 tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=scheduler,
-                add_watermarker=False,
-            )
+                add_watermarker=False)
         return StableDiffusionPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def load_diffusion(spec: str, *, trust_remote_code: bool = False) -> DiffusionParts:
-    """Load `tiny-sdxl`, a local diffusers folder, or a Hub id (owner/name), all in float32.
-
-    `trust_remote_code` is accepted for symmetry with `load_model`; the fixed CLIP/UNet/VAE classes never run it.
-    """
+    """Load `tiny-sdxl`, a local diffusers folder, or a Hub id (owner/name), all in float32. `trust_remote_code` is
+    accepted for symmetry with `load_model`; the fixed CLIP/UNet/VAE classes never run it."""
     if spec in PRESETS:
         return _load(str(tiny_sdxl_folder()), source=spec, sdxl=None)
     path = Path(spec).expanduser()
     if path.exists():
         return _load(str(path), source=spec, sdxl=_check_folder(path))
     if spec.count("/") != 1:
-        raise ModelError(
-            f"Unknown diffusion model '{spec}': not a preset, a local diffusers folder, or a Hub id (owner/name).",
-            hint=f"presets: {', '.join(PRESETS)}",
-        )
+        raise ModelError(f"Unknown diffusion model '{spec}': not a preset, a local diffusers folder, or a Hub id "
+                         "(owner/name).", hint=f"presets: {', '.join(PRESETS)}")
     try:
         return _load(spec, source=spec, sdxl=None)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(
-            f"Could not load diffusion model '{spec}' from the Hub ({reason}).",
-            hint="no network here? use a local diffusers folder or the offline preset tiny-sdxl",
-        ) from exc
+        raise ModelError(f"Could not load diffusion model '{spec}' from the Hub ({reason}).",
+                         hint="no network here? use a local diffusers folder or the offline preset tiny-sdxl") from exc
 
 
 def _check_folder(path: Path) -> bool:
@@ -108,11 +96,9 @@ def _check_folder(path: Path) -> bool:
     if sdxl:
         missing += [name for name in SDXL_PARTS if not (path / name).is_dir()]
     if missing:
-        raise ModelError(
-            f"{path}: diffusers folder is missing the subfolder(s) {', '.join(missing)}.",
-            hint="expected unet/, vae/, text_encoder/, tokenizer/, scheduler/ (and text_encoder_2/, tokenizer_2/ "
-                 "for SDXL), as written by DiffusionPipeline.save_pretrained",
-        )
+        raise ModelError(f"{path}: diffusers folder is missing the subfolder(s) {', '.join(missing)}.",
+                         hint="expected unet/, vae/, text_encoder/, tokenizer/, scheduler/ (and text_encoder_2/, "
+                              "tokenizer_2/ for SDXL), as written by DiffusionPipeline.save_pretrained")
     return sdxl
 
 
@@ -136,9 +122,6 @@ def _load(where: str, *, source: str, sdxl: bool | None) -> DiffusionParts:
     return DiffusionParts(unet, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, noise_scheduler, source)
 
 
-# --- the offline tiny-sdxl preset ---------------------------------------------------------------------------
-
-
 def tiny_sdxl_folder() -> Path:
     """Build the preset once (atomically) and return its folder."""
     target = cache_dir() / "models" / "tiny-sdxl"
@@ -147,16 +130,11 @@ def tiny_sdxl_folder() -> Path:
     return target
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode map (256 characters)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in keep]
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
-
-
 def tiny_tokenizer() -> CLIPTokenizer:
-    """A character-level CLIP BPE tokenizer (no merges): 256 bytes, 256 word-final bytes, BOS, EOS = 514 ids."""
-    chars = list(_bytes_to_unicode().values())
+    """A character-level CLIP BPE tokenizer (no merges): 256 bytes, 256 word-final bytes, BOS, EOS = 514 ids; the
+    bytes as GPT-2/CLIP's reversible map writes them (printable ones as themselves, then the rest from chr(256))."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [*map(chr, printable), *(chr(256 + i) for i in range(256 - len(printable)))]
     tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
@@ -164,27 +142,15 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
 
 
-def tiny_text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=TEXT_HIDDEN,
-        hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def tiny_unet(*, sdxl: bool) -> UNet2DConditionModel:
     """SDXL: cross-attention over both encoders (32 + 32) plus text_time conditioning; SD-1.x: one encoder."""
-    extra: dict[str, Any] = {}
-    if sdxl:
-        extra = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-                 "projection_class_embeddings_input_dim": TEXT_HIDDEN + 6 * 8}
+    extra = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+             "projection_class_embeddings_input_dim": TEXT_HIDDEN + 6 * 8} if sdxl else {}
     return UNet2DConditionModel(
         sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), transformer_layers_per_block=1, norm_num_groups=8, use_linear_projection=True,
-        cross_attention_dim=2 * TEXT_HIDDEN if sdxl else TEXT_HIDDEN, **extra,
-    )
+        cross_attention_dim=2 * TEXT_HIDDEN if sdxl else TEXT_HIDDEN, **extra)
 
 
 def tiny_vae(*, sdxl: bool) -> AutoencoderKL:
@@ -192,22 +158,24 @@ def tiny_vae(*, sdxl: bool) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4, sample_size=64,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        scaling_factor=0.13025 if sdxl else 0.18215,
-    )
+        scaling_factor=0.13025 if sdxl else 0.18215)
 
 
 def tiny_scheduler() -> EulerDiscreteScheduler:
     """SDXL's scheduler settings (scaled_linear betas, epsilon, 1000 steps), stored as SDXL stores them."""
     return EulerDiscreteScheduler(
         num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", steps_offset=1, timestep_spacing="leading",
-    )
+        prediction_type="epsilon", steps_offset=1, timestep_spacing="leading")
 
 
 def write_tiny_diffusion(folder: Path, *, sdxl: bool = True, seed: int = 0) -> Path:
     """Write a random-init tiny pipeline (SDXL or SD-1.x style) in diffusers layout into `folder`."""
     tokenizer = tiny_tokenizer()
-    config = tiny_text_config(tokenizer)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_HIDDEN, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=TEXT_HIDDEN,
+        hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet, vae = tiny_unet(sdxl=sdxl), tiny_vae(sdxl=sdxl)

@@ -39,7 +39,6 @@ class MapoOptions(TrainOptions):
     sample_steps: int = option(20, "Denoising steps per sample.", min=1, panel=RUN_AND_OUTPUT)
 
 
-#: The command (`lmlab train-mapo`).
 train_mapo = trainer_command(
     MapoOptions, "lmlab.plugins.mapo.train:MapoTrainer", extra="diffusion",
     doc="Align a text-to-image diffusion model to preference pairs with MaPO (or Diffusion-DPO for comparison).")

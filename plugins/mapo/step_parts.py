@@ -22,16 +22,13 @@ class StepParts:
         self.steps: list[dict[str, float]] = []
         self.device = torch.device(device)
 
-    def add(self, part: str, seconds: float) -> None:
-        self.steps[-1][part] = self.steps[-1].get(part, 0.0) + seconds
-
     def timed(self, part: str | None, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """call(*args, **kwargs), its time added to `part` of the current step (none before the first step: the
         encodes of --cache-latents at collation)."""
         tick = clock(self.device)
         out = call(*args, **kwargs)
         if part is not None and self.steps:
-            self.add(part, clock(self.device) - tick)
+            self.steps[-1][part] = self.steps[-1].get(part, 0.0) + clock(self.device) - tick
         return out
 
     def optimizer_hooks(self) -> tuple[Any, Any]:

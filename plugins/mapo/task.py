@@ -1,12 +1,41 @@
-"""MaPO / Diffusion-DPO as a TrainTask: only the UNet trains; VAE (fp32) and text encoders stay frozen."""
+"""MaPO / Diffusion-DPO as a TrainTask: only the UNet trains; VAE (fp32) and text encoders stay frozen. The
+objectives (the MaPO paper) take `mse_w`, `mse_l`: the mean over C, H, W of (model_pred − target)² for the winner
+and the loser of each pair, noised with the same noise at the same timestep."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from lmlab.plugins.mapo.data import ImagePair, paired_transform
-from lmlab.plugins.mapo.loss import denoising_error, dpo_terms, mapo_terms
 from lmlab.plugins.mapo.models import DiffusionParts
+
+
+def denoising_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over every non-batch dimension, in float32."""
+    return (pred.float() - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))
+
+
+def snr_weight(x: torch.Tensor, s: float) -> torch.Tensor:
+    """f(x) = s·x / (exp(s·x) − 1): decreasing in the error x, f(0) = 1 (MaPO's log-odds surrogate)."""
+    sx = s * x
+    return torch.where(sx == 0, torch.ones_like(sx), sx / torch.expm1(sx))
+
+
+def mapo_terms(mse_w: torch.Tensor, mse_l: torch.Tensor, *, beta: float, snr_value: float,
+               num_timesteps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair MaPO loss: mse_w − β·log σ(T·(f(mse_w) − f(mse_l))); mean over pairs gives L (docs/methods.md#mapo)."""
+    f_w, f_l = snr_weight(mse_w, snr_value), snr_weight(mse_l, snr_value)
+    margin = F.logsigmoid(num_timesteps * (f_w - f_l))
+    return mse_w - beta * margin, {"mse_w": mse_w, "mse_l": mse_l, "f_w": f_w, "f_l": f_l, "margin": margin}
+
+
+def dpo_terms(mse_w: torch.Tensor, mse_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, *,
+              beta_dpo: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pair Diffusion-DPO loss: −log σ(−½·β·((mse_w − mse_l) − (ref_w − ref_l)))."""
+    inside = -0.5 * beta_dpo * ((mse_w - mse_l) - (ref_w - ref_l))
+    return -F.logsigmoid(inside), {"mse_w": mse_w, "mse_l": mse_l, "ref_w": ref_w, "ref_l": ref_l,
+                                   "implicit_acc": (inside > 0).float()}
 
 
 class DiffusionPreferenceTask:
@@ -27,8 +56,7 @@ class DiffusionPreferenceTask:
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.pairs), generator=generator).tolist()
-        order += order[:(-len(order)) % global_batch] if len(order) >= global_batch else \
-            [order[i % len(order)] for i in range(global_batch - len(order))]
+        order += [order[i % len(order)] for i in range(-len(order) % global_batch)]  # repeat to whole batches
         return [order[i:i + global_batch] for i in range(0, len(order), global_batch)]
 
     @torch.no_grad()
@@ -50,32 +78,21 @@ class DiffusionPreferenceTask:
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         if self.cache is not None:
-            cached = [self._cached(i) for i in indices]
-            winners, losers = zip(*(c[0] for c in cached), strict=True)
-            batch["latents"] = torch.cat([torch.stack(winners), torch.stack(losers)])
-            time_ids = [c[1] for c in cached]
+            latents, time_ids = zip(*(self._cached(i) for i in indices), strict=True)
+            batch["latents"] = torch.stack(latents, dim=1).flatten(0, 1)  # [2B, ...]: winners, then losers
         else:
-            winners, losers, time_ids = [], [], []
-            for i in indices:
-                w, lo, ids = paired_transform(*self.pairs[i].images(), self.resolution, random=True)
-                winners.append(w)
-                losers.append(lo)
-                time_ids.append(ids)
+            pairs = [paired_transform(*self.pairs[i].images(), self.resolution, random=True) for i in indices]
+            winners, losers, time_ids = zip(*pairs, strict=True)
             batch["pixel_values"] = torch.stack(winners + losers)
         batch["time_ids"] = torch.tensor([ids + [self.resolution, self.resolution] for ids in time_ids],
                                          dtype=torch.float32)
         return {**batch, **self.collate_text([self.pairs[i].caption for i in indices])}
 
     def collate_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        batch = {"input_ids": self._tokenize(self.parts.tokenizer, captions)}
-        if self.parts.is_sdxl:
-            batch["input_ids_2"] = self._tokenize(self.parts.tokenizer_2, captions)
-        return batch
-
-    @staticmethod
-    def _tokenize(tokenizer: object, captions: list[str]) -> torch.Tensor:
-        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids
+        """Token ids padded to each tokenizer's model_max_length: `input_ids`, and `input_ids_2` for SDXL."""
+        tokenizers = {"input_ids": self.parts.tokenizer, "input_ids_2": self.parts.tokenizer_2}
+        return {key: tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids for key, tok in tokenizers.items() if tok is not None}
 
     @torch.no_grad()
     def encode_text(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -93,8 +110,8 @@ class DiffusionPreferenceTask:
         """Per-sample error of `unet` on latents noised at `timesteps` (pairs stacked winners-then-losers)."""
         scheduler = self.parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = noise if self.parts.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise,
-                                                                                                timesteps)
+        epsilon = self.parts.prediction_type == "epsilon"
+        target = noise if epsilon else scheduler.get_velocity(latents, noise, timesteps)
         states, pooled = text
         extra = {}
         if pooled is not None:

@@ -1,30 +1,7 @@
-"""MLRA, multi-head low-rank attention (Chung, Hong, An, Thorne, Yun, EMNLP 2024; docs/methods.md#mlra-attention).
-
-Each head's projection W_h (d × d_h) becomes A_h·B_h with A_h: d × r and B_h: r × d_h. Why this stabilises
-pre-training: with weights drawn from N(0, σ²) and a unit-variance LayerNorm output x,
-
-    Var(x W_h)     = d σ²        (each output sums d products of x with a σ²-variance weight)
-    Var(x A_h B_h) = d r σ⁴      (x A_h has variance d σ²; B_h sums r of those times σ²-variance weights)
-
-so the factorised projection is r σ² times quieter, smaller whenever r σ² < 1 (r = 25, σ = 0.02: 1/100).
-In a pre-LN stack this limits the exponential growth of output variance with depth that lets the shallow
-layers' gradients explode.
-
-**Unconfirmed** in the paper, hence options (`--attn-opt KEY=VALUE`):
-- `rank` r, default ⌊d·d_h/(d+d_h)⌋: a factorised projection then has H·r·(d + d_h) ≤ d² weights, as many
-  as a dense one when (H+1) divides d.
-- `targets`, default "q,k,v": which of q, k, v, o are factorised (all with the same r); the rest stay dense.
-
-Factorising o: the output projection maps the concatenated heads to d, i.e. per head a d_h × d map W_o,h with
-y = Σ_h o_h W_o,h. It becomes A_o,h (d_h × r, per head) then B_o,h (r × d); Σ_h z_h B_o,h over the
-concatenated z_h is one Linear(H·r, d). That is the mirror image of q, k, v, with the same parameter count,
-and the Linear holding every B_o,h, the last factor, is `c_proj`, so nanoGPT's residual-scaled init applies to it.
-
-Efficient form: all A_h of the factorised q, k, v are one fused Linear(d, n·H·r); their B_h are one parameter
-[n, H, r, d_h] applied with einsum; the dense ones share one fused Linear like MHA's c_attn. `qkv` and `project`
-are core's attention protocol (lmlab.core.models.transformer), so MLRA also generates with a KV cache and serves as the
-Block Transformer's attention.
-"""
+"""MLRA, multi-head low-rank attention (Chung, Hong, An, Thorne, Yun, EMNLP 2024; docs/methods.md#mlra-attention):
+each head's projection W_h (d × d_h) becomes A_h·B_h (d × r, r × d_h). With N(0, σ²) weights and a unit-variance
+input x, Var(x W_h) = d σ² but Var(x A_h B_h) = d r σ⁴, r σ² times quieter (r = 25, σ = 0.02: 1/100), which limits the
+growth of output variance with depth in a pre-LN stack. Rank and targets, unconfirmed in the paper, are options."""
 
 from __future__ import annotations
 
@@ -65,7 +42,8 @@ def parse_options(raw: dict[str, str], cfg: AttentionConfig) -> dict[str, Any]:
 
 
 class MLRAttention(nn.Module):
-    """Causal self-attention whose target projections are per-head low-rank products A_h·B_h."""
+    """Causal self-attention whose target projections are per-head low-rank products A_h·B_h; `qkv` and `project`
+    are core's attention protocol, so MLRA also generates with a KV cache and serves as the Block Transformer's."""
 
     def __init__(self, cfg: AttentionConfig) -> None:
         super().__init__()
@@ -80,6 +58,8 @@ class MLRAttention(nn.Module):
         self.c_attn_b = nn.Parameter(torch.randn(n, h, r, self.d_head) * INIT_STD) if n else None  # B_h per head
         self.c_attn_b_bias = nn.Parameter(torch.zeros(n, h, self.d_head)) if n and cfg.bias else None
         self.c_attn = nn.Linear(d, len(self.dense) * d, bias=cfg.bias) if self.dense else None
+        # a factorised o mirrors q, k, v: per head A_o,h (d_h × r), then every B_o,h (r × d) in one Linear, c_proj,
+        # the last factor, so nanoGPT's residual-scaled init applies to it
         self.o_a = nn.Parameter(torch.randn(h, self.d_head, r) * INIT_STD) if "o" in targets else None
         self.c_proj = nn.Linear(h * r if "o" in targets else d, d, bias=cfg.bias)  # every B_o,h, or dense W_o
         self.resid_dropout = nn.Dropout(cfg.dropout)

@@ -19,15 +19,16 @@ def register_commands(app: Any, bench: Any) -> None:
 
 
 def _demo_tiny(output_dir: str, quick: bool) -> None:
-    from lmlab.plugins.orpo.demo import run_demo
+    from lmlab.plugins.orpo.train import run_demo
 
-    run_demo(output_dir, quick)
+    run_demo(output_dir, "tiny-llama", max_steps=40, batch_size=8, lr=1e-3, warmup_steps=5, schedule="cosine",
+             max_length=256)
 
 
 def _demo_smollm2(output_dir: str, quick: bool) -> None:
-    from lmlab.plugins.orpo.demo import run_demo_smollm2
+    from lmlab.plugins.orpo.train import run_demo
 
-    run_demo_smollm2(output_dir, quick)
+    run_demo(output_dir, "smollm2-135m", max_steps=4, batch_size=2, lr=5e-6, warmup_steps=0, max_length=192)
 
 
 @hookimpl

@@ -10,10 +10,8 @@ from importlib.resources import files
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, bench_command
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, System, bench_command
 from lmlab.core.bench.machine import version
-from lmlab.core.bench.replay import replay_training
-from lmlab.core.bench.systems import System
 from lmlab.core.commands import options as o
 from lmlab.plugins.orpo.synthetic import data_stats, examples_of, synthetic_rows, token_hash
 
@@ -89,10 +87,8 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     times = times[WARMUP_STEPS:]
     return {"examples_per_s": round(statistics.median(settings["batch_size"] / t for t in times), 4),
             "step_times_s": [round(t, 4) for t in times], "version": version(name), "loss_first_batch": float(loss),
-            "tokens_sha256": token_hash(tokens), "init_sha256": init_sha, "memory_after_load_mb": round(after_load, 1),
-            "peak_memory_mb": round(peak, 1), "final_loss": final,
-            "peak_memory_increase_mb": round(round(peak, 1) - round(after_load, 1), 1),
-            "data": data_stats(examples, order, settings["max_length"], WARMUP_STEPS),
+            "tokens_sha256": token_hash(tokens), "init_sha256": init_sha, **w.memory_figures(after_load, peak),
+            "final_loss": final, "data": data_stats(examples, order, settings["max_length"], WARMUP_STEPS),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -101,7 +97,6 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     import torch
 
     from lmlab.core.training.logprobs import TokenLogprobModel
-    from lmlab.core.training.loop import TrainConfig, make_accelerator
     from lmlab.plugins.orpo.task import OrpoTask
 
     task = OrpoTask(examples, pad_id=tokenizer.pad_token_id, beta=BETA, prompt_loss=True, seed=settings["seed"])
@@ -112,9 +107,8 @@ def _run_lmlab(lm: Any, tokenizer: Any, rows: list[dict[str, str]], examples: li
     with torch.no_grad():
         batch = {key: value.to(device) for key, value in task.collate(order[0]).items()}
         loss, _ = task.loss(model, batch, task.counts(batch))
-    cfg = TrainConfig(max_steps=len(order) + 1, batch_size=settings["batch_size"], lr=LR, schedule="constant",
-                      warmup_steps=0, max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"], save_every=10**9)
-    records, peak = replay_training(model, task, order, cfg, make_accelerator("fp32"), peak=lambda: w.read_peak(device))
+    records, peak = w.replay_steps(model, task, order, device, lr=LR, batch_size=settings["batch_size"],
+                                   max_grad_norm=MAX_GRAD_NORM, seed=settings["seed"])
     return "lmlab", loss, tokens, after_load, peak, [r["step_time"] for r in records], records[-1]["loss"]
 
 

@@ -1,23 +1,17 @@
 """Preference rows → token ids, with a truncation rule that never exceeds --max-length and never leaves a
-response empty (TRL's rule can do both; the ORPO paper).
-
-Rows are `{prompt, chosen, rejected}` strings, or conversational: `chosen`/`rejected` are message lists whose
-last message is the assistant turn, and the prompt is the shared earlier turns (or `prompt`, a string or a
-message list). Conversational rows go through the tokenizer's chat template; plain rows are used as text
-with EOS appended to each response.
+response empty (TRL's rule can do both). Rows are `{prompt, chosen, rejected}` strings, or conversational:
+`chosen`/`rejected` message lists ending in the assistant turn, the prompt being the shared earlier turns (or
+`prompt`), rendered with the tokenizer's chat template.
 
 Special tokens (`bos`, the `--bos` option):
-- "auto" (default): the tokenizer's own convention. A plain prompt gets whatever special tokens the tokenizer
-  adds (a Llama tokenizer adds BOS, SmolLM2's adds none); a chat-templated prompt gets only what the template
-  writes. Every plain response ends in EOS; a chat-templated response ends as the template ends it.
-- "always": TRL's `ORPOTrainer` convention (`tokenize_row`, trl 1.16): prompt text tokenised without special
-  tokens, then BOS put first unless it already is (plain and chat-templated prompts alike, and again after
-  --max-prompt-length cuts the prompt's head); EOS put last on every response unless it already is (so a
-  chat-templated response gets one after the template's end, as in TRL). Gives TRL's token ids wherever the
-  prompt/response boundary is a token boundary: responses are tokenised apart from the prompt, while TRL
-  tokenises prompt + response together and moves a token that merges across the boundary into the response.
-- "never": no special token added by the tokenizer: prompt text tokenised without special tokens (a BOS
-  written in the text or by the chat template stays); responses as under "auto".
+- "auto" (default): the tokenizer's own convention. A plain prompt gets the special tokens the tokenizer adds (a
+  Llama tokenizer adds BOS, SmolLM2's none), a chat-templated prompt only what the template writes.
+- "always": TRL's `ORPOTrainer` (`tokenize_row`, trl 1.16): BOS put first on every prompt unless it already is
+  (again after --max-prompt-length cuts its head), EOS last on every response unless it already is (so also after
+  a chat template's end). Gives TRL's ids wherever the prompt/response boundary is a token boundary: TRL tokenises
+  prompt + response together and moves a token that merges across it into the response; we tokenise them apart.
+- "never": the tokenizer adds no special token to the prompt (a BOS in the text or template stays).
+Under "auto" and "never" a plain response ends in EOS, a chat-templated one as the template ends it.
 """
 
 from __future__ import annotations
@@ -96,13 +90,6 @@ def check_bos_mode(bos: str) -> None:
                          hint="--bos auto (the tokenizer's own), always (TRL's: BOS first) or never")
 
 
-def _check_bos(tokenizer: Any, bos: str) -> None:
-    check_bos_mode(bos)
-    if bos == "always" and tokenizer.bos_token_id is None:
-        raise LmlabError(f"--bos always needs a BOS token, and the tokenizer of '{_tokenizer_name(tokenizer)}' "
-                         "has none.", hint="use --bos never (TRL adds no BOS either with such a tokenizer)")
-
-
 def _eos(tokenizer: Any) -> int:
     if tokenizer.eos_token_id is None:
         raise LmlabError(f"plain-text rows need an EOS token to end each response, and the tokenizer of "
@@ -129,7 +116,10 @@ def build_examples(records: list[Record], tokenizer: Any, *, max_length: int, ma
                    skips: SkipLog, bos: str = "auto") -> tuple[list[PreferenceExample], dict[str, int]]:
     """Tokenise and truncate every row, with the special-token convention `bos` (auto, always or never: see
     the module's docstring); returns the examples and counts of what was cut."""
-    _check_bos(tokenizer, bos)
+    check_bos_mode(bos)
+    if bos == "always" and tokenizer.bos_token_id is None:
+        raise LmlabError(f"--bos always needs a BOS token, and the tokenizer of '{_tokenizer_name(tokenizer)}' "
+                         "has none.", hint="use --bos never (TRL adds no BOS either with such a tokenizer)")
     examples: list[PreferenceExample] = []
     cut = {"prompts_truncated": 0, "responses_truncated": 0}
     for record in records:

@@ -43,7 +43,6 @@ class OrpoOptions(TrainOptions):
                                           negatable=False, panel=TRAINING)
 
 
-#: The command (`lmlab train-orpo`).
 train_orpo = trainer_command(
     OrpoOptions, "lmlab.plugins.orpo.train:OrpoTrainer",
     doc="Preference-train a causal LM with ORPO (no reference model): NLL on chosen + λ·odds-ratio loss.")

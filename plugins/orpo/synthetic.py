@@ -16,13 +16,9 @@ SHORTEST = 128  # shortest full sequence (prompt + longer response) in tokens, w
 def _word_pool() -> list[str]:
     from lmlab.core.files.records import example
 
-    words: list[str] = []
-    for line in example("orpo/preferences.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            words += [w for field in ("prompt", "chosen", "rejected") if isinstance(row.get(field), str)
-                      for w in row[field].split()]
-    return words
+    rows = [json.loads(line) for line in example("orpo/preferences.jsonl").read_text().splitlines() if line.strip()]
+    return [w for row in rows for field in ("prompt", "chosen", "rejected") if isinstance(row.get(field), str)
+            for w in row[field].split()]
 
 
 def synthetic_rows(tokenizer: Any, n_rows: int, max_length: int, seed: int) -> list[dict[str, str]]:
@@ -102,11 +98,10 @@ def token_hash(sequences: list[tuple[list[int], list[int], int]]) -> str:
 
 
 def data_stats(examples: list[Any], order: list[list[int]], max_length: int, warmup: int) -> dict[str, Any]:
-    lengths = sorted(len(e.prompt) + max(len(e.chosen), len(e.rejected)) for e in examples)
-    real = padded = 0
-    for batch in order[warmup:]:
-        seqs = [len(examples[i].prompt) + len(r) for i in batch for r in (examples[i].chosen, examples[i].rejected)]
-        real, padded = real + sum(seqs), padded + len(seqs) * max(seqs)
+    lengths = sorted(e.length for e in examples)
+    timed = [[len(examples[i].prompt) + len(r) for i in batch for r in (examples[i].chosen, examples[i].rejected)]
+             for batch in order[warmup:]]
+    real, padded = sum(map(sum, timed)), sum(len(seqs) * max(seqs) for seqs in timed)
     return {"full_length_min": lengths[0], "full_length_median": lengths[len(lengths) // 2],
             "full_length_max": lengths[-1], "max_length": max_length, "truncated_rows": 0,
             "padding_fraction_timed_batches": round(1 - real / padded, 3)}

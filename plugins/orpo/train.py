@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lmlab.core.files.records import Record, SkipLog, load_records
-from lmlab.core.kernel.console import log
+from lmlab.core.kernel.console import err, log
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.models.loading import load_model, save_model
 from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.orpo.data import PreferenceExample, build_examples, check_bos_mode
-from lmlab.plugins.orpo.evaluate import EvaluatedOrpoTask, HeldOutPairs
-from lmlab.plugins.orpo.model import trainable_model
+from lmlab.plugins.orpo.model import check_4bit, load_4bit, trainable_model
 from lmlab.plugins.orpo.options import OrpoOptions
-from lmlab.plugins.orpo.qlora import check_4bit, load_4bit
-from lmlab.plugins.orpo.task import OrpoTask
+from lmlab.plugins.orpo.task import EvaluatedOrpoTask, HeldOutPairs, OrpoTask
 
 
 class OrpoTrainer(Trainer):
@@ -49,21 +48,19 @@ class OrpoTrainer(Trainer):
             f"{cut['prompts_truncated']} with prompts truncated, {skips.total} skipped)")
         return examples, skips, cut
 
-    def _load(self, accelerator: Any) -> Any:
+    def _load(self, accelerator: Any) -> tuple[Any, Any]:
         opts = self.opts
         with accelerator.main_process_first():
             if opts.load_in_4bit:
-                lm, self.tokenizer = load_4bit(opts.model, seed=opts.seed, trust_remote_code=opts.trust_remote_code,
-                                               device_index=accelerator.local_process_index)
-            else:
-                lm, self.tokenizer = load_model(opts.model, seed=opts.seed, trust_remote_code=opts.trust_remote_code)
-        return lm
+                return load_4bit(opts.model, seed=opts.seed, trust_remote_code=opts.trust_remote_code,
+                                 device_index=accelerator.local_process_index)
+            return load_model(opts.model, seed=opts.seed, trust_remote_code=opts.trust_remote_code)
 
     def setup(self, accelerator: Any) -> tuple[Any, OrpoTask]:
         opts = self.opts
         records = load_records(self.data, required=("chosen", "rejected"))
         eval_records = None if opts.eval_data is None else load_records(opts.eval_data, required=("chosen", "rejected"))
-        lm = self._load(accelerator)
+        lm, self.tokenizer = self._load(accelerator)
         examples, self.skips, self.cut = self._examples(records, self.data, "preference pairs")
         self.pairs = len(examples)
         lm = trainable_model(lm, lora=opts.lora, quantized=opts.load_in_4bit,
@@ -101,3 +98,13 @@ class OrpoTrainer(Trainer):
 
     def title(self) -> str:
         return f"ORPO · {self.opts.model}"
+
+
+def run_demo(output_dir: str, model: str, **settings: Any) -> None:
+    """One ORPO step of `lmlab demo`: `model` trained briefly on the bundled preferences, its figures printed."""
+    summary = OrpoTrainer(OrpoOptions(model=model, output_dir=Path(output_dir) / f"orpo-{model}", overwrite=True,
+                                      **settings)).run()
+    final = summary["final"]
+    err.print(f"{summary['steps']} steps · loss {final['loss']:.4f} · reward accuracy "
+              f"{final['rewards/accuracies']:.2f} · margin {final['rewards/margins']:.4f} · "
+              f"{summary['examples_per_s']} pairs/s → [bold]{summary['run_dir']}[/bold]")

@@ -1,7 +1,5 @@
-"""Stable pre-training (Chung et al., EMNLP 2024): a nanoGPT-style GPT with TEV monitoring. `lmlab pretrain`,
-`lmlab tokenizer train`, `lmlab bench pretrain`. MHA and the `gpt` architecture are the core's (registered by
-`lmlab.core.models.presets`); other attentions (`mlra`) and architectures (`block`) come from other plugins through
-the hooks; `lmlab generate` (core) runs any of them."""
+"""Stable pre-training (Chung et al., EMNLP 2024): `lmlab pretrain` (any registered architecture and attention, with
+TEV monitoring), `lmlab tokenizer train` and `lmlab bench pretrain`; MHA and the `gpt` architecture are the core's."""
 
 from __future__ import annotations
 
@@ -16,8 +14,7 @@ from lmlab.core.kernel.hookspecs import hookimpl
 @hookimpl
 def register_commands(app: Any, bench: Any) -> None:
     from lmlab.plugins.pretrain.bench import bench_pretrain
-    from lmlab.plugins.pretrain.options import pretrain
-    from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
+    from lmlab.plugins.pretrain.options import pretrain, tokenizer_train
 
     app.command("pretrain")(pretrain)
     tokenizer = typer.Typer(help="Tokenizers for pre-training.", no_args_is_help=True)
@@ -27,7 +24,7 @@ def register_commands(app: Any, bench: Any) -> None:
 
 
 def _demo(output_dir: str, quick: bool) -> None:
-    from lmlab.plugins.pretrain.demo import run_demo
+    from lmlab.plugins.pretrain.train import run_demo
 
     run_demo(output_dir, quick)
 

@@ -8,16 +8,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from rich.markup import escape
+
 from lmlab.core.bench import benchmark as b
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, bench_command
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Ratio, System, bench_command, ran
 from lmlab.core.bench.machine import gemm_peak_flops, version
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import System
 from lmlab.core.commands import options as o
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.pretrain import hf_gpt2
-from lmlab.plugins.pretrain.windows import prepare_windows, windows_task
 
 HF = System(requires="transformers", install="pip install transformers")
 SYSTEMS = {"hf-gpt2": HF, "lmlab-mha": System(), "lmlab-mha-tev": System(), "lmlab-mlra": System(),
@@ -72,8 +71,6 @@ def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> Non
 
 
 def _lines(report: dict[str, Any]) -> list[str]:
-    from rich.markup import escape
-
     s, hf, tev = report["settings"], report["results"].get("hf-gpt2", {}), report["results"].get("lmlab-mha-tev", {})
     lines = ["throughput: " + escape(s["throughput_compared"])]
     if "first_loss_abs_diff_vs_lmlab_mha" in hf:
@@ -90,7 +87,7 @@ def _lines(report: dict[str, Any]) -> list[str]:
 BENCHMARK = Benchmark(
     name="pretrain", doc="Pre-training speed and memory: our GPT (MHA, MHA + TEV, MLRA) vs Hugging Face GPT-2 on the "
     "same batches.", options=PretrainBenchOptions, systems=SYSTEMS, worker="lmlab.plugins.pretrain.bench:run_system",
-    settings=_settings, prepare=lambda opts, s, scratch: prepare_windows(s, WARMUP_STEPS + opts.max_steps),
+    settings=_settings, prepare=lambda opts, s, scratch: hf_gpt2.prepare_windows(s, WARMUP_STEPS + opts.max_steps),
     finish=_finish, lines=_lines, versions=("torch", "transformers"),
     available=lambda opts: b.bf16_systems(SYSTEMS, BF16, opts.device),
     title=lambda s: f"Pre-training vs HF GPT-2 · {s['n_layer']} layers × {s['n_embd']} · {s['n_head']} heads · batch "
@@ -120,7 +117,7 @@ def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     import torch._dynamo  # noqa: F401  # the first AdamW imports it: load it before the memory is measured
 
     device, bf16, hf = w.worker_setup(settings), system in BF16, system.startswith("hf")
-    task, batches, batches_sha = windows_task(settings, tev_every=int(system.endswith("-tev")))
+    task, batches, batches_sha = hf_gpt2.windows_task(settings, tev_every=int(system.endswith("-tev")))
     model, attention, first, (after_load, reset), times, final, peak, extra = hf_gpt2.run_twin(
         settings, batches, device, bf16, **ADAMW) if hf else _run_lmlab(system, settings, task, batches, device)
     times, per_step, d = times[WARMUP_STEPS:], settings["tokens_per_step"], settings["n_embd"]

@@ -1,22 +1,65 @@
-"""The models of `lmlab bench pretrain`: our GPT as the bench builds it, and the `hf-gpt2` anchor, Hugging Face's
-`GPT2LMHeadModel` holding the same initial weights (so both compute the same function) trained in a plain PyTorch
-loop (docs/benchmarks.md#pre-training-vs-hugging-face-gpt-2)."""
+"""The data and models of `lmlab bench pretrain`: the windows every system trains on, our GPT, and the `hf-gpt2` anchor
+holding the same initial weights in a plain PyTorch loop (docs/benchmarks.md#pre-training-vs-hugging-face-gpt-2)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from lmlab.core.bench import worker as w
+from lmlab.core.bench.machine import version
+from lmlab.core.files.records import example
 from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.models.architectures import build_model
+from lmlab.core.models.loading import cache_dir
 
 #: Our Linear weights (out, in) that HF's Conv1D holds transposed (in, out).
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+def prepare_windows(settings: dict[str, Any], n_steps: int) -> dict[str, Any]:
+    """Tiny Shakespeare tokenised as `lmlab pretrain` does (both cached) and `n_steps` full batches of windows in
+    PretrainTask's seeded order; sets the settings' vocabulary and data, returns what only the workers read."""
+    from lmlab.core.training.text_corpus import check_length, read_texts, resolve_tokenizer, tokenize_corpus
+    from lmlab.plugins.pretrain.train import PretrainTask
+
+    corpus, batch_size = example("pretrain/tinyshakespeare.txt"), settings["batch_size"]
+    texts = read_texts(str(corpus))
+    tokenizer = resolve_tokenizer(None, [t for _, t in texts], settings["vocab_size"], cache_dir() / "tokenizers")
+    train_tokens, val_tokens, meta = tokenize_corpus([t for _, t in texts], tokenizer, cache_dir() / "tokens",
+                                                     sources=[origin for origin, _ in texts])
+    check_length(train_tokens, val_tokens, settings["block_size"], str(corpus))
+    task = PretrainTask(train_tokens, val_tokens, block_size=settings["block_size"], seed=settings["seed"],
+                        batch_size=batch_size)
+    order: list[list[int]] = []
+    epoch = 0
+    while len(order) < n_steps:
+        order += [b for b in task.batches(epoch, batch_size) if len(b) == batch_size]
+        epoch += 1
+    settings.update(vocab_size=len(tokenizer), data=f"examples/pretrain/tinyshakespeare.txt, {meta['train_tokens']:,} "
+                    f"training tokens (byte-level BPE, {len(tokenizer):,} tokens); PretrainTask's seeded windows")
+    return {"tokens_dir": meta["path"], "tokens_dtype": meta["dtype"], "train_tokens": meta["train_tokens"],
+            "order": order[:n_steps]}
+
+
+def windows_task(settings: dict[str, Any], tev_every: int) -> tuple[Any, list[dict[str, Any]], str]:
+    """In a worker: PretrainTask over the tokens `prepare_windows` wrote (no evaluation), its batches, their sha256."""
+    import numpy as np
+
+    from lmlab.plugins.pretrain.train import PretrainTask
+
+    tokens = np.memmap(Path(settings["tokens_dir"]) / "train.bin", dtype=settings["tokens_dtype"], mode="r",
+                       shape=(settings["train_tokens"],))
+    task = PretrainTask(tokens, tokens, block_size=settings["block_size"], seed=settings["seed"], tev_every=tev_every,
+                        eval_every=0, batch_size=settings["batch_size"])
+    batches = [task.collate(indices) for indices in settings["order"]]
+    return task, batches, w.tensors_sha256((f"{i}.{key}", batch[key]) for i, batch in enumerate(batches)
+                                           for key in ("input_ids", "targets"))
+
+
 def build_gpt(settings: dict[str, Any], attn: str) -> Any:
     """Our model exactly as `lmlab pretrain` builds it: seed, then the registered architecture and attention."""
     import torch
-
-    from lmlab.core.models.architectures import build_model
 
     torch.manual_seed(settings["seed"])
     model, _ = build_model("gpt", attn, vocab_size=settings["vocab_size"], block_size=settings["block_size"],
@@ -44,8 +87,6 @@ def hf_twin(settings: dict[str, Any]) -> tuple[Any, str]:
     MHA model's initial weights (HF's biases zero); returns it and the attention that ran."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from lmlab.core.bench.machine import version
 
     config = GPT2Config(vocab_size=settings["vocab_size"], n_positions=settings["block_size"],
                         n_embd=settings["n_embd"], n_layer=settings["n_layer"], n_head=settings["n_head"],
@@ -84,12 +125,10 @@ def hf_loss(hf: Any, batch: dict[str, Any], bf16: bool) -> Any:
 
 def run_twin(settings: dict[str, Any], batches: list[dict[str, Any]], device: Any, bf16: bool, *, lr: float,
              adam_beta1: float, adam_beta2: float, weight_decay: float, max_grad_norm: float) -> tuple[Any, ...]:
-    """The `hf-gpt2` systems: the twin and our batches on the device (collated before the timed region, so HF is not
-    charged for collation), its first loss, then a plain PyTorch loop: forward with labels, backward, clip, AdamW
-    step (torch's default, as a hand-written loop has it), zero_grad. Returns what `bench.run_system` reports."""
+    """The `hf-gpt2` systems: our batches on the device before the timed region, the twin's first loss, then a plain
+    PyTorch loop (forward with labels, backward, clip, torch's default AdamW step, zero_grad) for `bench.run_system`."""
     import torch
 
-    from lmlab.core.bench import worker as w
     from lmlab.core.training.loop import param_groups
 
     batches = [{key: value.to(device) for key, value in batch.items()} for batch in batches]

@@ -1,36 +1,25 @@
 """Bayesian and explainable context reranking (Song, Oh, Kim, Thorne 2024): a cross-encoder trained on gold contexts
-and BM25 hard negatives, as a deep ensemble, MC dropout or SWA, with calibration and LIME/SHAP explanations:
-`lmlab retrieve train-reranker|rerank|calibrate|explain`, `--rerank` on `retrieve search|eval`, `bench rerank`.
-
-Needs the retrieve plugin: its retrievers (`--retriever bm25`) give the candidates, and `lmlab retrieve index` builds
-the index they search (`LMLAB_PLUGINS=rerank,retrieve`; without it a lookup of either says so)."""
+and BM25 hard negatives as a deep ensemble, MC dropout or SWA, calibrated and explained by LIME/SHAP. Commands:
+`retrieve train-reranker|rerank|calibrate|explain`, `--rerank` on `retrieve search|eval`, `bench rerank`; the
+candidates come from the retrieve plugin (`LMLAB_PLUGINS=rerank,retrieve`; without it a lookup says so)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 from typing import Any
 
 from lmlab.core.commands.doctor import DemoStep
+from lmlab.core.kernel import plugins
 from lmlab.core.kernel.hookspecs import hookimpl
 from lmlab.core.retrieval.rerankers import RerankerSpec
 
-
-def _open(folder: Path | None, options: dict[str, Any]) -> Any:
-    from lmlab.plugins.rerank.bayes import open_folder
-
-    return open_folder(folder, options)
-
-
-def _variants(folder: Path | None) -> list[str]:
-    from lmlab.plugins.rerank.bayes import offered_variants
-
-    return offered_variants(folder)
+lazy = functools.partial(plugins.lazy, __package__)
 
 
 @hookimpl
 def register_rerankers(register: Any) -> None:
     register(RerankerSpec("cross-encoder", "a cross-encoder (MiniLM by default): plain, ensemble, MC dropout or SWA",
-                          _open, _variants))
+                          lazy("bayes", "open_folder"), lazy("bayes", "offered_variants")))
 
 
 @hookimpl
@@ -43,13 +32,7 @@ def register_commands(app: Any, bench: Any) -> None:
     bench.command("rerank")(bench_rerank)
 
 
-def _demo(output_dir: str, quick: bool) -> None:
-    from lmlab.plugins.rerank.demo import run_demo
-
-    run_demo(output_dir, quick)
-
-
 @hookimpl
 def register_demo_steps(register: Any) -> None:
     register(DemoStep("rerank", "Bayesian reranking · MiniLM cross-encoder ensemble + SWA, calibration, SHAP", 65,
-                      _demo, quick=False))
+                      lazy("command", "run_demo"), quick=False))

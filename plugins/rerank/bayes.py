@@ -1,35 +1,110 @@
-"""Uncertainty-aware relevance (Song, Oh, Kim, Thorne 2024): the deterministic classifier is replaced
-by a distribution over P(relevant), summarised by its mean (the score) and spread (the predictive uncertainty).
-
-- plain: one member, dropout off: p = σ(z/T).
-- ensemble (deep ensemble, Lakshminarayanan et al. 2017): M members trained from different head inits and data
-  orders; p = (1/M) Σ_m σ(z_m/T), spread = std over members.
-- mc-dropout (Gal & Ghahramani 2016): member 0 with dropout on, T passes with seeds 0..T-1; p = mean, spread = std.
-- swa (Izmailov et al. 2018): member 0's weights averaged over the checkpoints of the last window of training,
-  θ_SWA = (1/K) Σ_k θ_k, one deterministic pass.
-
-A trained reranker folder holds `reranker.json` and one Hugging Face folder per member (member-0, ...) plus swa/
-when it was trained with SWA.
-"""
+"""The cross-encoder context reranker: an encoder reads "[CLS] query [SEP] context [SEP]", a one-unit head gives the
+logit z, P(relevant) = σ(z / T); members are plain `AutoModelForSequenceClassification(num_labels=1)` folders (they
+load in CrossEncoder too). Its uncertainty (Song et al. 2024): the mean and spread of P over a deep ensemble's members,
+MC-dropout passes or one model (plain or SWA). A trained folder: `reranker.json`, member-0/, ... and swa/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmlab.core.commands.devices import place
+from lmlab.core.commands.devices import model_device, place
 from lmlab.core.files.atomic import write_json_atomic
-from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.kernel.errors import LmlabError, ModelError
+from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER, embedder_path
 from lmlab.core.retrieval.rerankers import RERANKER_FILE, Relevance, binary_entropy
 from lmlab.core.retrieval.retrievers import placement
-from lmlab.plugins.rerank.model import PairScorer
 
 KIND = "cross-encoder"
 VARIANTS = ("plain", "ensemble", "mc-dropout", "swa")
+
+
+def load_cross_encoder(spec: str, *, seed: int = 0, dropout: float | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from an encoder alias or folder; a new head is initialised from `seed`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = embedder_path(spec)
+    extra = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier" is what a new reranker is
+    try:
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, local_files_only=True, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Cannot load the encoder '{spec}' ({str(exc).splitlines()[0][:160]}).",
+                         hint=f"use the packaged '{DEFAULT_EMBEDDER}' or a local Hugging Face encoder folder") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.float(), tokenizer
+
+
+def tokenize_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], max_length: int) -> list[dict[str, list[int]]]:
+    """Token ids of each (query, context), cut to `max_length` the way CrossEncoder cuts them (longest first)."""
+    if not pairs:
+        return []
+    encoded = tokenizer([q for q, _ in pairs], [c for _, c in pairs], truncation=True, max_length=max_length)
+    return [dict(zip(encoded.keys(), values, strict=True)) for values in zip(*encoded.values(), strict=True)]
+
+
+@contextlib.contextmanager
+def dropout_mode(model: torch.nn.Module, on: bool) -> Iterator[None]:
+    """MC dropout on (only the `nn.Dropout` layers sample; every other module stays in eval mode, so attention keeps
+    its fused kernel: attention-probability dropout made a pass 6.5x slower on CPU) or off; modes restored after."""
+    was = {module: module.training for module in model.modules()}
+    for module in model.modules():
+        module.train(on and isinstance(module, torch.nn.Dropout))
+    try:
+        yield
+    finally:
+        for module, training in was.items():
+            module.training = training
+
+
+class PairScorer:
+    """Relevance logits of (query, context) pairs for one model, in batches sorted by token length (little padding)."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_length: int = 256, batch_size: int = 32) -> None:
+        self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
+
+    def batches(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """(positions, padded tensors) per batch, longest first; reusable for several passes."""
+        features = tokenize_pairs(self.tokenizer, pairs, self.max_length)
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        cuts = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        return [(rows, self.tokenizer.pad([features[i] for i in rows], return_tensors="pt")) for rows in cuts]
+
+    @torch.inference_mode()
+    def device_logits(self, batches: list[tuple[list[int], dict[str, torch.Tensor]]], total: int, *,
+                      dropout_seed: int | None = None) -> torch.Tensor:
+        """[total] float32 logits in the pairs' order, left on the model's device (nothing is read back); with
+        `dropout_seed`, one MC-dropout pass seeded by it (`torch.manual_seed` seeds the GPU's generator too)."""
+        device = model_device(self.model)
+        out = torch.empty(total, device=device)
+        with dropout_mode(self.model, dropout_seed is not None):
+            if dropout_seed is not None:
+                torch.manual_seed(dropout_seed)
+            for rows, tensors in batches:
+                logits = self.model(**{name: t.to(device) for name, t in tensors.items()}).logits
+                out[torch.tensor(rows, device=device)] = logits[:, 0].float()
+        return out
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+        """Logits of `pairs` on the CPU (one copy), dropout off."""
+        return self.device_logits(self.batches(pairs), len(pairs)).cpu()
+
+
+def save_member(folder: Path, model: Any, tokenizer: Any) -> None:
+    """One member as a Hugging Face folder (safetensors), loadable by AutoModelForSequenceClassification."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 def read_info(folder: Path) -> dict[str, Any]:
@@ -65,20 +140,8 @@ def swa_average(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     """θ_SWA = (1/K) Σ_k θ_k over the given checkpoints' floating-point tensors (integer buffers from the last)."""
     if not states:
         raise ValueError("SWA needs at least one checkpoint")
-    averaged = {}
-    for name, last in states[-1].items():
-        if torch.is_floating_point(last):
-            averaged[name] = torch.stack([state[name].double() for state in states]).mean(0).to(last.dtype)
-        else:
-            averaged[name] = last.clone()
-    return averaged
-
-
-def summarise(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[S, N] sampled probabilities → (mean, std over S; 0 for one sample)."""
-    mean = samples.mean(0)
-    std = samples.std(0, unbiased=False) if samples.shape[0] > 1 else torch.zeros_like(mean)
-    return mean, std
+    return {name: torch.stack([state[name].double() for state in states]).mean(0).to(last.dtype)
+            if torch.is_floating_point(last) else last.clone() for name, last in states[-1].items()}
 
 
 class BayesianReranker:
@@ -90,38 +153,35 @@ class BayesianReranker:
         self.explain = explain or {}
 
     def device_logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """[S, N] logits before the temperature, on the models' device: one row per member (ensemble) or dropout
-        pass (mc-dropout), else one row."""
+        """[S, N] logits before the temperature, on the models' device: one row per member (deep ensemble,
+        Lakshminarayanan et al. 2017) or dropout pass (MC dropout, Gal & Ghahramani 2016), else one row."""
         if self.variant == "ensemble":
             return torch.stack([s.device_logits(s.batches(pairs), len(pairs)) for s in self.scorers])
         scorer = self.scorers[0]
         batches = scorer.batches(pairs)  # tokenized and padded once for the T passes
         if self.variant == "mc-dropout":
-            return torch.stack([scorer.device_logits(batches, len(pairs), dropout_seed=t)
-                                for t in range(self.passes)])
+            return torch.stack([scorer.device_logits(batches, len(pairs), dropout_seed=t) for t in range(self.passes)])
         return scorer.device_logits(batches, len(pairs))[None]
 
     def logits(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """`device_logits` on the CPU, one copy for all members or passes (temperature scaling is fitted on
-        these)."""
+        """`device_logits` on the CPU in one copy (temperature scaling is fitted on these)."""
         if not pairs:
             return torch.empty(1, 0)
         return self.device_logits(pairs).cpu()
 
     def samples(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
-        """[S, N] sampled probabilities σ(z/T)."""
+        """[S, N] sampled probabilities σ(z/T); p = their mean over S, e.g. (1/M) Σ_m σ(z_m/T)."""
         return torch.sigmoid(self.logits(pairs) / self.temperature)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[Relevance]:
-        mean, std = summarise(self.samples(pairs))
+        samples = self.samples(pairs)
+        mean = samples.mean(0)
+        std = samples.std(0, unbiased=False) if len(samples) > 1 else torch.zeros_like(mean)  # 0 for one sample
         return [Relevance(p, p, s, binary_entropy(p)) for p, s in zip(mean.tolist(), std.tolist(), strict=True)]
 
     def probability_fn(self, query: str) -> Any:
         """P(relevant | query, context) as a function of the context alone (what LIME and SHAP perturb)."""
-        def predict(contexts: list[str]) -> Any:
-            return self.samples([(query, c) for c in contexts]).mean(0).numpy()
-
-        return predict
+        return lambda contexts: self.samples([(query, c) for c in contexts]).mean(0).numpy()
 
     def explanation_scores(self, query: str, contexts: Sequence[str]) -> list[float]:
         """agg(importance) of each context's words (the Bayesian/XAI paper's supplementary score)."""
@@ -131,13 +191,6 @@ class BayesianReranker:
         return [aggregate(explain(predict, context, self.explain.get("explainer", "shap"),
                                   samples=self.explain.get("explain_samples", 64)).importances,
                           self.explain.get("explain_agg", "max")) for context in contexts]
-
-
-def member_folders(folder: Path, variant: str) -> list[Path]:
-    info = read_info(folder)
-    if variant == "ensemble":
-        return [folder / name for name in info["members"]]
-    return [folder / (info["swa"] if variant == "swa" else info["members"][0])]
 
 
 def open_folder(folder: Path | None, options: dict[str, Any]) -> BayesianReranker:
@@ -150,12 +203,11 @@ def open_folder(folder: Path | None, options: dict[str, Any]) -> BayesianReranke
     info = read_info(folder)
     variant = resolve_variant(folder, options.get("variant", "auto"))
     device, dtype = placement(options)
+    members = info["members"] if variant == "ensemble" else [info["swa"] if variant == "swa" else info["members"][0]]
     scorers = []
-    for path in member_folders(folder, variant):
-        model = place(AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True), device,
-                      dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        scorers.append(PairScorer(model, tokenizer, max_length=info["max_length"],
-                                  batch_size=options.get("rerank_batch_size", 32)))
+    for path in (folder / name for name in members):
+        model = place(AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True), device, dtype)
+        scorers.append(PairScorer(model, AutoTokenizer.from_pretrained(path, local_files_only=True),
+                                  max_length=info["max_length"], batch_size=options.get("rerank_batch_size", 32)))
     return BayesianReranker(scorers, variant, passes=options.get("mc_passes", info.get("mc_passes", 8)),
                             temperature=info.get("temperatures", {}).get(variant, 1.0), explain=options)

@@ -1,6 +1,5 @@
-"""`lmlab bench rerank`: the Bayesian explainable reranker's speed against sentence-transformers' CrossEncoder on the
-same weights, the cost of its uncertainty variants and explanations, and (with a trained `--model`) what reranking
-adds to BM25 (docs/benchmarks.md#bench-rerank says what each system runs and how each figure is read)."""
+"""`lmlab bench rerank` (docs/benchmarks.md#bench-rerank): the reranker's speed against sentence-transformers'
+CrossEncoder on the same weights, the cost of its variants and explanations, and what it adds to BM25 (`--model`)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.bench import benchmark as b
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Figure, Ratio, Results, bench_command
-from lmlab.core.bench.report import ran, ratio
-from lmlab.core.bench.systems import System, parse_systems
+from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Cell, Column, Figure, Ratio, Results, ran, ratio
+from lmlab.core.bench.worker import worker_setup
 from lmlab.core.commands import options as o
 from lmlab.plugins.rerank.bench_pairs import ENCODER, prepare_inputs, reranker_folder
-from lmlab.plugins.rerank.bench_scoring import SPEED_TARGET, compare_scores, scoring_lines
-from lmlab.plugins.rerank.bench_variants import KS, variant_lines
+from lmlab.plugins.rerank.bench_scoring import SPEED_TARGET, compare_scores, cross_encoder, ours, scoring_lines
+from lmlab.plugins.rerank.bench_variants import KS, bayes, explain, quality, variant_lines
 
 RERANK = "pip install 'lmlab[rerank]'"
 
@@ -27,10 +25,10 @@ def _no_explainers() -> str | None:
     return f"{' and '.join(missing)} not installed ({RERANK})" if missing else None
 
 
-SYSTEMS = {"ours": System("transformers", RERANK),
-           "cross-encoder": System("sentence_transformers", "pip install sentence-transformers"),
-           "ours-bf16": System("transformers", RERANK), "bayes": System("transformers", RERANK),
-           "explain": System(precondition=_no_explainers), "quality": System("bm25s", RERANK)}
+SYSTEMS = {"ours": b.System("transformers", RERANK),
+           "cross-encoder": b.System("sentence_transformers", "pip install sentence-transformers"),
+           "ours-bf16": b.System("transformers", RERANK), "bayes": b.System("transformers", RERANK),
+           "explain": b.System(precondition=_no_explainers), "quality": b.System("bm25s", RERANK)}
 
 
 @dataclass
@@ -71,9 +69,9 @@ def _settings(opts: RerankBenchOptions) -> dict[str, Any]:
 
 
 def _prepare(opts: RerankBenchOptions, settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    bayes = "bayes" in parse_systems(opts.systems or "bayes", list(SYSTEMS))
-    private = prepare_inputs(opts, settings, scratch, opts.members if bayes else 1)
-    settings["members"] = len(private["member_folders"]) if bayes else None
+    ensemble = "bayes" in b.parse_systems(opts.systems or "bayes", list(SYSTEMS))
+    private = prepare_inputs(opts, settings, scratch, opts.members if ensemble else 1)
+    settings["members"] = len(private["member_folders"]) if ensemble else None
     return private
 
 
@@ -132,16 +130,12 @@ BENCHMARK = Benchmark(
             Figure("mrr_rerank_vs_bm25", _best_vs_bm25("mrr")),
             *(Figure(f"ece_{bins}_{v}", _of(f"bm25+{v}", f"ece_{bins}"))
               for v in ("plain", "ensemble", "mc-dropout", "swa") for bins in ("width", "mass"))])
-bench_rerank = bench_command(BENCHMARK)
+bench_rerank = b.bench_command(BENCHMARK)
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Worker: one system's figures (a worker that measures several things side by side returns their `rows`)."""
-    from lmlab.core.bench.worker import worker_setup
-    from lmlab.plugins.rerank import bench_scoring, bench_variants
-
     worker_setup(settings)
     if system in ("ours", "ours-bf16"):
-        return bench_scoring.ours(settings, bf16=system == "ours-bf16")
-    return {"cross-encoder": bench_scoring.cross_encoder, "bayes": bench_variants.bayes,
-            "explain": bench_variants.explain, "quality": bench_variants.quality}[system](settings)
+        return ours(settings, bf16=system == "ours-bf16")
+    return {"cross-encoder": cross_encoder, "bayes": bayes, "explain": explain, "quality": quality}[system](settings)

@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.bench.synthetic_kilt import bench_corpus
+from lmlab.core.bench.worker import worker_device
+from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.rerankers import RERANKER_FILE, context_of
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 
 ENCODER = "all-minilm-l6-v2"
 BM25 = {"bm25_method": "robertson", "k1": 1.5, "b": 0.75, "stem": True}
@@ -15,7 +20,6 @@ BM25 = {"bm25_method": "robertson", "k1": 1.5, "b": 0.75, "stem": True}
 
 def reranker_folder(path: str) -> Path:
     """A trained reranker's model folder: `path` (a `retrieve train-reranker` run) or its model/."""
-    from lmlab.core.retrieval.rerankers import RERANKER_FILE
     from lmlab.plugins.rerank.bayes import KIND, read_info
 
     for candidate in (Path(path), Path(path) / "model"):
@@ -32,9 +36,7 @@ def reranker_folder(path: str) -> Path:
 def member_folders(folder: Path | None, scratch: Path, members: int) -> list[str]:
     """The member folders of a trained `folder`, else `members` untrained cross-encoders (the packaged MiniLM, a new
     head from seeds 0..members-1) saved under `scratch`."""
-    from lmlab.core.kernel.console import log
-    from lmlab.plugins.rerank.bayes import read_info
-    from lmlab.plugins.rerank.model import load_cross_encoder, save_member
+    from lmlab.plugins.rerank.bayes import load_cross_encoder, read_info, save_member
 
     if folder is not None:
         return [str(folder / name) for name in read_info(folder)["members"]]
@@ -47,11 +49,6 @@ def member_folders(folder: Path | None, scratch: Path, members: int) -> list[str
 def build_pairs(folder: Path, documents: int, queries: int, seed: int, depth: int) -> tuple[list[Any], float]:
     """The bench corpus indexed with BM25 in `folder` as `retrieve index` builds it, then each query × its top
     `depth` pages as (query, "title. text"): (pairs per query, the index's build seconds)."""
-    from lmlab.core.bench.synthetic_kilt import bench_corpus
-    from lmlab.core.kernel.console import log
-    from lmlab.core.retrieval.rerankers import context_of
-    from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
-
     docs, asked = bench_corpus(documents, queries, seed)
     log(f"bench rerank: building the bm25 index of {len(docs)} pages…")
     index = RetrievalIndex.create(folder, Corpus(docs, source=f"bench_corpus({len(docs)} pages)"))
@@ -84,18 +81,15 @@ def read_groups(settings: dict[str, Any]) -> list[list[tuple[str, str]]]:
 
 
 def read_pairs(settings: dict[str, Any]) -> list[tuple[str, str]]:
-    """In a worker: all the pairs, query by query."""
     return [pair for group in read_groups(settings) for pair in group]
 
 
 def load_scorer(folder: str, settings: dict[str, Any]) -> Any:
-    """In a worker: a `PairScorer` over one member folder, fp32, eval mode, on the worker's device, at the bench's
-    max length and batch size."""
+    """In a worker: an fp32 `PairScorer` over one member folder on the worker's device, at the bench's sizes."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from lmlab.core.bench.worker import worker_device
-    from lmlab.plugins.rerank.model import PairScorer
+    from lmlab.plugins.rerank.bayes import PairScorer
 
     hf_logging.set_verbosity_error()
     model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True).float().eval()

@@ -1,15 +1,13 @@
-"""The scoring passes of `lmlab bench rerank` (docs/benchmarks.md#bench-rerank): ours (fp32, or under bf16
-autocast) and sentence-transformers' CrossEncoder over the same pairs, each pass's padding and share of the GEMM
-peak; then, in the parent, how their logits compare and what the report says of them."""
+"""`bench rerank`'s scoring passes: ours (fp32 or bf16 autocast) and CrossEncoder over the same pairs, with padding
+and GEMM-peak share; then, in the parent, how their logits compare and what the report says of them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import share_gemm_peak
-from lmlab.core.bench.report import ran
-from lmlab.core.bench.systems import median_seconds
+from lmlab.core.bench.benchmark import ran, share_gemm_peak
+from lmlab.core.bench.machine import gemm_peak_flops
 from lmlab.plugins.rerank.bench_pairs import load_scorer, read_groups
 
 SPEED_TARGET = 1.5  # ours' pairs/s over CrossEncoder's
@@ -25,8 +23,6 @@ def _pass_figures(seconds: float, shapes: list[tuple[int, int, int]], config: An
     """pairs/s, the padding of one pass (`shapes`: rows, padded width, real tokens per batch) and the model FLOPs per
     second on the padded batches over the fp32 (bf16) GEMM peak at the model's shape."""
     import torch
-
-    from lmlab.core.bench.machine import gemm_peak_flops
 
     d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     linear = layers * (4 * d * d + 2 * d * ff) + d * d  # Q, K, V, output, the two FFN matmuls; the pooler
@@ -52,7 +48,7 @@ def ours(settings: dict[str, Any], bf16: bool) -> dict[str, Any]:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return scorer.score(pairs)
 
-    seconds, logits = median_seconds(score, settings["repeats"], device)
+    seconds, logits = w.median_seconds(score, settings["repeats"], device)
     shapes = [(len(rows), t["input_ids"].shape[1], int(t["attention_mask"].sum())) for rows, t in scorer.batches(pairs)]
     return {**_pass_figures(seconds, shapes, scorer.model.config, bf16, device),
             "logits": _per_query(logits.tolist(), groups)}
@@ -83,7 +79,7 @@ def cross_encoder(settings: dict[str, Any]) -> dict[str, Any]:
         finally:
             model.__dict__.pop("preprocess", None)  # the timed calls run the anchor untouched
 
-    seconds, logits = median_seconds(predict, settings["repeats"], device)
+    seconds, logits = w.median_seconds(predict, settings["repeats"], device)
     return {**_pass_figures(seconds, shapes, model.model.config, False, device),
             "logits": _per_query([float(x) for x in logits], groups)}
 

@@ -1,14 +1,18 @@
-"""The reranker's variants in `lmlab bench rerank` (docs/benchmarks.md#bench-rerank): what the Bayesian variants
-and the LIME / SHAP explanations cost against one plain pass, what reranking BM25's candidates with each variant of a
-trained folder adds (recall@k, MRR, ECE), and what the report says of them."""
+"""`bench rerank`'s variants: what the Bayesian variants and LIME / SHAP cost against one plain pass, what each
+variant of a trained folder adds to BM25's candidates (recall@k, MRR, ECE), and what the report says of them."""
 
 from __future__ import annotations
 
 import statistics
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.report import ran
+from lmlab.core.bench.benchmark import ran
+from lmlab.core.bench.synthetic_kilt import bench_corpus
+from lmlab.core.retrieval.rerankers import Reranking
+from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.plugins.rerank.bench_pairs import ENCODER, load_scorer, read_pairs
 
 KS = (1, 5)
@@ -28,9 +32,7 @@ def bayes(settings: dict[str, Any]) -> dict[str, Any]:
         reranker.score(pairs[:settings["batch_size"]])
     rows: dict[str, dict[str, Any]] = {}
     for row, reranker in variants.items():
-        start = w.clock(device)
-        scored = reranker.score(pairs)
-        seconds = w.clock(device) - start
+        seconds, scored = w.timed(partial(reranker.score, pairs), device)
         rows[row] = {"pairs_per_s": round(len(pairs) / seconds, 2), "seconds": round(seconds, 4), "pairs": len(pairs),
                      "forward_passes": {"plain": 1, "mc-dropout": reranker.passes,
                                         "ensemble": len(scorers)}[reranker.variant],
@@ -77,12 +79,7 @@ def explain(settings: dict[str, Any]) -> dict[str, Any]:
 def quality(settings: dict[str, Any]) -> dict[str, Any]:
     """Recall@k and MRR of BM25's top --depth alone and reranked by each variant of the trained folder, and the ECE
     of each variant's P(relevant) on those candidates (1 for the query's gold page)."""
-    from pathlib import Path
-
-    from lmlab.core.bench.synthetic_kilt import bench_corpus
     from lmlab.core.retrieval.calibration import expected_calibration_error
-    from lmlab.core.retrieval.rerankers import Reranking
-    from lmlab.core.retrieval.retrievers import RetrievalIndex
     from lmlab.plugins.rerank.bayes import offered_variants, open_folder, read_info
 
     device = w.worker_device(settings)
@@ -98,9 +95,7 @@ def quality(settings: dict[str, Any]) -> dict[str, Any]:
         reranker = open_folder(folder, {"variant": variant, "mc_passes": settings["passes"],
                                         "rerank_batch_size": settings["batch_size"]})
         reranking = Reranking(bm25, reranker, index.corpus, depth)
-        start = w.clock(device)
-        ranked = reranking.search(texts, depth)
-        seconds = w.clock(device) - start
+        seconds, ranked = w.timed(partial(reranking.search, texts, depth), device)
         probs = [r.probability for details in reranking.details for r in details.values()]
         labels = [int(page in pages) for details, pages in zip(reranking.details, gold, strict=True)
                   for page in details]

@@ -1,6 +1,5 @@
-"""`lmlab retrieve calibrate`: is P(relevant) a probability? ECE over equal-width and equal-mass bins, Brier score,
-NLL and a reliability diagram per variant (plain and each Bayesian one side by side) on a labelled set, and
-optionally temperature scaling (Guo et al. 2017) fitted on the first part of the queries and judged on the rest."""
+"""`lmlab retrieve calibrate`: is P(relevant) a probability? ECE (equal-width and equal-mass bins), Brier, NLL and a
+reliability diagram per variant on a labelled set; temperature scaling (Guo et al. 2017) fitted on the first queries."""
 
 from __future__ import annotations
 
@@ -15,23 +14,18 @@ from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.retrieval.calibration import (
-    expected_calibration_error,
-    fit_temperature,
-    plot_reliability,
-    reliability_bins,
-)
+from lmlab.core.retrieval import calibration
 from lmlab.core.retrieval.rerankers import resolve_reranker
 from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.plugins.rerank.bayes import read_info, write_info
-from lmlab.plugins.rerank.options import CalibrateOptions
-from lmlab.plugins.rerank.pairs import LabelledPair, load_pairs
+from lmlab.plugins.rerank.command import CalibrateOptions
+from lmlab.plugins.rerank.train import LabelledPair, load_pairs
 
 
 def quality(probs: np.ndarray, labels: np.ndarray, bins: int) -> dict[str, float]:
     clipped = np.clip(probs, 1e-12, 1 - 1e-12)
-    return {"ece_width": expected_calibration_error(probs, labels, bins, "width"),
-            "ece_mass": expected_calibration_error(probs, labels, bins, "mass"),
+    return {"ece_width": calibration.expected_calibration_error(probs, labels, bins, "width"),
+            "ece_mass": calibration.expected_calibration_error(probs, labels, bins, "mass"),
             "brier": float(np.mean((probs - labels) ** 2)),
             "nll": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log1p(-clipped))),
             "accuracy": float(np.mean((probs >= 0.5) == (labels == 1)))}
@@ -70,8 +64,7 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     fit, judged = split(pairs, opts.fit_fraction) if opts.fit_temperature else (None, np.ones(len(pairs), dtype=bool))
     texts = [(p.query, p.context) for p in pairs]
     results: dict[str, dict[str, Any]] = {}
-    curves = {}
-    temperatures: dict[str, float] = {}
+    curves, temperatures = {}, {}
     for variant in variants:
         reranker = spec.open(folder, {"variant": variant, "mc_passes": opts.mc_passes,
                                       "rerank_batch_size": opts.batch_size, "device": device, "dtype": dtype})
@@ -79,15 +72,14 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
         probs = torch.sigmoid(logits).mean(0).numpy()
         results[variant] = {**quality(probs[judged], labels[judged], opts.bins),
                             "mean_uncertainty": float(torch.sigmoid(logits).std(0, unbiased=False).mean())}
-        curves[variant] = reliability_bins(probs[judged], labels[judged], opts.bins)
+        curves[variant] = calibration.reliability_bins(probs[judged], labels[judged], opts.bins)
         if fit is not None:
             z = logits[:, fit].numpy()
-            t = fit_temperature(z[0] if len(z) == 1 else z, labels[fit])
+            t = calibration.fit_temperature(z[0] if len(z) == 1 else z, labels[fit])
             scaled = torch.sigmoid(logits / t).mean(0).numpy()
-            temperatures[variant] = round(t, 4)
-            results[variant]["temperature"] = round(t, 4)
+            results[variant]["temperature"] = temperatures[variant] = round(t, 4)
             results[variant]["scaled"] = quality(scaled[judged], labels[judged], opts.bins)
-            curves[f"{variant} · T={t:.2f}"] = reliability_bins(scaled[judged], labels[judged], opts.bins)
+            curves[f"{variant} · T={t:.2f}"] = calibration.reliability_bins(scaled[judged], labels[judged], opts.bins)
         log(f"{variant}: ECE {results[variant]['ece_width']:.4f} (width), {results[variant]['ece_mass']:.4f} (mass)")
     if temperatures and folder is not None:
         info = read_info(folder)
@@ -95,8 +87,8 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
     run = RunDir(new_run_path("retrieve-calibrate", opts.output_dir), checkpoints=False)
     run.write_config("retrieve calibrate", asdict(opts))
     judged_count = int(judged.sum())
-    chart = plot_reliability(curves, run.path / "reliability.png",
-                             f"reliability · {judged_count} pairs ({int(labels[judged].sum())} relevant)")
+    chart = calibration.plot_reliability(curves, run.path / "reliability.png",
+                                         f"reliability · {judged_count} pairs ({int(labels[judged].sum())} relevant)")
     summary = {"model": str(folder) if folder else opts.model, "pairs": len(pairs), "judged_pairs": judged_count,
                "bins": opts.bins, "results": results, "chart": str(chart), "run_dir": str(run.path),
                **({"temperatures_saved_to": str(folder)} if temperatures and folder else {})}

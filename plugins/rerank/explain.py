@@ -1,28 +1,35 @@
 """Explainable reranking (Song et al. 2024): LIME and SHAP word importances of a reranker's P(relevant) for one
-(query, context) pair, and their aggregation into a supplementary score s = s_rerank + λ·agg(importance).
-
-A word is a run of non-whitespace; masking a word removes it from the context, for both methods."""
+(query, context) pair, their aggregation into a supplementary score s = s_rerank + λ·agg(importance), and
+`lmlab retrieve explain`. A word is a run of non-whitespace; masking a word removes it from the context."""
 
 from __future__ import annotations
 
 import html
 import re
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from rich.text import Text
 
-from lmlab.core.files.atomic import write_text_atomic
-
-if TYPE_CHECKING:
-    from rich.text import Text
+from lmlab.core.files.atomic import write_json_atomic, write_text_atomic
+from lmlab.core.files.records import example
+from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
+from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.rerankers import context_of, open_reranker
+from lmlab.core.retrieval.retrievers import RetrievalIndex
+from lmlab.plugins.rerank.command import ExplainOptions
 
 PredictFn = Callable[[list[str]], np.ndarray]  # contexts (the caller holds the query fixed) -> P(relevant), shape [n]
 METHODS = ("lime", "shap")
-AGGREGATIONS = ("max", "mean", "sum", "mean-abs", "top3")
+AGGREGATIONS: dict[str, Callable[[np.ndarray], Any]] = {  # how word importances become one score
+    "max": np.max, "mean": np.mean, "sum": np.sum,  # for shap, sum = probability minus base
+    "mean-abs": lambda x: np.abs(x).mean(), "top3": lambda x: np.sort(x)[::-1][:3].mean()}
 WORD = re.compile(r"\S+")
 SHAP_BATCH = 16  # masked texts per predict call; bigger batches make shap's Owen recursion less adaptive
 
@@ -76,9 +83,8 @@ def _shap(predict: PredictFn, context: str, samples: int, seed: int) -> tuple[li
     masker = shap.maskers.Text(r"\s+", mask_token=" ")
     explainer = shap.explainers.Partition(lambda texts: _probabilities(predict, texts), masker)
     # The Partition explainer ignores Explainer(seed=...): its only randomness is np.random.randn breaking ties in
-    # its priority queue, so seed the global generator for the call and restore it after. It has no minimum
-    # max_evals either: below what the full Owen recursion needs (about 100 evals for 12 words, 600 for 30) the
-    # unexplored clusters share their credit evenly among their words, so no bump is needed.
+    # its priority queue, so seed the global generator for the call and restore it after. Below the evals the full
+    # Owen recursion needs (about 100 for 12 words, 600 for 30) unexplored clusters share their credit evenly.
     state = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -104,22 +110,12 @@ def explain(predict: PredictFn, context: str, method: str = "lime", *, samples: 
 
 
 def aggregate(importances: Sequence[float], how: str = "max") -> float:
-    """One score from word importances: max = the largest, mean = their mean, sum = their total (for shap, probability
-    minus base), mean-abs = the mean of their absolute values, top3 = the mean of the three largest. 0.0 when empty."""
+    """One score from word importances by an `AGGREGATIONS` rule; 0.0 when empty."""
     if how not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {how!r}; expected one of {', '.join(AGGREGATIONS)}")
     if len(importances) == 0:
         return 0.0
-    x = np.asarray(importances, dtype=float)
-    if how == "max":
-        return float(x.max())
-    if how == "mean":
-        return float(x.mean())
-    if how == "sum":
-        return float(x.sum())
-    if how == "mean-abs":
-        return float(np.abs(x).mean())
-    return float(np.sort(x)[::-1][:3].mean())
+    return float(AGGREGATIONS[how](np.asarray(importances, dtype=float)))
 
 
 def _shade(importance: float, top: float) -> str:
@@ -132,15 +128,9 @@ def _shade(importance: float, top: float) -> str:
 
 def rich_text(explanation: Explanation) -> Text:
     """The words joined by single spaces, each on a background shaded by its importance."""
-    from rich.text import Text
-
     top = max((abs(v) for v in explanation.importances), default=0.0)
-    text = Text()
-    for i, (word, importance) in enumerate(zip(explanation.words, explanation.importances, strict=True)):
-        if i:
-            text.append(" ")
-        text.append(word, style=f"black on {_shade(importance, top)}" if importance else "")
-    return text
+    return Text(" ").join(Text(word, style=f"black on {_shade(importance, top)}" if importance else "")
+                          for word, importance in zip(explanation.words, explanation.importances, strict=True))
 
 
 def write_html(explanation: Explanation, path: Path, *, query: str = "") -> Path:
@@ -162,6 +152,49 @@ def write_html(explanation: Explanation, path: Path, *, query: str = "") -> Path
 <tr><th>#</th><th>word</th><th>importance</th></tr>{rows}</table>
 </body></html>
 """
-    path = Path(path)
     write_text_atomic(path, page)
     return path
+
+
+def _pair(opts: ExplainOptions, index: RetrievalIndex | None) -> tuple[str, str]:
+    query = opts.query or load_kilt(str(example("retrieve/dev.jsonl")))[0].input
+    if opts.context is not None:
+        return query, opts.context
+    if index is None:
+        raise LmlabError(f"{opts.index} is not a retrieval index, needed to find a context for the query.",
+                         hint="give --context TEXT, or build the index with `lmlab retrieve index`")
+    best = index.open("bm25", {}).search([query], 1)[0]
+    return query, context_of(index.corpus.by_id[best[0].id])
+
+
+def predictor(reranker: Any, query: str) -> Any:
+    """P(relevant | query, ·) over contexts, for a reranker with or without its own `probability_fn`."""
+    if hasattr(reranker, "probability_fn"):
+        return reranker.probability_fn(query)
+    return lambda contexts: np.array([r.probability for r in reranker.score([(query, c) for c in contexts])])
+
+
+def run_explain(opts: ExplainOptions) -> dict[str, Any]:
+    for method in opts.explainer:
+        if method not in METHODS:
+            raise LmlabError(f"Unknown --explainer '{method}'.", hint=f"use one of: {', '.join(METHODS)}")
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
+    if opts.output_dir is not None:
+        check_run_folder(opts.output_dir, "retrieve explain", reusable=True)
+    index = RetrievalIndex.load(opts.index) if (opts.index / "index.json").is_file() else None
+    query, context = _pair(opts, index)
+    reranker = open_reranker(opts.model, {"variant": opts.variant, "device": device, "dtype": dtype}, index)
+    predict = predictor(reranker, query)
+    run = RunDir(new_run_path("retrieve-explain", opts.output_dir), checkpoints=False)
+    run.write_config("retrieve explain", asdict(opts))
+    methods: dict[str, Any] = {}
+    for method in dict.fromkeys(opts.explainer):
+        started = time.perf_counter()
+        found = explain(predict, context, method, samples=opts.explain_samples, seed=opts.seed)
+        methods[method] = {**found.to_json(), "seconds": round(time.perf_counter() - started, 3),
+                           "html": str(write_html(found, run.path / f"{method}.html", query=query)),
+                           "top": [[w, round(v, 6)] for w, v in found.ranked()[:opts.top]]}
+    summary = {"query": query, "context": context, "probability": float(predict([context])[0]),
+               "variant": getattr(reranker, "variant", opts.variant), "methods": methods, "run_dir": str(run.path)}
+    write_json_atomic(run.path / "explanation.json", summary)
+    return summary

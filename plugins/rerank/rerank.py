@@ -1,6 +1,5 @@
-"""`lmlab retrieve rerank`: a retriever's candidates (or a `retrieve search` output) rescored by a reranker, each
-with its P(relevant), predictive uncertainty (spread over members / passes, and entropy) and, with
---explain-weight, its explanation score. KILT queries with provenance also get recall@k before and after."""
+"""`lmlab retrieve rerank`: a retriever's candidates (or a `retrieve search` output) rescored by a reranker, each with
+P(relevant), its spread and entropy and (--explain-weight) the explanation score; KILT queries get recall@k and MRR."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import json
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from lmlab.core.files.atomic import write_jsonl_atomic
@@ -18,7 +16,7 @@ from lmlab.core.kernel.errors import DataError
 from lmlab.core.retrieval.kilt import KiltQuery, load_kilt, retrieval_metrics
 from lmlab.core.retrieval.rerankers import Reranking, open_reranker
 from lmlab.core.retrieval.retrievers import Ranked, RetrievalIndex, retriever_spec
-from lmlab.plugins.rerank.options import RerankOptions
+from lmlab.plugins.rerank.command import RerankOptions
 
 KS = (1, 5)
 
@@ -52,7 +50,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
     device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     placed = {"device": device, "dtype": dtype}
     index = RetrievalIndex.load(opts.index)
-    settings = {**asdict(opts.rerank), **placed}
+    depth = max(opts.top_k, opts.rerank.rerank_depth)
     kilt = None
     if opts.candidates:
         queries, candidates = search_output(opts.candidates, index)
@@ -60,14 +58,14 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
     else:
         queries, kilt = _queries(opts)
         retriever_spec(opts.retriever)  # an unknown --retriever is refused before any model loads
-    reranker = open_reranker(opts.model, settings, index)
+    reranker = open_reranker(opts.model, {**asdict(opts.rerank), **placed}, index)
+    texts = [text for _, text in queries]
     if not opts.candidates:
-        retriever = index.open(opts.retriever, placed)
-        candidates = retriever.search([text for _, text in queries], max(opts.top_k, opts.rerank.rerank_depth))
-    reranking = Reranking(None, reranker, index.corpus, max(opts.top_k, opts.rerank.rerank_depth),
-                          explain_weight=opts.rerank.explain_weight, explain_depth=opts.rerank.explain_depth)
+        candidates = index.open(opts.retriever, placed).search(texts, depth)
+    reranking = Reranking(None, reranker, index.corpus, depth, explain_weight=opts.rerank.explain_weight,
+                          explain_depth=opts.rerank.explain_depth)
     started = time.perf_counter()
-    ranked = reranking.rerank([text for _, text in queries], candidates, opts.top_k)
+    ranked = reranking.rerank(texts, candidates, opts.top_k)
     seconds = time.perf_counter() - started
     rows = []
     for (qid, text), hits, before, details in zip(queries, ranked, candidates, reranking.details, strict=True):
@@ -80,32 +78,26 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
                 if details[hit.id].explanation is not None else {})}
             for rank, hit in enumerate(hits, 1)]})
     summary: dict[str, Any] = {}
-    _write(rows, opts.output, summary)
+    if opts.output is not None:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(opts.output, rows)
+    elif json_stdout():  # the rows go into the JSON summary
+        summary["results"] = rows
+    else:
+        sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        sys.stdout.flush()
     pairs = sum(len(c) for c in candidates)
+    stds = [details[hit.id].std for hits, details in zip(ranked, reranking.details, strict=True) for hit in hits]
     summary.update({"model": opts.model, "variant": getattr(reranker, "variant", opts.rerank.variant),
                     "retriever": "candidates file" if opts.candidates else opts.retriever, "queries": len(queries),
                     "pairs": pairs, "pairs_per_s": round(pairs / seconds, 2) if seconds else None,
                     "top1_changed": sum(1 for h, b in zip(ranked, candidates, strict=True)
                                         if h and b and h[0].id != b[0].id),
-                    "mean_uncertainty": round(sum(d[h.id].std for hits, d in zip(ranked, reranking.details,
-                                                                                   strict=True) for h in hits)
-                                              / max(1, sum(len(h) for h in ranked)), 6),
+                    "mean_uncertainty": round(sum(stds) / max(1, len(stds)), 6),
                     "output": str(opts.output) if opts.output else "stdout"})
     if kilt is not None:
         ks = [k for k in KS if k <= opts.top_k]
-        summary["before"] = retrieval_metrics({q.id: [h.id for h in c] for q, c in zip(kilt, candidates,
-                                                                                       strict=True)}, kilt, ks)
-        summary["after"] = retrieval_metrics({q.id: [h.id for h in r] for q, r in zip(kilt, ranked, strict=True)},
+        for key, found in (("before", candidates), ("after", ranked)):
+            summary[key] = retrieval_metrics({q.id: [h.id for h in hits] for q, hits in zip(kilt, found, strict=True)},
                                              kilt, ks)
     return summary
-
-
-def _write(rows: list[dict[str, Any]], output: Path | None, summary: dict[str, Any]) -> None:
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(output, rows)
-    elif json_stdout():
-        summary["results"] = rows
-    else:
-        sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        sys.stdout.flush()

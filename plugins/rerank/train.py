@@ -1,20 +1,10 @@
-"""`lmlab retrieve train-reranker`: the cross-encoder context reranker on the shared training loop.
-
-Pairs are each training query's gold pages (label 1) and BM25 hard negatives (label 0), see `pairs.py`; a batch
-holds whole queries (`--batch-size` of them, with all their pairs). The loss is the relevance classifier's binary
-cross-entropy of σ(z) against the label, averaged over pairs, plus by default (`--loss bce+listwise`) a listwise
-term: the softmax cross-entropy of the gold pages among their query's candidates. The classifier term alone
-learns slowly from a sentence encoder whose [CLS] state was never trained for relevance (bench corpus, one
-member, 80 steps: recall@1 of the reranked BM25 top 10 0.59 → 0.62 with BCE alone, 0.59 → 0.74 with the listwise
-term, docs/benchmarks.md), and it keeps σ(z) a probability to calibrate. With `--bayes ensemble|all` the loop
-trains M members at once, each with its own head init (seed + m) and its own data order (member 0 sees the loop's
-order, member m a fixed permutation of it that swaps each query for one of similar length, so its batches pad
-little too), and one checkpoint resumes all of them exactly. With `--bayes swa|all` member 0's weights are saved
-every `--swa-every` steps over the last `--swa-window` steps and averaged at the end.
-"""
+"""`lmlab retrieve train-reranker`: the cross-encoder reranker on the shared training loop, on each query's gold pages
+and BM25 hard negatives (as Re3val trains its context reranker). With `--bayes` the M ensemble members train at once
+(one checkpoint resumes them all) and member 0's last checkpoints are averaged (SWA)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +12,75 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmlab.core.files.atomic import atomic_path
-from lmlab.core.files.records import SkipLog, example
+from lmlab.core.files.records import SkipLog, example, load_records
 from lmlab.core.kernel.console import log
-from lmlab.core.kernel.errors import LmlabError
-from lmlab.core.retrieval.rerankers import record_reranker
+from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.rerankers import context_of, record_reranker
 from lmlab.core.retrieval.retrievers import RetrievalIndex
-from lmlab.core.training.batching import length_grouped_batches
-from lmlab.core.training.trainer import Trainer
-from lmlab.plugins.rerank.bayes import KIND, swa_average, write_info
-from lmlab.plugins.rerank.model import PairScorer, load_cross_encoder, save_member, tokenize_pairs
-from lmlab.plugins.rerank.options import RerankTrainOptions
-from lmlab.plugins.rerank.pairs import LabelledPair, load_pairs
+from lmlab.core.training.trainer import Trainer, length_grouped_batches
+from lmlab.plugins.rerank import bayes
+from lmlab.plugins.rerank.command import RerankTrainOptions
 
 BAYES = ("ensemble", "mc-dropout", "swa", "all")
 LOSSES = ("bce+listwise", "bce")
 SNAPSHOTS = "swa-checkpoints"
+
+
+@dataclass(frozen=True)
+class LabelledPair:
+    query_id: str
+    query: str
+    context: str
+    label: int  # 1: a gold page (or a relevant row), 0: a hard negative
+
+
+def mined_pairs(path: str, index: RetrievalIndex, *, negatives: int, depth: int, retriever: str = "bm25",
+                skips: SkipLog | None = None) -> list[LabelledPair]:
+    """Gold pages and the top `negatives` non-gold pages among the retriever's best `depth`, per KILT query."""
+    queries = [q for q in load_kilt(path) if q.evidence]
+    skips = skips if skips is not None else SkipLog()
+    corpus = index.corpus
+    found = index.open(retriever, {}).search([q.input for q in queries], depth) if queries else []
+    out: list[LabelledPair] = []
+    for query, hits in zip(queries, found, strict=True):
+        gold = [page for page in dict.fromkeys(p for pages in query.evidence for p in pages) if page in corpus.by_id]
+        if not gold:
+            skips.add("provenance not in the index's corpus")
+            continue
+        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[page]), 1) for page in gold]
+        hard = [hit.id for hit in hits if hit.id not in gold][:negatives]
+        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[page]), 0) for page in hard]
+    if not out:
+        raise DataError("no query has a gold page in the index's corpus.", path=path,
+                        hint="use queries whose provenance wikipedia_id is a document id of the index")
+    return out
+
+
+def file_pairs(path: str) -> list[LabelledPair]:
+    """Rows {query, context, label (0/1)} and optionally `query_id` (default: the query text)."""
+    out = []
+    for record in load_records(path, required=("query", "context", "label")):
+        label = record.get("label", (int, bool))
+        if label not in (0, 1):
+            raise DataError(f"is {label!r}, not 0 or 1", path=record.path, line=record.line, field="label",
+                            hint="label 1 for a relevant context, 0 otherwise")
+        query = record.get("query", str)
+        query_id = str(record.data["query_id"]) if record.data.get("query_id") is not None else query
+        out.append(LabelledPair(query_id, query, record.get("context", str), int(label)))
+    return out
+
+
+def load_pairs(path: str, index: RetrievalIndex | None, *, negatives: int, depth: int,
+               skips: SkipLog | None = None) -> list[LabelledPair]:
+    """{query, context, label} rows as they are, or KILT queries mined against the index's BM25."""
+    first = load_records(path)[0].data
+    if "context" in first and "label" in first:
+        return file_pairs(path)
+    if index is None:
+        raise LmlabError(f"{path} holds KILT queries, whose pairs need a retrieval index (none was found).",
+                         hint="build one with `lmlab retrieve index`, or give {query, context, label} rows")
+    return mined_pairs(path, index, negatives=negatives, depth=depth, skips=skips)
 
 
 class Members(torch.nn.Module):
@@ -63,10 +107,8 @@ def query_groups(pairs: list[LabelledPair]) -> list[list[int]]:
 
 class RerankTask:
     """Each member's loss on its own order of the training queries; a query is a unit, all its pairs in one batch.
-
-    loss = BCE(σ(z), y) averaged over pairs, plus with `listwise` the softmax cross-entropy of the gold pages among
-    their query's candidates, −(1/|G|) Σ_{g∈G} log softmax(z)_g averaged over queries with a gold page (a query
-    without one adds nothing to it)."""
+    loss = BCE(σ(z), y) averaged over pairs, plus with `listwise` the `_listwise` term averaged over queries with a
+    gold page (the classifier term alone learns slowly from a sentence encoder)."""
 
     def __init__(self, features: list[dict[str, list[int]]], labels: list[int], groups: list[list[int]],
                  tokenizer: Any, *, members: int, seed: int, swa_steps: set[int], listwise: bool = True) -> None:
@@ -149,9 +191,9 @@ def _listwise(logits: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, g
     per_query = torch.zeros(queries, device=device).index_add_(0, query, log_p * labels)
     return -torch.where(gold > 0, per_query / gold.clamp(min=1), 0.0).sum()
 
-def quality_tensor(scorer: PairScorer, pairs: list[LabelledPair]) -> torch.Tensor:
-    """[accuracy (P ≥ 0.5 vs label), BCE loss, ROC AUC (nan without both labels)] of one deterministic pass over
-    the pairs, on the scorer's model's device."""
+
+def quality_tensor(scorer: bayes.PairScorer, pairs: list[LabelledPair]) -> torch.Tensor:
+    """[accuracy (P ≥ 0.5 vs label), BCE loss, ROC AUC (nan without both labels)] of one pass, on the model's device."""
     texts = [(p.query, p.context) for p in pairs]
     logits = scorer.device_logits(scorer.batches(texts), len(texts))
     device = logits.device
@@ -165,14 +207,7 @@ def quality_tensor(scorer: PairScorer, pairs: list[LabelledPair]) -> torch.Tenso
     return torch.stack([accuracy, loss, auc])
 
 
-def pair_quality(scorer: PairScorer, pairs: list[LabelledPair]) -> dict[str, float]:
-    """Held-out pair accuracy, BCE loss and ROC AUC (`quality_tensor`), read back once."""
-    accuracy, loss, auc = quality_tensor(scorer, pairs).tolist()
-    return {"accuracy": round(accuracy, 4), "loss": round(loss, 4), "auc": round(auc, 4)}
-
-
-def split_by_query(pairs: list[LabelledPair], share: float, seed: int) -> tuple[list[LabelledPair],
-                                                                               list[LabelledPair]]:
+def split_by_query(pairs: list[LabelledPair], share: float, seed: int) -> tuple[list[LabelledPair], list[LabelledPair]]:
     """(training, held-out) pairs, the held-out ones all the pairs of a seeded `share` of the queries (at least one
     query, and never all of them; none when `share` is 0)."""
     queries = list(dict.fromkeys(p.query_id for p in pairs))
@@ -191,10 +226,9 @@ class RerankTrainer(Trainer):
     def check(self) -> None:
         super().check()
         opts = self.opts
-        if opts.loss not in LOSSES:
-            raise LmlabError(f"Unknown --loss '{opts.loss}'.", hint=f"use one of: {', '.join(LOSSES)}")
-        if opts.bayes not in BAYES:
-            raise LmlabError(f"Unknown --bayes '{opts.bayes}'.", hint=f"use one of: {', '.join(BAYES)}")
+        for flag, value, allowed in (("--loss", opts.loss, LOSSES), ("--bayes", opts.bayes, BAYES)):
+            if value not in allowed:
+                raise LmlabError(f"Unknown {flag} '{value}'.", hint=f"use one of: {', '.join(allowed)}")
         if opts.bayes in ("swa", "all") and opts.swa_window > opts.max_steps:
             raise LmlabError(f"--swa-window {opts.swa_window} is longer than the run (--max-steps {opts.max_steps}).",
                              hint=f"e.g. --swa-window {max(1, opts.max_steps // 3)}")
@@ -208,16 +242,14 @@ class RerankTrainer(Trainer):
     def swa_steps(self) -> set[int]:
         if self.opts.bayes not in ("swa", "all"):
             return set()
-        first = self.opts.max_steps - self.opts.swa_window + 1
-        return {s for s in range(first, self.opts.max_steps + 1) if s % self.opts.swa_every == 0} | \
-            {self.opts.max_steps}
+        last = self.opts.max_steps
+        return {s for s in range(last - self.opts.swa_window + 1, last + 1) if s % self.opts.swa_every == 0} | {last}
 
     def setup(self, accelerator: Any) -> tuple[Any, Any]:
         opts = self.opts
         self.index = RetrievalIndex.load(opts.index)
         self.skips = SkipLog()
-        pairs = load_pairs(self.data, self.index, negatives=opts.negatives, depth=opts.negative_depth,
-                           skips=self.skips)
+        pairs = load_pairs(self.data, self.index, negatives=opts.negatives, depth=opts.negative_depth, skips=self.skips)
         if self.skips.total:
             log(f"[yellow]{self.skips.summary()}[/yellow]")
         if opts.eval_data is None and opts.data is not None:
@@ -229,12 +261,11 @@ class RerankTrainer(Trainer):
             eval_data = opts.eval_data or str(example("retrieve/dev.jsonl"))
             self.heldout = [] if eval_data == "none" else load_pairs(eval_data, self.index, negatives=opts.negatives,
                                                                     depth=opts.negative_depth)
-        models = []
-        with accelerator.main_process_first():
-            for m in range(self.members()):
-                model, self.tokenizer = load_cross_encoder(opts.model, seed=opts.seed + m, dropout=opts.dropout)
-                models.append(model)
-        features = tokenize_pairs(self.tokenizer, [(p.query, p.context) for p in pairs], opts.max_length)
+        with accelerator.main_process_first():  # member m's head is initialised from seed + m
+            loaded = [bayes.load_cross_encoder(opts.model, seed=opts.seed + m, dropout=opts.dropout)
+                      for m in range(self.members())]
+        models, self.tokenizer = [model for model, _ in loaded], loaded[-1][1]
+        features = bayes.tokenize_pairs(self.tokenizer, [(p.query, p.context) for p in pairs], opts.max_length)
         labels = [p.label for p in pairs]
         self.pairs = len(pairs)
         log(f"{len(pairs)} pairs ({sum(labels)} relevant) for {len({p.query_id for p in pairs})} queries; "
@@ -248,7 +279,9 @@ class RerankTrainer(Trainer):
         scores the unwrapped (whole) member by itself."""
         if not self.heldout:
             return None
-        return pair_quality(PairScorer(member, self.tokenizer, max_length=self.opts.max_length), self.heldout)
+        scorer = bayes.PairScorer(member, self.tokenizer, max_length=self.opts.max_length)
+        accuracy, loss, auc = quality_tensor(scorer, self.heldout).tolist()  # read back once
+        return {"accuracy": round(accuracy, 4), "loss": round(loss, 4), "auc": round(auc, 4)}
 
     def before_training(self, run: Any, model: Any, accelerator: Any) -> None:
         self.task.snapshots, self.task.main = run.path / SNAPSHOTS, accelerator.is_main_process
@@ -275,12 +308,12 @@ class RerankTrainer(Trainer):
         folder = run.path / "model"
         names = [f"member-{m}" for m in range(self.members())]
         for name, member in zip(names, result["model"].members, strict=True):
-            save_member(folder / name, member, self.tokenizer)
+            bayes.save_member(folder / name, member, self.tokenizer)
         swa = self._save_swa(folder, result["model"].members[0], run.path / SNAPSHOTS)
         default = "ensemble" if len(names) > 1 else ("swa" if swa else "mc-dropout")
-        write_info(folder, {"kind": KIND, "members": names, "swa": swa, "default_variant": default,
-                            "max_length": self.opts.max_length, "mc_passes": self.opts.mc_passes,
-                            "dropout": self.opts.dropout, "encoder": self.opts.model, "temperatures": {}})
+        bayes.write_info(folder, {"kind": bayes.KIND, "members": names, "swa": swa, "default_variant": default,
+                                  "max_length": self.opts.max_length, "mc_passes": self.opts.mc_passes,
+                                  "dropout": self.opts.dropout, "encoder": self.opts.model, "temperatures": {}})
         record_reranker(self.index, folder)
 
     def _save_swa(self, folder: Path, member: Any, snapshots: Path) -> str | None:
@@ -289,8 +322,8 @@ class RerankTrainer(Trainer):
             return None
         wanted = {f"step-{s:06d}.safetensors" for s in self.swa_steps()}
         states = [load_file(p) for p in paths if p.name in wanted]
-        member.load_state_dict(swa_average(states))
-        save_member(folder / "swa", member, self.tokenizer)
+        member.load_state_dict(bayes.swa_average(states))
+        bayes.save_member(folder / "swa", member, self.tokenizer)
         log(f"swa: averaged {len(states)} checkpoints (steps {', '.join(p.stem[5:].lstrip('0') for p in paths)})")
         return "swa"
 

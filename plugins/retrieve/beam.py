@@ -1,42 +1,135 @@
-"""Trie-constrained beam search, the decoder of generative retrieval (GENRE: De Cao et al. 2021, "Autoregressive
-Entity Retrieval"; Re3val: Song et al. 2024): a causal LM continues each prompt with a page title and EOS, and at each
-step only the tokens the title trie allows may follow, so every hypothesis is a real title.
+"""Trie-constrained beam search, the decoder of generative retrieval (GENRE: De Cao et al. 2021; Re3val: Song et al.
+2024): a causal LM continues each prompt with a page title and EOS, only the tokens the title trie allows at each step.
 
-`constrained_beam_search` is transformers' beam search (`GenerationMixin._beam_search`, 5.x) in batched tensor form,
-step for step: the top 2 * num_beams candidates, the best num_beams that did not end run on, those of the first
-num_beams that ended join the finished, and the stopping heuristic. It differs in how, not in what it finds:
-- the trie gives all allowed (beam, token) pairs of all beams at once (`TitleTrie.allowed`), and the top-k runs over
-  those alone, instead of a Python `prefix_allowed_tokens_fn` per beam and step masking [beams, vocab] rows;
-- each prompt is prefilled once (generate prefills one copy per beam);
-- one forward per step runs only the beams that can still change the result (see `search_batch`), on a KV cache
-  reordered by beam.
-`hf_constrained_generate` is the anchor: `model.generate` with GENRE's callback over a `DictTrie`. Both return the
-same hypotheses in the same order (scores agree to float rounding, ~1e-6).
+`TitleTrie` holds each title's tokens and EOS (a node can have EOS among its children: "Paris", "Paris Hilton") as
+edges sorted by (parent, token), each node's children one contiguous slice (CSR): one entry per edge, where a padded
+row per node or a node × vocabulary table would cost nodes × fan-out (~10^3 at the root) or nodes × 49k. One scatter
+gives every beam's allowed tokens, one `torch.searchsorted` on the keys (parent << 32 | token) advances them all.
 
-Scoring: length_penalty=0.0, early_stopping=False. A title's score is then the sum of its tokens' log-probabilities,
-EOS included: log p(title | prompt), the model's own distribution over the closed set of titles, comparable across
-queries and with no push towards long titles (length_penalty=1 divides by the length). And transformers' stopping
-heuristic becomes exact: scores only fall as tokens are added, so a prompt's search ends once its best running beam
-scores no more than its num_beams-th finished title, and nothing beam search could still find is cut off
-(early_stopping=True ends as soon as num_beams titles are finished, e.g. before a likelier "Paris Hilton" gets past
-"Paris").
-
-transformers scores empty slots, and beams that must not run on, -1e9 (masked tokens -inf); when fewer than
-num_beams titles are reachable, such slots end up holding a copy of a title or an unfinished prefix. Both functions
-return only hypotheses scoring above -1e8, that is finished real titles, so a prompt may get fewer than num_beams.
+`constrained_beam_search` is transformers' beam search (`GenerationMixin._beam_search`, 5.x) step for step, batched,
+and differs in how, not in what it finds: the top-k runs over the allowed (beam, token) pairs of all beams at once, not
+a per-beam `prefix_allowed_tokens_fn` masking [beams, vocab] rows; each prompt is prefilled once, not once per beam;
+each step runs only the beams that can still change the result. Its anchor, `hf_constrained_generate`
+(`model.generate` with GENRE's callback over a nested-dict `DictTrie`), returns the same hypotheses in the same order
+(scores agree to ~1e-6). With length_penalty=0.0 and early_stopping=False a title scores log p(title | prompt), EOS
+included, and as scores only fall when tokens are added, the stopping heuristic is exact (early_stopping=True would
+stop before a likelier "Paris Hilton" gets past "Paris"). Slots scored -1e9 (empty, or beams that must not run on) may
+hold copies or prefixes, so both return only hypotheses above -1e8: a prompt may get fewer than num_beams titles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from lmlab.plugins.retrieve.trie import ROOT, DictTrie, TitleTrie
+from lmlab.core.files.atomic import atomic_path
 
+DEAD = 0  # where a beam lands when it leaves the trie (or runs on past EOS): no children, nothing allowed
+ROOT = 1
 IMPOSSIBLE = -1e9  # transformers' score for empty slots and for finished beams taken out of the running
 FOUND = -1e8  # hypotheses scoring above it are titles the search really found
+
+
+class TitleTrie:
+    def __init__(self, parents: torch.Tensor, tokens: torch.Tensor, children: torch.Tensor, depth: int,
+                 titles: int) -> None:
+        """Edges sorted by (parent, token); `depth` is the longest sequence (title + EOS), `titles` their number."""
+        self.parents, self.tokens, self.children = parents, tokens, children
+        self.depth, self.titles = depth, titles
+        nodes = max(ROOT, int(children.max()) if len(children) else 0) + 1
+        self.offsets = torch.searchsorted(parents, torch.arange(nodes + 1, device=parents.device))
+        self.keys = parents << 32 | tokens
+
+    @classmethod
+    def build(cls, sequences: Iterable[Sequence[int]]) -> TitleTrie:
+        unique = sorted({tuple(s) for s in sequences if len(s)})
+        edges: dict[tuple[int, int], int] = {}
+        for seq in unique:
+            node = ROOT
+            for token in seq:
+                node = edges.setdefault((node, token), len(edges) + ROOT + 1)
+        keys = sorted(edges)
+        return cls(torch.tensor([p for p, _ in keys], dtype=torch.long),
+                   torch.tensor([t for _, t in keys], dtype=torch.long),
+                   torch.tensor([edges[k] for k in keys], dtype=torch.long),
+                   max(map(len, unique), default=0), len(unique))
+
+    def __len__(self) -> int:
+        return self.titles
+
+    def to(self, device: torch.device | str) -> TitleTrie:
+        """The trie's tensors on `device` (itself when they are there already), copied as they are: nothing is
+        recomputed, so the move reads nothing back to the host."""
+        if self.parents.device == torch.device(device):
+            return self
+        moved = copy.copy(self)
+        for name in ("parents", "tokens", "children", "offsets", "keys"):
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
+
+    def allowed(self, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every allowed continuation of a 1-D batch of nodes, as (index into `nodes`, token) tensors."""
+        start = self.offsets[nodes]
+        counts = self.offsets[nodes + 1] - start
+        index = torch.repeat_interleave(torch.arange(len(nodes), device=nodes.device), counts)
+        first = torch.repeat_interleave(start - (counts.cumsum(0) - counts), counts)  # edge index minus output slot
+        return index, self.tokens[first + torch.arange(len(index), device=nodes.device)]
+
+    def allowed_mask(self, nodes: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """BoolTensor[*nodes.shape, vocab_size]: which tokens may follow each node."""
+        index, tokens = self.allowed(nodes.reshape(-1))
+        mask = torch.zeros(nodes.numel(), vocab_size, dtype=torch.bool, device=nodes.device)
+        mask[index, tokens] = True
+        return mask.view(*nodes.shape, vocab_size)
+
+    def advance(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The child of each node by each token; DEAD where the token is not a child."""
+        if not len(self.keys):
+            return torch.full_like(nodes, DEAD)
+        key = nodes << 32 | tokens
+        at = torch.searchsorted(self.keys, key).clamp_(max=len(self.keys) - 1)
+        return torch.where(self.keys[at] == key, self.children[at], DEAD)
+
+    def save(self, path: str | Path) -> None:
+        """safetensors, written to a temporary file first and renamed into place."""
+        with atomic_path(path) as tmp:
+            save_file({"parents": self.parents.cpu(), "tokens": self.tokens.cpu(), "children": self.children.cpu(),
+                       "sizes": torch.tensor([self.depth, self.titles])}, str(tmp))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TitleTrie:
+        saved = load_file(str(path))
+        if set(saved) != {"parents", "tokens", "children", "sizes"}:
+            raise ValueError(f"{path} is not a title trie (tensors: {', '.join(sorted(saved))}).")
+        depth, titles = saved["sizes"].tolist()
+        return cls(saved["parents"], saved["tokens"], saved["children"], depth, titles)
+
+
+class DictTrie:
+    """Nested dicts {token: {token: ...}}, as GENRE walks them in its `prefix_allowed_tokens_fn`."""
+
+    def __init__(self, sequences: Iterable[Sequence[int]]) -> None:
+        self.root: dict[int, dict] = {}
+        self.depth = 0
+        for seq in sequences:
+            node = self.root
+            for token in seq:
+                node = node.setdefault(token, {})
+            self.depth = max(self.depth, len(seq))
+
+    def allowed(self, prefix_tokens: Sequence[int]) -> list[int]:
+        """The tokens that may follow `prefix_tokens`; [] when the prefix is not in the trie or is a whole title."""
+        node = self.root
+        for token in prefix_tokens:
+            node = node.get(token)
+            if node is None:
+                return []
+        return list(node)
 
 
 class Hypothesis(NamedTuple):

@@ -8,12 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.benchmark import Benchmark, BenchOptions, Column, Ratio, bench_command, flatten_results, lookup
-from lmlab.core.bench.report import ran, ratio
-from lmlab.core.bench.systems import System, parse_systems
+from lmlab.core.bench.benchmark import (
+    Benchmark,
+    BenchOptions,
+    Column,
+    Ratio,
+    System,
+    bench_command,
+    flatten_results,
+    lookup,
+    parse_systems,
+    ran,
+    ratio,
+)
+from lmlab.core.bench.synthetic_kilt import bench_corpus
 from lmlab.core.commands import options as o
-from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.retrievers import RetrievalIndex
+from lmlab.plugins.retrieve import bench_systems
+from lmlab.plugins.retrieve.bench_bm25 import agreement_line, ranking_checks
+from lmlab.plugins.retrieve.bench_corpus import build_index, corpus_facts, export_corpus
 from lmlab.plugins.retrieve.bench_systems import DEPTH, KS, ROWS
+from lmlab.plugins.retrieve.bm25 import check
 
 EMBED = "pip install 'lmlab[embed]'"
 SYSTEMS = {"bm25": System("bm25s", "pip install 'lmlab[retrieve]'"),
@@ -46,10 +61,7 @@ class RetrieveBenchOptions(BenchOptions):
 
 
 def _settings(opts: RetrieveBenchOptions) -> dict[str, Any]:
-    from lmlab.plugins.retrieve.bm25 import METHODS
-
-    if opts.bm25_method not in METHODS:
-        raise LmlabError(f"Unknown --bm25-method '{opts.bm25_method}'.", hint=f"use one of: {', '.join(METHODS)}")
+    check({"bm25_method": opts.bm25_method})
     return {**{k: v for k, v in asdict(opts).items() if k not in ("systems", "device", "export")},
             "decode_queries": min(opts.decode_queries, opts.queries), "stem": True, "rank_bm25_epsilon": 0.0,
             "generative_queries": min(opts.generative_queries, opts.queries), "k": DEPTH,
@@ -60,9 +72,6 @@ def _settings(opts: RetrieveBenchOptions) -> dict[str, Any]:
 
 def _prepare(opts: RetrieveBenchOptions, settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """The corpus's facts into the settings (and its `--export`), then its index in `scratch` for every worker."""
-    from lmlab.core.bench.synthetic_kilt import bench_corpus
-    from lmlab.plugins.retrieve.bench_corpus import build_index, corpus_facts, export_corpus
-
     docs, queries = bench_corpus(opts.documents, opts.queries, opts.seed, lexical_share=opts.lexical_share)
     settings["corpus"] = corpus_facts(docs, queries, settings["stem"])
     if opts.export is not None:
@@ -74,8 +83,6 @@ def _prepare(opts: RetrieveBenchOptions, settings: dict[str, Any], scratch: Path
 
 def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
     """bm25's rankings against rank-bm25's, one row per system measured, trie-beam's titles against hf-callback's."""
-    from lmlab.plugins.retrieve.bench_bm25 import ranking_checks
-
     settings["checks"] = ranking_checks(results, settings["k1"], DEPTH)
     flatten_results(results)
     if ran(results.get("trie-beam")):
@@ -94,8 +101,6 @@ class VsBestSingle(Ratio):
 
 
 def _lines(report: dict[str, Any]) -> list[str]:
-    from lmlab.plugins.retrieve.bench_bm25 import agreement_line
-
     checks, results, lines = report["settings"].get("checks", {}), report["results"], []
     singles = {name: results[name]["recall@1"] for name in ("bm25", "dense") if ran(results.get(name))}
     if singles and ran(results.get("fused-rrf")):
@@ -136,12 +141,8 @@ bench_retrieve = bench_command(BENCHMARK)
 
 
 def run_system(system: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """Worker: the corpus and the index the parent built, then one system's figures (plugins/retrieve/bench_systems.py;
-    a worker that measures two systems side by side returns their `rows`)."""
-    from lmlab.core.bench.synthetic_kilt import bench_corpus
-    from lmlab.core.retrieval.retrievers import RetrievalIndex
-    from lmlab.plugins.retrieve import bench_systems
-
+    """Worker: the corpus and the index the parent built, then one system's figures (bench_systems.py; a worker that
+    measures two systems side by side returns their `rows`)."""
     device = None if system in ("bm25", "rank-bm25") else w.worker_setup(settings)  # BM25 needs no torch
     docs, queries = bench_corpus(settings["documents"], settings["queries"], settings["seed"],
                                  lexical_share=settings["lexical_share"])

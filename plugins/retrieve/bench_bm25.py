@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmlab.plugins.retrieve.bm25 import document_text, tokenize
+
 #: The relative difference under which two BM25 scores are the same (bm25s scores in float32).
 TIE = 1e-5
 
@@ -17,8 +19,6 @@ class Okapi:
     def __init__(self, docs: list[Any], settings: dict[str, Any], epsilon: float = 0.25) -> None:
         from rank_bm25 import BM25Okapi
 
-        from lmlab.plugins.retrieve.bm25 import document_text, tokenize
-
         self.ids, self.stem, self.scale = [d.id for d in docs], settings["stem"], settings["k1"] + 1
         started = time.perf_counter()
         tokens = tokenize([document_text(d.title, d.text) for d in docs], self.stem, ids=False)
@@ -28,8 +28,6 @@ class Okapi:
     def top(self, queries: list[Any], k: int) -> list[list[tuple[str, float]]]:
         """Each query's k best pages (`get_scores`, a stable sort), pages scoring 0 left out as bm25s leaves them."""
         import numpy as np
-
-        from lmlab.plugins.retrieve.bm25 import tokenize
 
         out = []
         for tokens in tokenize([q.input for q in queries], self.stem, ids=False):
@@ -43,8 +41,6 @@ class Okapi:
         this one's: the largest difference relative to the query's best score."""
         import bm25s
         import numpy as np
-
-        from lmlab.plugins.retrieve.bm25 import tokenize
 
         ours, gap = bm25s.BM25.load(Path(index) / "bm25", show_progress=False), 0.0
         for tokens in tokenize([q.input for q in queries], self.stem, ids=False):

@@ -3,18 +3,20 @@ run: the facts the report gives about it, its export for training a generator (`
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lmlab.core.bench.synthetic_kilt import bench_corpus, kilt_row
+from lmlab.core.files.atomic import write_jsonl_atomic
+from lmlab.core.kernel.console import log
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
+from lmlab.plugins.retrieve.bm25 import document_text, tokenize
+
 
 def corpus_facts(docs: list[Any], queries: list[Any], stem: bool) -> dict[str, Any]:
-    """Titles that are a prefix of another, the (stemmed) terms in over half the pages, the pages' mean length
-    and the queries that ask for a page's name."""
-    from lmlab.plugins.retrieve.bm25 import document_text, tokenize
-
     titles = sorted(d.title for d in docs)
     tokens = tokenize([document_text(d.title, d.text) for d in docs], stem, ids=False)
     document_frequency = Counter(t for page in tokens for t in set(page))
@@ -26,30 +28,20 @@ def corpus_facts(docs: list[Any], queries: list[Any], stem: bool) -> dict[str, A
 
 
 def export_corpus(folder: Path, docs: list[Any], queries: list[Any], settings: dict[str, Any], train: int) -> None:
-    """The corpus, the bench's queries and `train` further queries (none the same as a bench query), for
-    `retrieve index` and `retrieve train` on the same pages."""
-    from dataclasses import asdict
-
-    from lmlab.core.bench.synthetic_kilt import bench_corpus, kilt_row
-
+    """The corpus, the bench's queries and `train` others (none a bench query) for `retrieve index` and `train`."""
     folder.mkdir(parents=True, exist_ok=True)
     _, more = bench_corpus(settings["documents"], len(queries) + train, settings["seed"],
                            lexical_share=settings["lexical_share"])
     asked = {q.input for q in queries}
     for name, rows in (("corpus.jsonl", [asdict(d) for d in docs]), ("queries.jsonl", [kilt_row(q) for q in queries]),
                        ("train.jsonl", [kilt_row(q) for q in more[len(queries):] if q.input not in asked])):
-        (folder / name).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
-                                   encoding="utf-8")
+        write_jsonl_atomic(folder / name, rows)
 
 
 def build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dict[str, Any],
                 device: str) -> dict[str, float]:
-    """bm25 and dense into one index folder, as `retrieve index` builds them, where a chosen system needs them
-    (rank-bm25 compares every score with bm25's), and their build seconds; dense embeds on the bench's `device`
-    (this process sees every GPU, a worker only its own)."""
-    from lmlab.core.kernel.console import log
-    from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
-
+    """bm25 and dense, as `retrieve index` builds them, where a chosen system needs them (rank-bm25 compares every
+    score with bm25's), and their build seconds; dense embeds on the bench's `device` (a worker sees only its own)."""
     needs = {"bm25": {"bm25", "rank-bm25", "fused", "generative"}, "dense": {"dense", "fused", "generative"}}
     index = RetrievalIndex.create(folder, Corpus(docs, source=f"bench_corpus(seed={settings['seed']})"))
     seconds = {}

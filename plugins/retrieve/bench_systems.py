@@ -1,13 +1,13 @@
-"""The systems of `lmlab bench retrieve` as its worker (`bench.run_system`) runs them, each given the settings,
-the index the parent built, the corpus's pages and queries, and its device (None for the BM25 pair, which needs no
-torch). Each gives its figures, or `rows` where one worker measures two systems side by side (`ROWS`)."""
+"""The systems of `lmlab bench retrieve` as its worker (`bench.run_system`) runs them, each given the settings, the
+index the parent built, the corpus's pages and queries, and its device (None for the BM25 pair: it needs no torch)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lmlab.core.bench import worker as w
-from lmlab.core.bench.systems import median_seconds
+from lmlab.plugins.retrieve.bench_bm25 import Okapi
+from lmlab.plugins.retrieve.fused import open_fused
 
 KS, DEPTH = (1, 5, 10), 10
 #: The rows of the report each system gives, where a worker measures two systems side by side.
@@ -35,7 +35,7 @@ def timed(index: Any, retriever: Any, queries: list[Any], settings: dict[str, An
         index.forget()
         return retriever.search(texts, DEPTH)
 
-    seconds, found = median_seconds(search, settings["repeats"], device)
+    seconds, found = w.median_seconds(search, settings["repeats"], device)
     return figures(seconds, queries, ids(found)), found
 
 
@@ -45,10 +45,8 @@ def bm25(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[An
 
 
 def rank_bm25(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[Any], device: Any) -> Figures:
-    from lmlab.plugins.retrieve.bench_bm25 import Okapi
-
     anchor = Okapi(docs, settings, epsilon=0.0)
-    seconds, found = median_seconds(lambda: anchor.top(queries, DEPTH), settings["repeats"])
+    seconds, found = w.median_seconds(lambda: anchor.top(queries, DEPTH), settings["repeats"])
     return {**figures(seconds, queries, [[doc for doc, _ in hits] for hits in found]), "top10": found,
             "index_seconds": round(anchor.seconds, 2),
             "top10_default_epsilon": Okapi(docs, settings).top(queries, DEPTH),
@@ -60,8 +58,6 @@ def dense(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[A
 
 
 def fused(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[Any], device: Any) -> Figures:
-    from lmlab.plugins.retrieve.fused import open_fused
-
     rows = {}
     for row, fusion in zip(ROWS["fused"], ("rrf", "weighted"), strict=True):
         retriever = open_fused(index, {"fuse": ["bm25", "dense"], "fusion": fusion})
@@ -70,17 +66,21 @@ def fused(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[A
     return {"rows": rows}
 
 
+def same_hypotheses(ours: list[list[Any]], anchor: list[list[Any]], tolerance: float = 1e-4) -> bool:
+    return all([h.tokens for h in a] == [h.tokens for h in b]
+               and all(abs(x.score - y.score) <= tolerance for x, y in zip(a, b, strict=True))
+               for a, b in zip(ours, anchor, strict=True))
+
+
 def decode(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[Any], device: Any) -> Figures:
-    """Our trie-constrained beam search against `generate` with GENRE's callback (bench_decode), on a tiny random
-    Llama (hidden 64, 2 layers, 4 heads, tied embeddings) over the SmolLM2 tokenizer."""
+    """Our trie-constrained beam search against GENRE's `prefix_allowed_tokens_fn` in `generate`, on the same prompts,
+    titles and batches of a tiny random Llama over the SmolLM2 tokenizer, and whether their hypotheses agree."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmlab.core.models.presets import smollm2_tokenizer
-    from lmlab.plugins.retrieve.bench_decode import ANCHOR, OURS, decode_benchmark
-    from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS
-    from lmlab.plugins.retrieve.prompts import prompt_ids, title_ids
-    from lmlab.plugins.retrieve.trie import DictTrie, TitleTrie
+    from lmlab.plugins.retrieve.beam import DictTrie, TitleTrie, constrained_beam_search, hf_constrained_generate
+    from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS, prompt_ids, title_ids
 
     tokenizer = smollm2_tokenizer()
     eos = tokenizer.eos_token_id
@@ -94,12 +94,16 @@ def decode(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[
         model = LlamaForCausalLM(config).eval().to(device)
     titles = title_ids(tokenizer, [d.title for d in docs])
     prompts = prompt_ids(tokenizer, [q.input for q in queries[:settings["decode_queries"]]], MAX_PROMPT_TOKENS)
-    found = decode_benchmark(model, prompts, TitleTrie.build(titles), DictTrie(titles), settings["num_beams"], eos, pad,
-                             batch_size=settings["decode_batch_size"], repeats=settings["repeats"])
-    common = {"queries": len(prompts), "num_beams": settings["num_beams"], "identical": found["identical"]}
-    return {"rows": {row: {"queries_per_s": round(found["results"][name]["queries_per_s"], 2),
-                           "seconds": round(found["results"][name]["seconds"], 4), **common}
-                     for row, name in zip(ROWS["decode"], (OURS, ANCHOR), strict=True)},
+    args = dict(num_beams=settings["num_beams"], eos_token_id=eos, pad_token_id=pad,
+                batch_size=settings["decode_batch_size"])
+    trie, dict_trie = TitleTrie.build(titles), DictTrie(titles)
+    ours = w.median_seconds(lambda: constrained_beam_search(model, prompts, trie, **args), settings["repeats"], device)
+    anchor = w.median_seconds(lambda: hf_constrained_generate(model, prompts, dict_trie, **args), settings["repeats"],
+                            device)
+    common = {"queries": len(prompts), "num_beams": settings["num_beams"],
+              "identical": same_hypotheses(ours[1], anchor[1])}
+    return {"rows": {row: {"queries_per_s": round(len(prompts) / seconds, 2), "seconds": round(seconds, 4), **common}
+                     for row, (seconds, _) in zip(ROWS["decode"], (ours, anchor), strict=True)},
             "decode_model": {"vocab_size": len(tokenizer), "hidden_size": 64, "layers": 2,
                              "parameters": sum(p.numel() for p in model.parameters())},
             "decode_trie": {"titles": len(titles), "depth": max(map(len, titles))}}
@@ -108,7 +112,6 @@ def decode(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[
 def generative(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[Any], device: Any) -> Figures:
     """Generative recall with a trained title generator, and the RRF of bm25 + dense + generative (and of bm25 +
     dense alone) on the same first `--generative-queries` queries."""
-    from lmlab.plugins.retrieve.fused import open_fused
     from lmlab.plugins.retrieve.generative import generator_folder
     from lmlab.plugins.retrieve.options import SearchSettings
 

@@ -1,14 +1,19 @@
-"""The `lmlab retrieve` group: index, search, eval, train and questions; each imports its module when it runs."""
+"""The `lmlab retrieve` group: index (here), search, eval, train and questions (each imports its module when run)."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from typing import Any
 
 import typer
 
 from lmlab.core.commands.builder import options_command
-from lmlab.core.kernel.console import err
+from lmlab.core.files.records import example
+from lmlab.core.kernel.console import err, log
+from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex, retriever_spec
 from lmlab.core.training.trainer import trainer_command
+from lmlab.plugins.retrieve import lazy
 from lmlab.plugins.retrieve.options import (
     EvalOptions,
     IndexOptions,
@@ -18,28 +23,24 @@ from lmlab.plugins.retrieve.options import (
 )
 
 
-def _run_index(opts: IndexOptions) -> dict[str, Any]:
-    from lmlab.plugins.retrieve.index import run_index
-
-    return run_index(opts)
-
-
-def _run_search(opts: SearchOptions) -> dict[str, Any]:
-    from lmlab.plugins.retrieve.search import run_search
-
-    return run_search(opts)
-
-
-def _run_eval(opts: EvalOptions) -> dict[str, Any]:
-    from lmlab.plugins.retrieve.evaluate import run_eval
-
-    return run_eval(opts)
-
-
-def _run_questions(opts: QuestionOptions) -> dict[str, Any]:
-    from lmlab.plugins.retrieve.questions import run_questions
-
-    return run_questions(opts)
+def run_index(opts: IndexOptions) -> dict[str, Any]:
+    """`lmlab retrieve index`: the corpus and every retriever's files in one index folder, settings recorded."""
+    names = list(dict.fromkeys(opts.retriever))
+    device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
+    options = {**asdict(opts), "device": device, "dtype": dtype}
+    for name in names:  # unknown names and bad options are refused before anything is read or written
+        spec = retriever_spec(name)
+        if spec.check is not None:
+            spec.check(options)
+    corpus = Corpus.load(opts.data or example("retrieve/corpus.jsonl"))
+    started = time.perf_counter()
+    index = RetrievalIndex.create(opts.output_dir, corpus)
+    for name in names:
+        settings = index.build(name, options)
+        log(f"{name}: built in {settings['seconds']} s")
+    return {"index": str(index.folder), "corpus": corpus.source, "documents": len(corpus),
+            "built": {name: index.built[name] for name in names}, "retrievers": sorted(index.built),
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def show_index(summary: dict[str, Any]) -> None:
@@ -81,18 +82,18 @@ HELP = ("Sparse, dense and generative retrieval (Re3val) with KILT metrics: inde
 
 def add_retrieve_commands(app: typer.Typer) -> None:
     app.command("index")(options_command(
-        IndexOptions, _run_index, show=show_index,
+        IndexOptions, run_index, show=show_index,
         doc="Index a corpus {id, title, text} for BM25, dense and generative retrieval, into one folder."))
     app.command("search")(options_command(
-        SearchOptions, _run_search, show=show_search,
+        SearchOptions, lazy("search", "run_search"), show=show_search,
         doc="Rank the index's documents for queries (JSONL or TSV on stdout, or --output)."))
     app.command("eval")(options_command(
-        EvalOptions, _run_eval, show=show_eval,
+        EvalOptions, lazy("evaluate", "run_eval"), show=show_eval,
         doc="KILT retrieval metrics (R-precision, recall@k, MRR) of each retriever and their fusion."))
     app.command("train")(trainer_command(
         RetrieveTrainOptions, "lmlab.plugins.retrieve.train:RetrieveTrainer",
         doc="Train the title generator of generative retrieval (title-gen), or fine-tune it with REINFORCE on "
             "titles decoded under the trie (reinforce)."))
     app.command("questions")(options_command(
-        QuestionOptions, _run_questions, show=show_questions,
+        QuestionOptions, lazy("questions", "run_questions"), show=show_questions,
         doc="Write questions about the index's documents with an LLM, as extra training pairs for `retrieve train`."))

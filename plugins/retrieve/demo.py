@@ -1,8 +1,6 @@
-"""Retrieval's part of `lmlab demo`: index the bundled corpus (BM25, MiniLM embeddings, the title trie) and
-evaluate BM25, dense and their fusion on the held-out KILT queries (the quick demo: BM25 only). The full demo
-also trains a title generator from scratch on 16 training queries (tiny-llama, random init, seconds) and shows
-that trie-constrained decoding returns real titles and recalls what it learnt; a held-out figure needs a
-pretrained LM (`lmlab retrieve train` with smollm2-135m, about 3 minutes here), which the README reports."""
+"""Retrieval's part of `lmlab demo`: index the bundled corpus, evaluate BM25, dense and fused on the held-out KILT
+queries (quick: BM25 only), then train a tiny-llama title generator from scratch on 16 queries and show that
+trie-constrained decoding returns real titles and recalls what it learnt (a held-out figure needs a pretrained LM)."""
 
 from __future__ import annotations
 
@@ -10,8 +8,8 @@ from pathlib import Path
 
 from lmlab.core.files.records import example
 from lmlab.core.kernel.console import err
+from lmlab.plugins.retrieve.command import run_index
 from lmlab.plugins.retrieve.evaluate import run_eval
-from lmlab.plugins.retrieve.index import run_index
 from lmlab.plugins.retrieve.options import EvalOptions, IndexOptions, RetrieveTrainOptions, SearchSettings
 from lmlab.plugins.retrieve.train import RetrieveTrainer
 

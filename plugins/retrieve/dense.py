@@ -1,6 +1,5 @@
-"""The dense retriever: documents embedded once into the core vector store (sentence-transformers + faiss),
-queries embedded at search time and matched by cosine similarity (Karpukhin et al. 2020's bi-encoder setting
-with an off-the-shelf sentence encoder)."""
+"""The dense retriever: documents embedded once into the core vector store, queries at search time, matched by cosine
+similarity (Karpukhin et al. 2020's bi-encoder setting with an off-the-shelf sentence encoder)."""
 
 from __future__ import annotations
 

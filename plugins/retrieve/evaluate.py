@@ -1,7 +1,6 @@
-"""`lmlab retrieve eval`: KILT's page-level retrieval metrics (R-precision, recall@k, success@k, MRR; see
-lmlab.core.retrieval.kilt) for each retriever and the fused pipeline on KILT-format queries, with results.json,
-rankings.jsonl and a recall@k plot in a run directory. A fusion evaluated after its members reuses their
-rankings (each retriever searches once, as deep as the fusion asks), so its queries/s counts the fusion alone."""
+"""`lmlab retrieve eval`: KILT's page-level metrics (core/retrieval/kilt.py) of each retriever and the fused pipeline,
+with results.json, rankings.jsonl and a recall@k plot in a run directory. A fusion evaluated after its members reuses
+their rankings (each retriever searches once, as deep as the fusion asks), so its queries/s counts the fusion alone."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def evaluated(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any])
 def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any],
                over: str) -> list[tuple[str, Reranking]]:
     """The Bayesian/XAI paper's ablation: `over` reranked by each variant the reranker offers (or the one named), and
-    by its default variant plus the explanation score when --explain-weight is set. Each reuses `over`'s ranking,
-    and queries/s counts the reranking alone."""
+    by its default variant plus the explanation score with --explain-weight; each reuses `over`'s ranking."""
     settings = opts.reranking
     spec, folder = resolve_reranker(opts.rerank, index)
     variants = [settings.variant] if settings.variant != "auto" else spec.variants(folder) or ["auto"]
@@ -80,7 +78,9 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
     names = list(rankings)
     run = RunDir(new_run_path("retrieve-eval", opts.output_dir), checkpoints=False)
     run.write_config("retrieve eval", {**asdict(opts), "data": data})
-    _write_rankings(run, queries, rankings)
+    write_jsonl_atomic(run.path / "rankings.jsonl",
+                       ({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
+                         **{name: ranked[q.id] for name, ranked in rankings.items()}} for q in queries))
     curves = {name: {k: sum(recall_at_k(rankings[name][q.id], q.evidence, k) for q in queries) / len(queries)
                      for k in range(1, depth + 1)} for name in names}
     chart = plot_lines(curves, run.path / "recall.png", f"recall@k · {len(queries)} queries · {index.folder.name}",
@@ -90,9 +90,3 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
                "chart": str(chart), "run_dir": str(run.path)}
     write_json_atomic(run.path / "results.json", summary)
     return summary
-
-
-def _write_rankings(run: RunDir, queries: list[Any], rankings: dict[str, dict[str, list[str]]]) -> None:
-    write_jsonl_atomic(run.path / "rankings.jsonl",
-                       ({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
-                         **{name: ranked[q.id] for name, ranked in rankings.items()}} for q in queries))

@@ -1,33 +1,73 @@
-"""Generative retrieval (GENRE, De Cao et al. 2021; Re3val, Song et al. 2024): a causal LM writes the title of
-the page that answers a query, decoded by beam search constrained to a prefix trie of the corpus's titles, so
-that every output names a real page. `retrieve index` builds the trie; `retrieve train` teaches the model.
-
-`generative-rerank` is Re3val's generative reranking: the decoded titles are rescored by the same generator given
-the query's top dense-retrieved contexts before it (query + DPR contexts + candidate title), log p(title |
-contexts, query); the generator learns that prompt too when trained with `--contexts N`."""
+"""Generative retrieval (GENRE, De Cao et al. 2021; Re3val, Song et al. 2024): a causal LM writes the title of the
+page that answers a query, decoded under the trie of the corpus's titles so that every output names a real page. The
+prompt `Question: <query>\nTitle:` is followed by ` <title>` and EOS, in training and decoding alike;
+`generative-rerank` rescores the decoded titles as log p(title | contexts, query), dense contexts before the prompt."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-from lmlab.core.commands.devices import place
+from lmlab.core.commands.devices import model_device, place
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.models.loading import load_model, replace_dir
 from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex, Retriever, placement
+from lmlab.plugins.retrieve.beam import TitleTrie, constrained_beam_search, left_pad
 from lmlab.plugins.retrieve.options import DEFAULT_GENERATOR
-from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
-from lmlab.plugins.retrieve.trie import TitleTrie
 
 TRIE_FILE = "trie.safetensors"
 MAX_PROMPT_TOKENS = 256
+CONTEXT_CHARS = 300  # of each context's text in a reranking prompt
+Row = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt tokens, title tokens with EOS)
+
+
+def query_prompt(query: str) -> str:
+    return f"Question: {' '.join(query.split())}\nTitle:"
+
+
+def context_prompt(query: str, contexts: Sequence[tuple[str, str]]) -> str:
+    lines = [f"Context: {title}: {' '.join(text.split())[:CONTEXT_CHARS]}" for title, text in contexts]
+    return "\n".join([*lines, query_prompt(query)])
+
+
+def context_prompt_ids(tokenizer: Any, queries: Sequence[str], contexts: Sequence[Sequence[tuple[str, str]]],
+                       max_tokens: int) -> list[list[int]]:
+    """Reranking prompts' token ids, each cut to its last `max_tokens` (the first contexts go first)."""
+    texts = [context_prompt(q, c) for q, c in zip(queries, contexts, strict=True)]
+    return [ids[-max_tokens:] for ids in tokenizer(texts).input_ids]
+
+
+def prompt_ids(tokenizer: Any, queries: Sequence[str], max_tokens: int) -> list[list[int]]:
+    """The prompts' token ids, each cut to its last `max_tokens` (a long query loses its start, not the cue)."""
+    return [ids[-max_tokens:] for ids in tokenizer([query_prompt(q) for q in queries]).input_ids]
+
+
+def title_ids(tokenizer: Any, titles: Sequence[str]) -> list[list[int]]:
+    """Each title's tokens after the prompt, ending with EOS (what the trie holds and the generator learns)."""
+    eos = tokenizer.eos_token_id
+    return [ids + [eos] for ids in tokenizer([f" {t}" for t in titles], add_special_tokens=False).input_ids]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Tells whether a trie built with one tokenizer fits another: a hash of the vocabulary and EOS."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr((vocab, tokenizer.eos_token_id)).encode()).hexdigest()[:16]
 
 
 def build_trie(tokenizer: Any, titles: Sequence[str]) -> TitleTrie:
     return TitleTrie.build(title_ids(tokenizer, titles))
+
+
+def index_trie(index: RetrievalIndex, tokenizer: Any) -> TitleTrie:
+    """The index's title trie if it was built with `tokenizer`, else one rebuilt for it (that is cheap)."""
+    if index.built.get("generative", {}).get("tokenizer") == tokenizer_fingerprint(tokenizer):
+        return TitleTrie.load(index.folder / "generative" / TRIE_FILE)
+    return build_trie(tokenizer, [d.title for d in index.corpus.documents])
 
 
 def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +77,62 @@ def build(corpus: Corpus, folder: Path, options: dict[str, Any]) -> dict[str, An
     trie = build_trie(tokenizer, [d.title for d in corpus.documents])
     replace_dir(folder, lambda tmp: trie.save(tmp / TRIE_FILE))
     return {"tokenizer_of": model_name, "tokenizer": tokenizer_fingerprint(tokenizer), "titles": len(trie)}
+
+
+def sequences_batch(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded prompt + title rows, with the flat positions that predict each title token."""
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    positions, targets, seq_id = [], [], []
+    for row, (prompt, title) in enumerate(rows):
+        seq = torch.tensor(prompt + title, dtype=torch.long)
+        input_ids[row, :len(seq)] = seq
+        attention[row, :len(seq)] = 1
+        pos = torch.arange(len(prompt) - 1, len(seq) - 1)
+        positions.append(row * width + pos)
+        targets.append(seq[pos + 1])
+        seq_id.append(torch.full_like(pos, row))
+    return {"input_ids": input_ids, "attention_mask": attention, "positions": torch.cat(positions),
+            "targets": torch.cat(targets), "seq_id": torch.cat(seq_id)}
+
+
+def sequence_logprobs(model: torch.nn.Module, rows: Sequence[Row], pad_id: int) -> torch.Tensor:
+    """log p(title | prompt) of each row, summed over the title's tokens, on the model's device; `model` is a
+    TokenLogprobModel (or the DDP/FSDP module wrapping one)."""
+    device = model_device(model)
+    batch = {name: tensor.to(device) for name, tensor in sequences_batch(rows, pad_id).items()}
+    token_logp = model(batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"])
+    return torch.zeros(len(rows), dtype=token_logp.dtype, device=device).index_add(0, batch["seq_id"], token_logp)
+
+
+@torch.inference_mode()
+def shared_prompt_logprobs(lm: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                           candidates: Sequence[Sequence[tuple[int, ...]]], pad_id: int) -> list[list[float]]:
+    """log p(title | prompt) for every candidate title (tokens with EOS) of every prompt, the prompt run once
+    and its KV cache shared by its candidates: reranking 10 titles after a 250-token context prompt costs one
+    prompt pass plus 10 short title passes, not 10 full passes."""
+    device = lm.device
+    ids, attention = (t.to(device) for t in left_pad(prompts, pad_id))  # every prompt ends at the last column
+    positions = (attention.cumsum(-1) - 1).clamp_(min=0)
+    out = lm(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1].float().log_softmax(-1)
+    owner = torch.tensor([row for row, titles in enumerate(candidates) for _ in titles], device=device)
+    titles = [t for row in candidates for t in row]
+    if not titles:
+        return [[] for _ in prompts]
+    out.cache.reorder_cache(owner)
+    # the title's tokens after the first, each predicted by the one before
+    padded = pad_sequence([torch.tensor(t) for t in titles], batch_first=True, padding_value=pad_id).to(device)
+    inputs, targets, steps = padded[:, :-1], padded[:, 1:], padded.shape[1] - 1
+    valid = torch.arange(steps, device=device) < torch.tensor([len(t) - 1 for t in titles], device=device)[:, None]
+    mask = torch.cat([attention[owner], valid.long()], 1)
+    rest = lm(input_ids=inputs, attention_mask=mask, cache=out.cache, use_cache=True,
+              position_ids=positions[owner, -1:] + 1 + torch.arange(steps, device=device))
+    token_logp = rest.logits.float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
+    heads = torch.tensor([t[0] for t in titles], device=device)
+    scores = iter((first[owner, heads] + (token_logp * valid).sum(1)).tolist())
+    return [[next(scores) for _ in row] for row in candidates]
 
 
 def generator_folder(spec: str) -> str:
@@ -52,12 +148,7 @@ class GenerativeRetriever:
         self.model = place(model, device, dtype)
         self.num_beams, self.batch_size = num_beams, batch_size
         titles = [d.title for d in index.corpus.documents]
-        settings = index.built["generative"]
-        if settings.get("tokenizer") == tokenizer_fingerprint(self.tokenizer):
-            self.trie = TitleTrie.load(index.folder / "generative" / TRIE_FILE)
-        else:  # a generator with another tokenizer: the trie is cheap to rebuild for it
-            self.trie = build_trie(self.tokenizer, titles)
-        self.trie = self.trie.to(self.model.device)  # once, not per search
+        self.trie = index_trie(index, self.tokenizer).to(self.model.device)  # moved once, not per search
         self.title_tokens = {index.corpus.by_title[t].id: tuple(ids) for ids, t in
                              zip(title_ids(self.tokenizer, titles), titles, strict=True)}
         self.by_tokens = {ids[:-1]: page for page, ids in self.title_tokens.items()}
@@ -65,8 +156,6 @@ class GenerativeRetriever:
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         """At most `num_beams` titles per query, by the beam search's score (the sum of token log-probabilities
         under the trie constraint)."""
-        from lmlab.plugins.retrieve.beam import constrained_beam_search
-
         prompts = prompt_ids(self.tokenizer, queries, MAX_PROMPT_TOKENS)
         with torch.inference_mode():
             found = constrained_beam_search(self.model, prompts, self.trie, num_beams=self.num_beams,
@@ -84,8 +173,6 @@ class RerankedGenerative:
         self.contexts, self.batch_size = contexts, batch_size
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
-        from lmlab.plugins.retrieve.scoring import shared_prompt_logprobs
-
         candidates = self.generative.search(queries, k)
         found = self.dense.search(queries, self.contexts)
         contexts = [[(self.corpus.by_id[h.id].title, self.corpus.by_id[h.id].text) for h in hits] for hits in found]
@@ -102,12 +189,8 @@ class RerankedGenerative:
         return out
 
 
-def known_generator(index: RetrievalIndex, options: dict[str, Any]) -> str | None:
-    return options.get("generator") or index.built.get("generative", {}).get("generator")
-
-
 def open_generative(index: RetrievalIndex, options: dict[str, Any]) -> GenerativeRetriever:
-    generator = known_generator(index, options)
+    generator = options.get("generator") or index.built.get("generative", {}).get("generator")
     if generator is None:
         raise LmlabError(f"Generative retrieval needs a trained title generator, and {index.folder} records none.",
                          hint=f"train one with `lmlab retrieve train --index {index.folder}`, or pass --generator")
@@ -115,13 +198,9 @@ def open_generative(index: RetrievalIndex, options: dict[str, Any]) -> Generativ
                                int(options.get("batch_size", 16)), *placement(options))
 
 
-def trained_contexts(index: RetrievalIndex, options: dict[str, Any]) -> int:
-    """Contexts per reranking prompt: --rerank-contexts, else what the generator was trained with."""
-    return int(options.get("rerank_contexts") or index.built.get("generative", {}).get("contexts") or 0)
-
-
 def open_reranked(index: RetrievalIndex, options: dict[str, Any]) -> RerankedGenerative:
-    contexts = trained_contexts(index, options)
+    # contexts per reranking prompt: --rerank-contexts, else what the generator was trained with
+    contexts = int(options.get("rerank_contexts") or index.built.get("generative", {}).get("contexts") or 0)
     if contexts < 1:
         raise LmlabError("generative-rerank needs a generator trained with contexts, or --rerank-contexts N.",
                          hint=f"train with `lmlab retrieve train --contexts 3 --index {index.folder}`")

@@ -5,20 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmlab.core.commands import options as o
 from lmlab.core.commands.devices import DeviceOptions
-from lmlab.core.commands.options import (
-    BACKEND,
-    MODEL_AND_DATA,
-    RUN_AND_OUTPUT,
-    TRAINING,
-    IndexKind,
-    TrainOptions,
-    data_option,
-    group,
-    index_kind_option,
-    option,
-    output_dir_option,
-)
+from lmlab.core.commands.options import TrainOptions, data_option, group, index_kind_option, option, output_dir_option
 from lmlab.core.evaluation.backends import BackendOptions
 from lmlab.core.retrieval.embeddings import DEFAULT_EMBEDDER
 from lmlab.core.retrieval.rerankers import RERANK, RerankSettings
@@ -39,8 +28,8 @@ class IndexOptions:
     retriever: list[str] = option(BUILT_BY_DEFAULT, "Retrievers to build (repeatable): bm25, dense, generative "
                                   "(the title trie), or one a plugin adds.", flags=("--retriever", "-r"))
     embedder: str = option(DEFAULT_EMBEDDER, "dense: sentence-transformers model (the packaged all-minilm-l6-v2, a "
-                           "folder, or a cached Hub name).", panel=MODEL_AND_DATA)
-    index_kind: IndexKind = index_kind_option("dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents "
+                           "folder, or a cached Hub name).", panel=o.MODEL_AND_DATA)
+    index_kind: o.IndexKind = index_kind_option("dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents "
                                               "or more).", deprecated=("--index",))
     batch_size: int = option(32, "dense: texts per embedding batch.", min=1)
     k1: float = option(1.5, "bm25: term-frequency saturation k1.", min=0.0)
@@ -48,7 +37,7 @@ class IndexOptions:
     bm25_method: str = option("lucene", "bm25: scoring variant of bm25s (lucene, robertson, atire, bm25l, bm25+).")
     stem: bool = option(True, "bm25: English Snowball stemming of documents and queries.")
     generator_model: str = option(DEFAULT_GENERATOR, "generative: the model whose tokenizer the title trie uses "
-                                  "(that of the generator you will train).", panel=MODEL_AND_DATA)
+                                  "(that of the generator you will train).", panel=o.MODEL_AND_DATA)
     placement: DeviceOptions = group(DeviceOptions)  # where dense embeds the documents
 
 
@@ -56,10 +45,10 @@ class IndexOptions:
 class SearchSettings:
     """What every command that searches an index shares."""
 
-    index: Path = option(DEFAULT_INDEX, "The index folder (`lmlab retrieve index`).", panel=MODEL_AND_DATA)
+    index: Path = option(DEFAULT_INDEX, "The index folder (`lmlab retrieve index`).", panel=o.MODEL_AND_DATA)
     generator: str | None = option(None, "generative: the trained title generator (a `retrieve train` run or "
                                    "model folder; default: the one last trained on this index).",
-                                   panel=MODEL_AND_DATA)
+                                   panel=o.MODEL_AND_DATA)
     num_beams: int = option(10, "generative: beams of the trie-constrained beam search (it returns at most this "
                             "many titles).", min=1, panel=RETRIEVE)
     rerank_contexts: int = option(0, "generative-rerank: dense contexts per reranking prompt (default: what the "
@@ -77,7 +66,7 @@ class SearchSettings:
 
 @dataclass
 class SearchOptions:
-    query: list[str] = option([], "A query (repeatable); or use --data.", panel=MODEL_AND_DATA)
+    query: list[str] = option([], "A query (repeatable); or use --data.", panel=o.MODEL_AND_DATA)
     data: str | None = data_option("Queries from a file: KILT/JSONL rows with `input` (and `id`), or a text file "
                                    "with one query per line (default: the bundled examples/retrieve/dev.jsonl).",
                                    deprecated=("--queries",))
@@ -90,8 +79,8 @@ class SearchOptions:
                                 "a registered reranker, or last (the one last trained on the index).", panel=RERANK)
     reranking: RerankSettings = group(RerankSettings)
     format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
-                         "title).", panel=RUN_AND_OUTPUT)
-    output: Path | None = option(None, "Write the results here instead of stdout.", panel=RUN_AND_OUTPUT,
+                         "title).", panel=o.RUN_AND_OUTPUT)
+    output: Path | None = option(None, "Write the results here instead of stdout.", panel=o.RUN_AND_OUTPUT,
                                  deprecated=("-o",))
     placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
@@ -114,7 +103,7 @@ class EvalOptions:
     ks: list[int] = option([1, 5, 10], "The k of recall@k (repeatable).", flags=("--k",), min=1, panel=RETRIEVE)
     output_dir: Path | None = output_dir_option("Run directory for results.json, rankings.jsonl and recall.png "
                                                 "(default: runs/retrieve-eval-<timestamp>).")
-    limit: int | None = option(None, "Use only the first N queries.", min=1, panel=MODEL_AND_DATA)
+    limit: int | None = option(None, "Use only the first N queries.", min=1, panel=o.MODEL_AND_DATA)
     placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker
 
 
@@ -123,15 +112,15 @@ class RetrieveTrainOptions(TrainOptions):
     """Options of `lmlab retrieve train` (the shared training options plus these)."""
 
     model: str = option(DEFAULT_GENERATOR, "Causal LM to train as the title generator: alias (smollm2-135m, "
-                        "tiny-llama), local HF folder or Hub id.", flags=("--model", "-m"), panel=MODEL_AND_DATA)
+                        "tiny-llama), local HF folder or Hub id.", flags=("--model", "-m"), panel=o.MODEL_AND_DATA)
     index: Path = option(DEFAULT_INDEX, "The index folder (its corpus gives the titles, its trie the constraint); "
-                         "the trained generator is recorded there for search and eval.", panel=MODEL_AND_DATA)
+                         "the trained generator is recorded there for search and eval.", panel=o.MODEL_AND_DATA)
     method: str = option("title-gen", "title-gen: learn to write the gold title of a query (cross-entropy); "
                          "reinforce: REINFORCE on titles decoded under the trie, from a trained generator.")
     questions: list[str] = option([], "Extra (query, title) pairs from `lmlab retrieve questions` (repeatable).",
-                                  panel=MODEL_AND_DATA)
+                                  panel=o.MODEL_AND_DATA)
     max_length: int = option(96, "Longest prompt + title in tokens (longer queries lose their start).", min=8,
-                             panel=MODEL_AND_DATA)
+                             panel=o.MODEL_AND_DATA)
     contexts: int = option(0, "title-gen: also learn each title after the query's top N dense-retrieved contexts "
                            "(Re3val's generative reranking prompt, used by -r generative-rerank).", min=0)
     num_beams: int = option(4, "reinforce: titles decoded per query (the sampled set).", min=1)
@@ -140,22 +129,22 @@ class RetrieveTrainOptions(TrainOptions):
     baseline: str = option("mean", "reinforce: mean (the mean reward of the query's decoded titles), ema (a moving "
                            "average over steps) or none.")
     ema: float = option(0.9, "reinforce: decay of the ema baseline.", min=0.0, max=1.0)
-    max_steps: int = option(60, "Optimizer steps to train.", min=1, panel=TRAINING)
-    batch_size: int = option(8, "Examples per micro-batch per process.", min=1, panel=TRAINING)
-    lr: float = option(3e-4, "Peak learning rate.", min=0.0, panel=TRAINING)
+    max_steps: int = option(60, "Optimizer steps to train.", min=1, panel=o.TRAINING)
+    batch_size: int = option(8, "Examples per micro-batch per process.", min=1, panel=o.TRAINING)
+    lr: float = option(3e-4, "Peak learning rate.", min=0.0, panel=o.TRAINING)
 
 
 @dataclass
 class QuestionOptions:
     model: BackendOptions = group(lambda: BackendOptions(batch_size=8))
     backend: str = option("hf", "hf (local transformers) or openai (an OpenAI-compatible server).",
-                          panel=MODEL_AND_DATA)
-    index: Path = option(DEFAULT_INDEX, "The index folder whose documents get questions.", panel=MODEL_AND_DATA)
+                          panel=o.MODEL_AND_DATA)
+    index: Path = option(DEFAULT_INDEX, "The index folder whose documents get questions.", panel=o.MODEL_AND_DATA)
     per_document: int = option(2, "Questions to write per document.", min=1)
     temperature: float = option(0.8, "Sampling temperature (0: greedy, then only one distinct question).",
-                                min=0.0, panel=BACKEND)
-    max_new_tokens: int = option(40, "Tokens per question.", min=1, panel=BACKEND)
+                                min=0.0, panel=o.BACKEND)
+    max_new_tokens: int = option(40, "Tokens per question.", min=1, panel=o.BACKEND)
     output: Path = option(Path("runs/retrieve-questions.jsonl"), "Pairs {input, title, wikipedia_id} to train on "
-                          "(appended to; a rerun skips documents already done).", panel=RUN_AND_OUTPUT,
+                          "(appended to; a rerun skips documents already done).", panel=o.RUN_AND_OUTPUT,
                           deprecated=("-o",))
-    limit: int | None = option(None, "Only the first N documents.", min=1, panel=MODEL_AND_DATA)
+    limit: int | None = option(None, "Only the first N documents.", min=1, panel=o.MODEL_AND_DATA)

@@ -1,9 +1,6 @@
-"""`lmlab retrieve questions`: Re3val's question generation, which covers pages the training queries never ask
-about (the epistemic-uncertainty and domain-gap argument of the paper): an LLM writes questions about each
-document through any backend, and the (question, title) pairs become extra `retrieve train --questions` data.
-
-Rows are appended and fsynced per chunk of documents, so an interrupted run loses at most one chunk, and a rerun
-skips the documents already in the output file (after cutting off a line torn by a crash)."""
+"""`lmlab retrieve questions`: Re3val's question generation, extra `retrieve train --questions` pairs for pages the
+training queries never ask about. Rows are appended and fsynced per chunk of documents (an interrupted run loses at
+most one chunk); a rerun skips the documents already in the output, after cutting off a line torn by a crash."""
 
 from __future__ import annotations
 
@@ -34,15 +31,10 @@ def parse_question(text: str) -> str | None:
     return line if len(line.split()) >= 3 and line.endswith("?") else None
 
 
-def _done(opts: QuestionOptions) -> set[str]:
-    """The pages the output file already has questions for (a line torn by a crash is cut off first)."""
-    return {str(row.get("wikipedia_id")) for row in read_complete_lines(opts.output)}
-
-
 def run_questions(opts: QuestionOptions) -> dict[str, Any]:
     index = RetrievalIndex.load(opts.index)
     documents = index.corpus.documents[:opts.limit]
-    done = _done(opts)
+    done = {str(row.get("wikipedia_id")) for row in read_complete_lines(opts.output)}
     todo = [d for d in documents if d.id not in done]
     written = malformed = 0
     if todo:

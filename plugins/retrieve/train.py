@@ -1,17 +1,7 @@
-"""`lmlab retrieve train`: the title generator of generative retrieval, on the shared training loop.
-
-- `--method title-gen`: cross-entropy on the gold title's tokens (and EOS) after the query prompt, GENRE's
-  objective; every page of every gold evidence set is a target, plus pairs from `retrieve questions`.
-- `--method reinforce`: Re3val's REINFORCE step, ∇J = E[(R(ŷ) − b) ∇ log p(ŷ|x)], over the titles ŷ that
-  trie-constrained beam search decodes for the query with the current model. The paper leaves the reward and
-  the baseline unconfirmed, so both are options: R = `match` (1 if ŷ is a gold page, else 0) or `rank`
-  (1/rank of ŷ in the beam if gold, else 0); b = `mean` (the mean reward of the query's decoded titles, the
-  usual self-critical choice), `ema` (a moving average of the batch's mean reward; it is not checkpointed, so
-  after --resume it restarts from the next batch's mean) or `none`.
-
-The trained model is written to the run's model/ and recorded in the index, so `retrieve search` and
-`retrieve eval` use it without --generator.
-"""
+"""`lmlab retrieve train`: the title generator of generative retrieval (docs/methods.md#re3val), recorded in the index
+for `retrieve search` and `eval`. `title-gen`: GENRE's cross-entropy of the gold titles after the prompt; `reinforce`:
+Re3val's ∇J = E[(R(ŷ) − b) ∇ log p(ŷ|x)] over the titles ŷ the current model decodes under the trie, R and b options
+(the `ema` baseline is not checkpointed: after --resume it restarts from the next batch's mean)."""
 
 from __future__ import annotations
 
@@ -26,14 +16,20 @@ from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.models.loading import load_model, save_model
 from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
-from lmlab.core.training.batching import length_grouped_batches
 from lmlab.core.training.logprobs import TokenLogprobModel
-from lmlab.core.training.trainer import Trainer
-from lmlab.plugins.retrieve.generative import MAX_PROMPT_TOKENS, TRIE_FILE, build_trie, record_generator
+from lmlab.core.training.trainer import Trainer, length_grouped_batches
+from lmlab.plugins.retrieve.beam import TitleTrie
+from lmlab.plugins.retrieve.generative import (
+    MAX_PROMPT_TOKENS,
+    context_prompt_ids,
+    index_trie,
+    prompt_ids,
+    record_generator,
+    sequence_logprobs,
+    sequences_batch,
+    title_ids,
+)
 from lmlab.plugins.retrieve.options import RetrieveTrainOptions
-from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids, tokenizer_fingerprint
-from lmlab.plugins.retrieve.scoring import sequence_logprobs, sequences_batch
-from lmlab.plugins.retrieve.trie import TitleTrie
 
 METHODS = ("title-gen", "reinforce")
 REWARDS = ("match", "rank")
@@ -136,7 +132,7 @@ class ReinforceTask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from lmlab.plugins.retrieve.beam import constrained_beam_search
+        from lmlab.plugins.retrieve.beam import constrained_beam_search  # looked up per step (tests replace it)
 
         pairs = [self.pairs[i] for i in batch["index"].tolist()]  # one host read of the step's queries
         lm = getattr(model, "module", model).lm
@@ -210,19 +206,17 @@ class RetrieveTrainer(Trainer):
                    for (q, _, _), t in zip(targets, titles, strict=True)]
         pairs = [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
         log(f"{len(pairs)} (query, title) pairs for {len({p.prompt for p in pairs})} queries over {len(corpus)} titles")
-        if opts.method == "title-gen":
-            if opts.contexts:
-                pairs += self._context_pairs(targets, titles, accelerator.device)
-            self.examples = len(pairs)
-            return TokenLogprobModel(lm), TitleGenTask(pairs, pad_id=self.tokenizer.pad_token_id, seed=opts.seed)
+        if opts.method == "title-gen" and opts.contexts:
+            pairs += self._context_pairs(targets, titles, accelerator.device)
         self.examples = len(pairs)
-        trie = self._trie()
+        if opts.method == "title-gen":
+            return TokenLogprobModel(lm), TitleGenTask(pairs, pad_id=self.tokenizer.pad_token_id, seed=opts.seed)
         page_of = {tuple(ids[:-1]): d.id for ids, d in
                    zip(title_ids(self.tokenizer, [d.title for d in corpus.documents]), corpus.documents, strict=True)}
-        task = ReinforceTask(pairs, trie, page_of, pad_id=self.tokenizer.pad_token_id,
-                             eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward,
-                             baseline=opts.baseline, ema=opts.ema, seed=opts.seed)
-        return TokenLogprobModel(lm), task
+        return TokenLogprobModel(lm), ReinforceTask(
+            pairs, index_trie(self.index, self.tokenizer), page_of, pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward, baseline=opts.baseline,
+            ema=opts.ema, seed=opts.seed)
 
     def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]], titles: list[list[int]],
                        device: torch.device) -> list[Pair]:
@@ -236,12 +230,6 @@ class RetrieveTrainer(Trainer):
         prompts = context_prompt_ids(self.tokenizer, [q for q, _, _ in targets], contexts, MAX_PROMPT_TOKENS)
         log(f"{len(prompts)} more pairs with {self.opts.contexts} dense contexts before the query")
         return [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
-
-    def _trie(self) -> TitleTrie:
-        built = self.index.built.get("generative", {})
-        if built.get("tokenizer") == tokenizer_fingerprint(self.tokenizer):
-            return TitleTrie.load(self.index.folder / "generative" / TRIE_FILE)
-        return build_trie(self.tokenizer, [d.title for d in self.index.corpus.documents])
 
     def summarize(self, result: dict[str, Any], run: Any) -> dict[str, Any]:
         return {"method": self.opts.method, "model_dir": str(run.path / "model"), "index": str(self.index.folder),

@@ -10,12 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from lmlab.core.bench.machine import gemm_peak_flops, machine
-from lmlab.core.bench.memory import peak_rss_mb, reset_peak_rss, rss_mb
-from lmlab.core.bench.replay import replay_training
-from lmlab.core.bench.report import make_report, print_results, ran, ratio
-from lmlab.core.bench.systems import System, run_systems
-from lmlab.core.bench.worker import run_worker
+from lmlab.core.bench.benchmark import System, make_report, print_results, ran, ratio, run_systems
+from lmlab.core.bench.machine import gemm_peak_flops, machine, peak_rss_mb, reset_peak_rss, rss_mb
+from lmlab.core.bench.worker import replay_training, run_worker
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.training.loop import TrainConfig, make_accelerator
 

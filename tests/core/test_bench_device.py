@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmlab.core.bench.benchmark import device_settings
 from lmlab.core.bench.machine import gemm_peak_flops
-from lmlab.core.bench.systems import device_settings, median_seconds
-from lmlab.core.bench.worker import clock, device_env, read_peak, run_worker, start_peak, worker_device
+from lmlab.core.bench.worker import clock, device_env, median_seconds, read_peak, run_worker, start_peak, worker_device
 from lmlab.core.kernel.errors import LmlabError
 
 WORKER = '''

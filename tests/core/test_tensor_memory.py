@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.core.bench.memory import TensorPeak
+from lmlab.core.bench.tensor_memory import TensorPeak
 
 MB = 2**20
 

@@ -12,8 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmlab.core.files.runs import RunDir
-from lmlab.core.kernel.errors import TrainingDiverged
-from lmlab.core.kernel.signals import StopRequest
+from lmlab.core.kernel.errors import StopRequest, TrainingDiverged
 from lmlab.core.training.loop import TrainConfig, _step, make_accelerator, train
 from lmlab.core.training.report import read_metrics
 

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from lmlab.core.files import checkpoint
-from lmlab.core.training.batching import length_grouped_batches
 from lmlab.core.training.logprobs import token_logprobs
-from lmlab.core.training.trainer import lr_lambda
+from lmlab.core.training.trainer import length_grouped_batches, lr_lambda
 
 
 def test_batches_are_deterministic_full_and_cover_every_example() -> None:

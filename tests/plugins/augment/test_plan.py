@@ -7,9 +7,8 @@ import pytest
 
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.vector_store import StoreInfo, VectorStore
-from lmlab.plugins.augment.plan import plan
+from lmlab.plugins.augment.plan import load_template, plan
 from lmlab.plugins.augment.records import Instance
-from lmlab.plugins.augment.templates import load_template
 
 QA = load_template("extractive-qa")
 SEEDS = [Instance(f"s{i}", f"seed question {i}?", f"answer {i}", f"Seed context {i} says answer {i}.")

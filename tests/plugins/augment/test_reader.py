@@ -11,8 +11,8 @@ import torch
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.retrieval.embeddings import embedder_path
-from lmlab.plugins.augment.eval_options import AugmentEvalOptions
-from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report
+from lmlab.plugins.augment.command import AugmentEvalOptions
+from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report, squad_scores
 from lmlab.plugins.augment.reader import (
     CUT_OFF,
     NOT_FOUND,
@@ -24,7 +24,6 @@ from lmlab.plugins.augment.reader import (
     predict,
 )
 from lmlab.plugins.augment.records import Instance
-from lmlab.plugins.augment.squad import squad_scores
 from tests.conftest import write_jsonl
 
 TOWER = "The Eiffel Tower is in Paris, France. It was completed in 1889 by Gustave Eiffel's company."

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.plugins.augment.filters import Deduper, answer_span, choice_answer, distinct_n
+from lmlab.plugins.augment.plan import load_template
 from lmlab.plugins.augment.records import Instance
-from lmlab.plugins.augment.templates import load_template
+from lmlab.plugins.augment.run import Deduper, answer_span, choice_answer, distinct_n
 
 DEMO = Instance("d1", "Which port does it use?", "port 8080", "The proxy listens on port 8080 by default.")
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from lmlab.core.bench.report import make_report
+from lmlab.core.bench.benchmark import make_report
 from lmlab.plugins.mapo.bench import BENCHMARK
 from lmlab.plugins.mapo.step_parts import PARTS, StepParts
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lmlab.plugins.mapo.loss import denoising_error, dpo_terms, mapo_terms, snr_weight
+from lmlab.plugins.mapo.task import denoising_error, dpo_terms, mapo_terms, snr_weight
 
 
 def plain_mapo(pred_w, pred_l, target_w, target_l, beta=0.1, s=0.5, T=1000):  # noqa: ANN001, ANN201

@@ -19,9 +19,8 @@ from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.models.loading import load_model
 from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.orpo.data import PreferenceExample, build_examples
-from lmlab.plugins.orpo.evaluate import HeldOutPairs
 from lmlab.plugins.orpo.options import OrpoOptions
-from lmlab.plugins.orpo.task import OrpoTask
+from lmlab.plugins.orpo.task import HeldOutPairs, OrpoTask
 from lmlab.plugins.orpo.train import OrpoTrainer
 from tests.conftest import run_cli, write_jsonl
 from tests.plugins.orpo.test_loss import examples as random_examples

@@ -13,8 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lmlab.core.training import logprobs
 from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.orpo.data import PreferenceExample
-from lmlab.plugins.orpo.loss import log1mexp
-from lmlab.plugins.orpo.task import OrpoTask
+from lmlab.plugins.orpo.task import OrpoTask, log1mexp
 
 BETA = 0.1
 

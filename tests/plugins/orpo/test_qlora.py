@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 
 from lmlab.core.kernel.errors import LmlabError, ModelError
 from lmlab.core.models.loading import ModelAlias
-from lmlab.plugins.orpo import qlora
+from lmlab.plugins.orpo import model as qlora
 from lmlab.plugins.orpo.model import trainable_model
 from lmlab.plugins.orpo.options import OrpoOptions
 from lmlab.plugins.orpo.train import OrpoTrainer

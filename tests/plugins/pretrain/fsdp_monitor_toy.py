@@ -23,8 +23,7 @@ from accelerate.utils import DistributedType
 from lmlab.core.files.runs import RunDir
 from lmlab.core.models.architectures import build_model
 from lmlab.core.training.loop import TrainConfig, train
-from lmlab.plugins.pretrain.task import PretrainTask
-from lmlab.plugins.pretrain.tev import tev
+from lmlab.plugins.pretrain.train import PretrainTask, tev
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from lmlab.core.bench.benchmark import ratio_values
-from lmlab.core.bench.systems import parse_systems
+from lmlab.core.bench.benchmark import parse_systems, ratio_values
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.plugins.pretrain.bench import BENCHMARK, SYSTEMS, _shared_gemm_peaks
 from lmlab.plugins.pretrain.hf_gpt2 import build_gpt, hf_twin, model_flops_per_token

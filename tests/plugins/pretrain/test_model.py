@@ -14,7 +14,7 @@ from lmlab.core.models.architectures import ArchConfig, load_model_folder
 from lmlab.core.models.gpt import GPT, GPT_ARCH
 from lmlab.core.models.transformer import MHA_SPEC
 from lmlab.core.serving.generation import generate
-from lmlab.plugins.pretrain.tev import embedding_grad_variance, tev
+from lmlab.plugins.pretrain.train import embedding_grad_variance, tev
 from tests.conftest import fit_one_batch
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.core.kernel.errors import LmlabError
-from lmlab.plugins.pretrain.tokenizer_command import tokenizer_train
+from lmlab.plugins.pretrain.options import tokenizer_train
 from tests.conftest import CORPUS_DOCS as DOCS
 
 

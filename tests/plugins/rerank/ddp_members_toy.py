@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmlab.plugins.rerank.options import RerankTrainOptions
+from lmlab.plugins.rerank.command import RerankTrainOptions
 from lmlab.plugins.rerank.train import RerankTrainer
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.plugins.rerank.bayes import BayesianReranker, swa_average
-from lmlab.plugins.rerank.model import PairScorer
+from lmlab.plugins.rerank.bayes import BayesianReranker, PairScorer, swa_average
 from tests.plugins.rerank.conftest import tiny_encoder
 
 PAIRS = [("closest planet to the sun", "Mercury (planet). Mercury is the smallest planet of the Solar System."),

@@ -19,7 +19,7 @@ TINY = ("--documents", "60", "--queries", "6", "--depth", "4", "--repeats", "1",
 
 
 def _in_process(entry: str, system: str, settings: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """core.bench.systems's worker, run in this process (each subprocess would import torch and transformers again); the
+    """core.bench's worker, run in this process (each subprocess would import torch and transformers again); the
     result goes through JSON as it would from a worker."""
     from lmlab.plugins.rerank.bench import run_system
 
@@ -28,7 +28,7 @@ def _in_process(entry: str, system: str, settings: dict[str, Any], **_: Any) -> 
 
 
 def _bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
-    monkeypatch.setattr("lmlab.core.bench.systems.run_measured", _in_process)
+    monkeypatch.setattr("lmlab.core.bench.benchmark.run_measured", _in_process)
     with pytest.raises(SystemExit) as exited:
         main(["bench", "rerank", *TINY, *args])
     assert exited.value.code == 0

@@ -235,8 +235,7 @@ def test_the_commands_join_the_retrieve_group_with_or_without_the_retrieve_plugi
 
 
 def test_own_data_without_eval_data_holds_out_whole_queries(rerank_files: dict[str, Path]) -> None:
-    from lmlab.plugins.rerank.pairs import LabelledPair
-    from lmlab.plugins.rerank.train import split_by_query
+    from lmlab.plugins.rerank.train import LabelledPair, split_by_query
 
     pairs = [LabelledPair(f"q{i}", f"query {i}", f"context {j}", int(j == 0)) for i in range(20) for j in range(4)]
     train, held = split_by_query(pairs, 0.1, seed=0)

@@ -13,10 +13,8 @@ import torch
 
 from lmlab.cli.app import main
 from lmlab.core.retrieval.embeddings import embedder_path
-from lmlab.plugins.rerank.bayes import BayesianReranker, open_folder, write_info
-from lmlab.plugins.rerank.model import PairScorer
-from lmlab.plugins.rerank.pairs import LabelledPair
-from lmlab.plugins.rerank.train import Members, RerankTask, quality_tensor, query_groups
+from lmlab.plugins.rerank.bayes import BayesianReranker, PairScorer, open_folder, write_info
+from lmlab.plugins.rerank.train import LabelledPair, Members, RerankTask, quality_tensor, query_groups
 from tests.plugins.rerank.conftest import tiny_encoder
 
 META = torch.device("meta")

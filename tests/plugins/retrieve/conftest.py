@@ -63,7 +63,7 @@ def retrieval_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def built_index(retrieval_files: dict[str, Path]) -> Path:
     """bm25, dense and the trie (tiny-llama's tokenizer) built once for the session's tests."""
-    from lmlab.plugins.retrieve.index import run_index
+    from lmlab.plugins.retrieve.command import run_index
     from lmlab.plugins.retrieve.options import IndexOptions
 
     out = retrieval_files["folder"] / "index"

@@ -34,7 +34,7 @@ def test_bench_corpus_is_deterministic_unique_and_answerable() -> None:
 
 
 def _in_process(entry: str, system: str, settings: dict[str, Any], **_: Any) -> dict[str, Any]:
-    """core.bench.systems's worker, run in this process (each subprocess would import torch and sentence-transformers
+    """core.bench's worker, run in this process (each subprocess would import torch and sentence-transformers
     again); the result goes through JSON as it would from a worker."""
     from lmlab.plugins.retrieve.bench import run_system
 
@@ -45,7 +45,7 @@ def _in_process(entry: str, system: str, settings: dict[str, Any], **_: Any) -> 
 def test_bench_retrieve_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from lmlab.cli.app import main
 
-    monkeypatch.setattr("lmlab.core.bench.systems.run_measured", _in_process)
+    monkeypatch.setattr("lmlab.core.bench.benchmark.run_measured", _in_process)
     with pytest.raises(SystemExit) as exited:
         main(["bench", "retrieve", "--documents", "100", "--queries", "20", "--decode-queries", "3", "--repeats", "1",
               "--json"])
@@ -85,7 +85,7 @@ def test_every_timed_pass_searches(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     calls = []
     search = BM25Retriever.search
     monkeypatch.setattr(BM25Retriever, "search", lambda self, queries, k: calls.append(k) or search(self, queries, k))
-    monkeypatch.setattr("lmlab.core.bench.systems.run_measured", _in_process)
+    monkeypatch.setattr("lmlab.core.bench.benchmark.run_measured", _in_process)
     with pytest.raises(SystemExit) as exited:
         main(["bench", "retrieve", "--documents", "60", "--queries", "10", "--repeats", "3", "--systems", "bm25",
               "--json"])

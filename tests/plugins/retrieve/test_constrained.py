@@ -8,8 +8,14 @@ import random
 import pytest
 import torch
 
-from lmlab.plugins.retrieve.beam import constrained_beam_search, hf_constrained_generate
-from lmlab.plugins.retrieve.trie import DEAD, ROOT, DictTrie, TitleTrie
+from lmlab.plugins.retrieve.beam import (
+    DEAD,
+    ROOT,
+    DictTrie,
+    TitleTrie,
+    constrained_beam_search,
+    hf_constrained_generate,
+)
 
 VOCAB, EOS, PAD = 64, 2, 0
 TITLES = [  # prefixes of other titles ("Paris" / "Paris Hilton"), long shared prefixes, single tokens

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from lmlab.plugins.retrieve import beam
-from lmlab.plugins.retrieve.beam import Hypothesis
-from lmlab.plugins.retrieve.scoring import sequence_logprobs
+from lmlab.plugins.retrieve.beam import Hypothesis, TitleTrie
+from lmlab.plugins.retrieve.generative import sequence_logprobs
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask
-from lmlab.plugins.retrieve.trie import TitleTrie
 from tests.conftest import run_cli
 
 META = torch.device("meta")

@@ -14,10 +14,15 @@ from lmlab.cli.app import main
 from lmlab.core.models.loading import load_model
 from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.core.training.logprobs import TokenLogprobModel
-from lmlab.plugins.retrieve.prompts import context_prompt_ids, prompt_ids, title_ids
-from lmlab.plugins.retrieve.scoring import sequence_logprobs, shared_prompt_logprobs
+from lmlab.plugins.retrieve.beam import TitleTrie
+from lmlab.plugins.retrieve.generative import (
+    context_prompt_ids,
+    prompt_ids,
+    sequence_logprobs,
+    shared_prompt_logprobs,
+    title_ids,
+)
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask
-from lmlab.plugins.retrieve.trie import TitleTrie
 from tests.conftest import write_jsonl
 from tests.plugins.retrieve.conftest import DOCS, QUERIES, kilt_rows
 
