@@ -1,10 +1,12 @@
-"""KILT-format queries and KILT's page-level retrieval metrics.
+"""KILT-format queries, KILT's page-level retrieval metrics and its downstream (answer) scores.
 
 A row is `{"id", "input", "output": [{"answer", "provenance": [{"wikipedia_id", "title", ...}]}]}`; each output with
 provenance gives one evidence set (its distinct `wikipedia_id`s), any one set enough to support the answer. The
 metrics reproduce KILT's `kilt/eval_retrieval.py` (commit 2664322, rank key `wikipedia_id`), plus MRR on the same rank,
 except that an output with an empty provenance list gives no evidence set (KILT would count one that can never be
-found in recall's denominator).
+found in recall's denominator). The downstream scores reproduce `kilt/eval_downstream.py`: SQuAD-normalised EM
+and token F1 (`core.evaluation.answers`, the best over the gold answers), accuracy for labels, and KILT-EM/F1/AC,
+which credit an answer only where the ranking's R-precision is 1.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lmlab.core.evaluation.answers import best_over_golds, exact_match, f1
 from lmlab.core.files.records import Record, load_records
 from lmlab.core.kernel.errors import DataError
 
@@ -142,6 +145,15 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k}")
 
 
+def min_prediction_size(evidence: Evidence, k: int) -> int:
+    """KILT `get_rank`'s "minimum number of predicted pages needed to get a robust P/R@k": the sizes of the k largest
+    evidence sets, plus one page per slot up to k that no set fills. A ranking shorter than this cannot show every
+    set completing within k points, so a retriever is scored on at least this many pages, never on a list cut to k."""
+    _check_k(k)
+    sizes = sorted((len(pages) for pages in _sets(evidence)), reverse=True)[:k]
+    return sum(sizes) + k - len(sizes)
+
+
 def r_precision(ranking: Sequence[str], evidence: Evidence) -> float:
     """KILT `rprecision`: for each evidence set of R distinct pages, the share of the top R guesses (duplicates
     dropped) that lie in the set (`_computeRprec`); the best over the sets; 0 without evidence."""
@@ -194,3 +206,29 @@ def retrieval_metrics(rankings: Mapping[str, Sequence[str]], queries: Sequence[K
     result["queries"] = count
     result["without_provenance"] = sum(not q.evidence for q in queries)
     return result
+
+
+def downstream_metrics(answers: Mapping[str, str], rankings: Mapping[str, Sequence[str]],
+                       queries: Sequence[KiltQuery]) -> dict[str, float | int]:
+    """KILT's `eval_downstream._calculate_metrics` over every query with gold answers: accuracy (the stripped answer
+    is one of the gold answers, as given), EM and F1 after SQuAD's normalisation (the best over the gold answers), and
+    KILT-AC/EM/F1: the same, credited only where the ranking's R-precision is 1. An empty answer scores 0 and
+    counts; every query needs an answer and a ranking."""
+    scored = [q for q in queries if q.answers]
+    missing = [q.id for q in scored if q.id not in answers or q.id not in rankings]
+    if missing:
+        raise ValueError(f"no answer or ranking for {len(missing)} of {len(scored)} queries, e.g. '{missing[0]}'")
+    totals = dict.fromkeys(("accuracy", "em", "f1", "kilt_accuracy", "kilt_em", "kilt_f1"), 0.0)
+    for query in scored:
+        guess = str(answers[query.id]).strip()
+        if not guess:
+            continue
+        local = {"accuracy": float(guess in query.answers),
+                 "em": best_over_golds(exact_match, guess, query.answers),
+                 "f1": best_over_golds(f1, guess, query.answers)}
+        proven = r_precision(rankings[query.id], query.evidence) == 1
+        for name, value in local.items():
+            totals[name] += value
+            totals[f"kilt_{name}"] += value if proven else 0.0
+    count = len(scored)
+    return {**{name: value / count if count else 0.0 for name, value in totals.items()}, "queries": count}

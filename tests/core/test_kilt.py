@@ -10,7 +10,9 @@ import pytest
 from lmlab.core.kernel.errors import DataError
 from lmlab.core.retrieval.kilt import (
     KiltQuery,
+    downstream_metrics,
     load_kilt,
+    min_prediction_size,
     r_precision,
     recall_at_k,
     reciprocal_rank,
@@ -176,3 +178,66 @@ def test_retrieval_metrics_counts_queries_without_provenance_as_zero():
 def test_retrieval_metrics_needs_a_ranking_for_every_query():
     with pytest.raises(ValueError, match="no ranking for 1 of 2 queries, e.g. 'q2'"):
         retrieval_metrics({"q1": ["A"]}, [query("q1", ("A",)), query("q2", ("B",))])
+
+
+# ---- rankings longer than k -------------------------------------------------------------------------------------
+
+def test_min_prediction_size_is_kilts():
+    """KILT get_rank: the sizes of the k largest evidence sets, plus one per slot up to k no set fills."""
+    evidence = [("A", "B"), ("C",), ("D", "E", "F")]
+    assert min_prediction_size(evidence, 1) == 3
+    assert min_prediction_size(evidence, 2) == 5
+    assert min_prediction_size(evidence, 3) == 6
+    assert min_prediction_size(evidence, 5) == 6 + 2
+    assert min_prediction_size([], 4) == 4
+    assert min_prediction_size([("A", "B"), ("B", "A")], 2) == 2 + 1  # the same set counts once
+
+
+def test_a_set_completed_past_rank_k_counts_when_the_ranking_is_not_cut():
+    """{A, B} with A first and B eleventh is one point at position 10 of KILT's rank (A's partial point is dropped
+    when B arrives): recall@10 = 1 over the 11 guesses KILT asks for, 0 over a list cut to 10."""
+    ranking = ["A", *(f"X{i}" for i in range(9)), "B"]
+    evidence = [("A", "B")]
+    assert min_prediction_size(evidence, 10) == 11 == len(ranking)
+    assert recall_at_k(ranking, evidence, 10) == 1
+    assert recall_at_k(ranking[:10], evidence, 10) == 0
+    assert recall_at_k(ranking, evidence, 9) == 0
+
+
+# ---- downstream -----------------------------------------------------------------------------------------------
+
+def answered(qid: str, answers: tuple[str, ...], *evidence: tuple[str, ...]) -> KiltQuery:
+    return KiltQuery(id=qid, input="q", answers=answers, evidence=evidence,
+                     titles=tuple((None,) * len(e) for e in evidence))
+
+
+def test_downstream_scores_credit_kilt_only_where_r_precision_is_one():
+    """Hand-computed, as kilt/eval_downstream.py: q1 right answer and right page; q2 right answer up to case and
+    article, wrong page; q3 half the tokens; q4 empty."""
+    queries = [answered("q1", ("Paris",), ("P1",)), answered("q2", ("The Eiffel Tower",), ("P2",)),
+               answered("q3", ("Gustave Eiffel",), ("P3",)), answered("q4", ("1889",), ("P4",))]
+    answers = {"q1": "Paris", "q2": "eiffel tower", "q3": "Eiffel", "q4": "  "}
+    rankings = {"q1": ["P1", "X"], "q2": ["X", "P2"], "q3": ["P3"], "q4": ["P4"]}
+    scores = downstream_metrics(answers, rankings, queries)
+    f1_q3 = 2 * (1 / 1) * (1 / 2) / (1 / 1 + 1 / 2)  # precision 1/1, recall 1/2
+    assert scores["accuracy"] == pytest.approx(1 / 4)  # only q1 is one of the golds as given
+    assert scores["em"] == pytest.approx(2 / 4)  # q1, q2 after normalisation
+    assert scores["f1"] == pytest.approx((1 + 1 + f1_q3) / 4)
+    assert scores["kilt_accuracy"] == pytest.approx(1 / 4)
+    assert scores["kilt_em"] == pytest.approx(1 / 4)  # q2's page is ranked second: R-precision 0
+    assert scores["kilt_f1"] == pytest.approx((1 + f1_q3) / 4)
+    assert scores["queries"] == 4
+
+
+def test_downstream_takes_the_best_gold_answer_and_labels_as_given():
+    queries = [answered("q1", ("SUPPORTS",), ("P1",)), answered("q2", ("Marie Curie", "Curie"), ("P2",))]
+    scores = downstream_metrics({"q1": "SUPPORTS", "q2": "curie"}, {"q1": ["P1"], "q2": ["P2"]}, queries)
+    assert scores["accuracy"] == pytest.approx(1 / 2)  # "curie" is no gold answer as given
+    assert scores["em"] == scores["kilt_em"] == pytest.approx(1.0)
+    assert scores["kilt_accuracy"] == pytest.approx(1 / 2)
+
+
+def test_downstream_needs_an_answer_for_every_answered_query():
+    with pytest.raises(ValueError, match="no answer or ranking for 1 of 1"):
+        downstream_metrics({}, {"q1": ["P1"]}, [answered("q1", ("a",), ("P1",))])
+

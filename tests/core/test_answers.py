@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from lmlab.plugins.augment.evaluate import best_over_golds, exact_match, f1, normalize_answer, squad_scores
+from lmlab.core.evaluation.answers import best_over_golds, exact_match, f1, normalize_answer, squad_scores
 
 
 def _official_normalize(s):
