@@ -12,7 +12,7 @@ from lmlab.core.files.atomic import write_json_atomic, write_jsonl_atomic
 from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
-from lmlab.core.retrieval.kilt import load_kilt, recall_at_k, retrieval_metrics
+from lmlab.core.retrieval.kilt import load_kilt, min_prediction_size, recall_at_k, retrieval_metrics
 from lmlab.core.retrieval.rerankers import Reranking, resolve_reranker
 from lmlab.core.retrieval.retrievers import RetrievalIndex, retriever_spec
 from lmlab.core.training.report import plot_lines
@@ -59,7 +59,9 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
     names = evaluated(index, opts, options)
     if opts.output_dir is not None:
         check_run_folder(opts.output_dir, "retrieve eval", reusable=True)
-    depth = max([*opts.ks, *(len(s) for q in queries for s in q.evidence)])
+    # KILT scores a ranking of at least min_prediction_size pages, never one cut to k: a set whose last page
+    # arrives past rank k can still complete within k points of its rank.
+    depth = max([opts.search.depth, *(min_prediction_size(q.evidence, max(opts.ks)) for q in queries)])
     texts = [q.input for q in queries]
     results: dict[str, dict[str, Any]] = {}
     rankings: dict[str, dict[str, list[str]]] = {}
@@ -68,9 +70,9 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
         searched += rerankings(index, opts, options, opts.rerank_over or names[-1])
     for name, retriever in searched:
         started = time.perf_counter()
-        ranked = retriever.search(texts, max(depth, opts.search.depth))  # as deep as a fusion of it will ask
+        ranked = retriever.search(texts, depth)  # as deep as a fusion of it will ask
         seconds = time.perf_counter() - started
-        rankings[name] = {q.id: [hit.id for hit in hits[:depth]] for q, hits in zip(queries, ranked, strict=True)}
+        rankings[name] = {q.id: [hit.id for hit in hits] for q, hits in zip(queries, ranked, strict=True)}
         results[name] = {**retrieval_metrics(rankings[name], queries, opts.ks),
                          "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}
         log(f"{name}: R-precision {results[name]['r_precision']:.3f}, "
@@ -82,7 +84,7 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
                        ({"id": q.id, "input": q.input, "evidence": [list(s) for s in q.evidence],
                          **{name: ranked[q.id] for name, ranked in rankings.items()}} for q in queries))
     curves = {name: {k: sum(recall_at_k(rankings[name][q.id], q.evidence, k) for q in queries) / len(queries)
-                     for k in range(1, depth + 1)} for name in names}
+                     for k in range(1, max(opts.ks) + 1)} for name in names}
     chart = plot_lines(curves, run.path / "recall.png", f"recall@k · {len(queries)} queries · {index.folder.name}",
                        xlabel="k", ylabel="recall@k")
     summary = {"data": data, "index": str(index.folder), "queries": len(queries), "ks": opts.ks,

@@ -149,6 +149,32 @@ def test_a_plugin_retriever_is_searched_and_evaluated_by_name(built_index: Path,
         plugins._infos.pop("reversed-titles-plugin", None)
 
 
+def test_eval_scores_whole_rankings_so_a_set_completed_past_rank_k_counts(built_index: Path, tmp_path: Path,
+                                                                          retrieval_files: dict[str, Path],
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """d9's evidence set {Glacier, Volcano}: the reversed-titles retriever ranks Volcano 1st and Glacier 9th, one
+    point at position 8 of KILT's rank. recall@8 counts it only if the ranking is not cut to 8 pages."""
+    load_plugins()
+    plugin = ReversedTitles()
+    pm.register(plugin, name="reversed-titles-plugin")
+    try:
+        run = tmp_path / "e"
+        lmlab(["retrieve", "eval", "--index", str(built_index), "--data", str(retrieval_files["queries"]),
+               "-r", "reversed-titles", "--k", "8", "-o", str(run), "--json"])
+        results = json.loads(capsys.readouterr().out)["results"]["reversed-titles"]
+    finally:
+        pm.unregister(plugin)
+        plugins._infos.pop("reversed-titles-plugin", None)
+    rows = [json.loads(line) for line in (run / "rankings.jsonl").read_text().splitlines()]
+    rankings = {row["id"]: row["reversed-titles"] for row in rows}
+    assert len(rankings["d9"]) == len(DOCS) and rankings["d9"].index("109") == 8
+    queries = load_kilt(retrieval_files["queries"])
+    assert results == {**retrieval_metrics(rankings, queries, (8,)), "queries_per_s": results["queries_per_s"]}
+    d9 = [q for q in queries if q.id == "d9"]
+    assert retrieval_metrics({"d9": rankings["d9"]}, d9, (8,))["recall@8"] == 1
+    assert retrieval_metrics({"d9": rankings["d9"][:8]}, d9, (8,))["recall@8"] == 0  # what a cut to k scored
+
+
 @pytest.mark.parametrize(("rows", "where"), [
     ([{"id": "1", "title": "A", "text": "a"}, {"id": "2", "text": "b"}], "line 2: field 'title'"),
     ([{"id": "1", "title": "A", "text": "a"}, {"id": "1", "title": "B", "text": "b"}], "line 2: field 'id'"),
