@@ -30,16 +30,35 @@ def query_prompt(query: str) -> str:
     return f"Question: {' '.join(query.split())}\nTitle:"
 
 
-def context_prompt(query: str, contexts: Sequence[tuple[str, str]]) -> str:
-    lines = [f"Context: {title}: {' '.join(text.split())[:CONTEXT_CHARS]}" for title, text in contexts]
-    return "\n".join([*lines, query_prompt(query)])
+def context_lines(contexts: Sequence[tuple[str, str]]) -> list[str]:
+    return [f"Context: {title}: {' '.join(text.split())[:CONTEXT_CHARS]}\n" for title, text in contexts]
 
 
 def context_prompt_ids(tokenizer: Any, queries: Sequence[str], contexts: Sequence[Sequence[tuple[str, str]]],
                        max_tokens: int) -> list[list[int]]:
-    """Reranking prompts' token ids, each cut to its last `max_tokens` (the first contexts go first)."""
-    texts = [context_prompt(q, c) for q, c in zip(queries, contexts, strict=True)]
-    return [ids[-max_tokens:] for ids in tokenizer(texts).input_ids]
+    """Reranking prompts' token ids within `max_tokens`, the same in training and in reranking: the query's prompt
+    whole (a query too long alone loses its start), after as many contexts as fit in rank order, so the
+    lowest-ranked go first; the first that does not fit whole keeps its beginning. Each line is tokenised on its
+    own (a line ends in a newline, where byte-level BPE splits anyway), so the ids are those of the whole text."""
+    special = tokenizer("").input_ids  # BOS where the tokenizer adds one
+    newline = tokenizer("\n", add_special_tokens=False).input_ids
+    lines = [context_lines(c) for c in contexts]
+    every = [line for group in lines for line in group]
+    flat = tokenizer(every, add_special_tokens=False).input_ids if every else []
+    asked = tokenizer([query_prompt(q) for q in queries], add_special_tokens=False).input_ids
+    out, at = [], 0
+    for group, query in zip(lines, asked, strict=True):
+        pieces, at = flat[at:at + len(group)], at + len(group)
+        room = max_tokens - len(special) - len(query)
+        kept: list[int] = []
+        for piece in pieces:
+            if len(piece) > room - len(kept):
+                part = room - len(kept) - len(newline)
+                kept += piece[:part] + newline if part > 0 else []
+                break
+            kept += piece
+        out.append((special + kept + query)[-max_tokens:])
+    return out
 
 
 def prompt_ids(tokenizer: Any, queries: Sequence[str], max_tokens: int) -> list[list[int]]:
