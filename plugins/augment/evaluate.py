@@ -28,9 +28,9 @@ from lmlab.core.files.records import SkipLog, example
 from lmlab.core.files.runs import RunDir, absolute_paths, check_run_folder, clear_run_folder, new_run_path, run_config
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.retrieval.reader import ReaderConfig, SpanTask, features, load_reader, load_tokenizer, predict
 from lmlab.core.training.trainer import Trainer
 from lmlab.plugins.augment.command import DEFAULT_TEST, DEFAULT_TRAIN, AugmentEvalOptions
-from lmlab.plugins.augment.reader import ReaderConfig, SpanTask, features, load_reader, load_tokenizer, predict
 from lmlab.plugins.augment.records import Instance, load_instances
 
 BASELINE = "seeds"

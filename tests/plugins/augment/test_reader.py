@@ -11,9 +11,7 @@ import torch
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.retrieval.embeddings import embedder_path
-from lmlab.plugins.augment.command import AugmentEvalOptions
-from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report, squad_scores
-from lmlab.plugins.augment.reader import (
+from lmlab.core.retrieval.reader import (
     CUT_OFF,
     NOT_FOUND,
     ReaderConfig,
@@ -22,7 +20,10 @@ from lmlab.plugins.augment.reader import (
     features,
     load_reader,
     predict,
+    read_passages,
 )
+from lmlab.plugins.augment.command import AugmentEvalOptions
+from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report, squad_scores
 from lmlab.plugins.augment.records import Instance
 from tests.conftest import write_jsonl
 
@@ -122,6 +123,22 @@ def test_predict_answers_each_question_with_a_span_of_its_context(tiny_bert: Pat
         assert prediction and prediction in item.context
         assert len(tokenizer(prediction, add_special_tokens=False)["input_ids"]) <= 3
     assert predictions == predict(reader, tok, items, batch_size=1)  # batching and padding change nothing
+
+
+def test_read_passages_answers_from_the_best_scoring_passage(tiny_bert: Path) -> None:
+    """Over several passages the best span of any of them wins (start + end logits compared across passages),
+    and the answer is that passage's own best span."""
+    from lmlab.core.retrieval.reader import _best_spans, _Question
+
+    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=48, max_answer_tokens=3), seed=0)
+    passages = [[TOWER, _bio(*PEOPLE[0]), _bio(*PEOPLE[1])], [_bio(*PEOPLE[2])], []]
+    questions = ["When was it completed?", "Where was Chen Wei born?", "Anything?"]
+    answers = read_passages(reader, tok, questions, passages, batch_size=2)
+    for question, texts, (answer, n) in zip(questions[:2], passages, answers, strict=False):
+        scores = [span[0] for span in _best_spans(reader, tok, [_Question(question, t) for t in texts], 4)]
+        assert n == max(range(len(texts)), key=scores.__getitem__)
+        assert answer == predict(reader, tok, [Instance("x", question, "", texts[n])])[0] and answer in texts[n]
+    assert answers[2] == ("", None)
 
 
 def test_loss_is_the_hand_computed_cross_entropy(tiny_bert: Path, tokenizer) -> None:

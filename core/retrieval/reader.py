@@ -1,18 +1,19 @@
-"""The extractive QA reader `lmlab augment eval` trains. RADA scores augmented data by the F1 of a reader trained
-on it (Seo et al. 2024; its readers are T5-base generating the answer). Ours is BERT's span reader (Devlin et al.
-2019, §4.2), so an answer is always a span of the context and a small encoder trains on two CPU cores in a minute:
+"""The extractive QA reader: `lmlab augment eval` trains it (RADA scores augmented data by the F1 of a reader trained
+on it; Seo et al. 2024's readers are T5-base generating the answer) and `lmlab retrieve answer` reads retrieved
+passages with it. It is BERT's span reader (Devlin et al. 2019, §4.2), so an answer is always a span of the context
+and a small encoder trains on two CPU cores in a minute:
 
     (question, context) → encoder → Linear(hidden, 2) → start/end logits → best span (start ≤ end, ≤ 30 tokens)
 
 As in BERT's run_squad.py, questions are cut (max_query_length) and a long context is read in overlapping windows
-(doc stride), the best span of any window winning."""
+(doc stride), the best span of any window winning; over several passages, the best span of any passage wins."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,25 @@ from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.retrieval.embeddings import embedder_path
 from lmlab.core.training.trainer import length_grouped_batches
-from lmlab.plugins.augment.records import Instance
 
 HEAD_FILE = "span_head.safetensors"
 NOT_FOUND = "answer not found in its context"
 CUT_OFF = "answer past the --max-length window"
+
+
+class Example(Protocol):
+    """What the reader reads: a question (`input`), its `context` and, for training, the answer (`output`)."""
+
+    input: str
+    output: str
+    context: str | None
+
+
+@dataclass
+class _Question:
+    input: str
+    context: str
+    output: str = ""
 
 
 @dataclass
@@ -137,7 +152,7 @@ def _cut_questions(tokenizer: Any, questions: Sequence[str], budget: int) -> lis
             for q, spans in zip(questions, encoded["offset_mapping"], strict=True)]
 
 
-def _encode(tokenizer: Any, examples: Sequence[Instance], config: ReaderConfig, *, windows: bool) -> list[SpanFeature]:
+def _encode(tokenizer: Any, examples: Sequence[Example], config: ReaderConfig, *, windows: bool) -> list[SpanFeature]:
     """Tokenise (question, context) pairs, truncating the context only: one window per row, or (`windows`) as
     many overlapping windows as the context needs, half a window of overlap."""
     if not examples:
@@ -161,7 +176,7 @@ def _encode(tokenizer: Any, examples: Sequence[Instance], config: ReaderConfig, 
     return found
 
 
-def features(instances: Sequence[Instance], tokenizer: Any, *, max_length: int = 256,
+def features(instances: Sequence[Example], tokenizer: Any, *, max_length: int = 256,
              skips: SkipLog | None = None, max_question_tokens: int = 64) -> list[SpanFeature]:
     """Training features: each row's answer (its first occurrence, `context.find(answer)`) mapped from
     characters to the first and last context tokens it overlaps; rows whose answer is missing from the context
@@ -248,14 +263,14 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, first: int, 
 
 
 @torch.inference_mode()
-def predict(model: SpanReader, tokenizer: Any, examples: Sequence[Instance], batch_size: int = 32) -> list[str]:
-    """The best answer span of each example's context, as text cut from the original context by the token
-    offsets; the model's `config` gives the window length and the longest span."""
+def _best_spans(model: SpanReader, tokenizer: Any, examples: Sequence[Example],
+                batch_size: int) -> list[tuple[float, int, int] | None]:
+    """(score, first character, end character) of the best span of each example's context (None: no window)."""
     config = model.config
     windows = _encode(tokenizer, examples, config, windows=True)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    best: dict[int, tuple[float, str]] = {}
+    best: list[tuple[float, int, int] | None] = [None] * len(examples)
     order = sorted(range(len(windows)), key=lambda k: len(windows[k].input_ids))
     was_training = model.training
     model.eval()
@@ -263,9 +278,33 @@ def predict(model: SpanReader, tokenizer: Any, examples: Sequence[Instance], bat
         chunk = [windows[k] for k in order[begin:begin + batch_size]]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         start, end = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-        for f, s, e in zip(chunk, start.cpu(), end.cpu(), strict=True):
+        for f, s, e in zip(chunk, start.cpu(), end.cpu(), strict=True):  # one copy to the host per batch
             score, i, j = best_span(s, e, f.context_first, f.context_last, config.max_answer_tokens)
-            if f.row not in best or score > best[f.row][0]:
-                best[f.row] = (score, examples[f.row].context[f.offsets[i][0]:f.offsets[j][1]])
+            if best[f.row] is None or score > best[f.row][0]:
+                best[f.row] = (score, f.offsets[i][0], f.offsets[j][1])
     model.train(was_training)
-    return [best[row][1] if row in best else "" for row in range(len(examples))]
+    return best
+
+
+def predict(model: SpanReader, tokenizer: Any, examples: Sequence[Example], batch_size: int = 32) -> list[str]:
+    """The best answer span of each example's context, as text cut from the original context by the token
+    offsets; the model's `config` gives the window length and the longest span."""
+    spans = _best_spans(model, tokenizer, examples, batch_size)
+    return ["" if span is None else e.context[span[1]:span[2]] for e, span in zip(examples, spans, strict=True)]
+
+
+def read_passages(model: SpanReader, tokenizer: Any, questions: Sequence[str], passages: Sequence[Sequence[str]],
+                  batch_size: int = 32) -> list[tuple[str, int | None]]:
+    """Each question's answer over its passages: the best-scoring span of any of them (start + end logits, as
+    BERT compares windows), with the index of the passage it came from (None: no passage)."""
+    pairs = [_Question(q, text) for q, texts in zip(questions, passages, strict=True) for text in texts]
+    spans = iter(zip(pairs, _best_spans(model, tokenizer, pairs, batch_size), strict=True))
+    answers: list[tuple[str, int | None]] = []
+    for texts in passages:
+        found = [(span, n, pair.context) for n, (pair, span) in enumerate(next(spans) for _ in texts) if span]
+        if not found:
+            answers.append(("", None))
+            continue
+        span, n, context = max(found, key=lambda x: x[0][0])
+        answers.append((context[span[1]:span[2]], n))
+    return answers
