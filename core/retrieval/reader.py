@@ -6,7 +6,8 @@ and a small encoder trains on two CPU cores in a minute:
     (question, context) → encoder → Linear(hidden, 2) → start/end logits → best span (start ≤ end, ≤ 30 tokens)
 
 As in BERT's run_squad.py, questions are cut (max_query_length) and a long context is read in overlapping windows
-(doc stride), the best span of any window winning; over several passages, the best span of any passage wins."""
+(doc stride), the best span of any window winning; over several passages, the best span of any passage wins.
+A generative reader (`generate_answers`) answers through any backend instead."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from lmlab.core.evaluation.backends import Backend, GenerateRequest
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.retrieval.embeddings import embedder_path
@@ -308,3 +310,19 @@ def read_passages(model: SpanReader, tokenizer: Any, questions: Sequence[str], p
         span, n, context = max(found, key=lambda x: x[0][0])
         answers.append((context[span[1]:span[2]], n))
     return answers
+
+
+def reader_prompt(question: str, passages: Sequence[tuple[str, str]]) -> str:
+    """The generative reader's prompt: the passages as `title: text` lines, best-ranked first, then the question."""
+    lines = [f"Passage {n}: {title}: {' '.join(text.split())}" for n, (title, text) in enumerate(passages, start=1)]
+    return "\n".join(["Answer the question from the passages in a few words.", *lines,
+                      f"Question: {' '.join(question.split())}", "Answer:"])
+
+
+def generate_answers(backend: Backend, questions: Sequence[str], passages: Sequence[Sequence[tuple[str, str]]],
+                     max_tokens: int = 32) -> list[str]:
+    """Each question answered by a generating backend (hf, openai or a plugin's) from its passages (title, text):
+    greedy, the first line of what it writes."""
+    requests = [GenerateRequest(reader_prompt(q, p), max_tokens=max_tokens, stop=("\n",))
+                for q, p in zip(questions, passages, strict=True)]
+    return [texts[0].strip() for texts in backend.generate(requests)]

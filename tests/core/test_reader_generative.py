@@ -1,0 +1,45 @@
+"""The generative reader: passages best-ranked first and the question in its prompt, greedy, one line per answer,
+through a recording backend and through the real hf backend on the offline tiny-llama."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lmlab.core.evaluation.backends import BackendOptions, GenerateRequest, load_backend
+from lmlab.core.retrieval.reader import generate_answers, reader_prompt
+
+PASSAGES = [("Eiffel Tower", "The tower  was completed\nin 1889."), ("Paris", "Paris is the capital of France.")]
+
+
+class Recording:
+    identity = "recording"
+
+    def __init__(self) -> None:
+        self.requests: list[GenerateRequest] = []
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        self.requests += requests
+        return [[" 1889 "] for _ in requests]
+
+
+def test_the_prompt_lists_passages_in_rank_order_then_the_question() -> None:
+    prompt = reader_prompt("When was  the tower completed?", PASSAGES)
+    lines = prompt.splitlines()
+    assert lines[1] == "Passage 1: Eiffel Tower: The tower was completed in 1889."
+    assert lines[2] == "Passage 2: Paris: Paris is the capital of France."
+    assert lines[-2:] == ["Question: When was the tower completed?", "Answer:"]
+
+
+def test_answers_are_greedy_one_line_and_stripped() -> None:
+    backend = Recording()
+    assert generate_answers(backend, ["q1", "q2"], [PASSAGES, []], max_tokens=8) == ["1889", "1889"]
+    first, second = backend.requests
+    assert first.temperature == 0 and first.stop == ("\n",) and first.max_tokens == 8
+    assert first.prompt == reader_prompt("q1", PASSAGES) and "Passage" not in second.prompt
+
+
+def test_the_hf_backend_answers_each_question_in_one_line() -> None:
+    backend = load_backend("hf", BackendOptions(model="tiny-llama", device="cpu"))
+    answers = generate_answers(backend, ["When was the tower completed?", "Capital?"], [PASSAGES, PASSAGES[1:]],
+                               max_tokens=6)
+    assert len(answers) == 2 and all("\n" not in a for a in answers)
