@@ -17,9 +17,10 @@ lazy = functools.partial(plugins.lazy, __package__)
 @hookimpl
 def register_retrievers(register: Any) -> None:
     register(RetrieverSpec("bm25", "BM25 over title and text (bm25s)", lazy("bm25", "open_bm25"),
-                           lazy("bm25", "build"), lazy("bm25", "check")))
+                           lazy("bm25", "build"), lazy("bm25", "check"), passages=True))
     register(RetrieverSpec("dense", "cosine similarity of sentence embeddings (core vector store)",
-                           lazy("dense", "open_dense"), lazy("dense", "build"), lazy("dense", "check")))
+                           lazy("dense", "open_dense"), lazy("dense", "build"), lazy("dense", "check"),
+                           passages=True))
     register(RetrieverSpec("generative", "a causal LM decoding titles under the title trie",
                            lazy("generative", "open_generative"), lazy("generative", "build")))
     register(RetrieverSpec("generative-rerank", "generative candidates rescored given dense contexts (Re3val)",

@@ -65,7 +65,7 @@ class BM25Retriever:
         folder = index.folder / "bm25"
         self.settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.model = _bm25s().BM25.load(folder, show_progress=False)
-        self.ids = [d.id for d in index.corpus.documents]
+        self.ids = [d.id for d in index.indexed("bm25").documents]  # pages, or passages (--passages)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         """The k best documents per query; documents sharing no term with the query (score 0) are left out."""
@@ -79,6 +79,7 @@ class BM25Retriever:
         top-k selection, so a rerun or another k could reorder them)."""
         found = sorted((-float(s), int(r)) for r, s in zip(rows, scores, strict=True) if s > 0)
         return [Ranked(self.ids[r], -negated) for negated, r in found]
+
 
 def open_bm25(index: RetrievalIndex, options: dict[str, Any]) -> BM25Retriever:
     return BM25Retriever(index)

@@ -34,18 +34,20 @@ def run_index(opts: IndexOptions) -> dict[str, Any]:
             spec.check(options)
     corpus = Corpus.load(opts.data or example("retrieve/corpus.jsonl"))
     started = time.perf_counter()
-    index = RetrievalIndex.create(opts.output_dir, corpus)
+    index = RetrievalIndex.create(opts.output_dir, corpus, opts.passages)
     for name in names:
         settings = index.build(name, options)
         log(f"{name}: built in {settings['seconds']} s")
     return {"index": str(index.folder), "corpus": corpus.source, "documents": len(corpus),
+            "passages": len(index.passages), "passage_words": index.passage_words,
             "built": {name: index.built[name] for name in names}, "retrievers": sorted(index.built),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
 def show_index(summary: dict[str, Any]) -> None:
     built = ", ".join(f"{name} ({settings['seconds']} s)" for name, settings in summary["built"].items())
-    err.print(f"{summary['index']}: {summary['documents']} documents from {summary['corpus']}; built {built}; "
+    cut = f" cut into {summary['passages']} passages of {summary['passage_words']} words" if summary["passages"] else ""
+    err.print(f"{summary['index']}: {summary['documents']} documents from {summary['corpus']}{cut}; built {built}; "
               f"holds {', '.join(summary['retrievers'])}")
 
 

@@ -27,6 +27,8 @@ class IndexOptions:
                                          deprecated=("--output",))
     retriever: list[str] = option(BUILT_BY_DEFAULT, "Retrievers to build (repeatable): bm25, dense, generative "
                                   "(the title trie), or one a plugin adds.", flags=("--retriever", "-r"))
+    passages: int = option(0, "Cut each page into passages of this many words (100 is DPR's and KILT's size) for "
+                           "bm25 and dense to index; generative keeps the titles. 0: whole pages.", min=0)
     embedder: str = option(DEFAULT_EMBEDDER, "dense: sentence-transformers model (the packaged all-minilm-l6-v2, a "
                            "folder, or a cached Hub name).", panel=o.MODEL_AND_DATA)
     index_kind: o.IndexKind = index_kind_option("dense: flat (exact), ivf or hnsw (approximate, for ~10^5 documents "
@@ -79,7 +81,8 @@ class SearchOptions:
                                 "a registered reranker, or last (the one last trained on the index).", panel=RERANK)
     reranking: RerankSettings = group(RerankSettings)
     format: str = option("jsonl", "Output rows: jsonl (one object per query) or tsv (query id, rank, doc id, score, "
-                         "title).", panel=o.RUN_AND_OUTPUT)
+                         "title; for passages also their span and the start of their text).",
+                         panel=o.RUN_AND_OUTPUT)
     output: Path | None = option(None, "Write the results here instead of stdout.", panel=o.RUN_AND_OUTPUT,
                                  deprecated=("-o",))
     placement: DeviceOptions = group(DeviceOptions)  # the embedder, the generator and the reranker

@@ -1,4 +1,5 @@
-"""`lmlab retrieve search`: rank the index's documents for queries, as JSONL (one object per query) or TSV."""
+"""`lmlab retrieve search`: rank the index's documents for queries, as JSONL (one object per query) or TSV. On an
+index with passages, bm25 and dense rank passages: each hit carries its KILT provenance and the start of its text."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from lmlab.core.files.atomic import atomic_file
 from lmlab.core.files.records import FILE_FORMATS, HF_MARKERS, example, load_records
 from lmlab.core.kernel.console import json_stdout, log
 from lmlab.core.kernel.errors import DataError, LmlabError
+from lmlab.core.retrieval.passages import Passage
 from lmlab.core.retrieval.rerankers import Reranking, open_reranker
 from lmlab.core.retrieval.retrievers import Corpus, Ranked, RetrievalIndex
 from lmlab.plugins.retrieve.options import SearchOptions
 
 FORMATS = ("jsonl", "tsv")
+PREVIEW = 80  # characters of a passage's text shown per hit
 
 
 def read_queries(inline: list[str], path: str | None) -> list[tuple[str, str]]:
@@ -49,11 +52,30 @@ def read_queries(inline: list[str], path: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def result_rows(queries: list[tuple[str, str]], ranked: list[list[Ranked]], corpus: Corpus) -> list[dict[str, Any]]:
+def preview(text: str) -> str:
+    return text if len(text) <= PREVIEW else text[:PREVIEW - 1].rstrip() + "…"
+
+
+def result(rank: int, hit: Ranked, corpus: Corpus, passages: dict[str, Passage]) -> dict[str, Any]:
+    """One hit: a page's id and title, or a passage's id, title, KILT provenance and the start of its text."""
+    row = {"rank": rank, "id": hit.id, "title": corpus.by_id[hit.id].title, "score": round(hit.score, 6)}
+    if hit.id in passages:
+        row.update(provenance=passages[hit.id].provenance(), text=preview(passages[hit.id].text))
+    return row
+
+
+def result_rows(queries: list[tuple[str, str]], ranked: list[list[Ranked]], corpus: Corpus,
+                passages: dict[str, Passage]) -> list[dict[str, Any]]:
+    """Rows of `write_results`: hits are ids of `corpus`, and of `passages` when passages were ranked ({} else)."""
     return [{"id": qid, "input": text,
-             "results": [{"rank": rank, "id": hit.id, "title": corpus.by_id[hit.id].title,
-                          "score": round(hit.score, 6)} for rank, hit in enumerate(hits, 1)]}
+             "results": [result(rank, hit, corpus, passages) for rank, hit in enumerate(hits, 1)]}
             for (qid, text), hits in zip(queries, ranked, strict=True)]
+
+
+def span(provenance: dict[str, Any]) -> str:
+    """A passage's span as `paragraph:character-paragraph:character`."""
+    return (f"{provenance['start_paragraph_id']}:{provenance['start_character']}-"
+            f"{provenance['end_paragraph_id']}:{provenance['end_character']}")
 
 
 def write_results(out: TextIO, fmt: str, rows: list[dict[str, Any]]) -> None:
@@ -62,8 +84,10 @@ def write_results(out: TextIO, fmt: str, rows: list[dict[str, Any]]) -> None:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
             continue
         for hit in row["results"]:
-            title = hit["title"].replace("\t", " ")
-            out.write(f"{row['id']}\t{hit['rank']}\t{hit['id']}\t{hit['score']:.6g}\t{title}\n")
+            columns = [row["id"], str(hit["rank"]), hit["id"], f"{hit['score']:.6g}", hit["title"]]
+            if "provenance" in hit:
+                columns += [span(hit["provenance"]), hit["text"]]
+            out.write("\t".join(c.replace("\t", " ").replace("\n", " ") for c in columns) + "\n")
 
 
 def run_search(opts: SearchOptions) -> dict[str, Any]:
@@ -73,16 +97,21 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     placed = {"device": device, "dtype": dtype}
     queries = read_queries(opts.query, opts.data)
     index = RetrievalIndex.load(opts.search.index)
-    retriever = index.open(opts.retriever, {**asdict(opts.search), **placed})
+    options = {**asdict(opts.search), **placed}
+    passages = index.passages if index.passage_level(opts.retriever) else {}  # bm25 or dense with --passages
+    if passages:
+        retriever, corpus = index.open_passages(opts.retriever, options), index.passage_corpus
+    else:
+        retriever, corpus = index.open(opts.retriever, options), index.corpus
     if opts.rerank is not None:
         settings = opts.reranking
         reranker = open_reranker(opts.rerank, {**asdict(settings), **placed}, index)
-        retriever = Reranking(retriever, reranker, index.corpus, settings.rerank_depth,
+        retriever = Reranking(retriever, reranker, corpus, settings.rerank_depth,
                               explain_weight=settings.explain_weight, explain_depth=settings.explain_depth)
     started = time.perf_counter()
     ranked = retriever.search([text for _, text in queries], opts.top_k)
     seconds = time.perf_counter() - started
-    rows = result_rows(queries, ranked, index.corpus)
+    rows = result_rows(queries, ranked, corpus, passages)
     summary: dict[str, Any] = {}
     if opts.output is not None:
         opts.output.parent.mkdir(parents=True, exist_ok=True)
