@@ -15,6 +15,7 @@ from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex, retriever_sp
 from lmlab.core.training.trainer import trainer_command
 from lmlab.plugins.retrieve import lazy
 from lmlab.plugins.retrieve.options import (
+    AnswerOptions,
     EvalOptions,
     IndexOptions,
     QuestionOptions,
@@ -73,11 +74,34 @@ def show_eval(summary: dict[str, Any]) -> None:
     err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
 
 
+def show_answer(summary: dict[str, Any]) -> None:
+    """The first answers with the titles they rest on, then KILT's retrieval and downstream scores."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    for row in summary["answers"][:SHOWN]:
+        err.print(f"[dim]{escape(row['id'])}[/dim] {escape(row['input'])} → [bold]{escape(row['answer'] or '∅')}"
+                  f"[/bold] [dim]({escape(', '.join(dict.fromkeys(row['titles'])))})[/dim]")
+    retrieval, downstream = summary["retrieval"], summary["downstream"] or {}
+    table = Table(title=f"retrieve answer · {summary['queries']} queries · {summary['retriever']}"
+                        + (f" + rerank {summary['rerank']}" if summary["rerank"] else "") + f" → {summary['reader']}")
+    recall = f"recall@{summary['top_k']}"
+    columns = {"R-prec": retrieval["r_precision"], recall: retrieval[recall],
+               **{name: downstream.get(key) for name, key in (("EM", "em"), ("F1", "f1"), ("KILT-EM", "kilt_em"),
+                                                               ("KILT-F1", "kilt_f1"), ("KILT-AC", "kilt_accuracy"))}}
+    for name in columns:
+        table.add_column(name, justify="right")
+    table.add_row(*("-" if value is None else f"{value:.3f}" for value in columns.values()))
+    err.print(table)
+    err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
+
+
 def show_questions(summary: dict[str, Any]) -> None:
     err.print(f"{summary['output']}: {summary['written']} questions written for {summary['documents']} documents "
               f"({summary['already_done']} done before, {summary['malformed']} malformed generations dropped)")
 
 
+SHOWN = 10  # answers printed; every one is in answers.jsonl
 HELP = ("Sparse, dense and generative retrieval (Re3val) with KILT metrics: index a corpus, search it, train the "
         "title generator, evaluate.")
 
@@ -92,6 +116,10 @@ def add_retrieve_commands(app: typer.Typer) -> None:
     app.command("eval")(options_command(
         EvalOptions, lazy("evaluate", "run_eval"), show=show_eval,
         doc="KILT retrieval metrics (R-precision, recall@k, MRR) of each retriever and their fusion."))
+    app.command("answer")(options_command(
+        AnswerOptions, lazy("answer", "run_answer"), show=show_answer,
+        doc="Answer queries from retrieved contexts (Re3val's pipeline: retrieve, optionally rerank the contexts, "
+            "read) with their provenance, scored by KILT's retrieval and downstream metrics."))
     app.command("train")(trainer_command(
         RetrieveTrainOptions, "lmlab.plugins.retrieve.train:RetrieveTrainer",
         doc="Train the title generator of generative retrieval (title-gen), or fine-tune it with REINFORCE on "

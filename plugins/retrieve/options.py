@@ -62,7 +62,9 @@ class SearchSettings:
     weights: list[float] = option([], "fused: one weight per fused retriever, in --fuse order (default: equal).",
                                   panel=RETRIEVE)
     rrf_k: float = option(60.0, "fused: the k of RRF, score = sum of w / (k + rank).", min=0.0, panel=RETRIEVE)
-    depth: int = option(100, "fused: candidates taken from each retriever before fusing.", min=1, panel=RETRIEVE)
+    depth: int = option(100, "fused: candidates taken from each retriever before fusing; eval: the least depth a "
+                        "ranking is scored at (KILT asks for more when evidence sets have several pages).", min=1,
+                        panel=RETRIEVE)
     batch_size: int = option(16, "Queries per batch (embedding, beam search).", min=1, panel=RETRIEVE)
 
 
@@ -151,3 +153,35 @@ class QuestionOptions:
                           "(appended to; a rerun skips documents already done).", panel=o.RUN_AND_OUTPUT,
                           deprecated=("-o",))
     limit: int | None = option(None, "Only the first N documents.", min=1, panel=o.MODEL_AND_DATA)
+
+
+@dataclass
+class AnswerOptions:
+    data: str | None = data_option("KILT-format queries {id, input[, output]}; answers and provenance, where given, "
+                                   "are scored (default: the bundled examples/retrieve/dev.jsonl).")
+    search: SearchSettings = group(SearchSettings)
+    retriever: str = option("bm25", "What finds the contexts: bm25 or dense (passages on a `--passages` index), "
+                            "generative or generative-rerank (the passages of their titles, filled from bm25 when "
+                            "fewer pages decode), fused, or one a plugin adds.",
+                            flags=("--retriever", "-r"), panel=RETRIEVE, repeatable=True)
+    top_k: int = option(5, "Contexts the reader reads per query (Re3val's reader reads five).", min=1, panel=RETRIEVE)
+    rerank: str | None = option(None, "Rerank the gathered contexts with this context reranker before reading: a "
+                                "`retrieve train-reranker` run, a registered reranker, or last.", panel=RERANK)
+    reranking: RerankSettings = group(RerankSettings)
+    reader: str = option("generate", "generate: --model writes the answer from the contexts through --backend; "
+                         "span: the extractive reader in --model (a reader `lmlab augment eval` saved, or an encoder) "
+                         "cuts the best span out of them.", panel=o.MODEL_AND_DATA)
+    model: str = option("smollm2-135m", "The reader's model: for generate an alias, HF folder or Hub id (hf), or the "
+                        "server's model name; for span a reader or encoder folder.", flags=("--model", "-m"),
+                        panel=o.MODEL_AND_DATA)
+    backend: str = option("hf", "generate: hf (local transformers) or a registered backend, with its default "
+                          "settings.", panel=o.MODEL_AND_DATA)
+    max_new_tokens: int = option(24, "generate: tokens per answer.", min=1, panel=o.BACKEND)
+    chat_template: bool = option(True, "generate (hf): send each prompt as a user turn in the model's chat template "
+                                 "(instruct models such as the default; --no-chat-template for a base model).",
+                                 panel=o.BACKEND)
+    output_dir: Path | None = output_dir_option("Run directory for answers.jsonl (KILT's guess format: each answer "
+                                                "with its provenance) and results.json (default: "
+                                                "runs/retrieve-answer-<timestamp>).")
+    limit: int | None = option(None, "Use only the first N queries.", min=1, panel=o.MODEL_AND_DATA)
+    placement: DeviceOptions = group(DeviceOptions)  # the retrievers' models, the reranker and the reader
