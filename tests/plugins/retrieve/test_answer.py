@@ -84,3 +84,15 @@ def test_a_span_answer_is_cut_from_the_first_passage_of_its_provenance(passage_i
 def test_an_unknown_reader_is_refused(passage_index: Path, capsys: pytest.CaptureFixture) -> None:
     message = refused(capsys, "retrieve", "answer", "--index", str(passage_index), "--reader", "fid")
     assert "Unknown --reader 'fid'" in message
+
+
+def test_the_bundled_example_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The README's two commands on the bundled corpus and dev queries (three of them, a tiny generator)."""
+    index = tmp_path / "passages"
+    lmlab(["retrieve", "index", "--passages", "100", "-r", "bm25", "-o", str(index), "--quiet"])
+    lmlab(["retrieve", "answer", "--index", str(index), "--limit", "3", "--model", "tiny-llama",
+           "--max-new-tokens", "2", "-o", str(tmp_path / "run")])
+    printed = capsys.readouterr().err
+    assert "dev-001 Which planet is nearest to the Sun?" in printed and "KILT-EM" in printed
+    (first, *_) = answers_of(tmp_path / "run")
+    assert first["output"][0]["provenance"][0]["title"] == "Sun"  # bm25's best 100-word passage for dev-001
