@@ -15,6 +15,9 @@ each step runs only the beams that can still change the result. Its anchor, `hf_
 included, and as scores only fall when tokens are added, the stopping heuristic is exact (early_stopping=True would
 stop before a likelier "Paris Hilton" gets past "Paris"). Slots scored -1e9 (empty, or beams that must not run on) may
 hold copies or prefixes, so both return only hypotheses above -1e8: a prompt may get fewer than num_beams titles.
+
+`constrained_sample` draws titles instead of searching for them, for REINFORCE (`train.py`): at each step a softmax
+over the allowed tokens only, the same trie lookups, every prompt's samples one batch.
 """
 
 from __future__ import annotations
@@ -235,6 +238,47 @@ def search_batch(model: Any, prompts: list[list[int]], trie: TitleTrie, beams: i
                     cache=cache, use_cache=True)
         logits = out.logits[:, -1].float()
     return found(done_seqs, done_scores, eos)
+
+
+@torch.inference_mode()
+def constrained_sample(model: Any, prompts: list[list[int]], trie: TitleTrie, *, samples: int, eos_token_id: int,
+                       pad_token_id: int, generator: torch.Generator) -> list[list[Hypothesis]]:
+    """For each prompt, `samples` titles of `trie` drawn from the policy restricted to it, π(y_t | y_<t, x) =
+    softmax over the allowed next tokens only, until EOS; each scored log π(title | prompt) = Σ_t log π(y_t | ·),
+    EOS included (the gradient's log-probability is `train.py:constrained_logprobs`, through the training wrapper).
+    All prompts' samples run as one batch, each prompt prefilled once; `generator` lives on the model's device."""
+    if not len(trie):
+        return [[] for _ in prompts]
+    device, trie = model.device, trie.to(model.device)
+    ids, attention = (t.to(device) for t in left_pad(prompts, pad_token_id))
+    positions = (attention.cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1)
+    rows = torch.arange(len(prompts), device=device).repeat_interleave(samples)  # one cache row per sample
+    out.cache.reorder_cache(rows)
+    cache, logits = out.cache, out.logits[rows, -1].float()
+    attention, positions = attention[rows], positions[rows, -1:]
+    nodes = torch.full((len(rows),), ROOT, device=device)
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    tokens = torch.full((len(rows), trie.depth), eos_token_id, device=device)
+    scores = torch.zeros(len(rows), device=device)
+    for t in range(trie.depth):
+        allowed = trie.allowed_mask(nodes, logits.shape[-1])
+        allowed[done, eos_token_id] = True  # a finished title only repeats EOS, at log-probability 0
+        log_pi = logits.masked_fill(~allowed, -torch.inf).log_softmax(-1)
+        token = torch.multinomial(log_pi.exp(), 1, generator=generator)[:, 0]
+        scores += log_pi.gather(1, token[:, None])[:, 0]
+        tokens[:, t], done = token, done | (token == eos_token_id)
+        nodes = trie.advance(nodes, token)
+        if done.all():
+            break
+        attention = torch.cat([attention, attention.new_ones(len(rows), 1)], 1)
+        positions = positions + 1
+        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=positions, cache=cache,
+                    use_cache=True)
+        logits = out.logits[:, -1].float()
+    drawn = [Hypothesis(tuple(seq[:seq.index(eos_token_id)]), score)
+             for seq, score in zip(tokens.tolist(), scores.tolist(), strict=True)]
+    return [drawn[i:i + samples] for i in range(0, len(drawn), samples)]
 
 
 def hf_constrained_generate(model: Any, prompts: list[list[int]], dict_trie: DictTrie, *, num_beams: int,

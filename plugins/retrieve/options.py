@@ -128,11 +128,15 @@ class RetrieveTrainOptions(TrainOptions):
                              panel=o.MODEL_AND_DATA)
     contexts: int = option(0, "title-gen: also learn each title after the query's top N dense-retrieved contexts "
                            "(Re3val's generative reranking prompt, used by -r generative-rerank).", min=0)
-    num_beams: int = option(4, "reinforce: titles decoded per query (the sampled set).", min=1)
+    estimator: str = option("sample", "reinforce: sample (titles drawn from the generator restricted to the trie: "
+                            "REINFORCE's unbiased estimator) or beam (the beam search's titles, weighed: minimum-risk "
+                            "training over the beam).")
+    samples: int = option(4, "reinforce --estimator sample: titles sampled per query.", min=1)
+    num_beams: int = option(4, "reinforce --estimator beam: titles decoded per query.", min=1)
     reward: str = option("match", "reinforce: match (1 if the title is in a gold evidence set, else 0) or rank "
-                         "(1 / beam rank of a gold title, 0 otherwise).")
-    baseline: str = option("mean", "reinforce: mean (the mean reward of the query's decoded titles), ema (a moving "
-                           "average over steps) or none.")
+                         "(--estimator beam: 1 / beam rank of a gold title, 0 otherwise).")
+    baseline: str = option("mean", "reinforce: mean (the mean reward of the query's other samples, or with "
+                           "--estimator beam of its decoded titles), ema (a moving average over steps) or none.")
     ema: float = option(0.9, "reinforce: decay of the ema baseline.", min=0.0, max=1.0)
     max_steps: int = option(60, "Optimizer steps to train.", min=1, panel=o.TRAINING)
     batch_size: int = option(8, "Examples per micro-batch per process.", min=1, panel=o.TRAINING)

@@ -1,7 +1,10 @@
 """`lmlab retrieve train`: the title generator of generative retrieval (docs/methods.md#re3val), recorded in the index
 for `retrieve search` and `eval`. `title-gen`: GENRE's cross-entropy of the gold titles after the prompt; `reinforce`:
-Re3val's ∇J = E[(R(ŷ) − b) ∇ log p(ŷ|x)] over the titles ŷ the current model decodes under the trie, R and b options
-(the `ema` baseline is not checkpointed: after --resume it restarts from the next batch's mean)."""
+Re3val's ∇J = E[(R(ŷ) − b) ∇ log π(ŷ|x)], R and b options. `--estimator sample` (the default) is that estimator:
+titles ŷ drawn from π, the generator restricted to the trie, and log π their trie-normalised log-probability;
+`--estimator beam` weighs the titles the beam search decodes instead: minimum-risk training over the beam, a biased
+estimate. Neither the `ema` baseline nor the sampler's generator is checkpointed: after --resume the baseline restarts
+from the next batch's mean and the draws from --seed."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import torch
 
+from lmlab.core.commands.devices import model_device
 from lmlab.core.files.records import SkipLog, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
@@ -18,7 +22,7 @@ from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.core.training.trainer import Trainer, length_grouped_batches
-from lmlab.plugins.retrieve.beam import TitleTrie
+from lmlab.plugins.retrieve.beam import ROOT, TitleTrie, constrained_sample
 from lmlab.plugins.retrieve.generative import (
     MAX_PROMPT_TOKENS,
     context_prompt_ids,
@@ -34,6 +38,7 @@ from lmlab.plugins.retrieve.options import RetrieveTrainOptions
 METHODS = ("title-gen", "reinforce")
 REWARDS = ("match", "rank")
 BASELINES = ("mean", "ema", "none")
+ESTIMATORS = ("sample", "beam")
 
 
 @dataclass(frozen=True)
@@ -101,15 +106,46 @@ class TitleGenTask:
         return loss, {"loss": loss.detach()}
 
 
+def constrained_logprobs(model: torch.nn.Module, rows: list[tuple[tuple[int, ...], tuple[int, ...]]], trie: TitleTrie,
+                         pad_id: int) -> torch.Tensor:
+    """log π(title | prompt) under the trie-restricted policy, Σ_t [log p(y_t) − log Σ_{a ∈ A_t} p(a)] with A_t the
+    tokens the trie allows after y_<t, teacher-forced in one pass through `model` (a TokenLogprobModel, or the DDP
+    module wrapping one, so that gradients sync): each title position is scored at every token it allows."""
+    device = model_device(model)
+    batch = {name: tensor.to(device) for name, tensor in sequences_batch(rows, pad_id).items()}
+    targets, seq_id = batch["targets"], batch["seq_id"]
+    first = torch.ones_like(seq_id, dtype=torch.bool)
+    first[1:] = seq_id[1:] != seq_id[:-1]  # the targets run title after title, in order
+    nodes = torch.full_like(targets, ROOT)
+    for _ in range(trie.depth - 1):  # the trie node before each target: one more position settles per pass
+        nodes[1:] = torch.where(first[1:], ROOT, trie.advance(nodes[:-1], targets[:-1]))
+    at, tokens = trie.allowed(nodes)
+    logp = model(batch["input_ids"], batch["attention_mask"], batch["positions"][at], tokens)
+    top = torch.zeros_like(nodes, dtype=logp.dtype).scatter_reduce_(0, at, logp.detach(), "amax", include_self=False)
+    norm = torch.zeros_like(top).index_add_(0, at, (logp - top[at]).exp()).log() + top  # log Σ_{a ∈ A_t} p(a)
+    chosen = logp[tokens == targets[at]]  # log p(y_t): y_t is allowed exactly once at its position
+    return torch.zeros(len(rows), dtype=logp.dtype, device=device).index_add(0, seq_id, chosen - norm)
+
+
+def leave_one_out(reward: torch.Tensor) -> torch.Tensor:
+    """[queries, samples] rewards -> each sample's baseline, the mean reward of its query's other samples: it does not
+    depend on that sample, so E[(R(ŷ) − b) ∇ log π(ŷ|x)] stays ∇J (unbiased) while the variance drops."""
+    return (reward.sum(-1, keepdim=True) - reward) / (reward.shape[-1] - 1)
+
+
 class ReinforceTask:
-    """REINFORCE over the titles the current model decodes under the trie (see the module docstring)."""
+    """REINFORCE over titles sampled from, or decoded by, the current model under the trie (see the module
+    docstring)."""
 
     def __init__(self, pairs: list[Pair], trie: TitleTrie, page_of: dict[tuple[int, ...], str], *, pad_id: int,
-                 eos_id: int, num_beams: int, reward: str, baseline: str, ema: float, seed: int) -> None:
+                 eos_id: int, num_beams: int, reward: str, baseline: str, ema: float, seed: int,
+                 estimator: str = "beam", samples: int = 4) -> None:
         self.pairs, self.trie, self.page_of = pairs, trie, page_of
         self.pad_id, self.eos_id, self.num_beams, self.seed = pad_id, eos_id, num_beams, seed
         self.reward, self.baseline, self.ema = reward, baseline, ema
+        self.estimator, self.samples = estimator, samples
         self.running: float | None = None  # the ema baseline
+        self.generator: torch.Generator | None = None  # the sampler's, made on the model's device at the first step
 
     def batches(self, epoch: int, global_batch: int) -> list[list[int]]:
         queries = sorted({p.prompt: i for i, p in enumerate(self.pairs)}.values())  # each query once
@@ -132,11 +168,37 @@ class ReinforceTask:
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from lmlab.plugins.retrieve.beam import constrained_beam_search  # looked up per step (tests replace it)
-
         pairs = [self.pairs[i] for i in batch["index"].tolist()]  # one host read of the step's queries
         lm = getattr(model, "module", model).lm
         self.trie = self.trie.to(lm.device)  # once: a step then searches on the model's device
+        loss, mean_reward = (self._sample_loss if self.estimator == "sample" else self._beam_loss)(model, lm, pairs)
+        if self.baseline == "ema":
+            previous = mean_reward if self.running is None else self.running
+            self.running = self.ema * previous + (1 - self.ema) * mean_reward
+        loss = loss / totals["examples"]
+        reward = torch.tensor(mean_reward * len(pairs) / totals["examples"], device=loss.device)
+        return loss, {"loss": loss.detach(), "reward": reward}
+
+    def _sample_loss(self, model: torch.nn.Module, lm: Any, pairs: list[Pair]) -> tuple[torch.Tensor, float]:
+        """−Σ_q mean_i (R_qi − b_qi) log π(ŷ_qi | x_q), ŷ_qi ~ π: the Monte Carlo estimate of −J whose gradient is
+        REINFORCE's ∇J = E[(R(ŷ) − b) ∇ log π(ŷ|x)]; b the leave-one-out mean with --baseline mean."""
+        if self.generator is None:
+            self.generator = torch.Generator(lm.device).manual_seed(self.seed)
+        drawn = constrained_sample(lm, [list(p.prompt) for p in pairs], self.trie, samples=self.samples,
+                                   eos_token_id=self.eos_id, pad_token_id=self.pad_id, generator=self.generator)
+        rows = [(pair.prompt, h.tokens + (self.eos_id,)) for pair, hyps in zip(pairs, drawn, strict=True) for h in hyps]
+        reward = torch.tensor([self.rewards([h.tokens for h in hyps], pair.gold)
+                               for pair, hyps in zip(pairs, drawn, strict=True)], device=model_device(model))
+        base = (leave_one_out(reward) if self.baseline == "mean"
+                else torch.full_like(reward, self._baseline(reward.flatten().tolist())))
+        logp = constrained_logprobs(model, rows, self.trie, self.pad_id).view(reward.shape)
+        return -((reward - base) * logp).mean(-1).sum(), reward.mean().item()
+
+    def _beam_loss(self, model: torch.nn.Module, lm: Any, pairs: list[Pair]) -> tuple[torch.Tensor, float]:
+        """Minimum-risk training over the beam: −Σ_q Σ_i (R_qi − b_q)/n · log p(ŷ_qi | x_q) over the n titles the
+        beam search decodes (deterministic, so not an unbiased estimate of ∇J)."""
+        from lmlab.plugins.retrieve.beam import constrained_beam_search  # looked up per step (tests replace it)
+
         with torch.no_grad():
             decoded = constrained_beam_search(lm, [list(p.prompt) for p in pairs], self.trie,
                                               num_beams=self.num_beams, eos_token_id=self.eos_id,
@@ -149,15 +211,9 @@ class ReinforceTask:
             base = self._baseline(reward)
             rows += [(pair.prompt, t + (self.eos_id,)) for t in titles]
             advantages += [(r - base) / len(titles) for r in reward]  # a mean over the query's titles
-        mean_reward = sum(rewards) / len(rewards)
-        if self.baseline == "ema":
-            previous = mean_reward if self.running is None else self.running
-            self.running = self.ema * previous + (1 - self.ema) * mean_reward
         sequence_logp = sequence_logprobs(model, rows, self.pad_id)
-        device = sequence_logp.device
-        loss = -(torch.tensor(advantages, device=device) * sequence_logp).sum() / totals["examples"]
-        reward = torch.tensor(mean_reward * len(pairs) / totals["examples"], device=device)
-        return loss, {"loss": loss.detach(), "reward": reward}
+        loss = -(torch.tensor(advantages, device=sequence_logp.device) * sequence_logp).sum()
+        return loss, sum(rewards) / len(rewards)
 
     def _baseline(self, reward: list[float]) -> float:
         if self.baseline == "mean":
@@ -176,9 +232,17 @@ class RetrieveTrainer(Trainer):
     def check(self) -> None:
         super().check()
         for flag, value, allowed in (("--method", self.opts.method, METHODS), ("--reward", self.opts.reward, REWARDS),
-                                     ("--baseline", self.opts.baseline, BASELINES)):
+                                     ("--baseline", self.opts.baseline, BASELINES),
+                                     ("--estimator", self.opts.estimator, ESTIMATORS)):
             if value not in allowed:
                 raise LmlabError(f"Unknown {flag} '{value}'.", hint=f"use one of: {', '.join(allowed)}")
+        if self.opts.method == "reinforce" and self.opts.estimator == "sample":
+            if self.opts.reward == "rank":
+                raise LmlabError("--reward rank is the beam rank of a title; samples have none.",
+                                 hint="use --reward match, or --estimator beam")
+            if self.opts.baseline == "mean" and self.opts.samples < 2:
+                raise LmlabError("--baseline mean with --estimator sample is the mean reward of a query's other "
+                                 "samples: it needs --samples 2 or more.", hint="e.g. --samples 4, or --baseline none")
         if self.opts.method == "reinforce":
             self.plotted = ("loss", "reward")
 
@@ -216,7 +280,7 @@ class RetrieveTrainer(Trainer):
         return TokenLogprobModel(lm), ReinforceTask(
             pairs, index_trie(self.index, self.tokenizer), page_of, pad_id=self.tokenizer.pad_token_id,
             eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward, baseline=opts.baseline,
-            ema=opts.ema, seed=opts.seed)
+            ema=opts.ema, seed=opts.seed, estimator=opts.estimator, samples=opts.samples)
 
     def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]], titles: list[list[int]],
                        device: torch.device) -> list[Pair]:
