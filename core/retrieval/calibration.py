@@ -62,6 +62,14 @@ def expected_calibration_error(probs: Sequence[float], labels: Sequence[int | bo
     return math.fsum(b.count / total * abs(b.accuracy - b.confidence) for b in found) if total else 0.0
 
 
+def top_label_calibration_error(probs: Sequence[float], labels: Sequence[int | bool], bins: int = 10,
+                                strategy: str = "width") -> float:
+    """The top-label ECE: the ECE of the predicted label's confidence max(p, 1 − p) against whether that label is
+    right ((p ≥ 0.5) = label), where `expected_calibration_error` is the positive class's (p against the label)."""
+    p, y = _arrays(probs, labels)
+    return expected_calibration_error(np.maximum(p, 1.0 - p), ((p >= 0.5) == (y == 1)).astype(int), bins, strategy)
+
+
 def fit_temperature(logits: Sequence[float] | np.ndarray, labels: Sequence[int | bool], *, low: float = 0.05,
                     high: float = 20.0, steps: int = 80) -> float:
     """The temperature T minimising the mean binary cross-entropy of sigmoid(logit / T) on a dev split, by a

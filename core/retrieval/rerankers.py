@@ -60,9 +60,14 @@ class RerankSettings:
                           "default; `retrieve eval` then reports each variant it offers).", panel=RERANK,
                           repeatable=True)
     mc_passes: int = option(8, "mc-dropout: stochastic passes T per pair.", min=1, panel=RERANK)
+    mc_attention_dropout: bool = option(False, "mc-dropout: also sample the attention-probability dropout in each "
+                                        "pass (about 1.5x slower per pass on CPU).", panel=RERANK)
+    risk: float = option(0.0, "κ of the risk-aware score P(relevant) − κ·std that orders the candidates (0: "
+                         "P(relevant) alone).", min=0.0, panel=RERANK)
     rerank_depth: int = option(20, "Candidates of the retriever rescored per query.", min=1, panel=RERANK)
-    explain_weight: float = option(0.0, "λ of the explanation score s = P(relevant) + λ·agg(importance) (0: off; "
-                                   "costs --explain-samples reranker passes per candidate).", min=0.0, panel=RERANK)
+    explain_weight: float = option(0.0, "λ of the explanation score s = P(relevant) − κ·std + λ·agg(importance) (0: "
+                                   "off; costs --explain-samples reranker passes per candidate).", min=0.0,
+                                   panel=RERANK)
     explainer: str = option("shap", "Token importances for the explanation score: lime or shap.", panel=RERANK,
                             repeatable=True)
     explain_agg: str = option("max", "How the context's word importances become one number: max, mean, sum, "
@@ -129,14 +134,16 @@ def context_of(doc: Document) -> str:
 
 
 class Reranking:
-    """A retriever whose top `depth` candidates are rescored by a reranker. With `explain_weight` λ > 0 the best
-    `explain_depth` are reordered among themselves by P(relevant) + λ·agg(importance) (the Bayesian/XAI paper's
-    explanation score); `details` holds the last search's Relevance per query and candidate id."""
+    """A retriever whose top `depth` candidates are rescored by a reranker. With `risk` κ > 0 they are ordered by the
+    risk-aware score P(relevant) − κ·std (a confident candidate beats an equally probable, uncertain one). With
+    `explain_weight` λ > 0 the best `explain_depth` are reordered among themselves by that score + λ·agg(importance)
+    (the Bayesian/XAI paper's explanation score); `details` holds the last search's Relevance per query and candidate
+    id, its `score` the one ordered by."""
 
     def __init__(self, retriever: Retriever | None, reranker: Reranker, corpus: Corpus, depth: int, *,
-                 explain_weight: float = 0.0, explain_depth: int = 5) -> None:
+                 explain_weight: float = 0.0, explain_depth: int = 5, risk: float = 0.0) -> None:
         self.retriever, self.reranker, self.corpus, self.depth = retriever, reranker, corpus, depth
-        self.explain_weight, self.explain_depth = explain_weight, explain_depth
+        self.explain_weight, self.explain_depth, self.risk = explain_weight, explain_depth, risk
         self.details: list[dict[str, Relevance]] = []
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
@@ -153,6 +160,8 @@ class Reranking:
         self.details, ranked = [], []
         for query, hits in zip(queries, candidates, strict=True):
             relevance = {hit.id: next(scores) for hit in hits[:self.depth]}
+            if self.risk > 0:
+                relevance = {name: r._replace(score=self._base(r)) for name, r in relevance.items()}
             order = sorted(hits[:self.depth], key=lambda hit: -relevance[hit.id].score)  # stable: ties keep order
             if self.explain_weight > 0:
                 order = self._explained(query, order, relevance)
@@ -170,6 +179,10 @@ class Reranking:
         top = order[:self.explain_depth]
         bonus = explain(query, [context_of(self.corpus.by_id[hit.id]) for hit in top])
         for hit, value in zip(top, bonus, strict=True):
-            relevance[hit.id] = relevance[hit.id]._replace(score=relevance[hit.id].probability
+            relevance[hit.id] = relevance[hit.id]._replace(score=self._base(relevance[hit.id])
                                                            + self.explain_weight * value, explanation=value)
         return sorted(top, key=lambda hit: -relevance[hit.id].score) + order[self.explain_depth:]
+
+    def _base(self, relevance: Relevance) -> float:
+        """The risk-aware score P(relevant) − κ·std (P(relevant) itself when κ = 0)."""
+        return relevance.probability - self.risk * relevance.std if self.risk > 0 else relevance.probability

@@ -1,5 +1,6 @@
-"""`lmlab retrieve calibrate`: is P(relevant) a probability? ECE (equal-width and equal-mass bins), Brier, NLL and a
-reliability diagram per variant on a labelled set; temperature scaling (Guo et al. 2017) fitted on the first queries."""
+"""`lmlab retrieve calibrate`: is P(relevant) a probability? ECE (equal-width and equal-mass bins, of the positive
+class and of the top label), Brier, NLL and a reliability diagram per variant on a labelled set; temperature scaling
+(Guo et al. 2017) fitted on the first queries."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def quality(probs: np.ndarray, labels: np.ndarray, bins: int) -> dict[str, float
     clipped = np.clip(probs, 1e-12, 1 - 1e-12)
     return {"ece_width": calibration.expected_calibration_error(probs, labels, bins, "width"),
             "ece_mass": calibration.expected_calibration_error(probs, labels, bins, "mass"),
+            "top_label_ece_width": calibration.top_label_calibration_error(probs, labels, bins, "width"),
+            "top_label_ece_mass": calibration.top_label_calibration_error(probs, labels, bins, "mass"),
             "brier": float(np.mean((probs - labels) ** 2)),
             "nll": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log1p(-clipped))),
             "accuracy": float(np.mean((probs >= 0.5) == (labels == 1)))}

@@ -134,12 +134,13 @@ def show_rerank(summary: dict[str, Any]) -> None:
 def show_calibrate(summary: dict[str, Any]) -> None:
     table = Table(title=f"retrieve calibrate · {summary['judged_pairs']} pairs · {summary['bins']} bins")
     table.add_column("variant", no_wrap=True)
-    for name in ("ECE width", "ECE mass", "Brier", "NLL", "acc", "mean std"):
+    for name in ("ECE width", "ECE mass", "top-label ECE", "Brier", "NLL", "acc", "mean std"):
         table.add_column(name, justify="right")
+    keys = ("ece_width", "ece_mass", "top_label_ece_width", "brier", "nll", "accuracy")
     for variant, r in summary["results"].items():
         rows = [(variant, r)] + ([(f"{variant} · T={r['temperature']:.2f}", r["scaled"])] if "scaled" in r else [])
         for name, values in rows:
-            table.add_row(name, *(f"{values[k]:.4f}" for k in ("ece_width", "ece_mass", "brier", "nll", "accuracy")),
+            table.add_row(name, *(f"{values[k]:.4f}" for k in keys),
                           f"{r['mean_uncertainty']:.4f}", style="bold" if name == summary["best"] else None)
     err.print(table)
     if "temperatures_saved_to" in summary:

@@ -46,7 +46,8 @@ def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any]
         label = getattr(reranker, "variant", variant)
         name = f"{over} + {label}" + (f" + explain λ={weight:g}" if weight else "")
         out.append((name, Reranking(index.open(over, options), reranker, index.corpus, settings.rerank_depth,
-                                    explain_weight=weight, explain_depth=settings.explain_depth)))
+                                    explain_weight=weight, explain_depth=settings.explain_depth,
+                                    risk=settings.risk)))
     return out
 
 
