@@ -146,6 +146,15 @@ class Reranking:
         self.explain_weight, self.explain_depth, self.risk = explain_weight, explain_depth, risk
         self.details: list[dict[str, Relevance]] = []
 
+    @classmethod
+    def configured(cls, retriever: Retriever | None, reranker: Reranker, corpus: Corpus, settings: RerankSettings,
+                   **overrides: Any) -> Reranking:
+        """The reranking the --rerank-* options describe (`overrides` replace some, e.g. an ablation's λ)."""
+        chosen = {"depth": settings.rerank_depth, "explain_weight": settings.explain_weight,
+                  "explain_depth": settings.explain_depth, "risk": settings.risk, **overrides}
+        depth = chosen.pop("depth")
+        return cls(retriever, reranker, corpus, depth, **chosen)
+
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         if self.retriever is None:
             raise LmlabError("This reranking has no retriever to take candidates from.", hint="pass candidates")

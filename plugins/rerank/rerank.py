@@ -62,8 +62,7 @@ def run_rerank(opts: RerankOptions) -> dict[str, Any]:
     texts = [text for _, text in queries]
     if not opts.candidates:
         candidates = index.open(opts.retriever, placed).search(texts, depth)
-    reranking = Reranking(None, reranker, index.corpus, depth, explain_weight=opts.rerank.explain_weight,
-                          explain_depth=opts.rerank.explain_depth, risk=opts.rerank.risk)
+    reranking = Reranking.configured(None, reranker, index.corpus, opts.rerank, depth=depth)
     started = time.perf_counter()
     ranked = reranking.rerank(texts, candidates, opts.top_k)
     seconds = time.perf_counter() - started

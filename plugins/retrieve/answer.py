@@ -111,8 +111,7 @@ def run_answer(opts: AnswerOptions) -> dict[str, Any]:
         settings = opts.reranking
         reranker = open_reranker(opts.rerank, {**asdict(settings), "device": device, "dtype": dtype}, index)
         corpus = index.passage_corpus if index.passage_words else index.corpus
-        found = Reranking(None, reranker, corpus, settings.rerank_depth, explain_weight=settings.explain_weight,
-                          explain_depth=settings.explain_depth, risk=settings.risk).rerank(texts, found, opts.top_k)
+        found = Reranking.configured(None, reranker, corpus, settings).rerank(texts, found, opts.top_k)
         seconds["rerank"] = time.perf_counter() - started
     read_contexts = [[by_id[hit.id] for hit in hits[:opts.top_k]] for hits in found]
     started = time.perf_counter()

@@ -45,9 +45,8 @@ def rerankings(index: RetrievalIndex, opts: EvalOptions, options: dict[str, Any]
                                       "dtype": options["dtype"]})
         label = getattr(reranker, "variant", variant)
         name = f"{over} + {label}" + (f" + explain λ={weight:g}" if weight else "")
-        out.append((name, Reranking(index.open(over, options), reranker, index.corpus, settings.rerank_depth,
-                                    explain_weight=weight, explain_depth=settings.explain_depth,
-                                    risk=settings.risk)))
+        out.append((name, Reranking.configured(index.open(over, options), reranker, index.corpus, settings,
+                                               explain_weight=weight)))
     return out
 
 

@@ -106,9 +106,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     if opts.rerank is not None:
         settings = opts.reranking
         reranker = open_reranker(opts.rerank, {**asdict(settings), **placed}, index)
-        retriever = Reranking(retriever, reranker, corpus, settings.rerank_depth,
-                              explain_weight=settings.explain_weight, explain_depth=settings.explain_depth,
-                              risk=settings.risk)
+        retriever = Reranking.configured(retriever, reranker, corpus, settings)
     started = time.perf_counter()
     ranked = retriever.search([text for _, text in queries], opts.top_k)
     seconds = time.perf_counter() - started
