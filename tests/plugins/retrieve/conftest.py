@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import write_jsonl
 
@@ -69,3 +70,25 @@ def built_index(retrieval_files: dict[str, Path]) -> Path:
     out = retrieval_files["folder"] / "index"
     run_index(IndexOptions(data=str(retrieval_files["corpus"]), output_dir=out, generator_model="tiny-llama"))
     return out
+
+
+# A toy vocabulary of titles and a tiny random Llama over it, for the constrained decoding tests.
+VOCAB, EOS, PAD = 64, 2, 0
+TITLES = [  # prefixes of other titles ("Paris" / "Paris Hilton"), long shared prefixes, single tokens
+    [10], [10, 11], [10, 11, 12], [10, 11, 13, 14, 15], [10, 11, 13, 14, 16], [10, 12], [20, 21], [20, 22, 23],
+    [30], [31, 32, 33, 34, 35, 36], [31, 32, 33, 34, 35, 37], [31, 32, 33, 34, 35, 37, 38], [40, 10], [41],
+    [42, 43], [50, 51, 52],
+]
+SEQUENCES = [t + [EOS] for t in TITLES]
+PROMPTS = [[5, 6], [7, 8, 9, 5, 6, 7, 8, 9, 4], [44, 45, 46], [3], [60, 61, 62, 63, 59], [4, 4, 4, 4, 4, 4, 4]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
+                         eos_token_id=EOS, pad_token_id=PAD)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()

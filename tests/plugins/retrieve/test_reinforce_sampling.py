@@ -12,19 +12,7 @@ from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.plugins.retrieve.beam import TitleTrie, constrained_sample
 from lmlab.plugins.retrieve.generative import prompt_ids, title_ids
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask, constrained_logprobs, leave_one_out
-from tests.plugins.retrieve.conftest import DOCS
-from tests.plugins.retrieve.test_constrained import EOS, PAD, PROMPTS, SEQUENCES, TITLES, VOCAB
-
-
-@pytest.fixture(scope="module")
-def model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, bos_token_id=1,
-                         eos_token_id=EOS, pad_token_id=PAD)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+from tests.plugins.retrieve.conftest import DOCS, EOS, PAD, PROMPTS, SEQUENCES, TITLES
 
 
 def sample(model, prompts: list[list[int]], samples: int, seed: int = 0):
