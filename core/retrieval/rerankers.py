@@ -43,12 +43,14 @@ class Reranker(Protocol):
 @dataclass(frozen=True)
 class RerankerSpec:
     """A reranker kind. `open(folder, options)` returns a Reranker (`folder` is None when opened by name);
-    `variants(folder)` lists the uncertainty variants a trained folder offers (e.g. plain, ensemble, swa)."""
+    `variants(folder)` lists the uncertainty variants a trained folder offers (e.g. plain, ensemble, swa);
+    `opens(folder)`: whether it can open a folder that has no reranker.json (e.g. any off-the-shelf model)."""
 
     name: str
     help: str
     open: Callable[[Path | None, dict[str, Any]], Reranker]
     variants: Callable[[Path | None], list[str]] = lambda folder: ["plain"]
+    opens: Callable[[Path], bool] | None = None
 
 
 @dataclass
@@ -118,9 +120,13 @@ def resolve_reranker(model: str, index: RetrievalIndex | None) -> tuple[Reranker
             return reranker_spec(kind), candidate
     if model in rerankers():
         return rerankers()[model], None
+    if folder.is_dir():
+        for spec in rerankers().values():
+            if spec.opens is not None and spec.opens(folder):
+                return spec, folder
     raise LmlabError(f"'{model}' is neither a reranker folder (no {RERANKER_FILE}) nor a registered reranker.",
-                     hint="give a `lmlab retrieve train-reranker` run folder, or one of: "
-                          f"{', '.join(sorted(rerankers())) or 'none registered'}")
+                     hint="give a `lmlab retrieve train-reranker` run folder, a sentence-transformers cross-encoder "
+                          f"folder, or one of: {', '.join(sorted(rerankers())) or 'none registered'}")
 
 
 def open_reranker(model: str, options: dict[str, Any], index: RetrievalIndex | None = None) -> Reranker:

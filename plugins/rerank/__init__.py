@@ -19,7 +19,8 @@ lazy = functools.partial(plugins.lazy, __package__)
 @hookimpl
 def register_rerankers(register: Any) -> None:
     register(RerankerSpec("cross-encoder", "a cross-encoder (MiniLM by default): plain, ensemble, MC dropout or SWA",
-                          lazy("bayes", "open_folder"), lazy("bayes", "offered_variants")))
+                          lazy("bayes", "open_folder"), lazy("bayes", "offered_variants"),
+                          lazy("bayes", "is_cross_encoder")))
 
 
 @hookimpl

@@ -116,7 +116,24 @@ def save_member(folder: Path, model: Any, tokenizer: Any) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def is_cross_encoder(folder: Path) -> bool:
+    """An off-the-shelf cross-encoder folder (sentence-transformers' CrossEncoder format, or any HF sequence
+    classifier with one output): it reranks as it is, without `retrieve train-reranker`."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    labels = config.get("id2label") or {}
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []) and (
+        config.get("num_labels", len(labels)) == 1 or len(labels) == 1)
+
+
 def read_info(folder: Path) -> dict[str, Any]:
+    """A trained folder's reranker.json; for an off-the-shelf cross-encoder, the same facts of its single model."""
+    if not (folder / RERANKER_FILE).is_file() and is_cross_encoder(folder):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return {"kind": "cross-encoder", "members": ["."], "default_variant": "plain",
+                "max_length": min(512, config.get("max_position_embeddings", 512))}
     return json.loads((folder / RERANKER_FILE).read_text(encoding="utf-8"))
 
 
