@@ -312,9 +312,15 @@ def read_passages(model: SpanReader, tokenizer: Any, questions: Sequence[str], p
     return answers
 
 
+PASSAGE_CHARS = 1200  # of each context in the generative reader's prompt (about 300 tokens)
+
+
 def reader_prompt(question: str, passages: Sequence[tuple[str, str]]) -> str:
-    """The generative reader's prompt: the passages as `title: text` lines, best-ranked first, then the question."""
-    lines = [f"Passage {n}: {title}: {' '.join(text.split())}" for n, (title, text) in enumerate(passages, start=1)]
+    """The generative reader's prompt: the passages as `title: text` lines, best-ranked first, then the question.
+    Each text is cut to PASSAGE_CHARS, so five whole pages still fit a small model's context: a backend cuts an
+    over-long prompt from its start, which would drop the best-ranked passage first."""
+    lines = [f"Passage {n}: {title}: {' '.join(text.split())[:PASSAGE_CHARS]}"
+             for n, (title, text) in enumerate(passages, start=1)]
     return "\n".join(["Answer the question from the passages in a few words.", *lines,
                       f"Question: {' '.join(question.split())}", "Answer:"])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmlab.core.evaluation.backends import BackendOptions, GenerateRequest, load_backend
-from lmlab.core.retrieval.reader import generate_answers, reader_prompt
+from lmlab.core.retrieval.reader import PASSAGE_CHARS, generate_answers, reader_prompt
 
 PASSAGES = [("Eiffel Tower", "The tower  was completed\nin 1889."), ("Paris", "Paris is the capital of France.")]
 
@@ -28,6 +28,14 @@ def test_the_prompt_lists_passages_in_rank_order_then_the_question() -> None:
     assert lines[1] == "Passage 1: Eiffel Tower: The tower was completed in 1889."
     assert lines[2] == "Passage 2: Paris: Paris is the capital of France."
     assert lines[-2:] == ["Question: When was the tower completed?", "Answer:"]
+
+
+def test_a_long_passage_is_cut_so_the_best_ranked_ones_stay_whole() -> None:
+    long = ("Long page", "word " * PASSAGE_CHARS)
+    lines = reader_prompt("q?", [PASSAGES[0], long, PASSAGES[1]]).splitlines()
+    assert lines[1] == "Passage 1: Eiffel Tower: The tower was completed in 1889."
+    assert lines[2] == f"Passage 2: Long page: {('word ' * PASSAGE_CHARS)[:PASSAGE_CHARS]}"
+    assert lines[3].startswith("Passage 3: Paris") and lines[-1] == "Answer:"
 
 
 def test_answers_are_greedy_one_line_and_stripped() -> None:
