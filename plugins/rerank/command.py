@@ -28,8 +28,9 @@ MODEL_HELP = ("The reranker: a `retrieve train-reranker` run (or its model/ fold
 
 @dataclass
 class RerankTrainOptions(o.TrainOptions):
-    data: str | None = o.option(None, "Training pairs: KILT queries (their gold pages and BM25 hard negatives; "
-                                "default: the bundled examples/retrieve/train.jsonl) or {query, context, label} rows.",
+    data: str | None = o.option(None, "Training pairs: KILT queries (their gold pages, on a --passages index the gold "
+                                "pages' passages that hold the answer, and BM25 hard negatives; default: the bundled "
+                                "examples/retrieve/train.jsonl) or {query, context, label} rows.",
                                 flags=("--data", "-d"), panel=o.MODEL_AND_DATA)
     model: str = o.option(DEFAULT_ENCODER, "Encoder to train as the cross-encoder: the packaged all-minilm-l6-v2 or a "
                           "local Hugging Face encoder folder.", flags=("--model", "-m"), panel=o.MODEL_AND_DATA)
@@ -42,8 +43,9 @@ class RerankTrainOptions(o.TrainOptions):
     eval_share: float = o.option(0.1, "With --data and no --eval-data: the share of its queries held out (not "
                                  "trained on) for the before/after check; 0 trains on all.", min=0.0, max=0.5,
                                  panel=o.MODEL_AND_DATA)
-    negatives: int = o.option(3, "BM25 hard negatives per query (the best-ranked pages that are not gold).", min=0)
-    negative_depth: int = o.option(10, "Pages of BM25 the hard negatives are taken from.", min=1)
+    negatives: int = o.option(3, "BM25 hard negatives per query (the best-ranked pages, or passages, not from a "
+                              "gold page).", min=0)
+    negative_depth: int = o.option(10, "Pages (passages) of BM25 the hard negatives are taken from.", min=1)
     max_length: int = o.option(128, "Longest query + context in tokens (longer contexts are cut; the title comes "
                                "first).", min=8, panel=o.MODEL_AND_DATA)
     bayes: str = o.option("all", "What to train for: ensemble (M members), swa (averaged checkpoints of member 0), "

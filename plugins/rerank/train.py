@@ -1,9 +1,11 @@
-"""`lmlab retrieve train-reranker`: the cross-encoder reranker on the shared training loop, on each query's gold pages
-and BM25 hard negatives (as Re3val trains its context reranker). With `--bayes` the M ensemble members train at once
-(one checkpoint resumes them all) and member 0's last checkpoints are averaged (SWA)."""
+"""`lmlab retrieve train-reranker`: the cross-encoder reranker on the shared training loop, on each query's gold
+contexts and BM25 hard negatives, passages on a `--passages` index (as Re3val trains its context reranker). With
+`--bayes` the M ensemble members train at once (one checkpoint resumes them all) and member 0's last checkpoints are
+averaged (SWA)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmlab.core.evaluation.answers import normalize_answer
 from lmlab.core.files.atomic import atomic_path
 from lmlab.core.files.records import SkipLog, example, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
-from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
+from lmlab.core.retrieval.passages import Passage
 from lmlab.core.retrieval.rerankers import context_of, record_reranker
 from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.core.training.trainer import Trainer, length_grouped_batches
@@ -35,22 +39,40 @@ class LabelledPair:
     label: int  # 1: a gold page (or a relevant row), 0: a hard negative
 
 
+def gold_passages(query: KiltQuery, passages: Sequence[Passage]) -> list[Passage]:
+    """The passages of a gold page that hold one of the query's answers (after SQuAD normalisation), else its first
+    passage (a page's lead, where an answer most often stands)."""
+    answers = [normalize_answer(a) for a in query.answers if normalize_answer(a)]
+    holding = [p for p in passages if any(f" {a} " in f" {normalize_answer(p.text)} " for a in answers)]
+    return holding or list(passages[:1])
+
+
 def mined_pairs(path: str, index: RetrievalIndex, *, negatives: int, depth: int, retriever: str = "bm25",
                 skips: SkipLog | None = None) -> list[LabelledPair]:
-    """Gold pages and the top `negatives` non-gold pages among the retriever's best `depth`, per KILT query."""
+    """Gold contexts and the top `negatives` contexts not from a gold page among the retriever's best `depth`, per
+    KILT query. On a passage index (Re3val's context reranker) the contexts are passages: `gold_passages` of each
+    gold page, and passage hits of other pages as negatives; otherwise whole pages."""
     queries = [q for q in load_kilt(path) if q.evidence]
     skips = skips if skips is not None else SkipLog()
-    corpus = index.corpus
-    found = index.open(retriever, {}).search([q.input for q in queries], depth) if queries else []
+    passage_level = bool(index.passage_words) and index.passage_level(retriever)
+    corpus = index.passage_corpus if passage_level else index.corpus
+    search = index.open_passages(retriever, {}) if passage_level else index.open(retriever, {})
+    found = search.search([q.input for q in queries], depth) if queries else []
+    of_page: dict[str, list[Passage]] = {}
+    for passage in index.passages.values():
+        of_page.setdefault(passage.page_id, []).append(passage)
     out: list[LabelledPair] = []
     for query, hits in zip(queries, found, strict=True):
-        gold = [page for page in dict.fromkeys(p for pages in query.evidence for p in pages) if page in corpus.by_id]
+        pages = dict.fromkeys(p for evidence in query.evidence for p in evidence)
+        gold = [page for page in pages if page in index.corpus.by_id]
         if not gold:
             skips.add("provenance not in the index's corpus")
             continue
-        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[page]), 1) for page in gold]
-        hard = [hit.id for hit in hits if hit.id not in gold][:negatives]
-        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[page]), 0) for page in hard]
+        positives = [p.id for page in gold for p in gold_passages(query, of_page[page])] if passage_level else gold
+        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[doc]), 1) for doc in positives]
+        page_of = (lambda doc: index.passages[doc].page_id) if passage_level else (lambda doc: doc)
+        hard = [hit.id for hit in hits if page_of(hit.id) not in gold][:negatives]
+        out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[doc]), 0) for doc in hard]
     if not out:
         raise DataError("no query has a gold page in the index's corpus.", path=path,
                         hint="use queries whose provenance wikipedia_id is a document id of the index")
