@@ -11,6 +11,7 @@ A generative reader (`generate_answers`) answers through any backend instead."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from lmlab.core.evaluation.answers import normalize_answer
 from lmlab.core.evaluation.backends import Backend, GenerateRequest
 from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import ModelError
@@ -30,6 +32,7 @@ from lmlab.core.training.trainer import length_grouped_batches
 HEAD_FILE = "span_head.safetensors"
 NOT_FOUND = "answer not found in its context"
 CUT_OFF = "answer past the --max-length window"
+MIN_WEIGHT = 1e-6  # a passage weighted 0 still answers when no other passage has a span
 
 
 class Example(Protocol):
@@ -296,18 +299,23 @@ def predict(model: SpanReader, tokenizer: Any, examples: Sequence[Example], batc
 
 
 def read_passages(model: SpanReader, tokenizer: Any, questions: Sequence[str], passages: Sequence[Sequence[str]],
-                  batch_size: int = 32) -> list[tuple[str, int | None]]:
+                  batch_size: int = 32,
+                  weights: Sequence[Sequence[float]] | None = None) -> list[tuple[str, int | None]]:
     """Each question's answer over its passages: the best-scoring span of any of them (start + end logits, as
-    BERT compares windows), with the index of the passage it came from (None: no passage)."""
+    BERT compares windows), with the index of the passage it came from (None: no passage). `weights`, one in (0, 1]
+    per passage (a reranker's confidence that it is relevant), add log(weight) to its spans' scores: the span's
+    log-score under p(span | passage) · p(passage), so a confident passage's span wins a near tie."""
     pairs = [_Question(q, text) for q, texts in zip(questions, passages, strict=True) for text in texts]
     spans = iter(zip(pairs, _best_spans(model, tokenizer, pairs, batch_size), strict=True))
     answers: list[tuple[str, int | None]] = []
-    for texts in passages:
-        found = [(span, n, pair.context) for n, (pair, span) in enumerate(next(spans) for _ in texts) if span]
+    for q, texts in enumerate(passages):
+        prior = [math.log(max(w, MIN_WEIGHT)) for w in weights[q]] if weights is not None else [0.0] * len(texts)
+        found = [(span[0] + prior[n], span, n, pair.context)
+                 for n, (pair, span) in enumerate(next(spans) for _ in texts) if span]
         if not found:
             answers.append(("", None))
             continue
-        span, n, context = max(found, key=lambda x: x[0][0])
+        _, span, n, context = max(found, key=lambda x: x[0])
         answers.append((context[span[1]:span[2]], n))
     return answers
 
@@ -332,3 +340,26 @@ def generate_answers(backend: Backend, questions: Sequence[str], passages: Seque
     requests = [GenerateRequest(reader_prompt(q, p), max_tokens=max_tokens, stop=("\n",))
                 for q, p in zip(questions, passages, strict=True)]
     return [texts[0].strip() for texts in backend.generate(requests)]
+
+
+def vote_answers(backend: Backend, questions: Sequence[str], passages: Sequence[Sequence[tuple[str, str]]],
+                 weights: Sequence[Sequence[float]], max_tokens: int = 32) -> list[tuple[str, int]]:
+    """Each question answered from each passage alone, then the answer whose passages' weights (a reranker's
+    confidences) sum highest after SQuAD normalisation: RAG-Sequence's p(y | x) ≈ Σ_z p(z | x)·[y = ŷ_z] (Lewis et
+    al. 2020, its fast decoding). Ties go to the best-ranked passage; returns (answer, passage it first came from)."""
+    singles = generate_answers(backend, [q for q, found in zip(questions, passages, strict=True) for _ in found],
+                               [[p] for found in passages for p in found], max_tokens=max_tokens)
+    out, at = [], 0
+    for found, weight in zip(passages, weights, strict=True):
+        answers, at = singles[at:at + len(found)], at + len(found)
+        votes: dict[str, float] = {}
+        for answer, w in zip(answers, weight, strict=True):
+            if normalize_answer(answer):
+                votes[normalize_answer(answer)] = votes.get(normalize_answer(answer), 0.0) + w
+        if not votes:  # no answer survives normalisation: the best-ranked passage's, as written
+            out.append((answers[0] if answers else "", 0))
+            continue
+        best = max(votes.values())
+        n = next(n for n, a in enumerate(answers) if votes.get(normalize_answer(a)) == best)
+        out.append((answers[n], n))
+    return out

@@ -1,8 +1,10 @@
 """`lmlab retrieve answer`: Re3val's pipeline after retrieval, as its paper draws it, on one index.
 
     query → retriever (-r) → pages or passages ─┐   a page-level retriever (generative, fused) on a passage index:
-                                                 │   the passages of its top pages, filled from bm25's pages
+                                                 │   the passages of its top pages, filled from bm25's pages;
+                                                 │   several -r: their contexts fused by RRF (multi-perspective)
           → context reranker (--rerank, opt.)  → the best --top-k contexts → reader (generate | span) → answer
+                                                   (--weigh-contexts: each read with the reranker's confidence)
 
 Each answer keeps its provenance (the contexts read, the one a span came from first), written in KILT's guess
 format; KILT's page-level retrieval scores and its downstream scores (EM, F1, KILT-EM/F1: an answer counts only where
@@ -20,7 +22,9 @@ from lmlab.core.files.records import example
 from lmlab.core.files.runs import RunDir, check_run_folder, new_run_path
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
+from lmlab.core.retrieval.fusion import reciprocal_rank_fusion
 from lmlab.core.retrieval.kilt import downstream_metrics, load_kilt, retrieval_metrics
+from lmlab.core.retrieval.reader import MIN_WEIGHT
 from lmlab.core.retrieval.rerankers import Reranking, open_reranker
 from lmlab.core.retrieval.retrievers import Ranked, RetrievalIndex
 from lmlab.plugins.retrieve.options import AnswerOptions
@@ -47,14 +51,14 @@ def contexts(index: RetrievalIndex) -> dict[str, Context]:
             for d in index.corpus.documents}
 
 
-def candidates(index: RetrievalIndex, opts: AnswerOptions, options: dict[str, Any], texts: list[str],
+def candidates(index: RetrievalIndex, retriever: str, opts: AnswerOptions, options: dict[str, Any], texts: list[str],
                depth: int) -> list[list[Ranked]]:
     """Each query's candidate contexts, best first: the retriever's own passages (or pages), or on a passage index
     the passages of a page-level retriever's top pages (Re3val's steps 4-5: titles missing filled from bm25)."""
-    if not index.passage_words or index.passage_level(opts.retriever):
+    if not index.passage_words or index.passage_level(retriever):
         search = index.open_passages if index.passage_words else index.open
-        return search(opts.retriever, options).search(texts, depth)
-    pages = index.open(opts.retriever, options).search(texts, opts.top_k)
+        return search(retriever, options).search(texts, depth)
+    pages = index.open(retriever, options).search(texts, opts.top_k)
     if "bm25" in index.built and any(len(found) < opts.top_k for found in pages):
         filler = index.open("bm25", options).search(texts, 2 * opts.top_k)
         pages = [(found + [hit for hit in extra if hit.id not in {f.id for f in found}])[:opts.top_k]
@@ -69,29 +73,56 @@ def candidates(index: RetrievalIndex, opts: AnswerOptions, options: dict[str, An
     return ranked
 
 
-def read(opts: AnswerOptions, questions: list[str], read_contexts: list[list[Context]],
-         device: Any) -> list[tuple[str, int | None]]:
-    """(answer, index of the context it came from: None for a generated answer) per question."""
+def perspectives(index: RetrievalIndex, opts: AnswerOptions, options: dict[str, Any], texts: list[str],
+                 depth: int) -> list[list[Ranked]]:
+    """The candidates of each --retriever; several are fused by reciprocal rank fusion (k = --rrf-k)."""
+    found = [candidates(index, name, opts, options, texts, depth) for name in dict.fromkeys(opts.retriever)]
+    if len(found) == 1:
+        return found[0]
+    return [[Ranked(doc, score) for doc, score in reciprocal_rank_fusion(
+        [[(hit.id, hit.score) for hit in ranked] for ranked in lists], k=opts.search.rrf_k)[:depth]]
+        for lists in zip(*found, strict=True)]
+
+
+def confidences(reranking: Reranking, found: list[list[Ranked]], top_k: int, risk: float) -> list[list[float]]:
+    """The reranker's confidence in each context read: P(relevant) − κ·std, in (0, 1]."""
+    out = []
+    for relevance, hits in zip(reranking.details, found, strict=True):
+        seen = [relevance[hit.id] for hit in hits[:top_k] if hit.id in relevance]
+        low = min((r.probability - risk * r.std for r in seen), default=1.0)
+        out.append([min(1.0, max(MIN_WEIGHT, relevance[hit.id].probability - risk * relevance[hit.id].std
+                                  if hit.id in relevance else low)) for hit in hits[:top_k]])
+    return out
+
+
+def read(opts: AnswerOptions, questions: list[str], read_contexts: list[list[Context]], device: Any,
+         weights: list[list[float]] | None) -> list[tuple[str, int | None]]:
+    """(answer, index of the context it came from: None for an answer generated from all of them) per question."""
     if opts.reader == "generate":
-        from lmlab.core.retrieval.reader import generate_answers
+        from lmlab.core.retrieval.reader import generate_answers, vote_answers
 
         backend = load_backend(opts.backend, BackendOptions(model=opts.model, device=opts.placement.device,
                                                             precision=opts.placement.precision,
                                                             batch_size=opts.search.batch_size,
                                                             chat_template=opts.chat_template))
-        answers = generate_answers(backend, questions, [[(c.title, c.text) for c in found] for found in read_contexts],
-                                   max_tokens=opts.max_new_tokens)
-        return [(answer, None) for answer in answers]
+        passages = [[(c.title, c.text) for c in found] for found in read_contexts]
+        if weights is not None:
+            return list(vote_answers(backend, questions, passages, weights, max_tokens=opts.max_new_tokens))
+        return [(answer, None) for answer in generate_answers(backend, questions, passages,
+                                                               max_tokens=opts.max_new_tokens)]
     from lmlab.core.retrieval.reader import ReaderConfig, load_reader, read_passages
 
     reader, tokenizer = load_reader(ReaderConfig(model=opts.model), seed=0)
     return read_passages(reader.to(device), tokenizer, questions, [[c.text for c in found] for found in read_contexts],
-                         batch_size=opts.search.batch_size)
+                         batch_size=opts.search.batch_size, weights=weights)
 
 
 def run_answer(opts: AnswerOptions) -> dict[str, Any]:
     if opts.reader not in READERS:
         raise LmlabError(f"Unknown --reader '{opts.reader}'.", hint=f"use one of: {', '.join(READERS)}")
+    if opts.weigh_contexts and opts.rerank is None:
+        raise LmlabError("--weigh-contexts weighs contexts by a reranker's confidence, and no --rerank was given.",
+                         hint="add --rerank last (or a train-reranker run), or drop --weigh-contexts")
     device, dtype = opts.placement.resolve()  # a GPU asked for that is not there is refused before any work
     data = opts.data or str(example("retrieve/dev.jsonl"))
     queries = load_kilt(data)[:opts.limit]
@@ -102,20 +133,23 @@ def run_answer(opts: AnswerOptions) -> dict[str, Any]:
     by_id = contexts(index)
     texts = [q.input for q in queries]
     seconds: dict[str, float] = {}
+    weights = None
     started = time.perf_counter()
     depth = max(opts.top_k, opts.reranking.rerank_depth if opts.rerank else 0)
-    found = candidates(index, opts, options, texts, depth)
+    found = perspectives(index, opts, options, texts, depth)
     seconds["retrieve"] = time.perf_counter() - started
     if opts.rerank is not None:
         started = time.perf_counter()
         settings = opts.reranking
         reranker = open_reranker(opts.rerank, {**asdict(settings), "device": device, "dtype": dtype}, index)
         corpus = index.passage_corpus if index.passage_words else index.corpus
-        found = Reranking.configured(None, reranker, corpus, settings).rerank(texts, found, opts.top_k)
+        reranking = Reranking.configured(None, reranker, corpus, settings)
+        found = reranking.rerank(texts, found, opts.top_k)
+        weights = confidences(reranking, found, opts.top_k, settings.risk) if opts.weigh_contexts else None
         seconds["rerank"] = time.perf_counter() - started
     read_contexts = [[by_id[hit.id] for hit in hits[:opts.top_k]] for hits in found]
     started = time.perf_counter()
-    answers = read(opts, texts, read_contexts, device)
+    answers = read(opts, texts, read_contexts, device, weights)
     seconds["read"] = time.perf_counter() - started
     rows, rankings = [], {}
     for query, contexts_read, (answer, source) in zip(queries, read_contexts, answers, strict=True):

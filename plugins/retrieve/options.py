@@ -164,14 +164,21 @@ class AnswerOptions:
     data: str | None = data_option("KILT-format queries {id, input[, output]}; answers and provenance, where given, "
                                    "are scored (default: the bundled examples/retrieve/dev.jsonl).")
     search: SearchSettings = group(SearchSettings)
-    retriever: str = option("bm25", "What finds the contexts: bm25 or dense (passages on a `--passages` index), "
-                            "generative or generative-rerank (the passages of their titles, filled from bm25 when "
-                            "fewer pages decode), fused, or one a plugin adds.",
-                            flags=("--retriever", "-r"), panel=RETRIEVE, repeatable=True)
+    retriever: list[str] = option(["bm25"], "What finds the contexts (repeatable): bm25 or dense (passages on a "
+                                  "`--passages` index), generative or generative-rerank (the passages of their "
+                                  "titles, filled from bm25 when fewer pages decode), fused, or a plugin's. Several: "
+                                  "each one's contexts, fused by RRF (--rrf-k) before the context reranker (the "
+                                  "Bayesian/XAI paper's multi-perspective retrieval).", flags=("--retriever", "-r"),
+                                  panel=RETRIEVE)
     top_k: int = option(5, "Contexts the reader reads per query (Re3val's reader reads five).", min=1, panel=RETRIEVE)
     rerank: str | None = option(None, "Rerank the gathered contexts with this context reranker before reading: a "
                                 "`retrieve train-reranker` run, a registered reranker, or last.", panel=RERANK)
     reranking: RerankSettings = group(RerankSettings)
+    weigh_contexts: bool = option(False, "With --rerank: weigh each context by the reranker's confidence in it "
+                                  "(P(relevant) − κ·std with --risk): span adds log(confidence) to its spans' "
+                                  "scores; generate answers from each context alone and keeps the answer whose "
+                                  "contexts' confidences sum highest (RAG-Sequence's marginal; --top-k times the "
+                                  "generations).", panel=RERANK)
     reader: str = option("generate", "generate: --model writes the answer from the contexts through --backend; "
                          "span: the extractive reader in --model (a reader `lmlab augment eval` saved, or an encoder) "
                          "cuts the best span out of them.", panel=o.MODEL_AND_DATA)

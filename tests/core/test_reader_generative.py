@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmlab.core.evaluation.backends import BackendOptions, GenerateRequest, load_backend
-from lmlab.core.retrieval.reader import PASSAGE_CHARS, generate_answers, reader_prompt
+from lmlab.core.retrieval.reader import PASSAGE_CHARS, generate_answers, reader_prompt, vote_answers
 
 PASSAGES = [("Eiffel Tower", "The tower  was completed\nin 1889."), ("Paris", "Paris is the capital of France.")]
 
@@ -51,3 +51,23 @@ def test_the_hf_backend_answers_each_question_in_one_line() -> None:
     answers = generate_answers(backend, ["When was the tower completed?", "Capital?"], [PASSAGES, PASSAGES[1:]],
                                max_tokens=6)
     assert len(answers) == 2 and all("\n" not in a for a in answers)
+
+
+class PerPassage:
+    """Answers from the one passage in its prompt: what follows 'answer is' in it."""
+
+    identity = "per-passage"
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[str]]:
+        return [[r.prompt.split("answer is ")[1].split(".")[0] if "answer is " in r.prompt else ""] for r in requests]
+
+
+def test_the_vote_keeps_the_answer_whose_passages_are_most_confidently_relevant() -> None:
+    passages = [("A", "The answer is Lyon."), ("B", "The answer is Paris."), ("C", "The answer is the  paris."),
+                ("D", "Nothing here.")]
+    # Lyon is ranked first but alone (0.5); two passages say Paris once normalised (0.3 + 0.3)
+    assert vote_answers(PerPassage(), ["q"], [passages], [[0.5, 0.3, 0.3, 0.9]]) == [("Paris", 1)]
+    assert vote_answers(PerPassage(), ["q"], [passages], [[0.7, 0.3, 0.3, 0.9]]) == [("Lyon", 0)]
+    # a tie goes to the best-ranked passage; a question whose passages give no answer gets "" from its first
+    assert vote_answers(PerPassage(), ["q", "r"], [passages[:2], passages[3:]], [[0.4, 0.4], [1.0]]) == [
+        ("Lyon", 0), ("", 0)]

@@ -96,3 +96,58 @@ def test_the_bundled_example_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert "dev-001 Which planet is nearest to the Sun?" in printed and "KILT-EM" in printed
     (first, *_) = answers_of(tmp_path / "run")
     assert first["output"][0]["provenance"][0]["title"] == "Sun"  # bm25's best 100-word passage for dev-001
+
+
+def test_several_retrievers_are_fused_by_rrf_before_reading(retrieval_files: dict[str, Path], tmp_path: Path) -> None:
+    """Multi-perspective retrieval: each -r's passages, fused by reciprocal rank fusion, are what the reader reads."""
+    from lmlab.core.retrieval.fusion import reciprocal_rank_fusion
+
+    folder = tmp_path / "two"
+    lmlab(["retrieve", "index", "--data", str(retrieval_files["corpus"]), "-r", "bm25", "-r", "dense",
+           "--passages", "8", "-o", str(folder), "--quiet"])
+    run = tmp_path / "run"
+    lmlab(["retrieve", "answer", "--index", str(folder), "--data", str(retrieval_files["queries"]), "-r", "bm25",
+           "-r", "dense", "--rrf-k", "10", "--model", "tiny-llama", "--max-new-tokens", "2", "--top-k", "3",
+           "-o", str(run), "--quiet"])
+    index = RetrievalIndex.load(folder)
+    queries = [q.input for q in load_kilt(retrieval_files["queries"])]
+    lists = [index.open_passages(name, {}).search(queries, 3) for name in ("bm25", "dense")]
+    changed = 0
+    for row, bm25, dense in zip(answers_of(run), *lists, strict=True):
+        fused = reciprocal_rank_fusion([[(h.id, h.score) for h in bm25], [(h.id, h.score) for h in dense]], k=10)
+        assert row["output"][0]["provenance"] == [index.passages[doc].provenance() for doc, _ in fused[:3]]
+        changed += [doc for doc, _ in fused[:3]] != [h.id for h in bm25]
+    assert changed  # the fusion is not bm25's ranking under another name
+
+
+def test_weighing_contexts_needs_a_reranker(passage_index: Path, capsys: pytest.CaptureFixture) -> None:
+    message = refused(capsys, "retrieve", "answer", "--index", str(passage_index), "--weigh-contexts")
+    assert "--weigh-contexts" in message and "--rerank" in message
+
+
+def test_contexts_weighed_by_the_rerankers_confidence(passage_index: Path, retrieval_files: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    """--weigh-contexts with the generate reader answers from each reranked context alone and votes by the
+    reranker's confidence; the answer comes from one of the contexts read and its provenance puts that one first."""
+    from tests.plugins.rerank.conftest import tiny_encoder
+
+    encoder = tiny_encoder(tmp_path / "cross-encoder")
+    run = tmp_path / "weighed"
+    lmlab(["retrieve", "answer", "--index", str(passage_index), "--data", str(retrieval_files["queries"]),
+           "--rerank", str(encoder), "--weigh-contexts", "--model", "tiny-llama", "--max-new-tokens", "2",
+           "--top-k", "2", "--limit", "3", "-o", str(run), "--quiet"])
+    from lmlab.core.evaluation.backends import BackendOptions, load_backend
+    from lmlab.core.retrieval.reader import generate_answers
+
+    backend = load_backend("hf", BackendOptions(model="tiny-llama", device="cpu", chat_template=True))
+    index = RetrievalIndex.load(passage_index)
+    by_span = {(p.page_id, p.start_paragraph_id, p.start_character): p for p in index.passages.values()}
+    rows = answers_of(run)
+    assert len(rows) == 3
+    for row in rows:
+        (output,) = row["output"]
+        assert len(output["provenance"]) == 2
+        first = output["provenance"][0]
+        passage = by_span[first["wikipedia_id"], first["start_paragraph_id"], first["start_character"]]
+        alone = generate_answers(backend, [row["input"]], [[(passage.title, passage.text)]], max_tokens=2)
+        assert output["answer"] == alone[0]  # the answer is the one its first context gives when read alone

@@ -8,19 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.core.files.records import SkipLog
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.retrieval.embeddings import embedder_path
 from lmlab.core.retrieval.reader import (
-    CUT_OFF,
     NOT_FOUND,
     ReaderConfig,
-    SpanTask,
-    best_span,
-    features,
     load_reader,
     predict,
-    read_passages,
 )
 from lmlab.plugins.augment.command import AugmentEvalOptions
 from lmlab.plugins.augment.evaluate import DUPLICATE, run_eval, show_report, squad_scores
@@ -75,92 +69,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def test_features_map_answer_characters_to_their_tokens(tokenizer) -> None:
-    answers = ["Paris", "1889", "Gustave Eiffel's company", "The Eiffel Tower", "France."]
-    items = [Instance(str(k), "What?", answer, TOWER) for k, answer in enumerate(answers)]
-    skips = SkipLog()
-    feats = features(items, tokenizer, skips=skips)
-    assert skips.total == 0 and [f.row for f in feats] == list(range(len(answers)))
-    for f, answer in zip(feats, answers, strict=True):
-        assert f.context_first <= f.start <= f.end <= f.context_last
-        assert TOWER[f.offsets[f.start][0]:f.offsets[f.end][1]] == answer
-    for f in feats[:2]:  # the uncased tokenizer decodes a plain word back to itself, lower-cased
-        assert tokenizer.decode(f.input_ids[f.start:f.end + 1]) == items[f.row].output.lower()
-
-
-def test_rows_with_the_answer_missing_or_past_the_window_are_skipped_and_counted(tokenizer) -> None:
-    long_context = "Filler words fill the page. " * 20 + "The treasure is buried under the old oak."
-    items = [Instance("kept", "Where is the tower?", "Paris", TOWER),
-             Instance("missing", "Where is the tower?", "Berlin", TOWER),
-             Instance("cut", "Where is the treasure?", "the old oak", long_context),
-             Instance("long question", "why " * 200 + "?", "Paris", TOWER)]
-    skips = SkipLog()
-    feats = features(items, tokenizer, max_length=48, skips=skips)
-    assert [items[f.row].id for f in feats] == ["kept", "long question"]  # a long question is cut, not fatal
-    assert all(len(f.input_ids) <= 48 for f in feats)
-    assert skips.as_dict() == {NOT_FOUND: 1, CUT_OFF: 1}
-
-
-def test_best_span_keeps_start_before_end_within_the_context_and_length() -> None:
-    start = torch.tensor([9.0, 1.0, 0.0, 0.0, 4.0, 0.0])
-    end = torch.tensor([9.0, 0.0, 5.0, 0.0, 0.0, 0.0])
-    # token 0 is not context; the best pair of maxima (start 4, end 2) ends before it starts: (1, 2) scores 1 + 5
-    assert best_span(start, end, 1, 5, max_tokens=30) == (6.0, 1, 2)
-    assert best_span(start, end, 1, 5, max_tokens=1) == (5.0, 2, 2)
-    assert best_span(start, end, 3, 5, max_tokens=30) == (4.0, 4, 4)
-
-
-def test_predict_answers_each_question_with_a_span_of_its_context(tiny_bert: Path, tokenizer) -> None:
-    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=32, max_answer_tokens=3), seed=0)
-    long_context = " ".join(f"word{k}" for k in range(60)) + " The end."
-    items = [Instance("a", "Where?", "Paris", TOWER), Instance("b", "Which word?", "word7", long_context),
-             Instance("c", "When?", "1889", TOWER)]
-    predictions = predict(reader, tok, items, batch_size=2)
-    assert len(predictions) == 3
-    for item, prediction in zip(items, predictions, strict=True):
-        assert prediction and prediction in item.context
-        assert len(tokenizer(prediction, add_special_tokens=False)["input_ids"]) <= 3
-    assert predictions == predict(reader, tok, items, batch_size=1)  # batching and padding change nothing
-
-
-def test_read_passages_answers_from_the_best_scoring_passage(tiny_bert: Path) -> None:
-    """Over several passages the best span of any of them wins (start + end logits compared across passages),
-    and the answer is that passage's own best span."""
-    from lmlab.core.retrieval.reader import _best_spans, _Question
-
-    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert), max_length=48, max_answer_tokens=3), seed=0)
-    passages = [[TOWER, _bio(*PEOPLE[0]), _bio(*PEOPLE[1])], [_bio(*PEOPLE[2])], []]
-    questions = ["When was it completed?", "Where was Chen Wei born?", "Anything?"]
-    answers = read_passages(reader, tok, questions, passages, batch_size=2)
-    for question, texts, (answer, n) in zip(questions[:2], passages, answers, strict=False):
-        scores = [span[0] for span in _best_spans(reader, tok, [_Question(question, t) for t in texts], 4)]
-        assert n == max(range(len(texts)), key=scores.__getitem__)
-        assert answer == predict(reader, tok, [Instance("x", question, "", texts[n])])[0] and answer in texts[n]
-    assert answers[2] == ("", None)
-
-
-def test_loss_is_the_hand_computed_cross_entropy(tiny_bert: Path, tokenizer) -> None:
-    reader, tok = load_reader(ReaderConfig(model=str(tiny_bert)), seed=0)
-    items = [Instance("a", "Where is it?", "Paris", TOWER),
-             Instance("b", "Who built it?", "Gustave", "Built by Gustave.")]
-    feats = features(items, tok)
-    task = SpanTask(feats, pad_id=tok.pad_token_id, seed=0)
-    batch = task.collate([0, 1])
-    assert task.counts(batch) == {"examples": 2.0}
-    loss, metrics = task.loss(reader, batch, {"examples": 2.0})
-    by_hand = []
-    for f in feats:  # each row alone, unpadded: -log softmax at the target, start and end averaged
-        ids = torch.tensor([f.input_ids])
-        start, end = reader(ids, torch.ones_like(ids), torch.tensor([f.token_type_ids]))
-        ce_start = torch.logsumexp(start[0], 0) - start[0, f.start]
-        ce_end = torch.logsumexp(end[0], 0) - end[0, f.end]
-        by_hand.append((ce_start + ce_end) / 2)
-    assert loss.item() == pytest.approx(torch.stack(by_hand).mean().item(), rel=1e-5)
-    half, _ = task.loss(reader, batch, {"examples": 4.0})  # normalised by the global count, not the local one
-    assert half.item() == pytest.approx(loss.item() / 2, rel=1e-6)
-    assert 0.0 <= metrics["span_accuracy"].item() <= 1.0
 
 
 def _options(tmp_path: Path, model: Path, **values) -> AugmentEvalOptions:
