@@ -33,8 +33,8 @@ from lmlab.plugins.retrieve.bm25 import check
 EMBED = "pip install 'lmlab[embed]'"
 SYSTEMS = {"bm25": System("bm25s", "pip install 'lmlab[retrieve]'"),
            "rank-bm25": System("rank_bm25", "pip install rank-bm25"), "dense": System("faiss", EMBED),
-           "fused": System("faiss", EMBED), "decode": System("transformers", "pip install transformers"),
-           "generative": System()}
+           "fused": System("faiss", EMBED), "fused-tuned": System("faiss", EMBED),
+           "decode": System("transformers", "pip install transformers"), "generative": System()}
 
 
 @dataclass
@@ -66,8 +66,9 @@ def _settings(opts: RetrieveBenchOptions) -> dict[str, Any]:
             "decode_queries": min(opts.decode_queries, opts.queries), "stem": True, "rank_bm25_epsilon": 0.0,
             "generative_queries": min(opts.generative_queries, opts.queries), "k": DEPTH,
             "embedder": "all-minilm-l6-v2 (flat)", "fusion": "rrf k 60 and weighted (minmax, equal weights), 100 "
-            "candidates per member", "timing": "queries/s: median of --repeats passes over all queries after a "
-            "warm-up pass (generative: one pass); each pass one search(queries, 10) call"}
+            "candidates per member; *-tuned: the weights (steps of 0.1) with the best R-precision on the first third "
+            "of the queries, reported on the other two thirds", "timing": "queries/s: median of --repeats passes over "
+            "all queries after a warm-up pass (generative: one pass); each pass one search(queries, 10) call"}
 
 
 def _prepare(opts: RetrieveBenchOptions, settings: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -90,6 +91,25 @@ def _finish(settings: dict[str, Any], results: dict[str, dict[str, Any]]) -> Non
 
 
 @dataclass(frozen=True)
+class HeldOut(Ratio):
+    """A tuned fusion's figure over the best of `anchor` ("bm25,dense") on the same held-out queries."""
+
+    def value(self, results: dict[str, dict[str, Any]]) -> float | None:
+        if not ran(ours := results.get(self.ours)):
+            return None
+        anchors = [lookup(ours["same_queries"][name], self.key) for name in self.anchor.split(",")]
+        return ratio(lookup(ours, self.key), max(anchors), self.digits)
+
+
+def _tuned_line(row: str, result: dict[str, Any]) -> str:
+    same = result["same_queries"]
+    shown = ", ".join(f"{name} {weight:g}" for name, weight in result["weights"].items())
+    others = ", ".join(f"{name} {figures['recall@1']:.3f}" for name, figures in same.items())
+    return (f"{row}: weights {shown} chosen on the first {result['dev_queries']} queries; on the other "
+            f"{result['queries']} recall@1 {result['recall@1']:.3f} vs {others}")
+
+
+@dataclass(frozen=True)
 class VsBestSingle(Ratio):
     """`ours` over the best of the systems in `anchor` ("bm25,dense"), when all of them ran."""
 
@@ -107,6 +127,7 @@ def _lines(report: dict[str, Any]) -> list[str]:
         best, fused = max(singles, key=singles.get), results["fused-rrf"]["recall@1"]
         lines.append(f"recall@1: fused (RRF) {fused:.3f} vs the best single retriever ({best}) {singles[best]:.3f}: "
                      f"{fused - singles[best]:+.3f}")
+    lines += [_tuned_line(row, results[row]) for row in ROWS["fused-tuned"] if ran(results.get(row))]
     if "bm25_identical_top10_share" in checks:
         lines.append(agreement_line(checks))
     if "decode_identical" in checks:
@@ -120,11 +141,14 @@ def _lines(report: dict[str, Any]) -> list[str]:
 
 
 BENCHMARK = Benchmark(
-    name="retrieve", doc="Retrieval speed and recall@1/5/10: bm25 vs rank-bm25, dense, fused, and trie-constrained "
-    "decoding vs HF.", options=RetrieveBenchOptions, systems=SYSTEMS, worker="lmlab.plugins.retrieve.bench:run_system",
+    name="retrieve", doc="Retrieval speed and recall@1/5/10: bm25 vs rank-bm25, dense, fused (equal weights, and "
+    "tuned on a dev third), and trie-constrained decoding vs HF.", options=RetrieveBenchOptions, systems=SYSTEMS,
+    worker="lmlab.plugins.retrieve.bench:run_system",
     settings=_settings, prepare=_prepare, finish=_finish, lines=_lines, hoisted=["decode_model", "decode_trie"],
     available=lambda opts: {**SYSTEMS, "generative": System(precondition=lambda: None if opts.generator else (
-        "no --generator (one trained on this corpus: see --export)"))},
+        "no --generator (one trained on this corpus: see --export)")),
+        "fused-tuned": System("faiss", EMBED, lambda: None if opts.queries >= 3 else (
+            "needs --queries 3 or more (the first third is the dev split)"))},
     versions=("torch", "transformers", "sentence-transformers", "faiss-cpu", "bm25s", "rank-bm25"),
     title=lambda s: f"bench retrieve · {s['documents']} pages · {s['queries']} queries · seed {s['seed']} · bm25 "
                     f"{s['bm25_method']}",
@@ -136,6 +160,9 @@ BENCHMARK = Benchmark(
                   target=(">=", 3.0)),
             VsBestSingle("recall@1_fused_vs_best_single", "fused-rrf", "bm25,dense", "recall@1", target=(">=", 1.0)),
             VsBestSingle("recall@1_fused_weighted_vs_best_single", "fused-weighted", "bm25,dense", "recall@1"),
+            HeldOut("recall@1_fused_rrf_tuned_vs_best_single_held_out", "fused-rrf-tuned", "bm25,dense", "recall@1"),
+            HeldOut("recall@1_fused_weighted_tuned_vs_best_single_held_out", "fused-weighted-tuned", "bm25,dense",
+                    "recall@1"),
             Ratio("recall@1_dense_vs_bm25", "dense", "bm25", "recall@1")])
 bench_retrieve = bench_command(BENCHMARK)
 

@@ -42,7 +42,8 @@ def build_index(folder: Path, docs: list[Any], chosen: list[str], settings: dict
                 device: str) -> dict[str, float]:
     """bm25 and dense, as `retrieve index` builds them, where a chosen system needs them (rank-bm25 compares every
     score with bm25's), and their build seconds; dense embeds on the bench's `device` (a worker sees only its own)."""
-    needs = {"bm25": {"bm25", "rank-bm25", "fused", "generative"}, "dense": {"dense", "fused", "generative"}}
+    needs = {"bm25": {"bm25", "rank-bm25", "fused", "fused-tuned", "generative"},
+             "dense": {"dense", "fused", "fused-tuned", "generative"}}
     index = RetrievalIndex.create(folder, Corpus(docs, source=f"bench_corpus(seed={settings['seed']})"))
     seconds = {}
     for name, users in needs.items():

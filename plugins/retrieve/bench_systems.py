@@ -7,12 +7,12 @@ from typing import Any
 
 from lmlab.core.bench import worker as w
 from lmlab.plugins.retrieve.bench_bm25 import Okapi
-from lmlab.plugins.retrieve.fused import open_fused
+from lmlab.plugins.retrieve.fused import open_fused, tuned_fusion
 
 KS, DEPTH = (1, 5, 10), 10
 #: The rows of the report each system gives, where a worker measures two systems side by side.
-ROWS = {"fused": ("fused-rrf", "fused-weighted"), "decode": ("trie-beam", "hf-callback"),
-        "generative": ("generative", "fused+generative")}
+ROWS = {"fused": ("fused-rrf", "fused-weighted"), "fused-tuned": ("fused-rrf-tuned", "fused-weighted-tuned"),
+        "decode": ("trie-beam", "hf-callback"), "generative": ("generative", "fused+generative")}
 Figures = dict[str, Any]
 
 
@@ -63,6 +63,30 @@ def fused(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[A
         retriever = open_fused(index, {"fuse": ["bm25", "dense"], "fusion": fusion})
         rows[row] = {**timed(index, retriever, queries, settings, device)[0], "fusion": fusion,
                      "members": "bm25 + dense"}
+    return {"rows": rows}
+
+
+def dev_split(queries: list[Any]) -> tuple[list[Any], list[Any]]:
+    """The first third of the queries (a dev split the weights are tuned on) and the others (reported on)."""
+    return queries[:len(queries) // 3], queries[len(queries) // 3:]
+
+
+def fused_tuned(settings: dict[str, Any], index: Any, docs: list[Any], queries: list[Any], device: Any) -> Figures:
+    """bm25 + dense fused with the weights that rank the dev split best (`tuned_fusion`, as --tune-weights chooses
+    them), reported on the held-out queries beside the members and the equal-weight fusion on the same queries."""
+    dev, held_out = dev_split(queries)
+    texts, names = [q.input for q in held_out], ["bm25", "dense"]
+    members = {name: index.open(name, {}) for name in names}
+    rows = {}
+    for row, fusion in zip(ROWS["fused-tuned"], ("rrf", "weighted"), strict=True):
+        tuned = tuned_fusion(members, fusion, 60.0, 100, dev, f"the first {len(dev)} bench queries")
+        equal = open_fused(index, {"fuse": names, "fusion": fusion})
+        same = {name: w.ranking_figures(ids(members[name].search(texts, DEPTH)), held_out, KS) for name in names}
+        rows[row] = {**w.ranking_figures(ids(tuned.search(texts, DEPTH)), held_out, KS), "queries": len(held_out),
+                     "dev_queries": len(dev), "fusion": fusion, "members": "bm25 + dense",
+                     "weights": tuned.record()["weights"], "dev_r_precision": round(tuned.tuned["r_precision"], 4),
+                     "same_queries": {**same, f"fused-{fusion}": w.ranking_figures(ids(equal.search(texts, DEPTH)),
+                                                                                  held_out, KS)}}
     return {"rows": rows}
 
 

@@ -75,6 +75,8 @@ def run_eval(opts: EvalOptions) -> dict[str, Any]:
         rankings[name] = {q.id: [hit.id for hit in hits] for q, hits in zip(queries, ranked, strict=True)}
         results[name] = {**retrieval_metrics(rankings[name], queries, opts.ks),
                          "queries_per_s": round(len(queries) / seconds, 2) if seconds else None}
+        if name == "fused":  # its weights, and how --tune-weights chose them
+            results[name].update(retriever.record())
         log(f"{name}: R-precision {results[name]['r_precision']:.3f}, "
             + ", ".join(f"recall@{k} {results[name][f'recall@{k}']:.3f}" for k in opts.ks))
     names = list(rankings)

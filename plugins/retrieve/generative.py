@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,12 @@ def title_ids(tokenizer: Any, titles: Sequence[str]) -> list[list[int]]:
     """Each title's tokens after the prompt, ending with EOS (what the trie holds and the generator learns)."""
     eos = tokenizer.eos_token_id
     return [ids + [eos] for ids in tokenizer([f" {t}" for t in titles], add_special_tokens=False).input_ids]
+
+
+def corpus_title_tokens(tokenizer: Any, corpus: Corpus) -> dict[str, tuple[int, ...]]:
+    """Each page's title tokens with EOS, by page id."""
+    titles = [d.title for d in corpus.documents]
+    return {d.id: tuple(ids) for d, ids in zip(corpus.documents, title_ids(tokenizer, titles), strict=True)}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -166,10 +173,8 @@ class GenerativeRetriever:
         model, self.tokenizer = load_model(generator_folder(generator))
         self.model = place(model, device, dtype)
         self.num_beams, self.batch_size = num_beams, batch_size
-        titles = [d.title for d in index.corpus.documents]
         self.trie = index_trie(index, self.tokenizer).to(self.model.device)  # moved once, not per search
-        self.title_tokens = {index.corpus.by_title[t].id: tuple(ids) for ids, t in
-                             zip(title_ids(self.tokenizer, titles), titles, strict=True)}
+        self.title_tokens = corpus_title_tokens(self.tokenizer, index.corpus)
         self.by_tokens = {ids[:-1]: page for page, ids in self.title_tokens.items()}
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
@@ -183,26 +188,37 @@ class GenerativeRetriever:
         return [[Ranked(self.by_tokens[h.tokens], h.score) for h in hyps[:k]] for hyps in found]
 
 
+@dataclass(frozen=True)
+class TitleScorer:
+    """What scores log p(title | dense contexts, query): the generator itself (same-generator rescoring) or a title
+    reranker trained apart (`retrieve train --role title-reranker`), with its own tokenizer's title tokens."""
+
+    model: Any
+    tokenizer: Any
+    title_tokens: dict[str, tuple[int, ...]]  # page id -> the title's tokens with EOS
+
+
 class RerankedGenerative:
-    """Generative retrieval's candidates, reordered by log p(title | dense contexts, query)."""
+    """Generative retrieval's candidates, reordered by a `TitleScorer`'s log p(title | dense contexts, query)."""
 
     def __init__(self, generative: GenerativeRetriever, dense: Retriever, index: RetrievalIndex, contexts: int,
-                 batch_size: int) -> None:
+                 batch_size: int, scorer: TitleScorer | None = None) -> None:
         self.generative, self.dense, self.corpus = generative, dense, index.corpus
         self.contexts, self.batch_size = contexts, batch_size
+        self.scorer = scorer or TitleScorer(generative.model, generative.tokenizer, generative.title_tokens)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Ranked]]:
         candidates = self.generative.search(queries, k)
         found = self.dense.search(queries, self.contexts)
         contexts = [[(self.corpus.by_id[h.id].title, self.corpus.by_id[h.id].text) for h in hits] for hits in found]
-        tokenizer = self.generative.tokenizer
-        prompts = context_prompt_ids(tokenizer, queries, contexts, MAX_PROMPT_TOKENS)
+        scorer = self.scorer
+        prompts = context_prompt_ids(scorer.tokenizer, queries, contexts, MAX_PROMPT_TOKENS)
         out = []
         for start in range(0, len(queries), self.batch_size):
             part = candidates[start:start + self.batch_size]
-            scores = shared_prompt_logprobs(self.generative.model, prompts[start:start + self.batch_size],
-                                            [[self.generative.title_tokens[h.id] for h in hits] for hits in part],
-                                            tokenizer.pad_token_id)
+            scores = shared_prompt_logprobs(scorer.model, prompts[start:start + self.batch_size],
+                                            [[scorer.title_tokens[h.id] for h in hits] for hits in part],
+                                            scorer.tokenizer.pad_token_id)
             out += [sorted((Ranked(h.id, s) for h, s in zip(hits, row, strict=True)), key=lambda r: -r.score)
                     for hits, row in zip(part, scores, strict=True)]
         return out
@@ -218,13 +234,23 @@ def open_generative(index: RetrievalIndex, options: dict[str, Any]) -> Generativ
 
 
 def open_reranked(index: RetrievalIndex, options: dict[str, Any]) -> RerankedGenerative:
-    # contexts per reranking prompt: --rerank-contexts, else what the generator was trained with
-    contexts = int(options.get("rerank_contexts") or index.built.get("generative", {}).get("contexts") or 0)
+    """The generator's titles rescored by --title-reranker, else the index's recorded title reranker, else the
+    generator itself; contexts per prompt: --rerank-contexts, else what the rescoring model was trained with."""
+    recorded = index.built.get("generative", {})
+    reranker = options.get("title_reranker") or recorded.get("title_reranker")
+    trained_with = recorded.get("title_reranker_contexts" if reranker else "contexts")
+    contexts = int(options.get("rerank_contexts") or trained_with or 0)
     if contexts < 1:
-        raise LmlabError("generative-rerank needs a generator trained with contexts, or --rerank-contexts N.",
+        raise LmlabError("generative-rerank needs a generator (or title reranker) trained with contexts, or "
+                         "--rerank-contexts N.",
                          hint=f"train with `lmlab retrieve train --contexts 3 --index {index.folder}`")
-    return RerankedGenerative(index.open("generative", options), index.open("dense", options), index, contexts,
-                              int(options.get("batch_size", 16)))
+    generative = index.open("generative", options)
+    scorer = None
+    if reranker:
+        model, tokenizer = load_model(generator_folder(reranker))
+        scorer = TitleScorer(place(model, *placement(options)), tokenizer, corpus_title_tokens(tokenizer, index.corpus))
+    return RerankedGenerative(generative, index.open("dense", options), index, contexts,
+                              int(options.get("batch_size", 16)), scorer)
 
 
 def record_generator(index: RetrievalIndex, model_dir: Path, contexts: int) -> None:

@@ -55,12 +55,20 @@ class SearchSettings:
                             "many titles).", min=1, panel=RETRIEVE)
     rerank_contexts: int = option(0, "generative-rerank: dense contexts per reranking prompt (default: what the "
                                   "generator was trained with, --contexts).", min=0, panel=RETRIEVE)
+    title_reranker: str | None = option(None, "generative-rerank: the model that rescores the generator's titles "
+                                        "given the dense contexts (a `retrieve train --role title-reranker` run; "
+                                        "default: the one last trained on this index, else the generator itself).",
+                                        panel=o.MODEL_AND_DATA)
     fuse: list[str] = option([], "fused: the retrievers to fuse (repeatable; default: every one built, generative "
                              "when a generator is known).", panel=RETRIEVE)
     fusion: str = option("rrf", "fused: rrf (reciprocal rank fusion) or weighted (a weighted sum of min-max "
                          "normalised scores).", panel=RETRIEVE)
     weights: list[float] = option([], "fused: one weight per fused retriever, in --fuse order (default: equal).",
                                   panel=RETRIEVE)
+    tune_weights: str | None = option(None, "fused: choose the weights on these KILT queries (a dev split, not the "
+                                      "queries you report on): the best mean R-precision over steps of 0.1, so "
+                                      "never below the best member alone there; instead of --weights.",
+                                      panel=RETRIEVE)
     rrf_k: float = option(60.0, "fused: the k of RRF, score = sum of w / (k + rank).", min=0.0, panel=RETRIEVE)
     depth: int = option(100, "fused: candidates taken from each retriever before fusing; eval: the least depth a "
                         "ranking is scored at (KILT asks for more when evidence sets have several pages).", min=1,
@@ -133,8 +141,13 @@ class RetrieveTrainOptions(TrainOptions):
                             "training over the beam).")
     samples: int = option(4, "reinforce --estimator sample: titles sampled per query.", min=1)
     num_beams: int = option(4, "reinforce --estimator beam: titles decoded per query.", min=1)
-    reward: str = option("match", "reinforce: match (1 if the title is in a gold evidence set, else 0) or rank "
-                         "(--estimator beam: 1 / beam rank of a gold title, 0 otherwise).")
+    reward: str = option("match", "reinforce: match (1 if the title is in a gold evidence set, else 0), rank "
+                         "(--estimator beam: 1 / beam rank of a gold title, 0 otherwise) or reader (the best F1 "
+                         "against the query's gold answers of the span --reader-model reads from the title's page).")
+    reader_model: str | None = option(None, "reinforce --reward reader: the extractive reader (a folder `lmlab "
+                                      "augment eval` saved, or an encoder folder) that reads each title's page: its "
+                                      "text, or on a --passages index the 5 passages of it that bm25 ranks best for "
+                                      "the query (its first 5 without bm25).", panel=o.MODEL_AND_DATA)
     baseline: str = option("mean", "reinforce: mean (the mean reward of the query's other samples, or with "
                            "--estimator beam of its decoded titles), ema (a moving average over steps) or none.")
     ema: float = option(0.9, "reinforce: decay of the ema baseline.", min=0.0, max=1.0)

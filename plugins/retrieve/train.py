@@ -3,22 +3,26 @@ for `retrieve search` and `eval`. `title-gen`: GENRE's cross-entropy of the gold
 Re3val's ∇J = E[(R(ŷ) − b) ∇ log π(ŷ|x)], R and b options. `--estimator sample` (the default) is that estimator:
 titles ŷ drawn from π, the generator restricted to the trie, and log π their trie-normalised log-probability;
 `--estimator beam` weighs the titles the beam search decodes instead: minimum-risk training over the beam, a biased
-estimate. Neither the `ema` baseline nor the sampler's generator is checkpointed: after --resume the baseline restarts
-from the next batch's mean and the draws from --seed."""
+estimate. `--reward reader` rewards a title by how well an extractive reader answers from its page (`ReaderReward`),
+not only by whether it is gold. Neither the `ema` baseline, the sampler's generator nor the reader's reward cache is
+checkpointed: after --resume the baseline restarts from the next batch's mean and the draws from --seed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from lmlab.core.commands.devices import model_device
+from lmlab.core.evaluation.answers import best_over_golds, f1
 from lmlab.core.files.records import SkipLog, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.models.loading import load_model, save_model
 from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
+from lmlab.core.retrieval.reader import ReaderConfig, load_reader, read_passages
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 from lmlab.core.training.logprobs import TokenLogprobModel
 from lmlab.core.training.trainer import Trainer, length_grouped_batches
@@ -36,22 +40,39 @@ from lmlab.plugins.retrieve.generative import (
 from lmlab.plugins.retrieve.options import RetrieveTrainOptions
 
 METHODS = ("title-gen", "reinforce")
-REWARDS = ("match", "rank")
+REWARDS = ("match", "rank", "reader")
 BASELINES = ("mean", "ema", "none")
 ESTIMATORS = ("sample", "beam")
+READ_PASSAGES = 5  # passages of a page the reader reward reads (Re3val's reader reads five contexts)
+READER_BATCH = 32  # (question, context window) rows per reader forward pass
+
+
+class Target(NamedTuple):
+    """A query and one of its gold pages, with every gold page of the query; KILT queries also carry their id and
+    gold answers (what `--reward reader` scores the reader's span against)."""
+
+    query: str
+    page: str
+    gold: frozenset[str]
+    id: str = ""
+    answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One training query: its prompt tokens, the gold title tokens (with EOS) and the gold page ids."""
+    """One training query: its prompt tokens, the gold title tokens (with EOS) and the gold page ids; for the reader
+    reward also the query's id, text and gold answers."""
 
     prompt: tuple[int, ...]
     title: tuple[int, ...]
     gold: frozenset[str]
+    query_id: str = ""
+    question: str = ""
+    answers: tuple[str, ...] = ()
 
 
-def kilt_targets(queries: list[KiltQuery], corpus: Corpus, skips: SkipLog) -> list[tuple[str, str, frozenset[str]]]:
-    """(query, gold page id, every gold page id) for each distinct gold page of each query."""
+def kilt_targets(queries: list[KiltQuery], corpus: Corpus, skips: SkipLog) -> list[Target]:
+    """A target for each distinct gold page of each query."""
     out = []
     for query in queries:
         gold = frozenset(page for pages in query.evidence for page in pages)
@@ -60,11 +81,11 @@ def kilt_targets(queries: list[KiltQuery], corpus: Corpus, skips: SkipLog) -> li
             skips.add("no provenance")
         elif not known:
             skips.add("provenance not in the index's corpus")
-        out += [(query.input, page, gold) for page in known]
+        out += [Target(query.input, page, gold, query.id, query.answers) for page in known]
     return out
 
 
-def question_targets(path: str, corpus: Corpus) -> list[tuple[str, str, frozenset[str]]]:
+def question_targets(path: str, corpus: Corpus) -> list[Target]:
     """Pairs from `retrieve questions` (or any rows with `input` and a `title` or `wikipedia_id` of the corpus)."""
     out = []
     for record in load_records(path, required=("input",)):
@@ -79,7 +100,7 @@ def question_targets(path: str, corpus: Corpus) -> list[tuple[str, str, frozense
                 raise DataError(f"'{title}' is not a title of the index's corpus", path=record.path,
                                 line=record.line, field="title", hint="generate the questions from this index")
             page = corpus.by_title[title].id
-        out.append((record.get("input", str), page, frozenset([page])))
+        out.append(Target(record.get("input", str), page, frozenset([page])))
     return out
 
 
@@ -133,14 +154,83 @@ def leave_one_out(reward: torch.Tensor) -> torch.Tensor:
     return (reward.sum(-1, keepdim=True) - reward) / (reward.shape[-1] - 1)
 
 
+class PageContexts:
+    """What the reader reads of a page for a query: its text; on a passage index (`--passages`) its passages, at
+    most READ_PASSAGES of them: those the index's bm25 scores highest for the query (the scores `retrieve search -r
+    bm25` ranks by), ties in page order; the page's first ones when the index has no bm25."""
+
+    def __init__(self, index: RetrievalIndex) -> None:
+        self.index = index
+        self.of_page: dict[str, list[str]] = {}
+        for passage in index.passages.values():
+            self.of_page.setdefault(passage.page_id, []).append(passage.id)
+        long = any(len(ids) > READ_PASSAGES for ids in self.of_page.values())
+        self.bm25 = index.open_passages("bm25", {}) if long and "bm25" in index.built else None
+        self.row = {pid: n for n, pid in enumerate(self.bm25.ids)} if self.bm25 is not None else {}
+
+    def __call__(self, query: str, pages: Sequence[str]) -> list[list[str]]:
+        if not self.index.passage_words:
+            return [[self.index.corpus.by_id[page].text] for page in pages]
+        ranked = [self.of_page[page] for page in pages]
+        if self.bm25 is not None and any(len(ids) > READ_PASSAGES for ids in ranked):
+            from lmlab.plugins.retrieve.bm25 import tokenize
+
+            bm25 = self.bm25.model
+            scores = bm25.get_scores_from_ids(bm25.get_tokens_ids(tokenize([query], self.bm25.settings["stem"],
+                                                                           ids=False)[0]))
+            ranked = [sorted(ids, key=lambda pid: -scores[self.row[pid]]) for ids in ranked]  # stable: page order
+        return [[self.index.passages[pid].text for pid in ids[:READ_PASSAGES]] for ids in ranked]
+
+
+class ReaderReward:
+    """`--reward reader`: R(ŷ) = max_a F1(span, a) over the query's gold answers a (SQuAD-normalised,
+    core/evaluation/answers.py), the span being what the extractive reader cuts out of ŷ's page (`contexts`, e.g.
+    PageContexts). Each step reads its distinct (query, page) pairs not read before in one batched call, on the
+    reader's device without gradients; rewards are cached per (query id, page id), as the policy keeps drawing the
+    same titles."""
+
+    def __init__(self, reader: torch.nn.Module, tokenizer: Any,
+                 contexts: Callable[[str, Sequence[str]], list[list[str]]], batch_size: int = READER_BATCH) -> None:
+        self.reader = reader.eval().requires_grad_(False)
+        self.tokenizer, self.contexts, self.batch_size = tokenizer, contexts, batch_size
+        self.device: torch.device | None = None
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def to(self, device: torch.device) -> ReaderReward:
+        if device != self.device:
+            self.reader.to(device)
+            self.device = device
+        return self
+
+    def __call__(self, pairs: Sequence[Pair], pages: Sequence[Sequence[str | None]]) -> list[list[float]]:
+        """Each query's rewards for its titles' pages (None: a title of no page, reward 0)."""
+        todo: dict[str, tuple[Pair, dict[str, None]]] = {}
+        for pair, found in zip(pairs, pages, strict=True):
+            for page in found:
+                if page is not None and (pair.query_id, page) not in self.cache:
+                    todo.setdefault(pair.query_id, (pair, {}))[1].setdefault(page)
+        rows = [(pair, page, texts) for pair, wanted in todo.values()
+                for page, texts in zip(wanted, self.contexts(pair.question, list(wanted)), strict=True)]
+        if rows:
+            with torch.no_grad():
+                read = read_passages(self.reader, self.tokenizer, [pair.question for pair, _, _ in rows],
+                                     [texts for _, _, texts in rows], batch_size=self.batch_size)
+            for (pair, page, _), (span, _) in zip(rows, read, strict=True):
+                self.cache[pair.query_id, page] = best_over_golds(f1, span, pair.answers)
+        return [[0.0 if page is None else self.cache[pair.query_id, page] for page in found]
+                for pair, found in zip(pairs, pages, strict=True)]
+
+
 class ReinforceTask:
     """REINFORCE over titles sampled from, or decoded by, the current model under the trie (see the module
     docstring)."""
 
     def __init__(self, pairs: list[Pair], trie: TitleTrie, page_of: dict[tuple[int, ...], str], *, pad_id: int,
                  eos_id: int, num_beams: int, reward: str, baseline: str, ema: float, seed: int,
-                 estimator: str = "beam", samples: int = 4) -> None:
-        self.pairs, self.trie, self.page_of = pairs, trie, page_of
+                 estimator: str = "beam", samples: int = 4, reader: ReaderReward | None = None) -> None:
+        if (reward == "reader") != (reader is not None):
+            raise ValueError("a ReaderReward is what --reward reader scores with, and only it")
+        self.pairs, self.trie, self.page_of, self.reader = pairs, trie, page_of, reader
         self.pad_id, self.eos_id, self.num_beams, self.seed = pad_id, eos_id, num_beams, seed
         self.reward, self.baseline, self.ema = reward, baseline, ema
         self.estimator, self.samples = estimator, samples
@@ -166,11 +256,19 @@ class ReinforceTask:
             return [float(h) for h in hits]
         return [1.0 / rank if h else 0.0 for rank, h in enumerate(hits, 1)]
 
+    def step_rewards(self, pairs: list[Pair], titles: list[list[tuple[int, ...]]]) -> list[list[float]]:
+        """Each query's rewards for its titles (the reader reads the whole step's new pages at once)."""
+        if self.reader is not None:
+            return self.reader(pairs, [[self.page_of.get(t) for t in found] for found in titles])
+        return [self.rewards(found, pair.gold) for pair, found in zip(pairs, titles, strict=True)]
+
     def loss(self, model: torch.nn.Module, batch: dict[str, Any],
              totals: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pairs = [self.pairs[i] for i in batch["index"].tolist()]  # one host read of the step's queries
         lm = getattr(model, "module", model).lm
         self.trie = self.trie.to(lm.device)  # once: a step then searches on the model's device
+        if self.reader is not None:
+            self.reader.to(lm.device)
         loss, mean_reward = (self._sample_loss if self.estimator == "sample" else self._beam_loss)(model, lm, pairs)
         if self.baseline == "ema":
             previous = mean_reward if self.running is None else self.running
@@ -187,8 +285,8 @@ class ReinforceTask:
         drawn = constrained_sample(lm, [list(p.prompt) for p in pairs], self.trie, samples=self.samples,
                                    eos_token_id=self.eos_id, pad_token_id=self.pad_id, generator=self.generator)
         rows = [(pair.prompt, h.tokens + (self.eos_id,)) for pair, hyps in zip(pairs, drawn, strict=True) for h in hyps]
-        reward = torch.tensor([self.rewards([h.tokens for h in hyps], pair.gold)
-                               for pair, hyps in zip(pairs, drawn, strict=True)], device=model_device(model))
+        reward = torch.tensor(self.step_rewards(pairs, [[h.tokens for h in hyps] for hyps in drawn]),
+                              device=model_device(model))
         base = (leave_one_out(reward) if self.baseline == "mean"
                 else torch.full_like(reward, self._baseline(reward.flatten().tolist())))
         logp = constrained_logprobs(model, rows, self.trie, self.pad_id).view(reward.shape)
@@ -204,9 +302,8 @@ class ReinforceTask:
                                               num_beams=self.num_beams, eos_token_id=self.eos_id,
                                               pad_token_id=self.pad_id)
         rows, advantages, rewards = [], [], []
-        for pair, hyps in zip(pairs, decoded, strict=True):
-            titles = [h.tokens for h in hyps]
-            reward = self.rewards(titles, pair.gold)
+        found = [[h.tokens for h in hyps] for hyps in decoded]
+        for pair, titles, reward in zip(pairs, found, self.step_rewards(pairs, found), strict=True):
             rewards += reward
             base = self._baseline(reward)
             rows += [(pair.prompt, t + (self.eos_id,)) for t in titles]
@@ -243,6 +340,15 @@ class RetrieveTrainer(Trainer):
             if self.opts.baseline == "mean" and self.opts.samples < 2:
                 raise LmlabError("--baseline mean with --estimator sample is the mean reward of a query's other "
                                  "samples: it needs --samples 2 or more.", hint="e.g. --samples 4, or --baseline none")
+        if self.opts.method == "reinforce" and self.opts.reward == "reader":
+            if self.opts.reader_model is None:
+                raise LmlabError("--reward reader scores each title by what an extractive reader answers from its "
+                                 "page, and no --reader-model names that reader.",
+                                 hint="pass --reader-model FOLDER (a reader `lmlab augment eval` saved, or an "
+                                      "encoder folder), or use --reward match")
+            if self.opts.questions:
+                raise LmlabError("--reward reader scores the reader's answer against each query's gold answers, and "
+                                 "--questions pairs have none.", hint="drop --questions, or use --reward match")
         if self.opts.method == "reinforce":
             self.plotted = ("loss", "reward")
 
@@ -259,16 +365,18 @@ class RetrieveTrainer(Trainer):
         if not targets:
             raise DataError("no query has a gold page in the index's corpus.", path=self.data,
                             hint="train on queries whose provenance wikipedia_id is a document id of the index")
+        reader = self._reader_reward(targets) if opts.method == "reinforce" and opts.reward == "reader" else None
         with accelerator.main_process_first():
             lm, self.tokenizer = load_model(opts.model, seed=opts.seed, trust_remote_code=False)
-        titles = title_ids(self.tokenizer, [corpus.by_id[page].title for _, page, _ in targets])
+        titles = title_ids(self.tokenizer, [corpus.by_id[t.page].title for t in targets])
         longest = max(len(t) for t in titles)
         if longest >= opts.max_length:
             raise LmlabError(f"--max-length {opts.max_length} leaves no room for the prompt: a title takes "
                              f"{longest} tokens.", hint=f"e.g. --max-length {longest + 64}")
-        prompts = [prompt_ids(self.tokenizer, [q], opts.max_length - len(t))[0]
-                   for (q, _, _), t in zip(targets, titles, strict=True)]
-        pairs = [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
+        prompts = [prompt_ids(self.tokenizer, [target.query], opts.max_length - len(t))[0]
+                   for target, t in zip(targets, titles, strict=True)]
+        pairs = [Pair(tuple(p), tuple(t), target.gold, target.id, target.query, target.answers)
+                 for p, t, target in zip(prompts, titles, targets, strict=True)]
         log(f"{len(pairs)} (query, title) pairs for {len({p.prompt for p in pairs})} queries over {len(corpus)} titles")
         if opts.method == "title-gen" and opts.contexts:
             pairs += self._context_pairs(targets, titles, accelerator.device)
@@ -280,20 +388,34 @@ class RetrieveTrainer(Trainer):
         return TokenLogprobModel(lm), ReinforceTask(
             pairs, index_trie(self.index, self.tokenizer), page_of, pad_id=self.tokenizer.pad_token_id,
             eos_id=self.tokenizer.eos_token_id, num_beams=opts.num_beams, reward=opts.reward, baseline=opts.baseline,
-            ema=opts.ema, seed=opts.seed, estimator=opts.estimator, samples=opts.samples)
+            ema=opts.ema, seed=opts.seed, estimator=opts.estimator, samples=opts.samples, reader=reader)
 
-    def _context_pairs(self, targets: list[tuple[str, str, frozenset[str]]], titles: list[list[int]],
+    def _reader_reward(self, targets: list[Target]) -> ReaderReward:
+        """The reader reward, refused before any model loads when a query has no gold answer to score against."""
+        unanswered = list(dict.fromkeys(t.id for t in targets if not t.answers))
+        if unanswered:
+            queries = len({t.id for t in targets})
+            raise DataError(f"--reward reader scores the reader's span against each query's gold answers, and "
+                            f"{len(unanswered)} of the {queries} queries {'has' if len(unanswered) == 1 else 'have'} "
+                            f"none (first: '{unanswered[0]}').", path=self.data,
+                            hint="give each query an output with an answer, or use --reward match")
+        reader, tokenizer = load_reader(ReaderConfig(model=self.opts.reader_model), seed=self.opts.seed)
+        log(f"--reward reader: the span reader {self.opts.reader_model} reads each title's "
+            + (f"passages (at most {READ_PASSAGES})" if self.index.passage_words else "page"))
+        return ReaderReward(reader, tokenizer, PageContexts(self.index))
+
+    def _context_pairs(self, targets: list[Target], titles: list[list[int]],
                        device: torch.device) -> list[Pair]:
         """The same targets after the query's top `--contexts` dense-retrieved contexts (the reranking prompt),
         the queries embedded on this process's device."""
-        queries = list(dict.fromkeys(q for q, _, _ in targets))
+        queries = list(dict.fromkeys(t.query for t in targets))
         dense = self.index.open("dense", {"device": device})
         found = dict(zip(queries, dense.search(queries, self.opts.contexts), strict=True))
         corpus = self.index.corpus
-        contexts = [[(corpus.by_id[h.id].title, corpus.by_id[h.id].text) for h in found[q]] for q, _, _ in targets]
-        prompts = context_prompt_ids(self.tokenizer, [q for q, _, _ in targets], contexts, MAX_PROMPT_TOKENS)
+        contexts = [[(corpus.by_id[h.id].title, corpus.by_id[h.id].text) for h in found[t.query]] for t in targets]
+        prompts = context_prompt_ids(self.tokenizer, [t.query for t in targets], contexts, MAX_PROMPT_TOKENS)
         log(f"{len(prompts)} more pairs with {self.opts.contexts} dense contexts before the query")
-        return [Pair(tuple(p), tuple(t), gold) for p, t, (_, _, gold) in zip(prompts, titles, targets, strict=True)]
+        return [Pair(tuple(p), tuple(t), target.gold) for p, t, target in zip(prompts, titles, targets, strict=True)]
 
     def summarize(self, result: dict[str, Any], run: Any) -> dict[str, Any]:
         return {"method": self.opts.method, "model_dir": str(run.path / "model"), "index": str(self.index.folder),

@@ -55,14 +55,19 @@ def test_bench_retrieve_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert report["benchmark"] == "retrieve" and report["machine"]["cores"]
     settings, results = report["settings"], report["results"]
     assert settings["documents"] == 100 and settings["queries"] == 20 and settings["bm25_method"] == "robertson"
-    assert set(results) == {"bm25", "rank-bm25", "dense", "fused-rrf", "fused-weighted", "trie-beam", "hf-callback",
-                            "generative"}
+    assert set(results) == {"bm25", "rank-bm25", "dense", "fused-rrf", "fused-weighted", "fused-rrf-tuned",
+                            "fused-weighted-tuned", "trie-beam", "hf-callback", "generative"}
     assert "--generator" in results["generative"]["skipped"]
     for name in ("bm25", "rank-bm25", "dense", "fused-rrf", "fused-weighted"):
         assert results[name]["queries"] == 20 and results[name]["queries_per_s"] > 0
         for k in (1, 5, 10):
             assert 0.0 <= results[name][f"recall@{k}"] <= 1.0
         assert results[name]["recall@1"] <= results[name]["recall@5"] <= results[name]["recall@10"]
+    for name in ("fused-rrf-tuned", "fused-weighted-tuned"):  # tuned on the first 6 queries, reported on the 14 others
+        tuned = results[name]
+        assert tuned["dev_queries"] == 6 and tuned["queries"] == 14 and set(tuned["weights"]) == {"bm25", "dense"}
+        assert sum(tuned["weights"].values()) == pytest.approx(1.0) and 0.0 <= tuned["recall@1"] <= 1.0
+        assert set(tuned["same_queries"]) == {"bm25", "dense", name.removesuffix("-tuned")}
     assert "top10" not in results["bm25"] and "top10" not in results["rank-bm25"]
     checks = settings["checks"]
     assert checks["bm25_same_ranking_up_to_ties_share"] == 1.0 and checks["bm25_max_relative_score_gap"] < 1e-4
@@ -72,7 +77,8 @@ def test_bench_retrieve_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pyt
     assert results["trie-beam"]["identical"] and results["trie-beam"]["queries"] == 3
     assert set(report["ratios"]) == {"queries_per_s_bm25s_vs_rank_bm25", "queries_per_s_constrained_vs_hf_callback",
                                      "recall@1_fused_vs_best_single", "recall@1_fused_weighted_vs_best_single",
-                                     "recall@1_dense_vs_bm25"}
+                                     "recall@1_fused_rrf_tuned_vs_best_single_held_out",
+                                     "recall@1_fused_weighted_tuned_vs_best_single_held_out", "recall@1_dense_vs_bm25"}
     assert all(value > 0 for value in report["ratios"].values())
 
 
