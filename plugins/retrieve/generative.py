@@ -259,3 +259,10 @@ def record_generator(index: RetrievalIndex, model_dir: Path, contexts: int) -> N
     index.built.setdefault("generative", {}).update(generator=str(Path(model_dir).resolve()), contexts=contexts)
     index.write_info()
 
+
+def record_title_reranker(index: RetrievalIndex, model_dir: Path, contexts: int) -> None:
+    """Note a title reranker trained apart (and its contexts per prompt) in index.json, for generative-rerank."""
+    index.built.setdefault("generative", {}).update(title_reranker=str(Path(model_dir).resolve()),
+                                                    title_reranker_contexts=contexts)
+    index.write_info()
+

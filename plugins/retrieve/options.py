@@ -136,6 +136,9 @@ class RetrieveTrainOptions(TrainOptions):
                              panel=o.MODEL_AND_DATA)
     contexts: int = option(0, "title-gen: also learn each title after the query's top N dense-retrieved contexts "
                            "(Re3val's generative reranking prompt, used by -r generative-rerank).", min=0)
+    role: str = option("generator", "What the run is recorded as on the index: generator (what generative "
+                       "retrieval decodes with) or title-reranker (with --contexts: what generative-rerank rescores "
+                       "the generator's titles with, Re3val's page-title reranker trained apart).")
     estimator: str = option("sample", "reinforce: sample (titles drawn from the generator restricted to the trie: "
                             "REINFORCE's unbiased estimator) or beam (the beam search's titles, weighed: minimum-risk "
                             "training over the beam).")

@@ -33,6 +33,7 @@ from lmlab.plugins.retrieve.generative import (
     index_trie,
     prompt_ids,
     record_generator,
+    record_title_reranker,
     sequence_logprobs,
     sequences_batch,
     title_ids,
@@ -43,6 +44,7 @@ METHODS = ("title-gen", "reinforce")
 REWARDS = ("match", "rank", "reader")
 BASELINES = ("mean", "ema", "none")
 ESTIMATORS = ("sample", "beam")
+ROLES = ("generator", "title-reranker")
 READ_PASSAGES = 5  # passages of a page the reader reward reads (Re3val's reader reads five contexts)
 READER_BATCH = 32  # (question, context window) rows per reader forward pass
 
@@ -340,6 +342,11 @@ class RetrieveTrainer(Trainer):
             if self.opts.baseline == "mean" and self.opts.samples < 2:
                 raise LmlabError("--baseline mean with --estimator sample is the mean reward of a query's other "
                                  "samples: it needs --samples 2 or more.", hint="e.g. --samples 4, or --baseline none")
+        if self.opts.role not in ROLES:
+            raise LmlabError(f"Unknown --role '{self.opts.role}'.", hint=f"use one of: {', '.join(ROLES)}")
+        if self.opts.role == "title-reranker" and (self.opts.method != "title-gen" or self.opts.contexts < 1):
+            raise LmlabError("A title reranker scores titles after the query's dense contexts, so it is trained with "
+                             "--method title-gen and --contexts N.", hint="add --contexts 3, or --role generator")
         if self.opts.method == "reinforce" and self.opts.reward == "reader":
             if self.opts.reader_model is None:
                 raise LmlabError("--reward reader scores each title by what an extractive reader answers from its "
@@ -423,8 +430,11 @@ class RetrieveTrainer(Trainer):
 
     def save(self, result: dict[str, Any], run: Any, summary: dict[str, Any]) -> None:
         save_model(run.path / "model", result["model"].lm, self.tokenizer)
-        record_generator(self.index, run.path / "model", self.opts.contexts if self.opts.method == "title-gen" else
-                         self.index.built.get("generative", {}).get("contexts", 0))
+        if self.opts.role == "title-reranker":
+            record_title_reranker(self.index, run.path / "model", self.opts.contexts)
+        else:
+            record_generator(self.index, run.path / "model", self.opts.contexts if self.opts.method == "title-gen"
+                             else self.index.built.get("generative", {}).get("contexts", 0))
 
     def title(self) -> str:
         return f"retrieve train · {self.opts.method} · {self.opts.model}"

@@ -23,7 +23,7 @@ from lmlab.plugins.retrieve.generative import (
     title_ids,
 )
 from lmlab.plugins.retrieve.train import Pair, ReinforceTask
-from tests.conftest import write_jsonl
+from tests.conftest import refused, write_jsonl
 from tests.plugins.retrieve.conftest import DOCS, QUERIES, kilt_rows
 
 
@@ -85,6 +85,37 @@ def test_title_gen_learns_the_titles_and_generative_retrieval_returns_them(own_i
     results = json.loads(capsys.readouterr().out)["results"]
     assert results["generative"]["recall@1"] == 1.0  # it learnt its training queries
     assert results["generative-rerank"]["recall@10"] == results["generative"]["recall@10"]
+
+
+def test_a_title_reranker_trained_apart_rescores_the_generators_titles(own_index: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Re3val's page-title reranker as its own model: recorded apart from the generator, and what generative-rerank
+    scores with (log p(title | its dense contexts, query) under the reranker, not the generator)."""
+    train = write_jsonl(tmp_path / "train.jsonl", kilt_rows([q for q in QUERIES if q[2] and len(q[2]) == 1]))
+    lmlab(["retrieve", "train", "--index", str(own_index), "--data", str(train), "--role", "title-reranker",
+           "--contexts", "2", "--max-steps", "2", "--model", "tiny-llama", "-o", str(tmp_path / "run"), "--quiet"])
+    recorded = json.loads((own_index / "index.json").read_text())["retrievers"]["generative"]
+    assert Path(recorded["title_reranker"]) == (tmp_path / "run" / "model").resolve()
+    assert recorded["title_reranker_contexts"] == 2 and "generator" not in recorded
+    query = QUERIES[1][1]
+    lmlab(["retrieve", "search", "--index", str(own_index), "-r", "generative-rerank", "--generator", "tiny-llama",
+           "--num-beams", "3", "--top-k", "3", "--query", query, "--json"])
+    reranked = json.loads(capsys.readouterr().out)["results"][0]["results"]
+    dense = RetrievalIndex.load(own_index).open("dense", {}).search([query], 2)[0]
+    by_id = {i: (t, x) for i, t, x in DOCS}
+    for name, expect in ((tmp_path / "run" / "model", True), ("tiny-llama", False)):
+        lm, tokenizer = load_model(str(name))
+        prompt = tuple(context_prompt_ids(tokenizer, [query], [[by_id[h.id] for h in dense]], 256)[0])
+        with torch.no_grad():
+            scores = sequence_logprobs(TokenLogprobModel(lm), [(prompt, tuple(title_ids(tokenizer, [h["title"]])[0]))
+                                                               for h in reranked], tokenizer.pad_token_id)
+        close = all(abs(float(s) - h["score"]) < 1e-3 for s, h in zip(scores, reranked, strict=True))
+        assert close == expect  # the reranker's own scores; the untrained generator's differ
+
+
+def test_a_title_reranker_needs_contexts(own_index: Path, capsys: pytest.CaptureFixture) -> None:
+    message = refused(capsys, "retrieve", "train", "--index", str(own_index), "--role", "title-reranker")
+    assert "--contexts" in message
 
 
 def test_a_reinforce_step_raises_the_log_probability_of_the_rewarded_title() -> None:
