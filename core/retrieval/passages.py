@@ -4,7 +4,7 @@ the paragraphs it starts and ends in and the character offsets within them, so t
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,3 +62,21 @@ def split_passages(corpus: Corpus, words: int) -> list[Passage]:
             passages.append(Passage(f"{page.id}-{n}", page.id, page.title, " ".join(w for *_, w in window),
                                     first, last, start, end))
     return passages
+
+
+def passages_of_pages(passages: Iterable[Passage]) -> dict[str, list[Passage]]:
+    """Each page's passages, in page order, by page id."""
+    of_page: dict[str, list[Passage]] = {}
+    for passage in passages:
+        of_page.setdefault(passage.page_id, []).append(passage)
+    return of_page
+
+
+def answer_passages(answers: Sequence[str], passages: Sequence[Passage]) -> list[Passage]:
+    """The passages of a gold page that hold one of the answers as whole words after SQuAD normalisation, else its
+    first passage (a page's lead, where an answer most often stands): the gold contexts of a KILT query."""
+    from lmlab.core.evaluation.answers import normalize_answer
+
+    wanted = [normalize_answer(a) for a in answers if normalize_answer(a)]
+    holding = [p for p in passages if any(f" {a} " in f" {normalize_answer(p.text)} " for a in wanted)]
+    return holding or list(passages[:1])

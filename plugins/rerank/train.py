@@ -5,7 +5,6 @@ averaged (SWA)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,12 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmlab.core.evaluation.answers import normalize_answer
 from lmlab.core.files.atomic import atomic_path
 from lmlab.core.files.records import SkipLog, example, load_records
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
-from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
-from lmlab.core.retrieval.passages import Passage
+from lmlab.core.retrieval.kilt import load_kilt
+from lmlab.core.retrieval.passages import answer_passages, passages_of_pages
 from lmlab.core.retrieval.rerankers import context_of, record_reranker
 from lmlab.core.retrieval.retrievers import RetrievalIndex
 from lmlab.core.training.trainer import Trainer, length_grouped_batches
@@ -39,28 +37,18 @@ class LabelledPair:
     label: int  # 1: a gold page (or a relevant row), 0: a hard negative
 
 
-def gold_passages(query: KiltQuery, passages: Sequence[Passage]) -> list[Passage]:
-    """The passages of a gold page that hold one of the query's answers (after SQuAD normalisation), else its first
-    passage (a page's lead, where an answer most often stands)."""
-    answers = [normalize_answer(a) for a in query.answers if normalize_answer(a)]
-    holding = [p for p in passages if any(f" {a} " in f" {normalize_answer(p.text)} " for a in answers)]
-    return holding or list(passages[:1])
-
-
 def mined_pairs(path: str, index: RetrievalIndex, *, negatives: int, depth: int, retriever: str = "bm25",
                 skips: SkipLog | None = None) -> list[LabelledPair]:
     """Gold contexts and the top `negatives` contexts not from a gold page among the retriever's best `depth`, per
-    KILT query. On a passage index (Re3val's context reranker) the contexts are passages: `gold_passages` of each
-    gold page, and passage hits of other pages as negatives; otherwise whole pages."""
+    KILT query. On a passage index (Re3val's context reranker) the contexts are passages: `answer_passages` of
+    each gold page, and passage hits of other pages as negatives; otherwise whole pages."""
     queries = [q for q in load_kilt(path) if q.evidence]
     skips = skips if skips is not None else SkipLog()
     passage_level = bool(index.passage_words) and index.passage_level(retriever)
     corpus = index.passage_corpus if passage_level else index.corpus
     search = index.open_passages(retriever, {}) if passage_level else index.open(retriever, {})
     found = search.search([q.input for q in queries], depth) if queries else []
-    of_page: dict[str, list[Passage]] = {}
-    for passage in index.passages.values():
-        of_page.setdefault(passage.page_id, []).append(passage)
+    of_page = passages_of_pages(index.passages.values())
     out: list[LabelledPair] = []
     for query, hits in zip(queries, found, strict=True):
         pages = dict.fromkeys(p for evidence in query.evidence for p in evidence)
@@ -68,7 +56,8 @@ def mined_pairs(path: str, index: RetrievalIndex, *, negatives: int, depth: int,
         if not gold:
             skips.add("provenance not in the index's corpus")
             continue
-        positives = [p.id for page in gold for p in gold_passages(query, of_page[page])] if passage_level else gold
+        positives = ([p.id for page in gold for p in answer_passages(query.answers, of_page[page])] if passage_level
+                     else gold)
         out += [LabelledPair(query.id, query.input, context_of(corpus.by_id[doc]), 1) for doc in positives]
         page_of = (lambda doc: index.passages[doc].page_id) if passage_level else (lambda doc: doc)
         hard = [hit.id for hit in hits if page_of(hit.id) not in gold][:negatives]

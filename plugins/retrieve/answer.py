@@ -24,6 +24,7 @@ from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import LmlabError
 from lmlab.core.retrieval.fusion import reciprocal_rank_fusion
 from lmlab.core.retrieval.kilt import downstream_metrics, load_kilt, retrieval_metrics
+from lmlab.core.retrieval.passages import passages_of_pages
 from lmlab.core.retrieval.reader import MIN_WEIGHT
 from lmlab.core.retrieval.rerankers import Reranking, open_reranker
 from lmlab.core.retrieval.retrievers import Ranked, RetrievalIndex
@@ -63,12 +64,10 @@ def candidates(index: RetrievalIndex, retriever: str, opts: AnswerOptions, optio
         filler = index.open("bm25", options).search(texts, 2 * opts.top_k)
         pages = [(found + [hit for hit in extra if hit.id not in {f.id for f in found}])[:opts.top_k]
                  for found, extra in zip(pages, filler, strict=True)]
-    of_page: dict[str, list[str]] = {}
-    for passage in index.passages.values():
-        of_page.setdefault(passage.page_id, []).append(passage.id)
+    of_page = passages_of_pages(index.passages.values())
     ranked = []
     for found in pages:
-        ids = [pid for page in found for pid in of_page.get(page.id, [])]
+        ids = [p.id for page in found for p in of_page.get(page.id, [])]
         ranked.append([Ranked(pid, -float(n)) for n, pid in enumerate(ids)])  # page order, then passage order
     return ranked
 

@@ -22,6 +22,7 @@ from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import DataError, LmlabError
 from lmlab.core.models.loading import load_model, save_model
 from lmlab.core.retrieval.kilt import KiltQuery, load_kilt
+from lmlab.core.retrieval.passages import passages_of_pages
 from lmlab.core.retrieval.reader import ReaderConfig, load_reader, read_passages
 from lmlab.core.retrieval.retrievers import Corpus, RetrievalIndex
 from lmlab.core.training.logprobs import TokenLogprobModel
@@ -163,9 +164,8 @@ class PageContexts:
 
     def __init__(self, index: RetrievalIndex) -> None:
         self.index = index
-        self.of_page: dict[str, list[str]] = {}
-        for passage in index.passages.values():
-            self.of_page.setdefault(passage.page_id, []).append(passage.id)
+        self.of_page = {page: [p.id for p in found]
+                        for page, found in passages_of_pages(index.passages.values()).items()}
         long = any(len(ids) > READ_PASSAGES for ids in self.of_page.values())
         self.bm25 = index.open_passages("bm25", {}) if long and "bm25" in index.built else None
         self.row = {pid: n for n, pid in enumerate(self.bm25.ids)} if self.bm25 is not None else {}
