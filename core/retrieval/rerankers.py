@@ -68,13 +68,15 @@ class RerankSettings:
                          "P(relevant) alone).", min=0.0, panel=RERANK)
     rerank_depth: int = option(20, "Candidates of the retriever rescored per query.", min=1, panel=RERANK)
     explain_weight: float = option(0.0, "λ of the explanation score s = P(relevant) − κ·std + λ·agg(importance) (0: "
-                                   "off; costs --explain-samples reranker passes per candidate).", min=0.0,
-                                   panel=RERANK)
+                                   "off; costs one reranker pass per perturbed context, see --explain-samples, per "
+                                   "candidate).", min=0.0, panel=RERANK)
     explainer: str = option("shap", "Token importances for the explanation score: lime or shap.", panel=RERANK,
                             repeatable=True)
     explain_agg: str = option("max", "How the context's word importances become one number: max, mean, sum, "
                               "mean-abs or top3.", panel=RERANK)
-    explain_samples: int = option(64, "Perturbed contexts scored per explanation.", min=8, panel=RERANK)
+    explain_samples: int = option(64, "Perturbed contexts scored per explanation, at least: more when the words the "
+                                  "reranker reads need them (shap 3/4·words² + 8, lime 4·words + 32), up to 1024.",
+                                  min=8, panel=RERANK)
     explain_depth: int = option(5, "Candidates (the reranker's best) that get the explanation score.", min=1,
                                 panel=RERANK)
     rerank_batch_size: int = option(32, "(query, context) pairs per reranker batch.", min=1, panel=RERANK)

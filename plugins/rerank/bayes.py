@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from lmlab.core.retrieval.retrievers import placement
 
 KIND = "cross-encoder"
 VARIANTS = ("plain", "ensemble", "mc-dropout", "swa")
+WORD_REST = re.compile(r"\S*")  # the rest of a word the token cut falls inside
 
 
 def load_cross_encoder(spec: str, *, seed: int = 0, dropout: float | None = None) -> tuple[Any, Any]:
@@ -107,6 +109,18 @@ class PairScorer:
     def score(self, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
         """Logits of `pairs` on the CPU (one copy), dropout off."""
         return self.device_logits(self.batches(pairs), len(pairs)).cpu()
+
+    def visible(self, query: str, context: str) -> str:
+        """The prefix of `context` the model reads after `tokenize_pairs`' cut, to the end of a word: a word the cut
+        falls inside is kept whole (the model reads its first pieces), so the prefix scores as the whole context
+        does. All of `context` when nothing is cut, or for a slow tokenizer (no offsets to find the cut by)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            return context
+        encoded = self.tokenizer(query, context, truncation=True, max_length=self.max_length,
+                                 return_offsets_mapping=True)
+        ends = [end for (_, end), sequence in zip(encoded["offset_mapping"], encoded.sequence_ids(), strict=True)
+                if sequence == 1]
+        return context[:WORD_REST.match(context, max(ends)).end()] if ends else ""
 
 
 def save_member(folder: Path, model: Any, tokenizer: Any) -> None:
@@ -212,14 +226,24 @@ class BayesianReranker:
         """P(relevant | query, context) as a function of the context alone (what LIME and SHAP perturb)."""
         return lambda contexts: self.samples([(query, c) for c in contexts]).mean(0).numpy()
 
+    def visible(self, query: str, context: str) -> str:
+        """The prefix of `context` the members read (they share one tokenizer and max length)."""
+        return self.scorers[0].visible(query, context)
+
     def explanation_scores(self, query: str, contexts: Sequence[str]) -> list[float]:
-        """agg(importance) of each context's words (the Bayesian/XAI paper's supplementary score)."""
-        from lmlab.plugins.rerank.explain import aggregate, explain
+        """agg(importance) of each context's words (the Bayesian/XAI paper's supplementary score), over the words the
+        model reads, with perturbations enough for their number (`samples_for`)."""
+        from lmlab.plugins.rerank.explain import WORD, aggregate, explain, samples_for
 
         predict = self.probability_fn(query)
-        return [aggregate(explain(predict, context, self.explain.get("explainer", "shap"),
-                                  samples=self.explain.get("explain_samples", 64)).importances,
-                          self.explain.get("explain_agg", "max")) for context in contexts]
+        method = self.explain.get("explainer", "shap")
+        scores = []
+        for context in contexts:
+            seen = self.visible(query, context)
+            samples = samples_for(len(WORD.findall(seen)), method, self.explain.get("explain_samples", 64))
+            scores.append(aggregate(explain(predict, seen, method, samples=samples).importances,
+                                    self.explain.get("explain_agg", "max")))
+        return scores
 
 
 def open_folder(folder: Path | None, options: dict[str, Any]) -> BayesianReranker:

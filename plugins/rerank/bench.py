@@ -47,7 +47,8 @@ class RerankBenchOptions(BenchOptions):
     mc_passes: int = o.option(8, "mc-dropout: stochastic passes T.", min=2, deprecated=("--passes",))
     members: int = o.option(3, "ensemble: members M of the untrained model (seeds 0..M-1).", min=2)
     bayes_pairs: int = o.option(0, "bayes: time the variants on the first N pairs (0: all).", min=0)
-    explain_samples: int = o.option(64, "Masked contexts per explanation.", min=8)
+    explain_samples: int = o.option(64, "Perturbed contexts per explanation, at least (more for longer contexts, "
+                                    "as the commands' --explain-samples).", min=8)
     explain_pairs: int = o.option(8, "Pairs explained (the first N), per explainer.", min=1)
     seed: int = 0
 

@@ -48,29 +48,34 @@ def bayes(settings: dict[str, Any]) -> dict[str, Any]:
 def explain(settings: dict[str, Any]) -> dict[str, Any]:
     """LIME and SHAP explanations of the plain reranker's P(relevant) for the first --explain-pairs pairs."""
     from lmlab.plugins.rerank.bayes import BayesianReranker
+    from lmlab.plugins.rerank.explain import WORD, samples_for
     from lmlab.plugins.rerank.explain import explain as explain_one
 
     device = w.worker_device(settings)
     chosen = read_pairs(settings)[:settings["explain_pairs"]]
     reranker = BayesianReranker([load_scorer(settings["member_folders"][0], settings)], "plain")
     scored: list[int] = []
+    asked: list[int] = []
 
     def run(query: str, context: str, method: str) -> None:
-        predict = reranker.probability_fn(query)
-        explain_one(lambda contexts: scored.append(len(contexts)) or predict(contexts), context, method,
-                    samples=settings["explain_samples"], seed=settings["seed"])
+        """As the explanation score explains: what the reranker sees of the context, samples scaled to its words."""
+        predict, seen = reranker.probability_fn(query), reranker.visible(query, context)
+        asked.append(samples_for(len(WORD.findall(seen)), method, settings["explain_samples"]))
+        explain_one(lambda contexts: scored.append(len(contexts)) or predict(contexts), seen, method,
+                    samples=asked[-1], seed=settings["seed"])
 
     rows = {}
     for method in ("lime", "shap"):
         run(*chosen[0], method)
         scored.clear()  # the warm-up explanation (imports, kernels) is not timed
+        asked.clear()
         start = w.clock(device)
         for query, context in chosen:
             run(query, context, method)
         seconds = w.clock(device) - start
         rows[f"explain-{method}"] = {"explanations_per_s": round(len(chosen) / seconds, 3),
                                      "seconds": round(seconds, 4), "explanations": len(chosen),
-                                     "samples": settings["explain_samples"],
+                                     "samples_per_explanation": round(sum(asked) / len(chosen), 1),
                                      "texts_scored_per_explanation": round(sum(scored) / len(chosen), 1),
                                      "model_calls_per_explanation": round(len(scored) / len(chosen), 1)}
     return {"rows": rows}
@@ -121,8 +126,9 @@ def variant_lines(report: dict[str, Any]) -> list[str]:
     explained = {method: results[f"explain-{method}"] for method in ("lime", "shap")
                  if ran(results.get(f"explain-{method}"))}
     if explained:
-        lines.append(f"explanations ({settings['explain_samples']} samples): " + ", ".join(
-            f"{method} scores {r['texts_scored_per_explanation']:.0f} contexts per explanation in "
+        lines.append(f"explanations (at least {settings['explain_samples']} samples): " + ", ".join(
+            f"{method} asks {r['samples_per_explanation']:.0f} samples and scores "
+            f"{r['texts_scored_per_explanation']:.0f} contexts per explanation in "
             f"{r['model_calls_per_explanation']:.0f} calls" for method, r in explained.items()))
     if not settings["trained"]:
         lines.append(f"[dim]the reranker is untrained ({ENCODER} with a new head, seed 0): speed and score equality "

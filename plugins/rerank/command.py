@@ -115,7 +115,9 @@ class ExplainOptions:
     explainer: list[str] = o.option(["lime", "shap"], "Explainers (repeatable): lime, shap.", deprecated=("--method",))
     variant: str = o.option("plain", "The reranker variant explained (plain is one deterministic pass).",
                             repeatable=True)
-    explain_samples: int = o.option(200, "Perturbed contexts scored per explanation.", min=8, deprecated=("--samples",))
+    explain_samples: int = o.option(200, "Perturbed contexts scored per explanation, at least: more when the words "
+                                    "the reranker reads need them (shap 3/4·words² + 8, lime 4·words + 32), up to "
+                                    "1024.", min=8, deprecated=("--samples",))
     top: int = o.option(10, "Words listed per explainer.", min=1)
     seed: int = o.option(0, "Seed of the perturbations.")
     output_dir: Path | None = o.output_dir_option("Folder for explanation.json and one HTML view per explainer "
@@ -159,7 +161,9 @@ def show_explain(summary: dict[str, Any]) -> None:
     for method, found in summary["methods"].items():
         err.rule(f"{method} · {found['seconds']} s")
         err.print(rich_text(Explanation(method, found["words"], found["importances"], found["probability"],
-                                        found["base"])))
+                                        found["base"], found.get("unseen_words", 0))))
+        if found.get("unseen_words"):
+            err.print(f"{found['unseen_words']} words past the reranker's token cut (grey): not read, importance 0")
         err.print("top words: " + ", ".join(f"{w} ({v:+.3f})" for w, v in found["top"]))
         err.print(f"view: {found['html']}")
     err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")

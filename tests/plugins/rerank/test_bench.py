@@ -66,7 +66,8 @@ def test_bench_rerank_json_report(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert mc["per_pass_vs_one_pass"] == pytest.approx(mc["vs_one_pass"] / 2, abs=1e-3)
     for method in ("lime", "shap"):
         figures = results[f"explain-{method}"]
-        assert figures["explanations"] == 1 and figures["samples"] == 16 and figures["explanations_per_s"] > 0
+        assert figures["explanations"] == 1 and figures["explanations_per_s"] > 0
+        assert figures["samples_per_explanation"] >= 16  # --explain-samples is a floor
         assert figures["texts_scored_per_explanation"] >= 2  # at least the context and the empty one
 
 

@@ -140,8 +140,9 @@ def test_eval_reports_the_ablation(trained: dict[str, Any], rerank_files: dict[s
                                    capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = lmlab("retrieve", "eval", "--index", str(rerank_files["index"]), "--data",
                          str(rerank_files["heldout"]), "-r", "bm25", "--rerank", "last", "--mc-passes", "2",
-                         "--rerank-depth", "4", "--explain-weight", "0.1", "--explain-samples", "16",
-                         "--explain-depth", "2", "-o", str(tmp_path / "ev"), "--json", capsys=capsys)
+                         "--rerank-depth", "4", "--explain-weight", "0.1", "--explainer", "lime",
+                         "--explain-samples", "16", "--explain-depth", "2", "-o", str(tmp_path / "ev"), "--json",
+                         capsys=capsys)
     assert code == 0
     results = json_of(out)["results"]
     assert list(results) == ["bm25", "bm25 + plain", "bm25 + ensemble", "bm25 + mc-dropout", "bm25 + swa",
