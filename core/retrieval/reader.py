@@ -99,9 +99,12 @@ class SpanReader(nn.Module):
 
 
 def _located(config: ReaderConfig) -> tuple[str, bool]:
-    """(where the model is, whether only the local Hugging Face cache may serve it)."""
+    """(where the model is, whether only the local Hugging Face cache may serve it); a run folder (`retrieve
+    train-reader`, one system of `augment eval`) means its model/ sub-folder."""
     path = embedder_path(config.model)
     folder = Path(path).expanduser()
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
     if folder.exists() and not (folder / "config.json").is_file():
         raise ModelError(f"{config.model}: the folder has no config.json, so it is not a Hugging Face model folder.",
                          hint="pass an encoder folder written by save_pretrained, a Hub id, or all-minilm-l6-v2")

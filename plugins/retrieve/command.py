@@ -19,6 +19,7 @@ from lmlab.plugins.retrieve.options import (
     EvalOptions,
     IndexOptions,
     QuestionOptions,
+    ReaderTrainOptions,
     RetrieveTrainOptions,
     SearchOptions,
 )
@@ -124,6 +125,10 @@ def add_retrieve_commands(app: typer.Typer) -> None:
         RetrieveTrainOptions, "lmlab.plugins.retrieve.train:RetrieveTrainer",
         doc="Train the title generator of generative retrieval (title-gen), or fine-tune it with REINFORCE on "
             "titles decoded under the trie (reinforce)."))
+    app.command("train-reader")(trainer_command(
+        ReaderTrainOptions, "lmlab.plugins.retrieve.reader_train:ReaderTrainer",
+        doc="Train the extractive span reader of `retrieve answer --reader span` on each query's gold contexts "
+            "(the passages of its gold pages that hold the answer)."))
     app.command("questions")(options_command(
         QuestionOptions, lazy("questions", "run_questions"), show=show_questions,
         doc="Write questions about the index's documents with an LLM, as extra training pairs for `retrieve train`."))

@@ -160,6 +160,29 @@ class RetrieveTrainOptions(TrainOptions):
 
 
 @dataclass
+class ReaderTrainOptions(TrainOptions):
+    """Options of `lmlab retrieve train-reader` (the shared training options plus these)."""
+
+    model: str = option("all-minilm-l6-v2", "Encoder of the span reader: all-minilm-l6-v2 (offline), an HF encoder "
+                        "folder, or a saved reader to go on training.", flags=("--model", "-m"),
+                        panel=o.MODEL_AND_DATA)
+    index: Path = option(DEFAULT_INDEX, "The index whose pages (or passages, on a `--passages` index) give each "
+                         "query's gold contexts.", panel=o.MODEL_AND_DATA)
+    eval_data: str | None = option(None, "Held-out KILT queries read from their gold contexts after training: EM "
+                                   "and F1 (default: the bundled examples/retrieve/dev.jsonl; 'none' to skip).",
+                                   panel=o.MODEL_AND_DATA)
+    max_length: int = option(256, "Tokens per (question, context) window; a query whose answer lies past it is "
+                             "skipped and counted.", min=16, panel=o.MODEL_AND_DATA)
+    max_answer_tokens: int = option(30, "Longest predicted answer span, in tokens.", min=1)
+    eval_batch_size: int = option(32, "Windows per batch when predicting on --eval-data.", min=1)
+    max_steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    schedule: str = "linear"
+    warmup_steps: int = 10
+
+
+@dataclass
 class QuestionOptions:
     model: BackendOptions = group(lambda: BackendOptions(batch_size=8))
     backend: str = option("hf", "hf (local transformers) or openai (an OpenAI-compatible server).",
