@@ -70,6 +70,13 @@ def top_label_calibration_error(probs: Sequence[float], labels: Sequence[int | b
     return expected_calibration_error(np.maximum(p, 1.0 - p), ((p >= 0.5) == (y == 1)).astype(int), bins, strategy)
 
 
+def risk_adjusted(probs: np.ndarray, std: np.ndarray, risk: float) -> np.ndarray:
+    """P(relevant) moved toward 1/2 by κ·std without crossing it: the top label's confidence becomes its lower bound
+    max(p, 1 − p) − κ·std (as the risk-aware score P − κ·std ranks), the predicted label unchanged."""
+    shrunk = np.maximum(np.abs(probs - 0.5) - risk * std, 0.0)
+    return 0.5 + np.sign(probs - 0.5) * shrunk
+
+
 def fit_temperature(logits: Sequence[float] | np.ndarray, labels: Sequence[int | bool], *, low: float = 0.05,
                     high: float = 20.0, steps: int = 80) -> float:
     """The temperature T minimising the mean binary cross-entropy of sigmoid(logit / T) on a dev split, by a

@@ -72,10 +72,13 @@ def run_calibrate(opts: CalibrateOptions) -> dict[str, Any]:
         reranker = spec.open(folder, {"variant": variant, "mc_passes": opts.mc_passes,
                                       "rerank_batch_size": opts.batch_size, "device": device, "dtype": dtype})
         logits = _logits(reranker, texts)
-        probs = torch.sigmoid(logits).mean(0).numpy()
-        results[variant] = {**quality(probs[judged], labels[judged], opts.bins),
-                            "mean_uncertainty": float(torch.sigmoid(logits).std(0, unbiased=False).mean())}
+        probs, std = torch.sigmoid(logits).mean(0).numpy(), torch.sigmoid(logits).std(0, unbiased=False).numpy()
+        results[variant] = {**quality(probs[judged], labels[judged], opts.bins), "mean_uncertainty": float(std.mean())}
         curves[variant] = calibration.reliability_bins(probs[judged], labels[judged], opts.bins)
+        if opts.risk > 0 and len(logits) > 1:
+            adjusted = calibration.risk_adjusted(probs, std, opts.risk)[judged]
+            results[variant]["risk_aware"] = {"risk": opts.risk, **quality(adjusted, labels[judged], opts.bins)}
+            curves[f"{variant} · κ={opts.risk:g}"] = calibration.reliability_bins(adjusted, labels[judged], opts.bins)
         if fit is not None:
             z = logits[:, fit].numpy()
             t = calibration.fit_temperature(z[0] if len(z) == 1 else z, labels[fit])

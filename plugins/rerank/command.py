@@ -99,6 +99,8 @@ class CalibrateOptions:
                                      deprecated=("--temperature",))
     fit_fraction: float = o.option(0.5, "Share of the queries the temperature is fitted on.", min=0.05, max=0.95)
     mc_passes: int = o.option(8, "mc-dropout: passes T per pair.", min=1)
+    risk: float = o.option(0.0, "Also judge the risk-aware confidence of each variant that samples: P(relevant) moved "
+                           "toward 1/2 by κ·std (the top label's confidence minus κ·std, as --risk ranks).", min=0.0)
     batch_size: int = o.option(32, "Pairs per reranker batch.", min=1)
     output_dir: Path | None = o.output_dir_option("Run directory for results.json and reliability.png (default: "
                                                   "runs/retrieve-calibrate-<timestamp>).")
@@ -143,6 +145,7 @@ def show_calibrate(summary: dict[str, Any]) -> None:
     keys = ("ece_width", "ece_mass", "top_label_ece_width", "brier", "nll", "accuracy")
     for variant, r in summary["results"].items():
         rows = [(variant, r)] + ([(f"{variant} · T={r['temperature']:.2f}", r["scaled"])] if "scaled" in r else [])
+        rows += [(f"{variant} · κ={r['risk_aware']['risk']:g}", r["risk_aware"])] if "risk_aware" in r else []
         for name, values in rows:
             table.add_row(name, *(f"{values[k]:.4f}" for k in keys),
                           f"{r['mean_uncertainty']:.4f}", style="bold" if name == summary["best"] else None)
