@@ -157,7 +157,10 @@ def run_answer(opts: AnswerOptions) -> dict[str, Any]:
         rows.append({"id": query.id, "input": query.input, "output": [{"answer": answer, "provenance": provenance}]})
         rankings[query.id] = list(dict.fromkeys(p["wikipedia_id"] for p in provenance))
     scored = [q for q in queries if q.answers]
+    ranked = {q.id: list(dict.fromkeys(c.provenance["wikipedia_id"] for c in found))
+              for q, found in zip(queries, read_contexts, strict=True)}
     results = {"retrieval": retrieval_metrics(rankings, queries, sorted({1, opts.top_k})),
+               "contexts": retrieval_metrics(ranked, queries, sorted({1, opts.top_k})),
                "downstream": downstream_metrics({r["id"]: r["output"][0]["answer"] for r in rows}, rankings, scored)
                if scored else None}
     run = RunDir(new_run_path("retrieve-answer", opts.output_dir), checkpoints=False)

@@ -87,13 +87,17 @@ def show_answer(summary: dict[str, Any]) -> None:
     table = Table(title=f"retrieve answer · {summary['queries']} queries · {summary['retriever']}"
                         + (f" + rerank {summary['rerank']}" if summary["rerank"] else "") + f" → {summary['reader']}")
     recall = f"recall@{summary['top_k']}"
-    columns = {"R-prec": retrieval["r_precision"], recall: retrieval[recall],
+    read = summary["contexts"]
+    columns = {"read R@1": read["recall@1"], f"read R@{summary['top_k']}": read[recall],
+               "R-prec": retrieval["r_precision"],
                **{name: downstream.get(key) for name, key in (("EM", "em"), ("F1", "f1"), ("KILT-EM", "kilt_em"),
                                                                ("KILT-F1", "kilt_f1"), ("KILT-AC", "kilt_accuracy"))}}
     for name in columns:
         table.add_column(name, justify="right")
     table.add_row(*("-" if value is None else f"{value:.3f}" for value in columns.values()))
     err.print(table)
+    err.print("[dim]read R@k: recall of the contexts read, in rank order; R-prec: of the answer's provenance (the "
+              "context it came from first), which KILT-EM/F1 require to be right[/dim]")
     err.print(f"run directory: [bold]{summary['run_dir']}[/bold]")
 
 

@@ -50,6 +50,7 @@ def test_generated_answers_carry_provenance_and_kilt_scores(passage_index: Path,
         assert output["provenance"] == [p.provenance() for p in read]  # what bm25 ranked, in its order
     rankings = {r["id"]: list(dict.fromkeys(p["wikipedia_id"] for p in r["output"][0]["provenance"])) for r in rows}
     assert summary["retrieval"] == retrieval_metrics(rankings, queries, (1, 3))
+    assert summary["contexts"] == summary["retrieval"]  # a generated answer's provenance is the contexts in rank order
     answers = {r["id"]: r["output"][0]["answer"] for r in rows}
     assert summary["downstream"] == downstream_metrics(answers, rankings, [q for q in queries if q.answers])
     assert json.loads((run / "results.json").read_text())["downstream"] == summary["downstream"]
