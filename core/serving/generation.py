@@ -265,15 +265,18 @@ def generate_tokens(model: LanguageModel, prompts: Sequence[Sequence[int]], samp
 
 
 @torch.inference_mode()
-def sequence_logprobs(model: LanguageModel, ids: Sequence[int]) -> Tensor:
+def sequence_logprobs(model: LanguageModel, ids: Sequence[int], prompt_len: int | None = None) -> Tensor:
     """[T - 1, V] log-softmax rows: row i is the model's distribution for token i + 1 after ids[:i + 1] (a NaN row
     where the architecture predicts nothing, as the Block Transformer for its first block). Architectures whose
-    forward does not give these directly provide `next_token_logprobs(idx)` with the same meaning."""
+    forward does not give these directly provide `next_token_logprobs(idx, prompt_len)` with the same meaning.
+    `prompt_len`: how many of ids are the prompt, the rest generated after it (None: all of them), for architectures
+    that align a sequence by its prompt, as the Block Transformer's blocks are, so that generated tokens never move
+    the prompt's scores."""
     device = model_device(model)
     idx = to_device([list(ids)], torch.long, device)[:, -model.config.block_size:]
     own = getattr(model, "next_token_logprobs", None)
     if callable(own):
-        return own(idx)
+        return own(idx) if prompt_len is None else own(idx, prompt_len - (len(ids) - idx.size(1)))
     logits, _ = model(idx[:, :-1], idx[:, 1:])
     return logits[0].float().log_softmax(dim=-1)
 

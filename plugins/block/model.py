@@ -164,16 +164,28 @@ class BlockTransformer(nn.Module):
         targets[:, :L - 1] = -1
         return {**batch, "input_ids": idx, "targets": targets}
 
-    def next_token_logprobs(self, idx: Tensor) -> Tensor:
+    def next_token_logprobs(self, idx: Tensor, prompt_len: int | None = None) -> Tensor:
         """[T - 1, V] log-probabilities of each next token of idx [1, T] (core.serving.generation.sequence_logprobs),
-        the sequence left-padded to a block boundary as a prompt is; NaN rows for the tokens of its first block."""
+        aligned into blocks as generation aligns them: the first `prompt_len` tokens (None: all of idx) are the prompt,
+        left-padded so that it ends on a block boundary (prefill), and the tokens after it fill the next blocks
+        (decode). The alignment depends on the prompt alone, so appending tokens never changes an earlier row;
+        `prompt_len` may be 0 or less where a crop dropped the prompt's start. NaN rows for the first block's tokens."""
         L, T = self.block_len, idx.size(1)
-        extra = (-T) % L
+        extra = (-(T if prompt_len is None else prompt_len)) % L
         x = F.pad(idx, (extra, 0), value=PAD_ID)
-        logits, _ = self(x, torch.full_like(x, -1))
-        rows = logits[0, extra:extra + T - 1].float().log_softmax(dim=-1)
-        undefined = torch.arange(extra, extra + T - 1, device=idx.device) < L - 1
-        return rows.masked_fill(undefined[:, None], float("nan"))
+        n = (extra + T - 1) // L  # the blocks before the last token's: the context of every predicted token
+        if n > self.config.block_size // L:
+            raise LmlabError(f"a sequence of {n} blocks before its last token exceeds the model's context of "
+                             f"{self.config.block_size // L} blocks.", hint="score a shorter text or crop it first")
+        undefined = min(T - 1, L - 1 - extra)  # rows whose token lies in block 0
+        rows = torch.full((T - 1, self.config.vocab_size), float("nan"), dtype=torch.float32, device=idx.device)
+        if n:
+            h = self.encode_blocks(x[:, :n * L].view(1, n, L))
+            inputs = F.pad(x[:, L:], (0, (n + 1) * L - x.size(1)), value=PAD_ID).view(1, n, L)[:, :, :L - 1]
+            hidden = self.decode_hidden(h, inputs).flatten(1, 2)  # position L_B-1+j predicts token L_B+j of x
+            start = extra + undefined - (L - 1)
+            rows[undefined:] = self.lm_head(hidden[0, start:start + T - 1 - undefined]).float().log_softmax(dim=-1)
+        return rows
 
     # ---- the generation interface (core.serving.generation) -------------------------------------------------------
 
