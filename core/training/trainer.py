@@ -33,6 +33,7 @@ class Trainer(ABC):
     """A method's trainer: subclass, set `command` and `plotted`, implement `setup`, `summarize` and `save`."""
 
     command: ClassVar[str]  # the command name, also the default run-directory prefix
+    cli_command: ClassVar[str | None] = None  # as typed after `lmlab`, where it is not `command` ("retrieve train")
     plotted: ClassVar[tuple[str, ...]]  # metrics drawn in the plot
     plot_name: ClassVar[str] = "loss.png"
     default_data: ClassVar[str]  # the bundled example (a path under examples/) used when --data is not given
@@ -117,7 +118,7 @@ class Trainer(ABC):
         model, task = self.setup(accelerator)
         run = RunDir(run_path, main=accelerator.is_main_process)
         if not opts.resume:
-            run.write_config(self.run_name(), self.recorded_options(), cli_command=self.command)
+            run.write_config(self.run_name(), self.recorded_options(), cli_command=self.cli_command or self.command)
         self.before_training(run, model, accelerator)
         result = train(model, task, self.train_config(), run, accelerator, resume=opts.resume is not None)
         summary = {"command": self.command, "run_dir": str(run.path), "steps": result["steps"],

@@ -230,6 +230,7 @@ def split_by_query(pairs: list[LabelledPair], share: float, seed: int) -> tuple[
 
 class RerankTrainer(Trainer):
     command = "retrieve-train-reranker"
+    cli_command = "retrieve train-reranker"
     plotted = ("loss", "bce", "listwise")
     default_data = "retrieve/train.jsonl"
     opts: RerankTrainOptions

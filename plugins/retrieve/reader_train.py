@@ -56,6 +56,7 @@ def gold_readings(queries: list[KiltQuery], index: RetrievalIndex, skips: SkipLo
 
 class ReaderTrainer(Trainer):
     command = "retrieve-train-reader"
+    cli_command = "retrieve train-reader"
     plotted = ("loss", "span_accuracy")
     default_data = "retrieve/train.jsonl"
     opts: ReaderTrainOptions

@@ -324,6 +324,7 @@ class ReinforceTask:
 
 class RetrieveTrainer(Trainer):
     command = "retrieve-train"
+    cli_command = "retrieve train"
     plotted = ("loss",)
     default_data = "retrieve/train.jsonl"
     opts: RetrieveTrainOptions

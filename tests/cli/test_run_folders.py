@@ -138,3 +138,30 @@ def test_resume_of_a_damaged_config_is_one_line(tmp_path: Path) -> None:
     result = run_cli("pretrain", "--resume", str(run))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "config.json is damaged" in result.stderr
+
+
+def test_every_trainer_records_the_command_that_resumes_it() -> None:
+    """config.json's cli_command is what `--resume` checks against the command typed: it must be one that exists
+    (a trainer whose run name is "retrieve-train" is typed `lmlab retrieve train`)."""
+    import importlib
+
+    import lmlab.plugins
+    from lmlab.cli.app import build_command
+    from lmlab.core.training.trainer import Trainer
+
+    for source in Path(lmlab.plugins.__file__).parent.rglob("*.py"):  # trainers are imported when their command runs
+        if "(Trainer)" in source.read_text():
+            importlib.import_module(f"lmlab.plugins.{source.parent.name}.{source.stem}")
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    root = build_command()
+    trainers = [t for t in subclasses(Trainer) if "command" in vars(t)]
+    assert {t.command for t in trainers} >= {"train-orpo", "pretrain", "retrieve-train", "retrieve-train-reader"}
+    for trainer in trainers:
+        group = root
+        for word in (trainer.cli_command or trainer.command).split():
+            group = group.get_command(group.context_class(group), word) if hasattr(group, "get_command") else None
+            assert group is not None, f"{trainer.__name__} records `lmlab {trainer.cli_command or trainer.command}`"
+        assert any(p.name == "resume" for p in group.params), trainer.__name__

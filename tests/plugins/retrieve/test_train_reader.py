@@ -68,6 +68,9 @@ def test_the_reported_heldout_scores_are_the_saved_readers(files: dict[str, Path
     for name, metric in (("exact_match", exact_match), ("f1", f1)):
         expected = sum(best_over_golds(metric, a, r.answers) for a, r in zip(answers, readings, strict=True)) / 2
         assert summary["heldout"][name] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(SystemExit) as info:  # the run continues where it stopped
+        main(["retrieve", "train-reader", "--resume", str(run), "--max-steps", "4", "--json"])
+    assert info.value.code == 0 and json.loads(capsys.readouterr().out)["steps"] == 4
 
 
 def test_queries_with_nothing_to_read_are_refused(files: dict[str, Path], tmp_path: Path,
