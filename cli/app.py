@@ -1,4 +1,4 @@
-"""The `lmlab` command: the core's commands (plugins, generate, doctor, demo, eval NAME) plus everything plugins
+"""The `lmlab` command: the core's commands (plugins, generate, serve, doctor, demo, eval NAME) plus everything plugins
 register. An LmlabError prints one red line and its hint and exits 2 (130 when interrupted); anything else prints a
 short trace and exits 1 (`--debug` or LMLAB_DEBUG=1 for the full one)."""
 
@@ -39,6 +39,7 @@ from lmlab.core.kernel.plugins import call_each, left_out_error, left_out_plugin
 from lmlab.core.models.architectures import architectures, attention_types
 from lmlab.core.retrieval.rerankers import rerankers
 from lmlab.core.retrieval.retrievers import retrievers
+from lmlab.core.serving.command import serve_command
 
 # typer >= 0.22 vendors its own copy of click; usage errors and exits may come from either copy.
 _VENDORED = getattr(typer, "_click", None)
@@ -184,6 +185,11 @@ def generate(
                     "tokens": len(done.tokens)})
     else:
         typer.echo(prompt + done.text)
+
+
+app.command("serve")(serve_command)
+app.command("serve-block", help="Another name for `lmlab serve` (its name from when it served only `lmlab pretrain` "
+            "runs).")(serve_command)
 
 
 @app.command("doctor")

@@ -87,7 +87,7 @@ def _own_cpu() -> float:
 def _metrics(url: str) -> dict[str, Any]:
     import httpx
 
-    return httpx.get(f"{url}/metrics", timeout=30).json()
+    return httpx.get(f"{url}/metrics?format=json", timeout=30).json()
 
 
 def measure_level(pid: int, url: str, prompts: list[str], c: int, settings: dict[str, Any]) -> dict[str, Any]:

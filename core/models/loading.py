@@ -54,6 +54,20 @@ def save_model(target: Path, model: Any, tokenizer: Any) -> Path:
     return replace_dir(target, write)
 
 
+def complete_model_folder(folder: Path, tokenizer: Any) -> Path:
+    """Give a model folder lmlab converted its tokenizer (and chat template) when it has none, so that it is a whole
+    HF folder any tool loads alone (lm-evaluation-harness's tokenizer=FOLDER, vLLM, AutoTokenizer): for a folder
+    converted before lmlab wrote the tokenizer at conversion. Each file is renamed in whole, tokenizer_config.json
+    (what this checks for) last."""
+    if (folder / "tokenizer_config.json").is_file():
+        return folder
+    staged = atomic_dir(folder.with_name(f".{folder.name}-tokenizer-{os.getpid()}"), tokenizer.save_pretrained)
+    for file in sorted(staged.iterdir(), key=lambda f: f.name == "tokenizer_config.json"):
+        rename_into_place(file, folder / file.name)
+    shutil.rmtree(staged, ignore_errors=True)
+    return folder
+
+
 def finish_tokenizer(tokenizer: Any) -> Any:
     """Make sure padding works: fall back to EOS as the pad token."""
     if tokenizer.pad_token is None:

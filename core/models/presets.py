@@ -19,7 +19,7 @@ from lmlab.core.files.atomic import atomic_dir
 from lmlab.core.kernel.console import log
 from lmlab.core.kernel.errors import ModelError
 from lmlab.core.kernel.hookspecs import hookimpl
-from lmlab.core.models.loading import ModelAlias, cache_dir
+from lmlab.core.models.loading import ModelAlias, cache_dir, complete_model_folder
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -56,7 +56,7 @@ def _no_gguf_bar() -> Iterator[None]:
 
 def smollm2_135m(seed: int) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     target = cache_dir() / "models" / "smollm2-135m"
     if not target.exists():
@@ -69,9 +69,12 @@ def smollm2_135m(seed: int) -> tuple[Any, Any]:
             model = LlamaForCausalLM(LlamaConfig(**config))
             model.load_state_dict(gguf.state_dict())
             model.save_pretrained(tmp)
+            smollm2_tokenizer().save_pretrained(tmp)  # a whole HF folder: `lmlab serve`'s clients read its tokenizer
 
         atomic_dir(target, write)
-    return LlamaForCausalLM.from_pretrained(str(target), dtype=torch.float32), smollm2_tokenizer()
+    complete_model_folder(target, smollm2_tokenizer())
+    model = LlamaForCausalLM.from_pretrained(str(target), dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(str(target))
 
 
 def tiny_llama(seed: int) -> tuple[Any, Any]:

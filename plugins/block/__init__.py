@@ -1,5 +1,6 @@
-"""The Block Transformer (Ho et al., NeurIPS 2024) as `--arch block` and its options, `lmlab serve-block`, `lmlab bench
-block` and `lmlab bench serve`; trained by the pretrain plugin's `lmlab pretrain` (`LMLAB_PLUGINS=block,pretrain`)."""
+"""The Block Transformer (Ho et al., NeurIPS 2024) as `--arch block` and its options, `lmlab bench block` and `lmlab
+bench serve` (it is served by the core's `lmlab serve`, also called `lmlab serve-block`); trained by the pretrain
+plugin's `lmlab pretrain` (`LMLAB_PLUGINS=block,pretrain`)."""
 
 from __future__ import annotations
 
@@ -67,12 +68,10 @@ def register_architectures(register: Any) -> None:
 
 
 @hookimpl
-def register_commands(app: Any, bench: Any) -> None:
+def register_commands(bench: Any) -> None:
     from lmlab.plugins.block.bench import bench_block
     from lmlab.plugins.block.bench_serve import bench_serve
-    from lmlab.plugins.block.serve import serve_block_command
 
-    app.command("serve-block")(serve_block_command)
     bench.command("block")(bench_block)
     bench.command("serve")(bench_serve)
 

@@ -78,7 +78,7 @@ def _serve_and_ask(model: object, tokenizer: object, max_batch_size: int) -> tup
         with ThreadPoolExecutor(SERVE_REQUESTS) as pool:
             answers = list(pool.map(ask, range(SERVE_REQUESTS)))
         rate = SERVE_REQUESTS / (time.perf_counter() - start)
-        mean_batch = httpx.get(f"{served.url}/metrics").json()["mean_batch_size"]
+        mean_batch = httpx.get(f"{served.url}/metrics?format=json").json()["mean_batch_size"]
     finally:
         served.stop()
     return rate, answers[0], mean_batch

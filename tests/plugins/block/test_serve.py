@@ -105,7 +105,7 @@ def test_concurrent_requests_of_different_lengths_each_get_their_own_answer(serv
     assert answers == alone
     batched = complete(server, prompt=PROMPTS, max_tokens=9, temperature=0).json()["choices"]
     assert [c["text"] for c in batched] == [greedy(server, p, 9) for p in PROMPTS]
-    assert max(int(size) for size in httpx.get(f"{server}/metrics").json()["batch_sizes"]) > 1
+    assert max(int(size) for size in httpx.get(f"{server}/metrics?format=json").json()["batch_sizes"]) > 1
 
 
 def test_streaming_yields_the_same_text(server: str) -> None:
@@ -191,7 +191,7 @@ def test_models_health_and_metrics(server: str) -> None:
     assert httpx.get(f"{server}/v1/models", headers=AUTH).json()["data"][0]["id"] == "run"
     assert httpx.get(f"{server}/v1/models").status_code == 401
     assert httpx.get(f"{server}/health").json() == {"status": "ok"}
-    metrics = httpx.get(f"{server}/metrics").json()
+    metrics = httpx.get(f"{server}/metrics?format=json").json()
     assert metrics["requests"] >= 1 and metrics["generated_tokens"] >= 1 and metrics["queue_length"] == 0
 
 
@@ -201,9 +201,9 @@ def test_a_client_dropping_mid_stream_does_not_stall_the_others(server: str) -> 
         next(response.iter_lines())  # read one chunk, then hang up
     assert greedy(server, PROMPTS[3], 5)
     deadline = time.time() + 10
-    while httpx.get(f"{server}/metrics").json()["in_flight"] and time.time() < deadline:
+    while httpx.get(f"{server}/metrics?format=json").json()["in_flight"] and time.time() < deadline:
         time.sleep(0.05)
-    metrics = httpx.get(f"{server}/metrics").json()
+    metrics = httpx.get(f"{server}/metrics?format=json").json()
     assert metrics["in_flight"] == 0 and metrics["cancelled"] >= 1  # its slot was freed, not decoded to the end
 
 
@@ -220,7 +220,7 @@ def test_a_full_queue_is_429_and_sigterm_finishes_requests_in_flight_and_exits_0
     for thread in threads:
         thread.start()
     deadline = time.time() + 30
-    while httpx.get(f"{url}/metrics").json()["in_flight"] < 4 and time.time() < deadline:
+    while httpx.get(f"{url}/metrics?format=json").json()["in_flight"] < 4 and time.time() < deadline:
         time.sleep(0.01)
     full = httpx.post(f"{url}/v1/completions", json={"prompt": "No", "max_tokens": 2}, timeout=60)
     assert full.status_code == 429 and "queue is full" in full.json()["error"]["message"]
