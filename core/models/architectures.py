@@ -207,12 +207,19 @@ def save_model_folder(model: LanguageModel, folder: str | Path) -> None:
     save_model(model, str(folder / WEIGHTS_FILE))
 
 
+def saved_model_folder(path: str | Path, weights: tuple[str, ...] = (WEIGHTS_FILE,)) -> Path | None:
+    """`path` or a run directory's model/ folder, whichever holds config.json and one of `weights` (a run's own
+    config.json is its options); None: neither does."""
+    path = Path(path)
+    return next((c for c in (path, path / "model")
+                 if (c / CONFIG_FILE).is_file() and any((c / w).is_file() for w in weights)), None)
+
+
 def find_model_folder(path: str | Path) -> Path:
     """A model folder, or a run directory's model/ folder."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / CONFIG_FILE).is_file() and (candidate / WEIGHTS_FILE).is_file():
-            return candidate
+    found = saved_model_folder(path)
+    if found is not None:
+        return found
     raise ModelError(f"{path}: no saved model here (config.json + model.safetensors).",
                      hint="pass the run directory printed by `lmlab pretrain`, or its model/ folder")
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
 LIMITS = "Limits"
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -47,13 +47,6 @@ def _check_port(host: str, port: int) -> None:
                              hint="pick a free port with --port, or stop what holds this one") from None
 
 
-def _model_folder(path: Path) -> Path | None:
-    """`path` or its model/ folder, whichever holds a model (config.json and weights; a run folder's own config.json
-    is its options), None: neither."""
-    return next((c for c in (path, path / "model")
-                 if (c / "config.json").is_file() and any((c / w).is_file() for w in WEIGHTS)), None)
-
-
 def _is_lmlab_model(folder: Path) -> bool:
     """Whether config.json is one of lmlab's architectures (it names an "arch"), not an HF model's."""
     try:
@@ -69,13 +62,14 @@ def load_served_model(spec: str, device: torch.device | str = "cpu", dtype: torc
     one-line note when the model cannot be KV-cached)."""
     import torch
 
+    from lmlab.core.models.architectures import saved_model_folder
     from lmlab.core.models.loading import load_model, model_aliases
     from lmlab.core.serving.generation import load_generator
     from lmlab.core.serving.hf_model import serving_model
 
     device = torch.device(device)
     path = Path(spec).expanduser()
-    folder = _model_folder(path) if path.is_dir() else None
+    folder = saved_model_folder(path, HF_WEIGHTS) if path.is_dir() else None
     if path.is_dir() and folder is None:
         raise ModelError(f"{spec}: no model here (config.json and weights, in it or in its model/ folder).",
                          hint="pass a run of `lmlab pretrain` or `lmlab train-orpo`, an HF model folder, or an alias: "

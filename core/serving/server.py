@@ -644,7 +644,10 @@ class Server:
 
     def _prometheus(self) -> str:
         """The engine's counters and gauges, the batch-size histogram and the HTTP responses, in the Prometheus
-        text exposition format (0.0.4): a HELP and a TYPE line per metric, then its samples."""
+        text exposition format (0.0.4): a HELP and a TYPE line per metric, then its samples. Written here rather
+        than through prometheus_client: the figures are read from the engine at scrape time (no registry to keep in
+        step with it), the format is a few lines, and the serve extra needs no further package; the tests parse the
+        output with prometheus_client's own parser."""
         engine, stats = self.engine, self.engine.stats
         lines: list[str] = []
 
